@@ -1,0 +1,134 @@
+//! `sluice doctor`: checks what Sluice needs from the host and says how to
+//! fix each problem. Exits 1 when any check fails.
+use std::{os::unix::fs::PermissionsExt, path::Path};
+
+use super::CliError;
+use crate::{
+    config::Config,
+    intercept::{cgroup, programs},
+    state::State,
+};
+
+struct Check {
+    name: &'static str,
+    result: Result<String, String>,
+}
+
+/// Runs every check against the config at `path` and prints one line each.
+///
+/// # Errors
+/// [`CliError::Runtime`] naming how many checks failed.
+pub fn run(path: &Path) -> Result<(), CliError> {
+    let mut checks = vec![
+        Check { name: "root", result: root() },
+        Check { name: "kernel", result: kernel() },
+        Check { name: "BTF", result: btf() },
+        Check { name: "cgroup2", result: cgroup2() },
+        Check { name: "bpffs", result: bpffs() },
+    ];
+    match Config::load(path) {
+        Err(e) => checks.push(Check { name: "config", result: Err(format!("{e}")) }),
+        Ok(cfg) => {
+            checks.push(Check { name: "config", result: Ok(format!("{} loads", path.display())) });
+            checks.push(Check { name: "vault key", result: vault_key(&cfg) });
+            checks.push(Check { name: "redis", result: redis(&cfg) });
+            checks.push(Check { name: "attached", result: attached(&cfg) });
+        }
+    }
+    let mut failed = 0;
+    for c in &checks {
+        match &c.result {
+            Ok(msg) => println!("ok    {:<10} {msg}", c.name),
+            Err(msg) => {
+                failed += 1;
+                println!("FAIL  {:<10} {msg}", c.name);
+            }
+        }
+    }
+    if failed == 0 {
+        println!("all checks passed");
+        Ok(())
+    } else {
+        Err(CliError::Runtime(format!("{failed} check(s) failed; see the lines marked FAIL")))
+    }
+}
+
+fn root() -> Result<String, String> {
+    if nix::unistd::geteuid().is_root() {
+        Ok("running as root".into())
+    } else {
+        Err("not root: `sluice run` needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN); run doctor with sudo".into())
+    }
+}
+
+fn kernel() -> Result<String, String> {
+    let uts = nix::sys::utsname::uname().map_err(|e| e.to_string())?;
+    let release = uts.release().to_string_lossy().into_owned();
+    let mut nums = release.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse::<u32>().ok());
+    let (major, minor) = (nums.next().unwrap_or(0), nums.next().unwrap_or(0));
+    if (major, minor) >= (5, 8) {
+        Ok(format!("Linux {release} has cgroup connect/sendmsg/getpeername hooks and bpf_link"))
+    } else {
+        Err(format!("Linux {release} is too old: Sluice needs ≥ 5.8 (getpeername hooks, cgroup bpf_link); upgrade the kernel"))
+    }
+}
+
+fn btf() -> Result<String, String> {
+    if Path::new("/sys/kernel/btf/vmlinux").exists() {
+        Ok("/sys/kernel/btf/vmlinux present".into())
+    } else {
+        Err("no /sys/kernel/btf/vmlinux: use a kernel built with CONFIG_DEBUG_INFO_BTF=y".into())
+    }
+}
+
+fn cgroup2() -> Result<String, String> {
+    cgroup::cgroup2_mount()
+        .map(|m| format!("mounted at {}", m.display()))
+        .map_err(|_| "no cgroup2 mount: `mount -t cgroup2 none /sys/fs/cgroup` (or boot with systemd.unified_cgroup_hierarchy=1)".into())
+}
+
+fn bpffs() -> Result<String, String> {
+    if programs::is_bpffs(Path::new("/sys/fs/bpf")) {
+        Ok("mounted at /sys/fs/bpf".into())
+    } else {
+        Err("bpffs is not mounted: `mount -t bpf bpf /sys/fs/bpf`".into())
+    }
+}
+
+fn vault_key(cfg: &Config) -> Result<String, String> {
+    let path = std::env::var_os("CREDENTIALS_DIRECTORY")
+        .map(|d| Path::new(&d).join("vault.key"))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| cfg.gateway.vault_key.clone());
+    let meta = std::fs::metadata(&path)
+        .map_err(|e| format!("{}: {e}; it is created by `sluice secret put` or the installer", path.display()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!("{} has mode {mode:o}; run `chmod 600 {}`", path.display(), path.display()));
+    }
+    if meta.len() != 32 {
+        return Err(format!("{} is {} bytes; a vault key is exactly 32 random bytes", path.display(), meta.len()));
+    }
+    Ok(format!("{} is 32 bytes, mode 600", path.display()))
+}
+
+fn redis(cfg: &Config) -> Result<String, String> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    rt.block_on(State::connect(&cfg.gateway.redis_url))
+        .map(|_| "reachable".into())
+        .map_err(|e| format!("{e}; start redis-server or fix gateway.redis_url"))
+}
+
+fn attached(cfg: &Config) -> Result<String, String> {
+    let missing: Vec<&str> = cfg
+        .agents
+        .iter()
+        .filter(|a| !programs::links_dir(&cfg.gateway.bpf_dir, &a.name).join(programs::SOCK_ADDR_PROGRAMS[0]).exists())
+        .map(|a| a.name.as_str())
+        .collect();
+    if missing.is_empty() {
+        Ok(format!("programs pinned for {} agent(s)", cfg.agents.len()))
+    } else {
+        Err(format!("not attached for agent(s) {}: start `sluice run` (or `systemctl start sluice`)", missing.join(", ")))
+    }
+}

@@ -1,0 +1,152 @@
+//! cgroup v2: locating the unified hierarchy and the agents' cgroups.
+//!
+//! The cgroup2 mount is read from `/proc/mounts` (it is `/sys/fs/cgroup` on
+//! most hosts and `/sys/fs/cgroup/unified` on hybrid ones). A cgroup's id, as
+//! returned by `bpf_get_current_cgroup_id()`, is the inode number of its
+//! directory. Kernel ≥ 4.5 for cgroup v2; see cgroups(7).
+use std::{
+    fs,
+    io::{self, Write},
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
+
+/// Returns the mount point of the cgroup2 filesystem.
+///
+/// # Errors
+/// `NotFound` when no `cgroup2` line is in `/proc/mounts`.
+pub fn cgroup2_mount() -> io::Result<PathBuf> {
+    let mounts = fs::read_to_string("/proc/mounts")?;
+    mounts
+        .lines()
+        .filter_map(|line| {
+            let mut f = line.split_whitespace();
+            let (_dev, dir, fstype) = (f.next()?, f.next()?, f.next()?);
+            (fstype == "cgroup2").then(|| PathBuf::from(unescape_mount_path(dir)))
+        })
+        .next()
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                "no cgroup2 filesystem in /proc/mounts; mount it with `mount -t cgroup2 none /sys/fs/cgroup`",
+            )
+        })
+}
+
+/// `/proc/mounts` escapes spaces and the like as octal (`\040`).
+fn unescape_mount_path(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
+            out.push((bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The absolute directory of an agent cgroup given as a path relative to the
+/// cgroup2 mount (`sluice/ci-bot`).
+///
+/// A systemd slice name such as `sluice-agents-myagent.slice` is expanded to
+/// its nested path (`sluice.slice/sluice-agents.slice/sluice-agents-myagent.slice`),
+/// as systemd.slice(5) describes.
+pub fn agent_dir(mount: &Path, relative: &str) -> PathBuf {
+    let rel = relative.trim_matches('/');
+    if !rel.contains('/') && rel.ends_with(".slice") {
+        return mount.join(slice_path(rel));
+    }
+    mount.join(rel)
+}
+
+/// Expands `a-b-c.slice` to `a.slice/a-b.slice/a-b-c.slice`.
+fn slice_path(name: &str) -> PathBuf {
+    let stem = name.trim_end_matches(".slice");
+    let mut path = PathBuf::new();
+    let mut prefix = String::new();
+    for part in stem.split('-') {
+        if !prefix.is_empty() {
+            prefix.push('-');
+        }
+        prefix.push_str(part);
+        path.push(format!("{prefix}.slice"));
+    }
+    path
+}
+
+/// Creates the cgroup directory (and parents) if missing.
+///
+/// # Errors
+/// Any `mkdir` failure, e.g. `PermissionDenied` when not root.
+pub fn ensure(dir: &Path) -> io::Result<()> {
+    fs::create_dir_all(dir)
+}
+
+/// The cgroup id (directory inode) of `dir`.
+///
+/// # Errors
+/// `NotFound` when the cgroup does not exist.
+pub fn id(dir: &Path) -> io::Result<u64> {
+    Ok(fs::metadata(dir)?.ino())
+}
+
+/// Moves the calling process into the cgroup at `dir` by writing `0` to its
+/// `cgroup.procs`. Async-signal-safe enough for `pre_exec` (one open and one
+/// write).
+///
+/// # Errors
+/// The `open`/`write` failure.
+pub fn join_self(dir: &Path) -> io::Result<()> {
+    let mut f = fs::OpenOptions::new().write(true).open(dir.join("cgroup.procs"))?;
+    f.write_all(b"0")
+}
+
+/// Finds which of `roots` contains the cgroup with id `target` (the root
+/// itself or any descendant). Returns the index into `roots`.
+pub fn owner_of(roots: &[PathBuf], target: u64) -> Option<usize> {
+    roots.iter().position(|root| contains_id(root, target, 0))
+}
+
+fn contains_id(dir: &Path, target: u64, depth: u32) -> bool {
+    if depth > 16 {
+        return false;
+    }
+    if id(dir).ok() == Some(target) {
+        return true;
+    }
+    let Ok(entries) = fs::read_dir(dir) else { return false };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+        .any(|e| contains_id(&e.path(), target, depth + 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slice_names_expand_like_systemd() {
+        assert_eq!(
+            agent_dir(Path::new("/cg"), "sluice-agents-myagent.slice"),
+            PathBuf::from("/cg/sluice.slice/sluice-agents.slice/sluice-agents-myagent.slice")
+        );
+        assert_eq!(agent_dir(Path::new("/cg"), "sluice/ci-bot"), PathBuf::from("/cg/sluice/ci-bot"));
+    }
+
+    #[test]
+    fn mount_paths_unescape() {
+        assert_eq!(unescape_mount_path("/a\\040b"), "/a b");
+    }
+
+    #[test]
+    fn finds_the_cgroup2_mount() {
+        let m = cgroup2_mount().expect("cgroup2 mounted on test hosts");
+        assert!(m.join("cgroup.procs").exists());
+    }
+}

@@ -1,0 +1,42 @@
+//! Path globs for HTTP rules: `*` matches any run of characters (including
+//! `/`); every other character matches itself. Linear time, no backtracking
+//! blow-up (the classic greedy-star algorithm).
+
+/// True when `path` matches `pattern`.
+pub fn matches(pattern: &str, path: &str) -> bool {
+    let (p, s) = (pattern.as_bytes(), path.as_bytes());
+    let (mut pi, mut si) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while si < s.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, si));
+            pi += 1;
+        } else if pi < p.len() && p[pi] == s[si] {
+            pi += 1;
+            si += 1;
+        } else if let Some((sp, ss)) = star {
+            pi = sp + 1;
+            si = ss + 1;
+            star = Some((sp, ss + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::matches;
+
+    #[test]
+    fn stars_and_literals() {
+        assert!(matches("/v1/customers/*", "/v1/customers/42"));
+        assert!(matches("/v1/refunds*", "/v1/refunds"));
+        assert!(matches("/v1/refunds*", "/v1/refunds/7/items"));
+        assert!(!matches("/v1/refunds*", "/v1/refund"));
+        assert!(matches("*", ""));
+        assert!(matches("/a/*/c", "/a/b/x/c"));
+        assert!(!matches("/a/*/c", "/a/b/x/d"));
+    }
+}

@@ -1,0 +1,188 @@
+//! One HTTP request through Sluice: route → session → token → policy →
+//! credential swap → upstream → response, each step recorded.
+//!
+//! The token is checked on every request, so a revocation takes effect on
+//! the next request of a kept-alive connection. Bodies stream in both
+//! directions; nothing is buffered whole.
+use std::sync::Arc;
+
+use http_body_util::BodyExt;
+use hyper::{body::Incoming, header, Request, Response, StatusCode};
+use tracing::warn;
+
+use super::{
+    credential,
+    reply::{self, ProxyBody},
+    session::ConnCtx,
+    upstream,
+};
+use crate::{
+    policy::{self, HttpOperation, Verdict},
+    recorder::Event,
+    tokens,
+};
+
+/// Serves one request; never fails (errors become JSON responses).
+pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<ProxyBody> {
+    let (mut parts, body) = req.into_parts();
+    let host = authority_host(&parts);
+    let idx = match ctx.service_for(host.as_deref()) {
+        Ok(idx) => idx,
+        Err(e) => return reply::error(StatusCode::MISDIRECTED_REQUEST, &e.to_string(), None),
+    };
+    let Some(session) = ctx.session(idx) else {
+        return reply::error(StatusCode::SERVICE_UNAVAILABLE, "session record cannot be written; refusing unaudited access", None);
+    };
+    let sid = session.id().to_string();
+    let gw = ctx.gw.clone();
+    let service = &gw.cfg.services[idx];
+    let method = parts.method.as_str().to_string();
+    let path = normalize_path(parts.uri.path());
+    let fail = |status: StatusCode, event: Event, message: &str| {
+        ctx.record(event);
+        reply::error(status, message, Some(&sid))
+    };
+
+    // The token: present, well-formed, known, for this agent and service.
+    let found = match credential::find(&parts) {
+        Ok(Some(found)) => found,
+        Ok(None) => {
+            let msg = "no sluice token (slt_…) in the request";
+            return fail(StatusCode::UNAUTHORIZED, Event::AuthFail { reason: msg.into() }, msg);
+        }
+        Err(e) => return fail(StatusCode::BAD_REQUEST, Event::AuthFail { reason: e.to_string() }, &e.to_string()),
+    };
+    let record = match gw.state.lookup(&found.token).await {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(error = %e, "token store unavailable");
+            let msg = "token store (Redis) unavailable; try again later";
+            return fail(StatusCode::SERVICE_UNAVAILABLE, Event::Error { message: msg.into() }, msg);
+        }
+    };
+    let token = match tokens::check(record, &ctx.conn.identity.agent, &service.name, chrono::Utc::now().timestamp()) {
+        Ok(t) => t,
+        Err(rejection) => {
+            let msg = format!("invalid sluice token: {rejection}");
+            return fail(StatusCode::UNAUTHORIZED, Event::AuthFail { reason: rejection.to_string() }, &msg);
+        }
+    };
+    if ctx.first_use_of(&token.id) && !ctx.record(Event::AuthOk { token_id: token.id.clone() }) {
+        return reply::error(StatusCode::SERVICE_UNAVAILABLE, "session record cannot be written", Some(&sid));
+    }
+
+    // Policy, on the normalised path.
+    match policy::decide_http(&service.deny, &service.approve, HttpOperation { method: &method, path: &path }) {
+        Verdict::Allow => {}
+        Verdict::Deny { rule } => {
+            let msg = format!("denied by policy: {rule}");
+            return fail(StatusCode::FORBIDDEN, Event::Denied { reason: msg.clone(), rule }, &msg);
+        }
+        Verdict::Approve { rule } => {
+            let msg = format!("{rule} needs a JIT approval, which this gateway cannot hold yet; denied");
+            return fail(StatusCode::FORBIDDEN, Event::Denied { reason: msg.clone(), rule }, &msg);
+        }
+    }
+
+    // The swap.
+    let secret = match gw.vault.get(&service.credential.secret) {
+        Ok(Some(secret)) => secret,
+        Ok(None) => {
+            let msg = format!("secret {:?} is not in the vault; run `sluice secret put {}`", service.credential.secret, service.credential.secret);
+            return fail(StatusCode::BAD_GATEWAY, Event::Error { message: msg.clone() }, &msg);
+        }
+        Err(e) => {
+            let msg = format!("vault unavailable: {e}");
+            return fail(StatusCode::INTERNAL_SERVER_ERROR, Event::Error { message: msg.clone() }, &msg);
+        }
+    };
+    let swapped = credential::inject(&mut parts, &found, &service.credential, secret.expose());
+    drop(secret);
+    if let Err(e) = swapped {
+        return fail(StatusCode::BAD_GATEWAY, Event::Error { message: e.to_string() }, &e.to_string());
+    }
+    if let Err(e) = upstream::retarget(&mut parts, service) {
+        let msg = format!("cannot build the upstream request: {e}");
+        return fail(StatusCode::BAD_GATEWAY, Event::Error { message: msg.clone() }, &msg);
+    }
+    let Some(client) = gw.http.get(idx) else {
+        return fail(StatusCode::BAD_GATEWAY, Event::Error { message: "no HTTP client".into() }, "no HTTP client for service");
+    };
+    match client.request(Request::from_parts(parts, body)).await {
+        Ok(resp) => {
+            let (mut rparts, rbody) = resp.into_parts();
+            upstream::strip_hop_by_hop(&mut rparts.headers);
+            ctx.record(Event::Request { method, path, status: rparts.status.as_u16() });
+            Response::from_parts(rparts, rbody.boxed())
+        }
+        Err(e) => {
+            let msg = format!("upstream {}:{} unreachable: {}", service.host, service.port, error_chain(&e));
+            warn!(service = %service.name, "{msg}");
+            ctx.record(Event::Request { method, path, status: 502 });
+            fail(StatusCode::BAD_GATEWAY, Event::Error { message: msg.clone() }, &msg)
+        }
+    }
+}
+
+/// The request's host without port: `:authority` (HTTP/2) or `Host`.
+fn authority_host(parts: &hyper::http::request::Parts) -> Option<String> {
+    let raw = match parts.uri.authority() {
+        Some(a) => a.host().to_string(),
+        None => {
+            let h = parts.headers.get(header::HOST)?.to_str().ok()?;
+            h.parse::<hyper::http::uri::Authority>().ok()?.host().to_string()
+        }
+    };
+    Some(raw.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase())
+}
+
+/// The path as policy and records see it: percent-decoded, with `.`/`..`
+/// segments resolved and empty segments dropped (RFC 3986 §5.2.4), so
+/// `/v1/%63ustomers//./42` matches a rule on `/v1/customers/*`.
+pub fn normalize_path(raw: &str) -> String {
+    let decoded = percent_encoding::percent_decode_str(raw).decode_utf8_lossy();
+    let mut segments: Vec<&str> = Vec::new();
+    for seg in decoded.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
+    }
+    let mut out = String::with_capacity(decoded.len() + 1);
+    for s in &segments {
+        out.push('/');
+        out.push_str(s);
+    }
+    if out.is_empty() || (decoded.ends_with('/') && !segments.is_empty()) {
+        out.push('/');
+    }
+    out
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize_path;
+
+    #[test]
+    fn paths_normalise_before_policy() {
+        assert_eq!(normalize_path("/v1/%63ustomers//./42"), "/v1/customers/42");
+        assert_eq!(normalize_path("/v1/x/../customers/1"), "/v1/customers/1");
+        assert_eq!(normalize_path("/"), "/");
+        assert_eq!(normalize_path("/a/"), "/a/");
+        assert_eq!(normalize_path("/../.."), "/");
+    }
+}

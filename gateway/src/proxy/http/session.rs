@@ -1,0 +1,133 @@
+//! Per-connection state for HTTP: which service the connection belongs to,
+//! and its session record (opened on first use, closed with the connection).
+use std::{
+    sync::{Arc, Mutex, OnceLock},
+    time::Duration,
+};
+
+use tracing::warn;
+
+use crate::{
+    config::Protocol,
+    proxy::{Gateway, Intercepted},
+    recorder::{Event, SessionMeta, SessionRecord},
+};
+
+/// Why a request could not be tied to a service.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    #[error("no service named by Host {0:?} on this port")]
+    UnknownHost(String),
+    #[error("this connection belongs to service {0}; open a new connection for another host")]
+    Misdirected(String),
+}
+
+/// One agent connection, shared by its requests (HTTP/2 streams run
+/// concurrently).
+pub struct ConnCtx {
+    pub gw: Arc<Gateway>,
+    pub conn: Intercepted,
+    /// Service matched by (address, port) or SNI.
+    default: Option<usize>,
+    tls: bool,
+    service: OnceLock<usize>,
+    session: OnceLock<Option<SessionRecord>>,
+    /// Id of the last token that passed, so `auth_ok` is recorded once per token.
+    last_token: Mutex<Option<String>>,
+}
+
+impl ConnCtx {
+    /// A context for a connection; for TLS, `default` is the SNI's service.
+    pub fn new(gw: Arc<Gateway>, conn: Intercepted, default: Option<usize>, tls: bool) -> Arc<Self> {
+        let ctx = ConnCtx {
+            gw,
+            conn,
+            default,
+            tls,
+            service: OnceLock::new(),
+            session: OnceLock::new(),
+            last_token: Mutex::new(None),
+        };
+        if tls {
+            if let Some(idx) = default {
+                let _ = ctx.service.set(idx);
+            }
+        }
+        Arc::new(ctx)
+    }
+
+    /// The service for a request with authority `host` (from `Host` or the
+    /// HTTP/2 `:authority`, port stripped). Fixed for the connection by the
+    /// first request.
+    ///
+    /// # Errors
+    /// [`RouteError`] when the host names no service on the dialled port, or
+    /// another service than the connection's.
+    pub fn service_for(&self, host: Option<&str>) -> Result<usize, RouteError> {
+        let cfg = &self.gw.cfg;
+        let port = self.conn.original_dst.port();
+        let wanted = if self.tls { Protocol::Https } else { Protocol::Http };
+        let by_host = host.and_then(|h| {
+            cfg.services.iter().position(|s| s.protocol == wanted && s.port == port && s.host.eq_ignore_ascii_case(h))
+        });
+        let default = self.default.filter(|i| cfg.services[*i].protocol == wanted);
+        let chosen = match (by_host, host) {
+            (Some(i), _) => i,
+            // An IP literal or no Host: the service matched by address.
+            (None, h) if h.is_none_or(|h| h.parse::<std::net::IpAddr>().is_ok()) => {
+                default.ok_or_else(|| RouteError::UnknownHost(h.unwrap_or("").to_string()))?
+            }
+            (None, h) => return Err(RouteError::UnknownHost(h.unwrap_or("").to_string())),
+        };
+        let fixed = *self.service.get_or_init(|| chosen);
+        if fixed != chosen {
+            return Err(RouteError::Misdirected(cfg.services[fixed].name.clone()));
+        }
+        Ok(fixed)
+    }
+
+    /// The session record, opened (with an `open` event) on first use.
+    /// `None` when the record cannot be written; the caller must then refuse
+    /// the request rather than serve it unaudited.
+    pub fn session(&self, service: usize) -> Option<&SessionRecord> {
+        self.session
+            .get_or_init(|| {
+                let svc = &self.gw.cfg.services[service];
+                let id = &self.conn.identity;
+                let meta = SessionMeta { agent: id.agent.clone(), pid: id.pid, uid: id.uid, service: svc.name.clone() };
+                let rec = self.gw.recorder.start(meta).map_err(|e| warn!(error = %e, "cannot open session record")).ok()?;
+                let open = Event::Open {
+                    protocol: if self.tls { "https".into() } else { "http".into() },
+                    original_dst: self.conn.original_dst.to_string(),
+                    peer: self.conn.peer.to_string(),
+                };
+                rec.record(open).map_err(|e| warn!(error = %e, "cannot write session record")).ok()?;
+                Some(rec)
+            })
+            .as_ref()
+    }
+
+    /// Records `event` in the open session; `false` when it could not be
+    /// written (the caller refuses the operation: nothing goes unaudited).
+    pub fn record(&self, event: Event) -> bool {
+        match self.session.get().and_then(Option::as_ref) {
+            Some(rec) => rec.record(event).map_err(|e| warn!(error = %e, "session record write failed")).is_ok(),
+            None => false,
+        }
+    }
+
+    /// True the first time token `id` passes on this connection.
+    pub fn first_use_of(&self, id: &str) -> bool {
+        let mut last = self.last_token.lock().unwrap();
+        if last.as_deref() == Some(id) {
+            return false;
+        }
+        *last = Some(id.to_string());
+        true
+    }
+
+    /// Writes the `close` event if a session was opened.
+    pub fn close(&self, elapsed: Duration) {
+        self.record(Event::Close { duration_ms: elapsed.as_millis() as u64 });
+    }
+}

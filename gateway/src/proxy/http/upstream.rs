@@ -1,0 +1,141 @@
+//! The upstream leg: one pooled hyper client per HTTP service, connecting
+//! only to that service's configured host (its `resolve` pins or DNS), with
+//! TLS verified against the system roots or the service's `upstream_ca`.
+//! ALPN offers `h2` and `http/1.1` (RFC 7301); the request is re-targeted
+//! at the service's origin whatever `Host` the agent sent, so a secret can
+//! reach no other host.
+use std::{
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use hyper::{
+    body::Incoming,
+    header::{self, HeaderMap, HeaderName},
+    http::request::Parts,
+    Uri, Version,
+};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::{
+    client::legacy::{
+        connect::{dns::Name, HttpConnector},
+        Client,
+    },
+    rt::TokioExecutor,
+};
+
+use crate::{
+    config::{Config, Protocol, Service},
+    intercept::resolver::service_addrs,
+    tls::{upstream_client_config, TlsError},
+};
+
+/// Resolves only the service's own host: its `resolve` pins or DNS.
+#[derive(Clone)]
+pub struct ServiceResolver {
+    service: std::sync::Arc<Service>,
+}
+
+impl tower_service::Service<Name> for ServiceResolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _name: Name) -> Self::Future {
+        let service = self.service.clone();
+        Box::pin(async move {
+            let addrs = service_addrs(&service).await?;
+            Ok(addrs.into_iter().map(|ip| SocketAddr::new(ip, service.port)).collect::<Vec<_>>().into_iter())
+        })
+    }
+}
+
+/// A pooled client for one service.
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector<ServiceResolver>>, Incoming>;
+
+/// Clients indexed like `Config::services` (`None` for non-HTTP services).
+pub struct UpstreamClients(Vec<Option<UpstreamClient>>);
+
+impl UpstreamClients {
+    /// Builds a client for every HTTP service.
+    ///
+    /// # Errors
+    /// [`TlsError`] when a service's `upstream_ca` cannot be read.
+    pub fn new(cfg: &Config) -> Result<Self, TlsError> {
+        let mut out = Vec::with_capacity(cfg.services.len());
+        for s in &cfg.services {
+            if !s.protocol.is_http() {
+                out.push(None);
+                continue;
+            }
+            let tls = upstream_client_config(s.upstream_ca.as_deref())?;
+            let mut http = HttpConnector::new_with_resolver(ServiceResolver { service: std::sync::Arc::new(s.clone()) });
+            http.enforce_http(false);
+            http.set_nodelay(true);
+            http.set_connect_timeout(Some(std::time::Duration::from_secs(10)));
+            let connector = HttpsConnectorBuilder::new()
+                .with_tls_config(tls)
+                .https_or_http()
+                .enable_http1()
+                .enable_http2()
+                .wrap_connector(http);
+            out.push(Some(Client::builder(TokioExecutor::new()).build(connector)));
+        }
+        Ok(Self(out))
+    }
+
+    /// The client of service `idx`.
+    pub fn get(&self, idx: usize) -> Option<&UpstreamClient> {
+        self.0.get(idx).and_then(Option::as_ref)
+    }
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) plus `Proxy-Connection`, removed in
+/// both directions along with any header named in `Connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHORIZATION,
+        header::PROXY_AUTHENTICATE,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+    ] {
+        headers.remove(name);
+    }
+}
+
+/// Re-targets the request at the service's origin: absolute URI with the
+/// service's scheme, host and port; `Host` rewritten to match; HTTP/1.1 on
+/// the wire unless ALPN picks h2.
+pub fn retarget(parts: &mut Parts, service: &Service) -> Result<(), hyper::http::Error> {
+    let scheme = if service.protocol == Protocol::Https { "https" } else { "http" };
+    let default_port = if service.protocol == Protocol::Https { 443 } else { 80 };
+    let host = if service.host.contains(':') { format!("[{}]", service.host) } else { service.host.clone() };
+    let authority = if service.port == default_port { host } else { format!("{host}:{}", service.port) };
+    let pq = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    parts.uri = Uri::builder().scheme(scheme).authority(authority.as_str()).path_and_query(pq).build()?;
+    parts.version = Version::HTTP_11;
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.insert(header::HOST, header::HeaderValue::from_str(&authority)?);
+    Ok(())
+}

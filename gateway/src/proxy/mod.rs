@@ -1,0 +1,154 @@
+//! The userspace proxy: accepts redirected connections, finds each one's
+//! original destination and agent from the eBPF 4-tuple map, and routes it
+//! to a protocol handler.
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{debug, warn};
+
+use crate::{
+    config::{Config, Protocol},
+    intercept::{cgroup, maps::TupleLookup, resolver::Resolved},
+    recorder::Recorder,
+    state::StateHandle,
+    tls::LocalCa,
+    vault::VaultCache,
+};
+
+pub mod http;
+
+/// Who is on the other end of an intercepted connection, as recorded by
+/// `connect4`/`connect6` at `connect()` time.
+#[derive(Debug, Clone)]
+pub struct AgentIdentity {
+    /// The `[[agent]]` name whose cgroup the process is in.
+    pub agent: String,
+    /// Thread-group id (process id) that called `connect()`.
+    pub pid: u32,
+    /// Its real uid.
+    pub uid: u32,
+    /// Its cgroup v2 id.
+    pub cgroup_id: u64,
+}
+
+/// An accepted, intercepted connection before any protocol is spoken.
+#[derive(Debug, Clone)]
+pub struct Intercepted {
+    pub identity: AgentIdentity,
+    /// The address and port the agent dialled.
+    pub original_dst: SocketAddr,
+    /// The agent's end of the connection.
+    pub peer: SocketAddr,
+}
+
+/// Configured agents and their cgroup directories.
+pub struct AgentTable {
+    names: Vec<String>,
+    dirs: Vec<PathBuf>,
+    ids: Vec<u64>,
+}
+
+impl AgentTable {
+    /// Builds the table; every agent's cgroup must already exist.
+    ///
+    /// # Errors
+    /// The cgroup directory cannot be stat'ed.
+    pub fn new(cfg: &Config, mount: &std::path::Path) -> std::io::Result<Self> {
+        let dirs: Vec<PathBuf> = cfg.agents.iter().map(|a| cgroup::agent_dir(mount, &a.cgroup)).collect();
+        let ids = dirs.iter().map(|d| cgroup::id(d)).collect::<Result<_, _>>()?;
+        Ok(Self { names: cfg.agents.iter().map(|a| a.name.clone()).collect(), dirs, ids })
+    }
+
+    /// The agent whose cgroup is `cgroup_id` or an ancestor of it.
+    pub fn by_cgroup(&self, cgroup_id: u64) -> Option<&str> {
+        if let Some(i) = self.ids.iter().position(|id| *id == cgroup_id) {
+            return Some(&self.names[i]);
+        }
+        cgroup::owner_of(&self.dirs, cgroup_id).map(|i| self.names[i].as_str())
+    }
+}
+
+/// Everything a connection handler needs, shared by all connections.
+pub struct Gateway {
+    pub cfg: Arc<Config>,
+    pub agents: AgentTable,
+    pub lookup: TupleLookup,
+    /// Current name resolution of services, refreshed by the daemon.
+    pub routes: RwLock<Arc<Resolved>>,
+    pub ca: LocalCa,
+    pub vault: VaultCache,
+    pub state: StateHandle,
+    pub recorder: Arc<Recorder>,
+    pub http: http::upstream::UpstreamClients,
+}
+
+/// Where an intercepted connection goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// The (address, port) of this service (index into `cfg.services`).
+    Service(usize),
+    /// A port-wide TLS/HTTP port: routed by SNI or `Host`.
+    PortWide,
+}
+
+impl Gateway {
+    fn route(&self, dst: SocketAddr) -> Option<Route> {
+        let routes = self.routes.read().unwrap().clone();
+        if let Some(idx) = routes.services.get(&dst) {
+            return Some(Route::Service(*idx as usize));
+        }
+        routes.ports.contains(&dst.port()).then_some(Route::PortWide)
+    }
+
+    /// Identifies and routes one accepted connection.
+    async fn handle(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        let Ok(local) = stream.local_addr() else { return };
+        let Some(odst) = self.lookup.original_dst(peer, local) else {
+            debug!(%peer, "connection without an eBPF record (not from an agent cgroup); closing");
+            return;
+        };
+        let Some(agent) = self.agents.by_cgroup(odst.cgroup_id) else {
+            warn!(%peer, cgroup_id = odst.cgroup_id, "connection from a cgroup that is no configured agent; closing");
+            return;
+        };
+        let original_dst = SocketAddr::new(crate::intercept::maps::ip_of(odst.addr), odst.port);
+        let conn = Intercepted {
+            identity: AgentIdentity { agent: agent.to_string(), pid: odst.pid, uid: odst.uid, cgroup_id: odst.cgroup_id },
+            original_dst,
+            peer,
+        };
+        match self.route(original_dst) {
+            Some(Route::Service(idx)) if self.cfg.services[idx].protocol == Protocol::Postgres => {
+                warn!(service = %self.cfg.services[idx].name, "postgres services are not served by this build; closing");
+            }
+            Some(Route::Service(idx)) => http::serve(self, conn, stream, Some(idx)).await,
+            Some(Route::PortWide) => http::serve(self, conn, stream, None).await,
+            None => warn!(%original_dst, "no service for this destination any more; closing"),
+        }
+    }
+}
+
+/// Accepts connections forever. Accept errors (e.g. `EMFILE`) are logged
+/// and backed off rather than spun on.
+pub async fn serve(gw: Arc<Gateway>, listener: TcpListener) {
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                backoff = Duration::from_millis(10);
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(gw.clone().handle(stream, peer));
+            }
+            Err(e) => {
+                warn!(error = %e, "accept failed; backing off {:?}", backoff);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}

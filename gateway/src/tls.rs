@@ -1,0 +1,193 @@
+//! TLS: the local CA, per-SNI certificates minted on the fly, and the
+//! rustls configurations for both legs.
+//!
+//! - Towards the agent (RFC 8446, SNI per RFC 6066 §3, ALPN per RFC 7301):
+//!   a leaf certificate for the requested server name, signed by the local CA
+//!   under `state_dir/ca/`, cached per name; ALPN offers only what the agent
+//!   offered, among `h2` and `http/1.1`.
+//! - Towards the upstream: certificates verified against the system roots, or
+//!   against `upstream_ca` alone when a service sets it.
+use std::{
+    collections::HashMap,
+    fs,
+    io,
+    os::unix::fs::{OpenOptionsExt, PermissionsExt},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls::{
+    crypto::ring::sign::any_supported_type,
+    pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer},
+    server::{ClientHello, ResolvesServerCert},
+    sign::CertifiedKey,
+    ClientConfig, RootCertStore, ServerConfig,
+};
+
+/// ALPN protocol ids Sluice can serve to agents, in preference order.
+pub const SERVABLE_ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+/// Errors from the CA, minting and TLS configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{what} {path}: {source}")]
+    Io { what: &'static str, path: PathBuf, source: io::Error },
+    #[error("certificate generation failed: {0}")]
+    Rcgen(#[from] rcgen::Error),
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("{path}: no PEM certificate found: {reason}")]
+    BadPem { path: PathBuf, reason: String },
+}
+
+/// The local CA that signs per-SNI certificates for agents.
+pub struct LocalCa {
+    issuer: Issuer<'static, KeyPair>,
+    cert_pem: String,
+    cache: Mutex<HashMap<String, Arc<CertifiedKey>>>,
+}
+
+impl LocalCa {
+    /// Loads `state_dir/ca/ca.pem` and `ca.key`, creating them (key 0600,
+    /// directory 0700) on first use.
+    ///
+    /// # Errors
+    /// [`TlsError::Io`] for filesystem failures, [`TlsError::Rcgen`] for a
+    /// corrupt key or certificate.
+    pub fn load_or_create(state_dir: &Path) -> Result<LocalCa, TlsError> {
+        let dir = state_dir.join("ca");
+        let cert_path = dir.join("ca.pem");
+        let key_path = dir.join("ca.key");
+        let io = |what, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| TlsError::Io { what, path, source }
+        };
+        if !cert_path.exists() || !key_path.exists() {
+            fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(io("chmod", &dir))?;
+            let key = KeyPair::generate()?;
+            let mut params = CertificateParams::default();
+            let mut dn = DistinguishedName::new();
+            dn.push(DnType::CommonName, "Sluice local CA");
+            dn.push(DnType::OrganizationName, "Sluice");
+            params.distinguished_name = dn;
+            params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+            params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2036, 1, 1);
+            let cert = params.self_signed(&key)?;
+            write_private(&key_path, key.serialize_pem().as_bytes()).map_err(io("writing", &key_path))?;
+            fs::write(&cert_path, cert.pem()).map_err(io("writing", &cert_path))?;
+        }
+        let key_pem = fs::read_to_string(&key_path).map_err(io("reading", &key_path))?;
+        let cert_pem = fs::read_to_string(&cert_path).map_err(io("reading", &cert_path))?;
+        let key = KeyPair::from_pem(&key_pem)?;
+        let issuer = Issuer::from_ca_cert_pem(&cert_pem, key)?;
+        Ok(LocalCa { issuer, cert_pem, cache: Mutex::new(HashMap::new()) })
+    }
+
+    /// The CA certificate, PEM.
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// A certificate and key for `server_name` (a DNS name or IP literal),
+    /// minted on first use and cached.
+    ///
+    /// # Errors
+    /// [`TlsError::Rcgen`] when minting fails.
+    pub fn certified_key(&self, server_name: &str) -> Result<Arc<CertifiedKey>, TlsError> {
+        if let Some(hit) = self.cache.lock().unwrap().get(server_name) {
+            return Ok(hit.clone());
+        }
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![match server_name.parse::<std::net::IpAddr>() {
+            Ok(ip) => SanType::IpAddress(ip),
+            Err(_) => SanType::DnsName(server_name.try_into()?),
+        }];
+        params.distinguished_name.push(DnType::CommonName, server_name);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::days(1);
+        params.not_after = now + time::Duration::days(90);
+        let cert = params.signed_by(&key, &self.issuer)?;
+        let key_der = PrivateKeyDer::try_from(key.serialize_der())
+            .map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?;
+        let signing = any_supported_type(&key_der)?;
+        let ck = Arc::new(CertifiedKey::new(vec![cert.der().clone()], signing));
+        self.cache.lock().unwrap().insert(server_name.to_string(), ck.clone());
+        Ok(ck)
+    }
+}
+
+/// Always presents the one certificate minted for the connection's SNI.
+#[derive(Debug)]
+struct MintedCert(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for MintedCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use io::Write;
+    let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+/// A server config presenting `cert`, offering the ALPN ids among
+/// [`SERVABLE_ALPN`] that the agent offered (`offered`), in our preference.
+///
+/// # Errors
+/// [`TlsError::Rustls`] when the protocol versions cannot be set up.
+pub fn agent_server_config(cert: Arc<CertifiedKey>, offered: &[&[u8]]) -> Result<Arc<ServerConfig>, TlsError> {
+    let mut cfg = ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(MintedCert(cert)));
+    cfg.alpn_protocols = SERVABLE_ALPN
+        .iter()
+        .filter(|p| offered.contains(p))
+        .map(|p| p.to_vec())
+        .collect();
+    Ok(Arc::new(cfg))
+}
+
+/// The client config for a service's upstream: system roots, or only
+/// `upstream_ca` when given; ALPN `h2`, `http/1.1`.
+///
+/// # Errors
+/// [`TlsError::Io`]/[`TlsError::BadPem`] for an unreadable `upstream_ca`.
+pub fn upstream_client_config(upstream_ca: Option<&Path>) -> Result<ClientConfig, TlsError> {
+    let mut roots = RootCertStore::empty();
+    match upstream_ca {
+        Some(path) => {
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+                .map_err(|e| TlsError::BadPem { path: path.to_path_buf(), reason: e.to_string() })?
+                .collect::<Result<_, _>>()
+                .map_err(|e| TlsError::BadPem { path: path.to_path_buf(), reason: e.to_string() })?;
+            if certs.is_empty() {
+                return Err(TlsError::BadPem { path: path.to_path_buf(), reason: "empty".into() });
+            }
+            for c in certs {
+                roots.add(c)?;
+            }
+        }
+        None => {
+            let native = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(native.certs);
+        }
+    }
+    Ok(ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}

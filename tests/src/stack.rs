@@ -1,0 +1,425 @@
+//! A whole test environment in a few lines: redis-server, a test CA, one
+//! upstream per service and `sluice run` with one agent.
+//!
+//! ```no_run
+//! use sluice_tests::{Credential, ServiceSpec, Stack};
+//! let stack = Stack::builder("curl-swap")
+//!     .service(ServiceSpec::https("payments-api", "api.payments.test").credential(Credential::bearer()))
+//!     .start()
+//!     .unwrap();
+//! let token = stack.token("payments-api").unwrap();
+//! let res = stack.curl(&["-H", &format!("Authorization: Bearer {token}"), &stack.url("payments-api", "/v1/charges")]).unwrap();
+//! assert_eq!(res.status, 200);
+//! ```
+use std::{
+    ffi::OsStr,
+    net::{IpAddr, Ipv4Addr},
+    path::PathBuf,
+    process::{Child, Output},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{
+    redis::Redis,
+    sluice::{toml_str, Sluice, SluiceOptions},
+    upstream::Upstream,
+    TestCa,
+};
+
+/// The agent every stack configures.
+pub const AGENT: &str = "agent";
+
+/// Where the service's secret goes (DESIGN.md §4 "Tokens").
+#[derive(Debug, Clone)]
+pub enum Credential {
+    /// Neither `header` nor `query`: the token is replaced by the secret
+    /// where it stands (same header, Basic auth re-encoded, same parameter).
+    InPlace,
+    /// `header = NAME, format = FORMAT`: the token is removed from where it
+    /// was and `NAME: FORMAT(secret)` is set.
+    Header { name: String, format: Option<String> },
+    /// `query = NAME`: the token is removed and `?NAME=secret` is set.
+    Query(String),
+}
+
+impl Credential {
+    /// `header = "Authorization", format = "Bearer {}"`.
+    pub fn bearer() -> Credential {
+        Credential::Header { name: "Authorization".into(), format: Some("Bearer {}".into()) }
+    }
+
+    /// `header = NAME` (format defaults to `{}`).
+    pub fn header(name: &str) -> Credential {
+        Credential::Header { name: name.into(), format: None }
+    }
+
+    fn toml(&self, secret: &str) -> String {
+        match self {
+            Credential::InPlace => format!("{{ secret = {} }}", toml_str(secret)),
+            Credential::Header { name, format: None } => {
+                format!("{{ secret = {}, header = {} }}", toml_str(secret), toml_str(name))
+            }
+            Credential::Header { name, format: Some(f) } => format!(
+                "{{ secret = {}, header = {}, format = {} }}",
+                toml_str(secret),
+                toml_str(name),
+                toml_str(f)
+            ),
+            Credential::Query(q) => format!("{{ secret = {}, query = {} }}", toml_str(secret), toml_str(q)),
+        }
+    }
+}
+
+/// One `[[service]]` and the upstream the harness starts for it.
+#[derive(Debug, Clone)]
+pub struct ServiceSpec {
+    pub name: String,
+    pub host: String,
+    pub tls: bool,
+    pub credential: Credential,
+    /// Extra TOML lines for the table, e.g. `deny = [...]`.
+    pub extra: String,
+}
+
+impl ServiceSpec {
+    /// An `https` service whose upstream is a real HTTPS server for `host`.
+    pub fn https(name: &str, host: &str) -> ServiceSpec {
+        ServiceSpec { name: name.into(), host: host.into(), tls: true, credential: Credential::bearer(), extra: String::new() }
+    }
+
+    /// An `http` service whose upstream is a plain-HTTP server for `host`.
+    pub fn http(name: &str, host: &str) -> ServiceSpec {
+        ServiceSpec { tls: false, ..ServiceSpec::https(name, host) }
+    }
+
+    pub fn credential(mut self, credential: Credential) -> ServiceSpec {
+        self.credential = credential;
+        self
+    }
+
+    pub fn extra(mut self, toml: &str) -> ServiceSpec {
+        self.extra.push_str(toml);
+        self.extra.push('\n');
+        self
+    }
+
+    /// The vault secret name: `<service>-key`.
+    pub fn secret_name(&self) -> String {
+        format!("{}-key", self.name)
+    }
+}
+
+/// Configures a [`Stack`].
+pub struct StackBuilder {
+    label: String,
+    services: Vec<ServiceSpec>,
+    egress: String,
+    cgroup_prefix: String,
+}
+
+impl StackBuilder {
+    pub fn service(mut self, spec: ServiceSpec) -> StackBuilder {
+        self.services.push(spec);
+        self
+    }
+
+    /// `egress = "deny"` (the default) or `"allow"`.
+    pub fn egress(mut self, egress: &str) -> StackBuilder {
+        self.egress = egress.into();
+        self
+    }
+
+    /// Parent cgroup of the agent cgroup (default `sluice-test`).
+    pub fn cgroup_prefix(mut self, prefix: &str) -> StackBuilder {
+        self.cgroup_prefix = prefix.into();
+        self
+    }
+
+    /// Starts everything; see [`Stack`]. Secrets are put before the daemon
+    /// starts.
+    pub fn start(self) -> Result<Stack> {
+        let mut stack = self.prepare()?;
+        for s in &stack.services {
+            stack.sluice.secret_put(&s.spec.secret_name(), &s.secret)?;
+        }
+        stack.sluice.start()?;
+        Ok(stack)
+    }
+
+    /// Everything but the secrets and the daemon (the demo does those
+    /// steps itself, visibly).
+    pub fn prepare(self) -> Result<Stack> {
+        let label = crate::unique_name(&self.label);
+        let dir = tempfile::Builder::new().prefix(&format!("sluice-{label}-")).tempdir()?;
+        let ca = TestCa::new(&dir.path().join("upstream-ca"))?;
+        let redis = Redis::start(&dir.path().join("redis"))?;
+        let mut services = Vec::new();
+        let mut services_toml = String::new();
+        for spec in self.services {
+            let ip = next_upstream_ip();
+            let upstream =
+                if spec.tls { Upstream::https(&ca, &spec.host, ip)? } else { Upstream::http(&spec.host, ip)? };
+            services_toml.push_str(&format!(
+                "\n[[service]]\nname = {}\nprotocol = {}\nupstream = {}\nresolve = [{}]\ncredential = {}\n",
+                toml_str(&spec.name),
+                toml_str(if spec.tls { "https" } else { "http" }),
+                toml_str(format!("{}:{}", spec.host, upstream.addr().port())),
+                toml_str(ip.to_string()),
+                spec.credential.toml(&spec.secret_name()),
+            ));
+            if spec.tls {
+                services_toml.push_str(&format!("upstream_ca = {}\n", toml_str(ca.pem_path().to_str().expect("utf-8"))));
+            }
+            services_toml.push_str(&spec.extra);
+            services.push(StackService { secret: crate::random_secret(), spec, upstream });
+        }
+        let sluice = Sluice::new(SluiceOptions {
+            label,
+            dir: dir.path().to_path_buf(),
+            redis_url: redis.url(),
+            agents: vec![AGENT.to_string()],
+            cgroup_prefix: self.cgroup_prefix,
+            egress: self.egress,
+            services_toml,
+        })?;
+        let hosts = dir.path().join("agent-hosts");
+        let mut hosts_text = String::from("127.0.0.1 localhost\n::1 localhost ip6-localhost\n");
+        for s in &services {
+            hosts_text.push_str(&format!("{} {}\n", s.upstream.addr().ip(), s.spec.host));
+        }
+        std::fs::write(&hosts, hosts_text)?;
+        Ok(Stack { sluice, services, redis, ca, hosts, dir: Some(dir) })
+    }
+}
+
+/// A service of a running stack.
+pub struct StackService {
+    pub spec: ServiceSpec,
+    /// The secret value in the vault.
+    pub secret: String,
+    pub upstream: Upstream,
+}
+
+/// A running test environment. Dropping it tears everything down (in
+/// field order: Sluice first, so no agent is left redirected).
+pub struct Stack {
+    pub sluice: Sluice,
+    pub services: Vec<StackService>,
+    pub redis: Redis,
+    pub ca: TestCa,
+    /// `/etc/hosts` for agents that resolve service names themselves.
+    hosts: PathBuf,
+    dir: Option<tempfile::TempDir>,
+}
+
+/// What an agent's curl got.
+#[derive(Debug, Clone)]
+pub struct CurlResult {
+    /// curl's exit code (0 = transfer done, 7 = could not connect, …).
+    pub exit: i32,
+    /// HTTP status, 0 when there was no response.
+    pub status: u16,
+    /// `1.1` or `2`.
+    pub http_version: String,
+    /// The peer address as curl saw it (`getpeername`).
+    pub remote_ip: String,
+    pub body: String,
+    pub stderr: String,
+}
+
+impl CurlResult {
+    /// The body as JSON.
+    pub fn json(&self) -> Result<serde_json::Value> {
+        serde_json::from_str(&self.body).with_context(|| format!("response body is not JSON: {}", self.body))
+    }
+}
+
+const CURL_MARK: &str = "--sluice-test-curl--";
+
+/// Upstream addresses: 127.0.0.2 – 127.0.0.254, spread over tests.
+pub fn next_upstream_ip() -> IpAddr {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed) + std::process::id();
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (n % 253) as u8))
+}
+
+impl Stack {
+    /// A stack named after the test (`label` names its cgroup, pins, dirs).
+    pub fn builder(label: &str) -> StackBuilder {
+        StackBuilder { label: label.into(), services: Vec::new(), egress: "deny".into(), cgroup_prefix: "sluice-test".into() }
+    }
+
+    /// The stack's temp dir.
+    pub fn dir(&self) -> PathBuf {
+        self.dir.as_ref().expect("present until drop").path().to_path_buf()
+    }
+
+    fn service(&self, name: &str) -> &StackService {
+        self.services.iter().find(|s| s.spec.name == name).unwrap_or_else(|| panic!("no service {name:?} in this stack"))
+    }
+
+    /// The upstream of service `name`.
+    pub fn upstream(&self, name: &str) -> &Upstream {
+        &self.service(name).upstream
+    }
+
+    /// The secret value of service `name`.
+    pub fn secret(&self, name: &str) -> &str {
+        &self.service(name).secret
+    }
+
+    /// The URL agents use for service `name`: `https://host:port/path`.
+    pub fn url(&self, name: &str, path: &str) -> String {
+        self.upstream(name).url(path)
+    }
+
+    /// A fresh token for `service`, valid for an hour.
+    pub fn token(&self, service: &str) -> Result<String> {
+        self.sluice.token_issue(AGENT, service, "1h")
+    }
+
+    /// `curl --resolve HOST:PORT:IP` arguments for every service.
+    pub fn resolve_args(&self) -> Vec<String> {
+        self.services
+            .iter()
+            .flat_map(|s| {
+                let a = s.upstream.addr();
+                ["--resolve".to_string(), format!("{}:{}:{}", s.spec.host, a.port(), a.ip())]
+            })
+            .collect()
+    }
+
+    /// Runs curl as the agent (`sluice exec`), trusting Sluice's CA, with
+    /// `--resolve` for every service, then `args` (which include the URL).
+    pub fn curl(&self, args: &[&str]) -> Result<CurlResult> {
+        let mut all: Vec<String> = self.resolve_args();
+        all.extend(args.iter().map(|s| s.to_string()));
+        self.curl_raw(&all)
+    }
+
+    /// Like [`Stack::curl`] without the `--resolve` arguments.
+    pub fn curl_raw<S: AsRef<str>>(&self, args: &[S]) -> Result<CurlResult> {
+        let ca = self.sluice.ca_cert_path()?;
+        let mut argv: Vec<String> = vec![
+            "curl".into(),
+            "-sS".into(),
+            "--max-time".into(),
+            "15".into(),
+            "--noproxy".into(),
+            "*".into(),
+            "--cacert".into(),
+            ca.display().to_string(),
+            "-w".into(),
+            format!("\n{CURL_MARK} %{{http_code}} %{{http_version}} %{{remote_ip}}\n"),
+        ];
+        argv.extend(args.iter().map(|s| s.as_ref().to_string()));
+        let out = self.sluice.exec(AGENT, &argv)?;
+        parse_curl(&out)
+    }
+
+    /// Runs `argv` as the agent with the services' names in its `/etc/hosts`
+    /// (a bind mount in a private mount namespace: the host's file is not
+    /// touched) and `env` set, e.g. for Python `requests`.
+    pub fn agent_with_hosts<S: AsRef<OsStr>>(&self, env: &[(&str, &str)], argv: &[S]) -> Result<Output> {
+        let argv = self.hosts_argv(env, argv);
+        self.sluice.exec(AGENT, &argv)
+    }
+
+    /// Like [`Stack::agent_with_hosts`] but spawned, with piped stdin and
+    /// stdout, for interactive agents.
+    pub fn spawn_agent_with_hosts<S: AsRef<OsStr>>(&self, env: &[(&str, &str)], argv: &[S]) -> Result<Child> {
+        let argv = self.hosts_argv(env, argv);
+        self.sluice.exec_spawn(AGENT, &argv)
+    }
+
+    fn hosts_argv<S: AsRef<OsStr>>(&self, env: &[(&str, &str)], argv: &[S]) -> Vec<std::ffi::OsString> {
+        let mut all: Vec<std::ffi::OsString> = [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            r#"mount --bind "$0" /etc/hosts && exec "$@""#,
+        ]
+        .iter()
+        .map(Into::into)
+        .collect();
+        all.push(self.hosts.clone().into());
+        all.push("env".into());
+        all.extend(env.iter().map(|(k, v)| format!("{k}={v}").into()));
+        all.extend(argv.iter().map(|a| a.as_ref().to_os_string()));
+        all
+    }
+
+    /// Runs a Python script as the agent ([`Stack::agent_with_hosts`]).
+    pub fn python(&self, env: &[(&str, &str)], script: &str, args: &[&str]) -> Result<Output> {
+        let mut argv = vec!["python3", "-c", script];
+        argv.extend_from_slice(args);
+        self.agent_with_hosts(env, &argv)
+    }
+
+    /// Tries a plain TCP connect from inside the agent cgroup; returns
+    /// `Ok(())` or the errno name (`EPERM`, `ECONNREFUSED`, …).
+    pub fn agent_tcp_connect(&self, addr: std::net::SocketAddr) -> Result<std::result::Result<(), String>> {
+        const SCRIPT: &str = r#"
+import errno, socket, sys
+family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+s = socket.socket(family, socket.SOCK_STREAM)
+s.settimeout(5)
+try:
+    s.connect((sys.argv[1], int(sys.argv[2])))
+    print("connected")
+except OSError as e:
+    print(errno.errorcode.get(e.errno, str(e)))
+"#;
+        let out = self.sluice.exec(AGENT, &["python3", "-c", SCRIPT, &addr.ip().to_string(), &addr.port().to_string()])?;
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if !out.status.success() || text.is_empty() {
+            bail!("agent connect probe failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(if text == "connected" { Ok(()) } else { Err(text) })
+    }
+
+    /// Asserts that no service's secret appears in any agent output,
+    /// sluice log, session record or state file.
+    pub fn assert_no_secret_leaked(&self) {
+        let texts = self.sluice.all_output_text();
+        for s in &self.services {
+            crate::assert_no_secret(&s.secret, &texts);
+        }
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- sluice run output (last run) ---\n{}", crate::sluice::tail(&self.sluice.daemon_log(), 80));
+            if let Some(dir) = self.dir.take() {
+                eprintln!("--- test files kept in {} ---", dir.keep().display());
+            }
+        } else if std::env::var_os("SLUICE_TEST_KEEP").is_some() {
+            if let Some(dir) = self.dir.take() {
+                eprintln!("test files kept in {}", dir.keep().display());
+            }
+        }
+        // Fields drop next: sluice (teardown), upstreams, redis, temp dir.
+    }
+}
+
+fn parse_curl(out: &Output) -> Result<CurlResult> {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let exit = out.status.code().unwrap_or(-1);
+    let Some(at) = stdout.rfind(CURL_MARK) else {
+        return Ok(CurlResult { exit, status: 0, http_version: String::new(), remote_ip: String::new(), body: stdout, stderr });
+    };
+    let mut fields = stdout[at + CURL_MARK.len()..].split_whitespace();
+    let status = fields.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let http_version = fields.next().unwrap_or("").to_string();
+    let remote_ip = fields.next().unwrap_or("").to_string();
+    let body = stdout[..at].strip_suffix('\n').unwrap_or(&stdout[..at]).to_string();
+    Ok(CurlResult { exit, status, http_version, remote_ip, body, stderr })
+}
