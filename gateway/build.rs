@@ -10,21 +10,39 @@ fn main() {
     let root = manifest_dir.parent().unwrap();
     let ebpf_dir = root.join("ebpf");
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").unwrap());
-    for watched in ["ebpf/src", "ebpf/Cargo.toml", "common/src", "common/Cargo.toml"] {
+    for watched in [
+        "ebpf/src",
+        "ebpf/Cargo.toml",
+        "common/src",
+        "common/Cargo.toml",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
 
     let target_dir = out_dir.join("ebpf-target");
     let mut cmd = Command::new("rustup");
     cmd.current_dir(&ebpf_dir)
-        .args(["run", "nightly", "cargo", "build", "--release", "-Z", "build-std=core"])
+        .args([
+            "run",
+            "nightly",
+            "cargo",
+            "build",
+            "--release",
+            "-Z",
+            "build-std=core",
+        ])
         .args(["--target", "bpfel-unknown-none", "--target-dir"])
         .arg(&target_dir)
-        .env("CARGO_ENCODED_RUSTFLAGS", "-Cdebuginfo=2\x1f-Clink-arg=--btf");
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            "-Cdebuginfo=2\x1f-Clink-arg=--btf",
+        );
     // Do not leak the host build's compiler settings into the BPF build.
     for (key, _) in env::vars_os() {
         let key = key.to_string_lossy().into_owned();
-        if key.starts_with("CARGO_") || key.starts_with("RUSTC") || key == "RUSTFLAGS"
+        if key.starts_with("CARGO_")
+            || key.starts_with("RUSTC")
+            || key == "RUSTFLAGS"
             || key == "RUSTUP_TOOLCHAIN"
         {
             if key != "CARGO_HOME" && key != "CARGO_ENCODED_RUSTFLAGS" {

@@ -67,7 +67,10 @@ pub struct Gateway {
     #[serde(default)]
     pub egress_allow: Vec<String>,
     /// How long a held operation waits for a JIT approval.
-    #[serde(default = "defaults::approval_timeout", with = "humantime_serde_compat")]
+    #[serde(
+        default = "defaults::approval_timeout",
+        with = "humantime_serde_compat"
+    )]
     pub approval_timeout: Duration,
     /// bpffs directory for pinned maps and links. Extension of the contract:
     /// lets two gateways (or tests) on one host keep separate pins.
@@ -287,16 +290,23 @@ impl Config {
         for (i, a) in raw.agents.iter().enumerate() {
             let key = format!("agent[{i}]");
             if !valid_name(&a.name) {
-                return Err(err(&format!("{key}.name"), "use letters, digits, '-', '_' or '.'".into()));
+                return Err(err(
+                    &format!("{key}.name"),
+                    "use letters, digits, '-', '_' or '.'".into(),
+                ));
             }
             if !agents_seen.insert(a.name.clone()) {
-                return Err(err(&format!("{key}.name"), format!("duplicate agent {:?}", a.name)));
+                return Err(err(
+                    &format!("{key}.name"),
+                    format!("duplicate agent {:?}", a.name),
+                ));
             }
             let cg = a.cgroup.trim_matches('/');
             if cg.is_empty() || cg.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
                 return Err(err(
                     &format!("{key}.cgroup"),
-                    "must be a non-empty path below the cgroup2 mount (the root is never used)".into(),
+                    "must be a non-empty path below the cgroup2 mount (the root is never used)"
+                        .into(),
                 ));
             }
         }
@@ -305,47 +315,78 @@ impl Config {
         for (i, s) in raw.services.into_iter().enumerate() {
             let key = format!("service[{i}] ({})", s.name);
             if !valid_name(&s.name) || !names.insert(s.name.clone()) {
-                return Err(err(&format!("{key}.name"), "must be unique; use letters, digits, '-', '_' or '.'".into()));
+                return Err(err(
+                    &format!("{key}.name"),
+                    "must be unique; use letters, digits, '-', '_' or '.'".into(),
+                ));
             }
-            let (host, port) = split_host_port(&s.upstream)
-                .ok_or_else(|| err(&format!("{key}.upstream"), format!("expected host:port, got {:?}", s.upstream)))?;
+            let (host, port) = split_host_port(&s.upstream).ok_or_else(|| {
+                err(
+                    &format!("{key}.upstream"),
+                    format!("expected host:port, got {:?}", s.upstream),
+                )
+            })?;
             if s.credential.secret.is_empty() {
-                return Err(err(&format!("{key}.credential.secret"), "names the vault secret; must not be empty".into()));
+                return Err(err(
+                    &format!("{key}.credential.secret"),
+                    "names the vault secret; must not be empty".into(),
+                ));
             }
             match s.protocol {
                 Protocol::Postgres => {
                     if s.credential.user.is_none() {
-                        return Err(err(&format!("{key}.credential.user"), "postgres services need the upstream user name".into()));
+                        return Err(err(
+                            &format!("{key}.credential.user"),
+                            "postgres services need the upstream user name".into(),
+                        ));
                     }
                     for (field, rules) in [("deny", &s.deny), ("approve", &s.approve)] {
                         if rules.iter().any(|r| !matches!(r, Rule::Sql(_))) {
-                            return Err(err(&format!("{key}.{field}"), "postgres rules are statement kinds like \"DROP\"".into()));
+                            return Err(err(
+                                &format!("{key}.{field}"),
+                                "postgres rules are statement kinds like \"DROP\"".into(),
+                            ));
                         }
                     }
                 }
                 Protocol::Https | Protocol::Http => {
                     if s.credential.header.is_some() && s.credential.query.is_some() {
-                        return Err(err(&format!("{key}.credential"), "set header or query, not both".into()));
+                        return Err(err(
+                            &format!("{key}.credential"),
+                            "set header or query, not both".into(),
+                        ));
                     }
                     if let Some(f) = &s.credential.format {
                         if !f.contains("{}") {
-                            return Err(err(&format!("{key}.credential.format"), "must contain {} where the secret goes".into()));
+                            return Err(err(
+                                &format!("{key}.credential.format"),
+                                "must contain {} where the secret goes".into(),
+                            ));
                         }
                     }
                     if let Some(h) = &s.credential.header {
                         if hyper::header::HeaderName::from_bytes(h.as_bytes()).is_err() {
-                            return Err(err(&format!("{key}.credential.header"), format!("{h:?} is not a valid header name")));
+                            return Err(err(
+                                &format!("{key}.credential.header"),
+                                format!("{h:?} is not a valid header name"),
+                            ));
                         }
                     }
                     for (field, rules) in [("deny", &s.deny), ("approve", &s.approve)] {
                         if rules.iter().any(|r| !matches!(r, Rule::Http { .. })) {
-                            return Err(err(&format!("{key}.{field}"), "http rules are { method = \"…\", path = \"/glob*\" }".into()));
+                            return Err(err(
+                                &format!("{key}.{field}"),
+                                "http rules are { method = \"…\", path = \"/glob*\" }".into(),
+                            ));
                         }
                     }
                 }
             }
             if s.upstream_tls == UpstreamTls::VerifyFull && s.protocol != Protocol::Postgres {
-                return Err(err(&format!("{key}.upstream_tls"), "only applies to postgres services".into()));
+                return Err(err(
+                    &format!("{key}.upstream_tls"),
+                    "only applies to postgres services".into(),
+                ));
             }
             services.push(Service {
                 name: s.name,
@@ -362,17 +403,31 @@ impl Config {
             });
         }
         if !raw.gateway.listen.ip().is_loopback() {
-            return Err(err("gateway.listen", "must be a loopback address such as 127.0.0.1:15001".into()));
+            return Err(err(
+                "gateway.listen",
+                "must be a loopback address such as 127.0.0.1:15001".into(),
+            ));
         }
         if !raw.gateway.listen.is_ipv4() {
-            return Err(err("gateway.listen", "must be an IPv4 loopback address; [::1] is served on the same port".into()));
+            return Err(err(
+                "gateway.listen",
+                "must be an IPv4 loopback address; [::1] is served on the same port".into(),
+            ));
         }
         for (i, entry) in raw.gateway.egress_allow.iter().enumerate() {
             if split_host_port_any(entry).is_none() {
-                return Err(err(&format!("gateway.egress_allow[{i}]"), format!("expected host:port, CIDR:port or host:*, got {entry:?}")));
+                return Err(err(
+                    &format!("gateway.egress_allow[{i}]"),
+                    format!("expected host:port, CIDR:port or host:*, got {entry:?}"),
+                ));
             }
         }
-        Ok(Config { path: path.to_path_buf(), gateway: raw.gateway, agents: raw.agents, services })
+        Ok(Config {
+            path: path.to_path_buf(),
+            gateway: raw.gateway,
+            agents: raw.agents,
+            services,
+        })
     }
 
     /// The agent named `name`.
@@ -389,7 +444,9 @@ impl Config {
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 /// Splits `host:port` or `[v6]:port`; the port must be 1–65535.
@@ -401,7 +458,10 @@ pub fn split_host_port(s: &str) -> Option<(String, u16)> {
 /// Like [`split_host_port`] but accepts `*` as the port (`None` = any).
 pub fn split_host_port_any(s: &str) -> Option<(String, Option<u16>)> {
     let (host, port) = s.rsplit_once(':')?;
-    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
     if host.is_empty() {
         return None;
     }

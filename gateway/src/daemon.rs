@@ -27,12 +27,16 @@ use crate::{
         programs,
         resolver::{self, Resolved},
     },
+    policy::sql::ClassifyCache,
     proxy::{self, http::upstream::UpstreamClients, AgentTable, Gateway},
     recorder::Recorder,
     state::StateHandle,
     tls::LocalCa,
     vault::{Vault, VaultCache},
 };
+
+/// Distinct SQL texts whose classification is cached.
+const SQL_CACHE_ENTRIES: usize = 4096;
 
 /// Errors that stop the daemon from starting.
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +65,9 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
     let recorder = Recorder::open(&gwc.log_dir).map_err(setup("log_dir"))?;
     let http = UpstreamClients::new(&cfg).map_err(setup("upstream TLS"))?;
 
-    let v4 = TcpListener::bind(gwc.listen).await.map_err(setup(&format!("binding gateway.listen {}", gwc.listen)))?;
+    let v4 = TcpListener::bind(gwc.listen)
+        .await
+        .map_err(setup(&format!("binding gateway.listen {}", gwc.listen)))?;
     let v6_addr = SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), gwc.listen.port());
     let v6 = match TcpListener::bind(v6_addr).await {
         Ok(l) => Some(l),
@@ -84,7 +90,11 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
         listen4,
         listen6: Ipv6Addr::LOCALHOST.octets(),
         listen_port: gwc.listen.port(),
-        egress: if gwc.egress == Egress::Deny { EGRESS_DENY } else { EGRESS_ALLOW_ALL },
+        egress: if gwc.egress == Egress::Deny {
+            EGRESS_DENY
+        } else {
+            EGRESS_ALLOW_ALL
+        },
         _pad: 0,
     })?;
     let resolved = resolver::resolve(&cfg).await;
@@ -103,6 +113,7 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
     }
     let agents = AgentTable::new(&cfg, &mount).map_err(setup("agent cgroups"))?;
 
+    let state = Arc::new(StateHandle::new(&gwc.redis_url));
     let gateway = Arc::new(Gateway {
         cfg: cfg.clone(),
         agents,
@@ -110,10 +121,13 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
         routes: RwLock::new(Arc::new(resolved)),
         ca,
         vault,
-        state: StateHandle::new(&gwc.redis_url),
+        state: state.clone(),
         recorder,
         http,
+        sql: Arc::new(ClassifyCache::new(SQL_CACHE_ENTRIES)),
+        pg_cancel: Default::default(),
     });
+    tokio::spawn(async move { state.watch_revocations().await });
     tokio::spawn(proxy::serve(gateway.clone(), v4));
     if let Some(v6) = v6 {
         tokio::spawn(proxy::serve(gateway.clone(), v6));
@@ -160,10 +174,14 @@ fn spawn_bpf_logger(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
     tokio::spawn(async move {
         // SAFETY: the AsyncFd owns the logger, so the ring buffer fd stays
         // open for as long as it is registered.
-        let registered = unsafe { tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) };
+        let registered = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+        };
         let Ok(mut fd) = registered else { return };
         loop {
-            let Ok(mut guard) = fd.readable_mut().await else { return };
+            let Ok(mut guard) = fd.readable_mut().await else {
+                return;
+            };
             guard.get_inner_mut().flush();
             guard.clear_ready();
         }
@@ -172,7 +190,9 @@ fn spawn_bpf_logger(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
 
 /// Sends `READY=1` to `$NOTIFY_SOCKET` (sd_notify(3)) when set.
 fn notify_ready() {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
     let sock = match std::os::unix::net::UnixDatagram::unbound() {
         Ok(s) => s,
         Err(e) => return warn!(error = %e, "sd_notify socket"),

@@ -40,7 +40,11 @@ const DIR_MODE: u32 = 0o750;
 pub enum Event {
     /// A redirected connection was accepted. `original_dst` and `peer` are
     /// `ip:port`.
-    Open { protocol: String, original_dst: String, peer: String },
+    Open {
+        protocol: String,
+        original_dst: String,
+        peer: String,
+    },
     /// The agent's token was accepted.
     AuthOk { token_id: String },
     /// The agent's token was refused; `reason` never contains the token.
@@ -48,7 +52,11 @@ pub enum Event {
     /// A PostgreSQL statement.
     Query { sql: String },
     /// An HTTP request and the status returned to the agent.
-    Request { method: String, path: String, status: u16 },
+    Request {
+        method: String,
+        path: String,
+        status: u16,
+    },
     /// An upstream response: status and body bytes.
     Response { status: u16, bytes: u64 },
     /// Refused by policy `rule`.
@@ -93,18 +101,31 @@ impl Recorder {
     /// # Errors
     /// I/O errors creating the directories or opening the audit log.
     pub fn open(log_dir: &Path) -> io::Result<Arc<Recorder>> {
-        let group = nix::unistd::Group::from_name(AUDIT_GROUP).ok().flatten().map(|g| g.gid.as_raw());
+        let group = nix::unistd::Group::from_name(AUDIT_GROUP)
+            .ok()
+            .flatten()
+            .map(|g| g.gid.as_raw());
         let sessions_dir = log_dir.join("sessions");
         for dir in [log_dir, &sessions_dir] {
             if !dir.is_dir() {
-                DirBuilder::new().recursive(true).mode(DIR_MODE).create(dir).map_err(|e| annotate(e, "create", dir))?;
-                fs::set_permissions(dir, fs::Permissions::from_mode(DIR_MODE)).map_err(|e| annotate(e, "chmod", dir))?;
+                DirBuilder::new()
+                    .recursive(true)
+                    .mode(DIR_MODE)
+                    .create(dir)
+                    .map_err(|e| annotate(e, "create", dir))?;
+                fs::set_permissions(dir, fs::Permissions::from_mode(DIR_MODE))
+                    .map_err(|e| annotate(e, "chmod", dir))?;
                 set_group(&File::open(dir)?, dir, group);
             }
         }
         let audit_path = log_dir.join("audit.jsonl");
         let audit = open_append(&audit_path, group, false)?;
-        Ok(Arc::new(Recorder { sessions_dir, audit_path, audit: Mutex::new(audit), group }))
+        Ok(Arc::new(Recorder {
+            sessions_dir,
+            audit_path,
+            audit: Mutex::new(audit),
+            group,
+        }))
     }
 
     /// Starts a session: creates `sessions/<id>.jsonl` with a fresh id.
@@ -115,7 +136,17 @@ impl Recorder {
         let id = new_session_id();
         let path = self.sessions_dir.join(format!("{id}.jsonl"));
         let file = open_append(&path, self.group, true)?;
-        Ok(SessionRecord { recorder: Arc::clone(self), id, meta, chain: Mutex::new(Chain { file, path, seq: 0, prev: String::new() }) })
+        Ok(SessionRecord {
+            recorder: Arc::clone(self),
+            id,
+            meta,
+            chain: Mutex::new(Chain {
+                file,
+                path,
+                seq: 0,
+                prev: String::new(),
+            }),
+        })
     }
 
     /// Appends `line` (with its newline) to `audit.jsonl`, reopening it if
@@ -140,7 +171,9 @@ impl Recorder {
 /// `s-` + 12 hex digits of unix milliseconds + `-` + 8 random hex digits:
 /// unique, and sorts by start time.
 fn new_session_id() -> String {
-    let ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
     format!("s-{ms:012x}-{:08x}", OsRng.next_u32())
 }
 
@@ -190,7 +223,9 @@ impl SessionRecord {
     pub fn record(&self, event: Event) -> io::Result<()> {
         let mut chain = self.chain.lock().unwrap_or_else(|p| p.into_inner());
         let line = Line {
-            ts: chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
+            ts: chrono::Utc::now()
+                .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+                .to_string(),
             session: &self.id,
             agent: &self.meta.agent,
             pid: self.meta.pid,
@@ -223,7 +258,8 @@ fn open_append(path: &Path, group: Option<u32>, create_new: bool) -> io::Result<
     let file = opts.open(path).map_err(|e| annotate(e, "open", path))?;
     if file.metadata()?.len() == 0 {
         // New file: fix the mode against the umask and set the group.
-        file.set_permissions(fs::Permissions::from_mode(FILE_MODE)).map_err(|e| annotate(e, "chmod", path))?;
+        file.set_permissions(fs::Permissions::from_mode(FILE_MODE))
+            .map_err(|e| annotate(e, "chmod", path))?;
         set_group(&file, path, group);
     }
     Ok(file)
@@ -241,9 +277,18 @@ fn set_group(file: &File, path: &Path, group: Option<u32>) {
 
 /// One `write(2)` of the whole line; a short write is an error.
 fn write_line(mut file: &File, path: &Path, line: &[u8]) -> io::Result<()> {
-    let n = file.write(line).map_err(|e| annotate(e, "append to", path))?;
+    let n = file
+        .write(line)
+        .map_err(|e| annotate(e, "append to", path))?;
     if n != line.len() {
-        return Err(io::Error::new(io::ErrorKind::WriteZero, format!("short write to {} ({n} of {} bytes); is the disk full?", path.display(), line.len())));
+        return Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            format!(
+                "short write to {} ({n} of {} bytes); is the disk full?",
+                path.display(),
+                line.len()
+            ),
+        ));
     }
     Ok(())
 }
@@ -259,11 +304,20 @@ mod tests {
     use super::*;
 
     fn meta(agent: &str) -> SessionMeta {
-        SessionMeta { agent: agent.into(), pid: 4242, uid: 1000, service: "payments-api".into() }
+        SessionMeta {
+            agent: agent.into(),
+            pid: 4242,
+            uid: 1000,
+            service: "payments-api".into(),
+        }
     }
 
     fn lines(path: &Path) -> Vec<String> {
-        fs::read_to_string(path).unwrap().lines().map(String::from).collect()
+        fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect()
     }
 
     #[test]
@@ -276,7 +330,10 @@ mod tests {
         assert_eq!(mode(&log), 0o750);
         assert_eq!(mode(&log.join("sessions")), 0o750);
         assert_eq!(mode(&log.join("audit.jsonl")), 0o640);
-        assert_eq!(mode(&log.join("sessions").join(format!("{}.jsonl", s.id()))), 0o640);
+        assert_eq!(
+            mode(&log.join("sessions").join(format!("{}.jsonl", s.id()))),
+            0o640
+        );
     }
 
     #[test]
@@ -284,8 +341,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let rec = Recorder::open(dir.path()).unwrap();
         let s = rec.start(meta("ci-bot")).unwrap();
-        s.record(Event::Request { method: "GET".into(), path: "/v1/x".into(), status: 200 }).unwrap();
-        s.record(Event::Masked { fields: vec!["ssn".into()], count: 3 }).unwrap();
+        s.record(Event::Request {
+            method: "GET".into(),
+            path: "/v1/x".into(),
+            status: 200,
+        })
+        .unwrap();
+        s.record(Event::Masked {
+            fields: vec!["ssn".into()],
+            count: 3,
+        })
+        .unwrap();
         let line: Value = serde_json::from_str(&lines(&dir.path().join("audit.jsonl"))[0]).unwrap();
         assert_eq!(line["session"], s.id());
         assert_eq!(line["agent"], "ci-bot");
@@ -293,12 +359,23 @@ mod tests {
         assert_eq!(line["uid"], 1000);
         assert_eq!(line["service"], "payments-api");
         assert_eq!(line["event"], "request");
-        assert_eq!((line["method"].as_str(), line["path"].as_str(), line["status"].as_u64()), (Some("GET"), Some("/v1/x"), Some(200)));
+        assert_eq!(
+            (
+                line["method"].as_str(),
+                line["path"].as_str(),
+                line["status"].as_u64()
+            ),
+            (Some("GET"), Some("/v1/x"), Some(200))
+        );
         let ts = line["ts"].as_str().unwrap();
         assert!(chrono::DateTime::parse_from_rfc3339(ts).is_ok());
         assert_eq!(ts.len(), "2026-11-29T08:50:00.123456Z".len(), "{ts}");
-        let masked: Value = serde_json::from_str(&lines(&dir.path().join("audit.jsonl"))[1]).unwrap();
-        assert_eq!((masked["event"].as_str(), masked["count"].as_u64()), (Some("masked"), Some(3)));
+        let masked: Value =
+            serde_json::from_str(&lines(&dir.path().join("audit.jsonl"))[1]).unwrap();
+        assert_eq!(
+            (masked["event"].as_str(), masked["count"].as_u64()),
+            (Some("masked"), Some(3))
+        );
     }
 
     #[test]
@@ -306,14 +383,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let rec = Recorder::open(dir.path()).unwrap();
         let s = rec.start(meta("ci-bot")).unwrap();
-        s.record(Event::Query { sql: "SELECT 1".into() }).unwrap();
+        s.record(Event::Query {
+            sql: "SELECT 1".into(),
+        })
+        .unwrap();
         s.record(Event::Close { duration_ms: 5 }).unwrap();
-        let lines = lines(&dir.path().join("sessions").join(format!("{}.jsonl", s.id())));
+        let lines = lines(
+            &dir.path()
+                .join("sessions")
+                .join(format!("{}.jsonl", s.id())),
+        );
         let first: Value = serde_json::from_str(&lines[0]).unwrap();
         let second: Value = serde_json::from_str(&lines[1]).unwrap();
-        assert_eq!((first["seq"].as_u64(), first["prev"].as_str()), (Some(0), Some("")));
+        assert_eq!(
+            (first["seq"].as_u64(), first["prev"].as_str()),
+            (Some(0), Some(""))
+        );
         assert_eq!(second["seq"], 1);
-        assert_eq!(second["prev"], hex::encode(Sha256::digest(lines[0].as_bytes())));
+        assert_eq!(
+            second["prev"],
+            hex::encode(Sha256::digest(lines[0].as_bytes()))
+        );
     }
 
     #[test]
@@ -335,7 +425,10 @@ mod tests {
                 scope.spawn(move || {
                     let s = rec.start(meta(&format!("agent-{t}"))).unwrap();
                     for i in 0..200 {
-                        s.record(Event::Query { sql: format!("SELECT {i} /* {} */", "x".repeat(300)) }).unwrap();
+                        s.record(Event::Query {
+                            sql: format!("SELECT {i} /* {} */", "x".repeat(300)),
+                        })
+                        .unwrap();
                     }
                 });
             }
@@ -345,7 +438,9 @@ mod tests {
         let mut per_session = std::collections::HashMap::<String, u64>::new();
         for line in &audit {
             let v: Value = serde_json::from_str(line).expect("whole JSON line");
-            let next = per_session.entry(v["session"].as_str().unwrap().to_string()).or_default();
+            let next = per_session
+                .entry(v["session"].as_str().unwrap().to_string())
+                .or_default();
             assert_eq!(v["seq"], *next, "per-session order is kept");
             *next += 1;
         }
@@ -357,9 +452,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let rec = Recorder::open(dir.path()).unwrap();
         let s = rec.start(meta("ci-bot")).unwrap();
-        s.record(Event::Error { message: "one".into() }).unwrap();
-        fs::rename(dir.path().join("audit.jsonl"), dir.path().join("audit.jsonl.1")).unwrap();
-        s.record(Event::Error { message: "two".into() }).unwrap();
+        s.record(Event::Error {
+            message: "one".into(),
+        })
+        .unwrap();
+        fs::rename(
+            dir.path().join("audit.jsonl"),
+            dir.path().join("audit.jsonl.1"),
+        )
+        .unwrap();
+        s.record(Event::Error {
+            message: "two".into(),
+        })
+        .unwrap();
         assert_eq!(lines(&dir.path().join("audit.jsonl")).len(), 1);
         assert_eq!(lines(&dir.path().join("audit.jsonl.1")).len(), 1);
     }

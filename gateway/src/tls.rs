@@ -9,16 +9,15 @@
 //!   against `upstream_ca` alone when a service sets it.
 use std::{
     collections::HashMap,
-    fs,
-    io,
+    fs, io,
     os::unix::fs::{OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
 };
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use rustls::{
     crypto::ring::sign::any_supported_type,
@@ -35,7 +34,11 @@ pub const SERVABLE_ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("{what} {path}: {source}")]
-    Io { what: &'static str, path: PathBuf, source: io::Error },
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
     #[error("certificate generation failed: {0}")]
     Rcgen(#[from] rcgen::Error),
     #[error("TLS configuration: {0}")]
@@ -68,7 +71,8 @@ impl LocalCa {
         };
         if !cert_path.exists() || !key_path.exists() {
             fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
-            fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(io("chmod", &dir))?;
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+                .map_err(io("chmod", &dir))?;
             let key = KeyPair::generate()?;
             let mut params = CertificateParams::default();
             let mut dn = DistinguishedName::new();
@@ -80,14 +84,19 @@ impl LocalCa {
             params.not_before = rcgen::date_time_ymd(2024, 1, 1);
             params.not_after = rcgen::date_time_ymd(2036, 1, 1);
             let cert = params.self_signed(&key)?;
-            write_private(&key_path, key.serialize_pem().as_bytes()).map_err(io("writing", &key_path))?;
+            write_private(&key_path, key.serialize_pem().as_bytes())
+                .map_err(io("writing", &key_path))?;
             fs::write(&cert_path, cert.pem()).map_err(io("writing", &cert_path))?;
         }
         let key_pem = fs::read_to_string(&key_path).map_err(io("reading", &key_path))?;
         let cert_pem = fs::read_to_string(&cert_path).map_err(io("reading", &cert_path))?;
         let key = KeyPair::from_pem(&key_pem)?;
         let issuer = Issuer::from_ca_cert_pem(&cert_pem, key)?;
-        Ok(LocalCa { issuer, cert_pem, cache: Mutex::new(HashMap::new()) })
+        Ok(LocalCa {
+            issuer,
+            cert_pem,
+            cache: Mutex::new(HashMap::new()),
+        })
     }
 
     /// The CA certificate, PEM.
@@ -110,9 +119,14 @@ impl LocalCa {
             Ok(ip) => SanType::IpAddress(ip),
             Err(_) => SanType::DnsName(server_name.try_into()?),
         }];
-        params.distinguished_name.push(DnType::CommonName, server_name);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, server_name);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
         let now = time::OffsetDateTime::now_utc();
         params.not_before = now - time::Duration::days(1);
         params.not_after = now + time::Duration::days(90);
@@ -121,7 +135,10 @@ impl LocalCa {
             .map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?;
         let signing = any_supported_type(&key_der)?;
         let ck = Arc::new(CertifiedKey::new(vec![cert.der().clone()], signing));
-        self.cache.lock().unwrap().insert(server_name.to_string(), ck.clone());
+        self.cache
+            .lock()
+            .unwrap()
+            .insert(server_name.to_string(), ck.clone());
         Ok(ck)
     }
 }
@@ -138,7 +155,11 @@ impl ResolvesServerCert for MintedCert {
 
 fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
     use io::Write;
-    let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
     f.write_all(bytes)?;
     f.sync_all()
 }
@@ -148,11 +169,15 @@ fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
 ///
 /// # Errors
 /// [`TlsError::Rustls`] when the protocol versions cannot be set up.
-pub fn agent_server_config(cert: Arc<CertifiedKey>, offered: &[&[u8]]) -> Result<Arc<ServerConfig>, TlsError> {
-    let mut cfg = ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(MintedCert(cert)));
+pub fn agent_server_config(
+    cert: Arc<CertifiedKey>,
+    offered: &[&[u8]],
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let mut cfg =
+        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(MintedCert(cert)));
     cfg.alpn_protocols = SERVABLE_ALPN
         .iter()
         .filter(|p| offered.contains(p))
@@ -171,11 +196,20 @@ pub fn upstream_client_config(upstream_ca: Option<&Path>) -> Result<ClientConfig
     match upstream_ca {
         Some(path) => {
             let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-                .map_err(|e| TlsError::BadPem { path: path.to_path_buf(), reason: e.to_string() })?
+                .map_err(|e| TlsError::BadPem {
+                    path: path.to_path_buf(),
+                    reason: e.to_string(),
+                })?
                 .collect::<Result<_, _>>()
-                .map_err(|e| TlsError::BadPem { path: path.to_path_buf(), reason: e.to_string() })?;
+                .map_err(|e| TlsError::BadPem {
+                    path: path.to_path_buf(),
+                    reason: e.to_string(),
+                })?;
             if certs.is_empty() {
-                return Err(TlsError::BadPem { path: path.to_path_buf(), reason: "empty".into() });
+                return Err(TlsError::BadPem {
+                    path: path.to_path_buf(),
+                    reason: "empty".into(),
+                });
             }
             for c in certs {
                 roots.add(c)?;
@@ -186,8 +220,10 @@ pub fn upstream_client_config(upstream_ca: Option<&Path>) -> Result<ClientConfig
             roots.add_parsable_certificates(native.certs);
         }
     }
-    Ok(ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
+    Ok(
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
 }

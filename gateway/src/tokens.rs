@@ -61,7 +61,10 @@ pub fn find(s: &str) -> Option<Range<usize>> {
     while let Some(offset) = s[from..].find(TOKEN_PREFIX) {
         let start = from + offset;
         let body = start + TOKEN_PREFIX.len();
-        let len = s.as_bytes()[body..].iter().take_while(|b| b.is_ascii_alphanumeric()).count();
+        let len = s.as_bytes()[body..]
+            .iter()
+            .take_while(|b| b.is_ascii_alphanumeric())
+            .count();
         if len >= TOKEN_MIN_RANDOM {
             return Some(start..body + len);
         }
@@ -130,9 +133,15 @@ pub enum Rejection {
     #[error("token was revoked")]
     Revoked,
     #[error("token belongs to agent {expected:?} but was presented by agent {presented_by:?}")]
-    WrongAgent { expected: String, presented_by: String },
+    WrongAgent {
+        expected: String,
+        presented_by: String,
+    },
     #[error("token is for service {expected:?} but was presented for service {presented_for:?}")]
-    WrongService { expected: String, presented_for: String },
+    WrongService {
+        expected: String,
+        presented_for: String,
+    },
 }
 
 /// Checks a looked-up token record against who presented it (`agent`), for
@@ -142,7 +151,12 @@ pub enum Rejection {
 /// The first failing condition, in this order: [`Rejection::Unknown`] (no
 /// record), [`Rejection::Revoked`], [`Rejection::Expired`],
 /// [`Rejection::WrongAgent`], [`Rejection::WrongService`].
-pub fn check(record: Option<TokenRecord>, agent: &str, service: &str, now_unix: i64) -> Result<TokenRecord, Rejection> {
+pub fn check(
+    record: Option<TokenRecord>,
+    agent: &str,
+    service: &str,
+    now_unix: i64,
+) -> Result<TokenRecord, Rejection> {
     let record = record.ok_or(Rejection::Unknown)?;
     match record.state(now_unix) {
         TokenState::Revoked => return Err(Rejection::Revoked),
@@ -150,10 +164,16 @@ pub fn check(record: Option<TokenRecord>, agent: &str, service: &str, now_unix: 
         TokenState::Active => {}
     }
     if record.agent != agent {
-        return Err(Rejection::WrongAgent { expected: record.agent, presented_by: agent.to_string() });
+        return Err(Rejection::WrongAgent {
+            expected: record.agent,
+            presented_by: agent.to_string(),
+        });
     }
     if record.service != service {
-        return Err(Rejection::WrongService { expected: record.service, presented_for: service.to_string() });
+        return Err(Rejection::WrongService {
+            expected: record.service,
+            presented_for: service.to_string(),
+        });
     }
     Ok(record)
 }
@@ -180,7 +200,9 @@ mod tests {
         assert_ne!(*a, *b);
         assert_eq!(a.len(), TOKEN_PREFIX.len() + TOKEN_RANDOM_LEN);
         assert!(a.starts_with(TOKEN_PREFIX));
-        assert!(a[TOKEN_PREFIX.len()..].bytes().all(|c| c.is_ascii_alphanumeric()));
+        assert!(a[TOKEN_PREFIX.len()..]
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric()));
         assert_eq!(find(&a), Some(0..a.len()));
     }
 
@@ -194,7 +216,10 @@ mod tests {
 
     #[test]
     fn digest_is_lowercase_hex_sha256() {
-        assert_eq!(digest("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            digest("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 
     #[test]
@@ -225,22 +250,40 @@ mod tests {
 
     #[test]
     fn valid_token_passes() {
-        assert_eq!(check(Some(record()), "ci-bot", "billing-db", 1_999), Ok(record()));
+        assert_eq!(
+            check(Some(record()), "ci-bot", "billing-db", 1_999),
+            Ok(record())
+        );
     }
 
     #[test]
     fn unknown_expired_and_revoked_are_refused() {
-        assert_eq!(check(None, "ci-bot", "billing-db", 1_500), Err(Rejection::Unknown));
-        assert_eq!(check(Some(record()), "ci-bot", "billing-db", 2_000), Err(Rejection::Expired));
-        let revoked = TokenRecord { revoked: true, ..record() };
-        assert_eq!(check(Some(revoked.clone()), "ci-bot", "billing-db", 1_500), Err(Rejection::Revoked));
+        assert_eq!(
+            check(None, "ci-bot", "billing-db", 1_500),
+            Err(Rejection::Unknown)
+        );
+        assert_eq!(
+            check(Some(record()), "ci-bot", "billing-db", 2_000),
+            Err(Rejection::Expired)
+        );
+        let revoked = TokenRecord {
+            revoked: true,
+            ..record()
+        };
+        assert_eq!(
+            check(Some(revoked.clone()), "ci-bot", "billing-db", 1_500),
+            Err(Rejection::Revoked)
+        );
         assert_eq!(revoked.state(5_000), TokenState::Revoked);
     }
 
     #[test]
     fn token_of_another_agent_or_service_is_refused_with_both_names() {
         let e = check(Some(record()), "intruder", "billing-db", 1_500).unwrap_err();
-        assert_eq!(e.to_string(), "token belongs to agent \"ci-bot\" but was presented by agent \"intruder\"");
+        assert_eq!(
+            e.to_string(),
+            "token belongs to agent \"ci-bot\" but was presented by agent \"intruder\""
+        );
         let e = check(Some(record()), "ci-bot", "payments-api", 1_500).unwrap_err();
         assert!(matches!(e, Rejection::WrongService { .. }));
         assert!(e.to_string().contains("payments-api"));
@@ -249,6 +292,9 @@ mod tests {
     #[test]
     fn record_round_trips_through_json() {
         let json = serde_json::to_string(&record()).unwrap();
-        assert_eq!(serde_json::from_str::<TokenRecord>(&json).unwrap(), record());
+        assert_eq!(
+            serde_json::from_str::<TokenRecord>(&json).unwrap(),
+            record()
+        );
     }
 }

@@ -93,7 +93,9 @@ impl<'de> Deserialize<'de> for Secret {
             // the (zeroized) plaintext buffer without copying it.
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Secret, E> {
                 let mut out = Zeroizing::new(Vec::with_capacity(v.len() / 4 * 3 + 3));
-                BASE64.decode_vec(v, &mut out).map_err(|_| E::custom("invalid base64 value"))?;
+                BASE64
+                    .decode_vec(v, &mut out)
+                    .map_err(|_| E::custom("invalid base64 value"))?;
                 Ok(Secret(out))
             }
         }
@@ -119,7 +121,11 @@ pub enum VaultError {
     #[error("invalid secret name {0:?}: use 1-128 letters, digits, '-', '_' or '.'")]
     InvalidName(String),
     #[error("cannot {action} {}: {source}{}", path.display(), permission_hint(source))]
-    Io { action: &'static str, path: PathBuf, source: io::Error },
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
 }
 
 fn permission_hint(e: &io::Error) -> &'static str {
@@ -131,7 +137,11 @@ fn permission_hint(e: &io::Error) -> &'static str {
 }
 
 fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> VaultError + 'a {
-    move |source| VaultError::Io { action, path: path.to_path_buf(), source }
+    move |source| VaultError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// An opened vault: the key plus the paths of its files.
@@ -145,7 +155,10 @@ pub struct Vault {
 
 impl fmt::Debug for Vault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Vault").field("key_path", &self.key_path).field("sealed", &self.sealed).finish_non_exhaustive()
+        f.debug_struct("Vault")
+            .field("key_path", &self.key_path)
+            .field("sealed", &self.sealed)
+            .finish_non_exhaustive()
     }
 }
 
@@ -164,14 +177,24 @@ impl Vault {
         let sealed = gw.state_dir.join(SEALED_FILE);
         let (key, key_created) = match read_key(&key_path)? {
             Some(key) => (key, false),
-            None if sealed.exists() => return Err(VaultError::KeyLost { key: key_path, sealed }),
+            None if sealed.exists() => {
+                return Err(VaultError::KeyLost {
+                    key: key_path,
+                    sealed,
+                })
+            }
             None => match create_key(&key_path)? {
                 Some(key) => {
                     tracing::info!(path = %key_path.display(), "created a new vault key; back it up");
                     (key, true)
                 }
                 // Another process created it first: use theirs.
-                None => (read_key(&key_path)?.ok_or_else(|| io_err("read vault key", &key_path)(io::ErrorKind::NotFound.into()))?, false),
+                None => (
+                    read_key(&key_path)?.ok_or_else(|| {
+                        io_err("read vault key", &key_path)(io::ErrorKind::NotFound.into())
+                    })?,
+                    false,
+                ),
             },
         };
         Ok(Vault {
@@ -237,13 +260,19 @@ impl Vault {
         };
         let meta = file.metadata().map_err(io_err("read", &self.sealed))?;
         let mut sealed = Vec::with_capacity(meta.len() as usize);
-        file.read_to_end(&mut sealed).map_err(io_err("read", &self.sealed))?;
+        file.read_to_end(&mut sealed)
+            .map_err(io_err("read", &self.sealed))?;
         Ok((Some(FileStamp::of(&meta)), self.unseal(&sealed)?))
     }
 
     fn unseal(&self, sealed: &[u8]) -> Result<SecretMap, VaultError> {
-        let corrupt = |reason| VaultError::Corrupt { path: self.sealed.clone(), reason };
-        let rest = sealed.strip_prefix(MAGIC).ok_or_else(|| corrupt("bad magic, expected SLV1"))?;
+        let corrupt = |reason| VaultError::Corrupt {
+            path: self.sealed.clone(),
+            reason,
+        };
+        let rest = sealed
+            .strip_prefix(MAGIC)
+            .ok_or_else(|| corrupt("bad magic, expected SLV1"))?;
         if rest.len() < NONCE_LEN + TAG_LEN {
             return Err(corrupt("truncated"));
         }
@@ -251,8 +280,12 @@ impl Vault {
         let mut plain = Zeroizing::new(ciphertext.to_vec());
         self.cipher
             .decrypt_in_place(XNonce::from_slice(nonce), MAGIC, &mut *plain)
-            .map_err(|_| VaultError::Decrypt { sealed: self.sealed.clone(), key: self.key_path.clone() })?;
-        serde_json::from_slice(&plain).map_err(|_| corrupt("decrypted contents are not a secret map"))
+            .map_err(|_| VaultError::Decrypt {
+                sealed: self.sealed.clone(),
+                key: self.key_path.clone(),
+            })?;
+        serde_json::from_slice(&plain)
+            .map_err(|_| corrupt("decrypted contents are not a secret map"))
     }
 
     fn seal(&self, map: &SecretMap) -> Result<Vec<u8>, VaultError> {
@@ -266,7 +299,10 @@ impl Vault {
         OsRng.fill_bytes(&mut nonce);
         self.cipher
             .encrypt_in_place(XNonce::from_slice(&nonce), MAGIC, &mut *plain)
-            .map_err(|_| VaultError::Corrupt { path: self.sealed.clone(), reason: "vault too large to seal" })?;
+            .map_err(|_| VaultError::Corrupt {
+                path: self.sealed.clone(),
+                reason: "vault too large to seal",
+            })?;
         let mut out = Vec::with_capacity(MAGIC.len() + NONCE_LEN + plain.len());
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&nonce);
@@ -299,9 +335,17 @@ impl Vault {
 
     /// Atomically replaces `vault.sealed` with `contents`.
     fn replace(&self, contents: &[u8]) -> Result<(), VaultError> {
-        let tmp = self.dir.join(format!(".{SEALED_FILE}.tmp-{}-{:08x}", std::process::id(), OsRng.next_u32()));
+        let tmp = self.dir.join(format!(
+            ".{SEALED_FILE}.tmp-{}-{:08x}",
+            std::process::id(),
+            OsRng.next_u32()
+        ));
         let written = (|| {
-            let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
             f.write_all(contents)?;
             f.sync_all()
         })();
@@ -309,7 +353,9 @@ impl Vault {
             let _ = fs::remove_file(&tmp);
             return Err(io_err("write", &self.sealed)(e));
         }
-        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io_err("sync directory", &self.dir))
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err("sync directory", &self.dir))
     }
 }
 
@@ -326,10 +372,16 @@ impl Write for ByteCounter {
     }
 }
 
-fn check_name(name: &str) -> Result<(), VaultError> {
+/// Checks a secret name: 1-128 ASCII letters, digits, `-`, `_` or `.`.
+///
+/// # Errors
+/// [`VaultError::InvalidName`].
+pub fn check_name(name: &str) -> Result<(), VaultError> {
     let ok = !name.is_empty()
         && name.len() <= 128
-        && name.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'));
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'));
     if ok {
         Ok(())
     } else {
@@ -355,13 +407,20 @@ fn read_key(path: &Path) -> Result<Option<Zeroizing<[u8; KEY_LEN]>>, VaultError>
     let meta = file.metadata().map_err(io_err("read vault key", path))?;
     let mode = meta.mode() & 0o777;
     if mode & 0o077 != 0 {
-        return Err(VaultError::KeyPermissions { path: path.to_path_buf(), mode });
+        return Err(VaultError::KeyPermissions {
+            path: path.to_path_buf(),
+            mode,
+        });
     }
     if meta.len() != KEY_LEN as u64 {
-        return Err(VaultError::KeyLength { path: path.to_path_buf(), len: meta.len() });
+        return Err(VaultError::KeyLength {
+            path: path.to_path_buf(),
+            len: meta.len(),
+        });
     }
     let mut key = Zeroizing::new([0u8; KEY_LEN]);
-    file.read_exact(&mut key[..]).map_err(io_err("read vault key", path))?;
+    file.read_exact(&mut key[..])
+        .map_err(io_err("read vault key", path))?;
     Ok(Some(key))
 }
 
@@ -373,17 +432,28 @@ fn create_key(path: &Path) -> Result<Option<Zeroizing<[u8; KEY_LEN]>>, VaultErro
     }
     let mut key = Zeroizing::new([0u8; KEY_LEN]);
     OsRng.fill_bytes(&mut key[..]);
-    let mut file = match OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+    let mut file = match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(None),
         Err(e) => return Err(io_err("create vault key", path)(e)),
     };
-    file.write_all(&key[..]).and_then(|()| file.sync_all()).map_err(io_err("write vault key", path))?;
+    file.write_all(&key[..])
+        .and_then(|()| file.sync_all())
+        .map_err(io_err("write vault key", path))?;
     Ok(Some(key))
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), VaultError> {
-    DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io_err("create directory", dir))
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io_err("create directory", dir))
 }
 
 /// Identity of one version of `vault.sealed`: every write renames a new
@@ -398,7 +468,12 @@ struct FileStamp {
 
 impl FileStamp {
     fn of(m: &fs::Metadata) -> Self {
-        FileStamp { dev: m.dev(), ino: m.ino(), size: m.size(), mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()) }
+        FileStamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+        }
     }
 }
 
@@ -413,7 +488,10 @@ pub struct VaultCache {
 impl VaultCache {
     /// Wraps `vault`; nothing is read until the first [`VaultCache::get`].
     pub fn new(vault: Vault) -> Self {
-        VaultCache { vault, loaded: Mutex::new(None) }
+        VaultCache {
+            vault,
+            loaded: Mutex::new(None),
+        }
     }
 
     /// The current value of `name`, or `None`.
@@ -443,7 +521,11 @@ mod tests {
     use super::*;
 
     fn gateway(dir: &Path) -> Gateway {
-        let text = format!("state_dir = {:?}\nvault_key = {:?}\n", dir.join("state"), dir.join("etc/vault.key"));
+        let text = format!(
+            "state_dir = {:?}\nvault_key = {:?}\n",
+            dir.join("state"),
+            dir.join("etc/vault.key")
+        );
         toml::from_str(&text).unwrap()
     }
 
@@ -466,8 +548,14 @@ mod tests {
         let reopened = Vault::open(&gw).unwrap();
         assert_eq!(reopened.key_created(), None);
         assert_eq!(reopened.names().unwrap(), ["billing-db", "payments-key"]);
-        assert_eq!(reopened.get("payments-key").unwrap().unwrap().expose(), b"sk_live_123");
-        assert_eq!(reopened.get("billing-db").unwrap().unwrap().expose(), [0, 255, 10]);
+        assert_eq!(
+            reopened.get("payments-key").unwrap().unwrap().expose(),
+            b"sk_live_123"
+        );
+        assert_eq!(
+            reopened.get("billing-db").unwrap().unwrap().expose(),
+            [0, 255, 10]
+        );
         assert!(reopened.get("nope").unwrap().is_none());
 
         assert!(reopened.remove("billing-db").unwrap());
@@ -480,11 +568,18 @@ mod tests {
     fn sealed_file_holds_no_plaintext() {
         let dir = tempfile::tempdir().unwrap();
         let gw = gateway(dir.path());
-        Vault::open(&gw).unwrap().put("api", b"hunter2-hunter2").unwrap();
+        Vault::open(&gw)
+            .unwrap()
+            .put("api", b"hunter2-hunter2")
+            .unwrap();
         let raw = fs::read(gw.state_dir.join(SEALED_FILE)).unwrap();
         assert!(raw.starts_with(MAGIC));
         let hay = String::from_utf8_lossy(&raw);
-        assert!(!hay.contains("hunter2") && !hay.contains("api") && !hay.contains(&BASE64.encode("hunter2-hunter2")));
+        assert!(
+            !hay.contains("hunter2")
+                && !hay.contains("api")
+                && !hay.contains(&BASE64.encode("hunter2-hunter2"))
+        );
     }
 
     #[test]
@@ -496,7 +591,10 @@ mod tests {
         let e = Vault::open(&gw).unwrap().names().unwrap_err();
         assert!(matches!(e, VaultError::Decrypt { .. }));
         let msg = e.to_string();
-        assert!(msg.contains("wrong key") && msg.contains("vault.sealed") && !msg.contains("hunter2"), "{msg}");
+        assert!(
+            msg.contains("wrong key") && msg.contains("vault.sealed") && !msg.contains("hunter2"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -505,7 +603,10 @@ mod tests {
         let gw = gateway(dir.path());
         Vault::open(&gw).unwrap().put("api", b"v").unwrap();
         fs::remove_file(&gw.vault_key).unwrap();
-        assert!(matches!(Vault::open(&gw).unwrap_err(), VaultError::KeyLost { .. }));
+        assert!(matches!(
+            Vault::open(&gw).unwrap_err(),
+            VaultError::KeyLost { .. }
+        ));
         assert!(!gw.vault_key.exists());
     }
 
@@ -516,12 +617,18 @@ mod tests {
         Vault::open(&gw).unwrap();
         fs::set_permissions(&gw.vault_key, fs::Permissions::from_mode(0o644)).unwrap();
         let msg = Vault::open(&gw).unwrap_err().to_string();
-        assert!(msg.contains(&format!("chmod 600 {}", gw.vault_key.display())), "{msg}");
+        assert!(
+            msg.contains(&format!("chmod 600 {}", gw.vault_key.display())),
+            "{msg}"
+        );
 
         fs::set_permissions(&gw.vault_key, fs::Permissions::from_mode(0o600)).unwrap();
         fs::write(&gw.vault_key, b"too short").unwrap();
         let msg = Vault::open(&gw).unwrap_err().to_string();
-        assert!(msg.contains("9 bytes") && msg.contains("exactly 32"), "{msg}");
+        assert!(
+            msg.contains("9 bytes") && msg.contains("exactly 32"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -529,10 +636,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let gw = gateway(dir.path());
         let creds = dir.path().join("creds");
-        assert_eq!(key_path(&gw, Some(creds.clone().into_os_string())), gw.vault_key);
+        assert_eq!(
+            key_path(&gw, Some(creds.clone().into_os_string())),
+            gw.vault_key
+        );
         fs::create_dir(&creds).unwrap();
         fs::write(creds.join("vault.key"), [1u8; KEY_LEN]).unwrap();
-        assert_eq!(key_path(&gw, Some(creds.clone().into_os_string())), creds.join("vault.key"));
+        assert_eq!(
+            key_path(&gw, Some(creds.clone().into_os_string())),
+            creds.join("vault.key")
+        );
         assert_eq!(key_path(&gw, None), gw.vault_key);
     }
 
@@ -545,8 +658,15 @@ mod tests {
         vault.put("a", b"1").unwrap();
         let before = fs::metadata(&sealed).unwrap().ino();
         vault.put("a", b"2").unwrap();
-        assert_ne!(fs::metadata(&sealed).unwrap().ino(), before, "replaced by rename, not rewritten in place");
-        let mut entries: Vec<_> = fs::read_dir(&gw.state_dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_ne!(
+            fs::metadata(&sealed).unwrap().ino(),
+            before,
+            "replaced by rename, not rewritten in place"
+        );
+        let mut entries: Vec<_> = fs::read_dir(&gw.state_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         entries.sort();
         assert_eq!(entries, [LOCK_FILE, SEALED_FILE]);
     }
@@ -559,7 +679,12 @@ mod tests {
         std::thread::scope(|s| {
             for i in 0..8 {
                 let gw = &gw;
-                s.spawn(move || Vault::open(gw).unwrap().put(&format!("s{i}"), b"x").unwrap());
+                s.spawn(move || {
+                    Vault::open(gw)
+                        .unwrap()
+                        .put(&format!("s{i}"), b"x")
+                        .unwrap()
+                });
             }
         });
         assert_eq!(Vault::open(&gw).unwrap().names().unwrap().len(), 8);
@@ -569,7 +694,10 @@ mod tests {
     fn secret_and_errors_never_print_values() {
         let s = Secret(Zeroizing::new(b"hunter2".to_vec()));
         assert_eq!(format!("{s:?} {s}"), "[redacted] [redacted]");
-        assert!(matches!(check_name("bad name"), Err(VaultError::InvalidName(_))));
+        assert!(matches!(
+            check_name("bad name"),
+            Err(VaultError::InvalidName(_))
+        ));
     }
 
     #[test]

@@ -20,19 +20,49 @@ struct Check {
 /// [`CliError::Runtime`] naming how many checks failed.
 pub fn run(path: &Path) -> Result<(), CliError> {
     let mut checks = vec![
-        Check { name: "root", result: root() },
-        Check { name: "kernel", result: kernel() },
-        Check { name: "BTF", result: btf() },
-        Check { name: "cgroup2", result: cgroup2() },
-        Check { name: "bpffs", result: bpffs() },
+        Check {
+            name: "root",
+            result: root(),
+        },
+        Check {
+            name: "kernel",
+            result: kernel(),
+        },
+        Check {
+            name: "BTF",
+            result: btf(),
+        },
+        Check {
+            name: "cgroup2",
+            result: cgroup2(),
+        },
+        Check {
+            name: "bpffs",
+            result: bpffs(),
+        },
     ];
     match Config::load(path) {
-        Err(e) => checks.push(Check { name: "config", result: Err(format!("{e}")) }),
+        Err(e) => checks.push(Check {
+            name: "config",
+            result: Err(format!("{e}")),
+        }),
         Ok(cfg) => {
-            checks.push(Check { name: "config", result: Ok(format!("{} loads", path.display())) });
-            checks.push(Check { name: "vault key", result: vault_key(&cfg) });
-            checks.push(Check { name: "redis", result: redis(&cfg) });
-            checks.push(Check { name: "attached", result: attached(&cfg) });
+            checks.push(Check {
+                name: "config",
+                result: Ok(format!("{} loads", path.display())),
+            });
+            checks.push(Check {
+                name: "vault key",
+                result: vault_key(&cfg),
+            });
+            checks.push(Check {
+                name: "redis",
+                result: redis(&cfg),
+            });
+            checks.push(Check {
+                name: "attached",
+                result: attached(&cfg),
+            });
         }
     }
     let mut failed = 0;
@@ -49,7 +79,9 @@ pub fn run(path: &Path) -> Result<(), CliError> {
         println!("all checks passed");
         Ok(())
     } else {
-        Err(CliError::Runtime(format!("{failed} check(s) failed; see the lines marked FAIL")))
+        Err(CliError::Runtime(format!(
+            "{failed} check(s) failed; see the lines marked FAIL"
+        )))
     }
 }
 
@@ -64,10 +96,14 @@ fn root() -> Result<String, String> {
 fn kernel() -> Result<String, String> {
     let uts = nix::sys::utsname::uname().map_err(|e| e.to_string())?;
     let release = uts.release().to_string_lossy().into_owned();
-    let mut nums = release.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse::<u32>().ok());
+    let mut nums = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse::<u32>().ok());
     let (major, minor) = (nums.next().unwrap_or(0), nums.next().unwrap_or(0));
     if (major, minor) >= (5, 8) {
-        Ok(format!("Linux {release} has cgroup connect/sendmsg/getpeername hooks and bpf_link"))
+        Ok(format!(
+            "Linux {release} has cgroup connect/sendmsg/getpeername hooks and bpf_link"
+        ))
     } else {
         Err(format!("Linux {release} is too old: Sluice needs ≥ 5.8 (getpeername hooks, cgroup bpf_link); upgrade the kernel"))
     }
@@ -100,20 +136,35 @@ fn vault_key(cfg: &Config) -> Result<String, String> {
         .map(|d| Path::new(&d).join("vault.key"))
         .filter(|p| p.exists())
         .unwrap_or_else(|| cfg.gateway.vault_key.clone());
-    let meta = std::fs::metadata(&path)
-        .map_err(|e| format!("{}: {e}; it is created by `sluice secret put` or the installer", path.display()))?;
+    let meta = std::fs::metadata(&path).map_err(|e| {
+        format!(
+            "{}: {e}; it is created by `sluice secret put` or the installer",
+            path.display()
+        )
+    })?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
-        return Err(format!("{} has mode {mode:o}; run `chmod 600 {}`", path.display(), path.display()));
+        return Err(format!(
+            "{} has mode {mode:o}; run `chmod 600 {}`",
+            path.display(),
+            path.display()
+        ));
     }
     if meta.len() != 32 {
-        return Err(format!("{} is {} bytes; a vault key is exactly 32 random bytes", path.display(), meta.len()));
+        return Err(format!(
+            "{} is {} bytes; a vault key is exactly 32 random bytes",
+            path.display(),
+            meta.len()
+        ));
     }
     Ok(format!("{} is 32 bytes, mode 600", path.display()))
 }
 
 fn redis(cfg: &Config) -> Result<String, String> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
     rt.block_on(State::connect(&cfg.gateway.redis_url))
         .map(|_| "reachable".into())
         .map_err(|e| format!("{e}; start redis-server or fix gateway.redis_url"))
@@ -123,12 +174,19 @@ fn attached(cfg: &Config) -> Result<String, String> {
     let missing: Vec<&str> = cfg
         .agents
         .iter()
-        .filter(|a| !programs::links_dir(&cfg.gateway.bpf_dir, &a.name).join(programs::SOCK_ADDR_PROGRAMS[0]).exists())
+        .filter(|a| {
+            !programs::links_dir(&cfg.gateway.bpf_dir, &a.name)
+                .join(programs::SOCK_ADDR_PROGRAMS[0])
+                .exists()
+        })
         .map(|a| a.name.as_str())
         .collect();
     if missing.is_empty() {
         Ok(format!("programs pinned for {} agent(s)", cfg.agents.len()))
     } else {
-        Err(format!("not attached for agent(s) {}: start `sluice run` (or `systemctl start sluice`)", missing.join(", ")))
+        Err(format!(
+            "not attached for agent(s) {}: start `sluice run` (or `systemctl start sluice`)",
+            missing.join(", ")
+        ))
     }
 }

@@ -28,10 +28,15 @@ pub struct ExecArgs {
 /// Sluice is not attached to the agent's cgroup (the command would run
 /// unintercepted) or the command cannot start.
 pub fn run(cfg: &Config, args: ExecArgs) -> Result<(), CliError> {
-    let agent = cfg
-        .agent(&args.agent)
-        .ok_or_else(|| CliError::Usage(format!("--agent {:?} is not an [[agent]] in {}", args.agent, cfg.path.display())))?;
-    let pin = programs::links_dir(&cfg.gateway.bpf_dir, &agent.name).join(programs::SOCK_ADDR_PROGRAMS[0]);
+    let agent = cfg.agent(&args.agent).ok_or_else(|| {
+        CliError::Usage(format!(
+            "--agent {:?} is not an [[agent]] in {}",
+            args.agent,
+            cfg.path.display()
+        ))
+    })?;
+    let pin = programs::links_dir(&cfg.gateway.bpf_dir, &agent.name)
+        .join(programs::SOCK_ADDR_PROGRAMS[0]);
     if !pin.exists() {
         return Err(CliError::Runtime(format!(
             "sluice is not attached to agent {:?} (no {}); start `sluice run` first",
@@ -42,7 +47,10 @@ pub fn run(cfg: &Config, args: ExecArgs) -> Result<(), CliError> {
     let mount = cgroup::cgroup2_mount().map_err(CliError::runtime)?;
     let dir = cgroup::agent_dir(&mount, &agent.cgroup);
     if !dir.is_dir() {
-        return Err(CliError::Runtime(format!("agent cgroup {} does not exist; is `sluice run` up?", dir.display())));
+        return Err(CliError::Runtime(format!(
+            "agent cgroup {} does not exist; is `sluice run` up?",
+            dir.display()
+        )));
     }
     let mut cmd = Command::new(&args.command[0]);
     cmd.args(&args.command[1..]);
@@ -52,15 +60,21 @@ pub fn run(cfg: &Config, args: ExecArgs) -> Result<(), CliError> {
     unsafe {
         cmd.pre_exec(move || cgroup::join_self(&join_dir));
     }
-    let status = cmd
-        .status()
-        .map_err(|e| CliError::Runtime(format!("cannot run {:?} in cgroup {}: {e}", args.command[0], dir.display())))?;
+    let status = cmd.status().map_err(|e| {
+        CliError::Runtime(format!(
+            "cannot run {:?} in cgroup {}: {e}",
+            args.command[0],
+            dir.display()
+        ))
+    })?;
     match status.code() {
         Some(0) => Ok(()),
         Some(code) => Err(CliError::Exit(code.clamp(1, 255) as u8)),
         None => {
             use std::os::unix::process::ExitStatusExt;
-            Err(CliError::Exit((128 + status.signal().unwrap_or(0)).clamp(1, 255) as u8))
+            Err(CliError::Exit(
+                (128 + status.signal().unwrap_or(0)).clamp(1, 255) as u8,
+            ))
         }
     }
 }

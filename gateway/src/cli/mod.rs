@@ -45,7 +45,11 @@ impl From<crate::config::ConfigError> for CliError {
 }
 
 #[derive(Parser, Debug)]
-#[command(name = "sluice", version, about = "Credential-injecting gateway for automation and AI agents")]
+#[command(
+    name = "sluice",
+    version,
+    about = "Credential-injecting gateway for automation and AI agents"
+)]
 pub struct Cli {
     /// Config file [default: $SLUICE_CONFIG or /etc/sluice/sluice.toml]
     #[arg(long, global = true)]
@@ -125,7 +129,9 @@ fn dispatch(cli: Cli) -> Result<(), CliError> {
 }
 
 /// Runs a CLI future on a small current-thread runtime.
-pub fn block_on<F: std::future::Future<Output = Result<(), CliError>>>(f: F) -> Result<(), CliError> {
+pub fn block_on<F: std::future::Future<Output = Result<(), CliError>>>(
+    f: F,
+) -> Result<(), CliError> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -33,14 +33,22 @@ pub fn run(cfg: Config, args: RunArgs) -> Result<(), CliError> {
             "sluice run needs root (CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN to attach cgroup programs)".into(),
         ));
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(CliError::runtime)?;
-    rt.block_on(crate::daemon::run(cfg)).map_err(CliError::runtime)
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(CliError::runtime)?;
+    rt.block_on(crate::daemon::run(cfg))
+        .map_err(CliError::runtime)
 }
 
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::{fmt, EnvFilter};
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),

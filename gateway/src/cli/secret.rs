@@ -8,7 +8,7 @@ use zeroize::Zeroizing;
 use super::{sessions::print_line, CliError};
 use crate::{
     config::Config,
-    vault::{Vault, VaultError},
+    vault::{self, Vault, VaultError},
 };
 
 /// The largest secret `put` accepts.
@@ -56,18 +56,22 @@ pub fn run(cfg: &Config, cmd: SecretCmd, json: bool) -> Result<(), CliError> {
             if vault.remove(&name)? {
                 Ok(())
             } else {
-                Err(CliError::Runtime(format!("no secret named {name:?}; see `sluice secret list`")))
+                Err(CliError::Runtime(format!(
+                    "no secret named {name:?}; see `sluice secret list`"
+                )))
             }
         }
     }
 }
 
 fn put(cfg: &Config, vault: &Vault, name: &str) -> Result<(), CliError> {
+    vault::check_name(name)?;
     let stdin = io::stdin();
     if stdin.is_terminal() {
         eprintln!("sluice: type the value of {name}, then press Ctrl-D");
     }
-    let mut value = read_value(stdin.lock()).map_err(|e| CliError::Runtime(format!("cannot read the secret value from stdin: {e}")))?;
+    let mut value = read_value(stdin.lock())
+        .map_err(|e| CliError::Runtime(format!("cannot read the secret value from stdin: {e}")))?;
     if value.last() == Some(&b'\n') {
         value.pop();
     }
@@ -76,7 +80,10 @@ fn put(cfg: &Config, vault: &Vault, name: &str) -> Result<(), CliError> {
     }
     vault.put(name, &value)?;
     if !cfg.services.iter().any(|s| s.credential.secret == name) {
-        eprintln!("sluice: stored {name:?}; note that no [[service]] in {} uses it as credential.secret", cfg.path.display());
+        eprintln!(
+            "sluice: stored {name:?}; note that no [[service]] in {} uses it as credential.secret",
+            cfg.path.display()
+        );
     }
     Ok(())
 }
@@ -88,7 +95,10 @@ fn read_value(mut input: impl Read) -> io::Result<Zeroizing<Vec<u8>>> {
     loop {
         if buf.len() == buf.capacity() {
             if buf.len() >= MAX_SECRET_BYTES {
-                return Err(io::Error::other(format!("the value is too large (limit {} KiB)", MAX_SECRET_BYTES / 1024)));
+                return Err(io::Error::other(format!(
+                    "the value is too large (limit {} KiB)",
+                    MAX_SECRET_BYTES / 1024
+                )));
             }
             let mut bigger = Zeroizing::new(Vec::with_capacity(buf.capacity() * 2));
             bigger.extend_from_slice(&buf);
@@ -110,7 +120,11 @@ fn read_value(mut input: impl Read) -> io::Result<Zeroizing<Vec<u8>>> {
 
 fn list(vault: &Vault, json: bool) -> Result<(), CliError> {
     for name in vault.names()? {
-        let line = if json { serde_json::json!({ "name": name }).to_string() } else { name };
+        let line = if json {
+            serde_json::json!({ "name": name }).to_string()
+        } else {
+            name
+        };
         print_line(&line)?;
     }
     Ok(())

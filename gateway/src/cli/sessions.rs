@@ -22,7 +22,19 @@ use crate::config::Config;
 
 /// Every `event` name the recorder writes.
 const EVENT_NAMES: [&str; 13] = [
-    "open", "auth_ok", "auth_fail", "query", "request", "response", "denied", "approval_wait", "approved", "rejected", "masked", "error", "close",
+    "open",
+    "auth_ok",
+    "auth_fail",
+    "query",
+    "request",
+    "response",
+    "denied",
+    "approval_wait",
+    "approved",
+    "rejected",
+    "masked",
+    "error",
+    "close",
 ];
 /// How many events `tail` shows before following.
 const TAIL_LINES: usize = 20;
@@ -86,12 +98,31 @@ pub async fn run(cfg: &Config, cmd: SessionsCmd, json: bool) -> Result<(), CliEr
     let log_dir = &cfg.gateway.log_dir;
     match cmd {
         SessionsCmd::List { agent, service } => {
-            let filter = Filter { agent, service, event: None };
+            let filter = Filter {
+                agent,
+                service,
+                event: None,
+            };
             list(&log_dir.join("sessions"), &filter, json)
         }
         SessionsCmd::Show { id } => show(&read_session(log_dir, &id)?, json),
-        SessionsCmd::Tail { follow, service, agent, event } => {
-            tail(&log_dir.join("audit.jsonl"), &Filter { agent, service, event }, follow, json).await
+        SessionsCmd::Tail {
+            follow,
+            service,
+            agent,
+            event,
+        } => {
+            tail(
+                &log_dir.join("audit.jsonl"),
+                &Filter {
+                    agent,
+                    service,
+                    event,
+                },
+                follow,
+                json,
+            )
+            .await
         }
         SessionsCmd::Replay { id, speed } => replay(&read_session(log_dir, &id)?, speed).await,
     }
@@ -128,7 +159,12 @@ pub(super) fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> 
         }
         line
     };
-    std::iter::once(render(header)).chain(rows.iter().map(|r| render(r.each_ref().map(String::as_str)))).collect()
+    std::iter::once(render(header))
+        .chain(
+            rows.iter()
+                .map(|r| render(r.each_ref().map(String::as_str))),
+        )
+        .collect()
 }
 
 /// `--agent`, `--service`, `--event` filters over record lines.
@@ -140,9 +176,13 @@ struct Filter {
 
 impl Filter {
     fn matches(&self, v: &Value) -> bool {
-        [("agent", &self.agent), ("service", &self.service), ("event", &self.event)]
-            .iter()
-            .all(|(key, want)| want.as_deref().is_none_or(|w| v[*key].as_str() == Some(w)))
+        [
+            ("agent", &self.agent),
+            ("service", &self.service),
+            ("event", &self.event),
+        ]
+        .iter()
+        .all(|(key, want)| want.as_deref().is_none_or(|w| v[*key].as_str() == Some(w)))
     }
 }
 
@@ -172,23 +212,39 @@ fn read_session(log_dir: &Path, id: &str) -> Result<Vec<Record>, CliError> {
     let path = log_dir.join("sessions").join(format!("{id}.jsonl"));
     match read_records(&path) {
         Ok(records) if !records.is_empty() => Ok(records),
-        Ok(_) => Err(CliError::Runtime(format!("session {id} has no records yet ({})", path.display()))),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            Err(CliError::Runtime(format!("no session {id} in {}; see `sluice sessions list`", path.parent().unwrap_or(&path).display())))
-        }
+        Ok(_) => Err(CliError::Runtime(format!(
+            "session {id} has no records yet ({})",
+            path.display()
+        ))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(CliError::Runtime(format!(
+            "no session {id} in {}; see `sluice sessions list`",
+            path.parent().unwrap_or(&path).display()
+        ))),
         Err(e) => Err(read_error(&path, e)),
     }
 }
 
 fn read_error(path: &Path, e: io::Error) -> CliError {
-    let hint = if e.kind() == io::ErrorKind::PermissionDenied { " (run as root or as a member of the sluice-audit group)" } else { "" };
+    let hint = if e.kind() == io::ErrorKind::PermissionDenied {
+        " (run as root or as a member of the sluice-audit group)"
+    } else {
+        ""
+    };
     CliError::Runtime(format!("cannot read {}: {e}{hint}", path.display()))
 }
 
 /// Control characters escaped, so agent-controlled text cannot drive the
 /// terminal.
 fn clean(s: &str) -> String {
-    s.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// A JSON value as plain text (strings without quotes).
@@ -201,13 +257,20 @@ fn text(v: &Value) -> String {
 }
 
 /// Fields every line has; not repeated in event summaries.
-const COMMON_FIELDS: [&str; 9] = ["ts", "session", "agent", "pid", "uid", "service", "event", "seq", "prev"];
+const COMMON_FIELDS: [&str; 9] = [
+    "ts", "session", "agent", "pid", "uid", "service", "event", "seq", "prev",
+];
 
 /// What happened, in a few words: `GET /v1/x 200`, the SQL, a reason.
 fn summary(v: &Value) -> String {
     let f = |k: &str| text(&v[k]);
     match v["event"].as_str().unwrap_or("") {
-        "open" => format!("{} to {} from {}", f("protocol"), f("original_dst"), f("peer")),
+        "open" => format!(
+            "{} to {} from {}",
+            f("protocol"),
+            f("original_dst"),
+            f("peer")
+        ),
         "auth_ok" => format!("token {}", f("token_id")),
         "auth_fail" => f("reason"),
         "query" => f("sql"),
@@ -218,14 +281,26 @@ fn summary(v: &Value) -> String {
         "approved" => format!("approval {} by {}", f("approval"), f("by")),
         "rejected" => format!("approval {}: {}", f("approval"), f("reason")),
         "masked" => {
-            let fields: Vec<String> = v["fields"].as_array().map(|a| a.iter().map(text).collect()).unwrap_or_default();
+            let fields: Vec<String> = v["fields"]
+                .as_array()
+                .map(|a| a.iter().map(text).collect())
+                .unwrap_or_default();
             format!("{} ({} values)", fields.join(", "), f("count"))
         }
         "error" => f("message"),
-        "close" => format!("after {}", format_ms(v["duration_ms"].as_u64().unwrap_or(0))),
+        "close" => format!(
+            "after {}",
+            format_ms(v["duration_ms"].as_u64().unwrap_or(0))
+        ),
         _ => v
             .as_object()
-            .map(|o| o.iter().filter(|(k, _)| !COMMON_FIELDS.contains(&k.as_str())).map(|(k, v)| format!("{k}={}", text(v))).collect::<Vec<_>>().join(" "))
+            .map(|o| {
+                o.iter()
+                    .filter(|(k, _)| !COMMON_FIELDS.contains(&k.as_str()))
+                    .map(|(k, v)| format!("{k}={}", text(v)))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
             .unwrap_or_default(),
     }
 }
@@ -241,24 +316,44 @@ fn format_ms(ms: u64) -> String {
 
 /// The record's `ts`, parsed.
 fn timestamp(v: &Value) -> Option<chrono::DateTime<chrono::Utc>> {
-    chrono::DateTime::parse_from_rfc3339(v["ts"].as_str()?).ok().map(|t| t.to_utc())
+    chrono::DateTime::parse_from_rfc3339(v["ts"].as_str()?)
+        .ok()
+        .map(|t| t.to_utc())
 }
 
 /// `ts` shortened to milliseconds, e.g. `2026-11-29T08:50:00.123Z`.
 fn short_ts(v: &Value) -> String {
-    timestamp(v).map_or_else(|| text(&v["ts"]), |t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+    timestamp(v).map_or_else(
+        || text(&v["ts"]),
+        |t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+    )
 }
 
 /// `2026-11-29T08:50:00.123Z s-… ci-bot payments-api request GET /v1/x 200`.
 fn tail_line(v: &Value) -> String {
     let f = |k: &str| text(&v[k]);
-    clean(&format!("{} {} {} {} {} {}", short_ts(v), f("session"), f("agent"), f("service"), f("event"), summary(v)))
+    clean(&format!(
+        "{} {} {} {} {} {}",
+        short_ts(v),
+        f("session"),
+        f("agent"),
+        f("service"),
+        f("event"),
+        summary(v)
+    ))
 }
 
 /// `session s-… agent ci-bot (pid 4242, uid 1000) service payments-api`.
 fn session_header(v: &Value) -> String {
     let f = |k: &str| text(&v[k]);
-    clean(&format!("session {} agent {} (pid {}, uid {}) service {}", f("session"), f("agent"), f("pid"), f("uid"), f("service")))
+    clean(&format!(
+        "session {} agent {} (pid {}, uid {}) service {}",
+        f("session"),
+        f("agent"),
+        f("pid"),
+        f("uid"),
+        f("service")
+    ))
 }
 
 fn show(records: &[Record], json: bool) -> Result<(), CliError> {
@@ -268,7 +363,12 @@ fn show(records: &[Record], json: bool) -> Result<(), CliError> {
     print_line(&session_header(&records[0].value))?;
     records.iter().try_for_each(|r| {
         let v = &r.value;
-        print_line(&clean(&format!("{} {} {}", short_ts(v), text(&v["event"]), summary(v))))
+        print_line(&clean(&format!(
+            "{} {} {}",
+            short_ts(v),
+            text(&v["event"]),
+            summary(v)
+        )))
     })
 }
 
@@ -286,7 +386,12 @@ async fn replay(records: &[Record], speed: Option<f64>) -> Result<(), CliError> 
             tokio::time::sleep(offset.saturating_sub(previous).div_f64(speed)).await;
         }
         previous = offset;
-        print_line(&clean(&format!("+{:>9.3}s  {:<13} {}", offset.as_secs_f64(), text(&v["event"]), summary(v))))?;
+        print_line(&clean(&format!(
+            "+{:>9.3}s  {:<13} {}",
+            offset.as_secs_f64(),
+            text(&v["event"]),
+            summary(v)
+        )))?;
     }
     Ok(())
 }
@@ -304,7 +409,14 @@ struct SessionSummary {
 impl SessionSummary {
     fn of(id: String, records: &[Record]) -> Option<SessionSummary> {
         let first = records.first()?.value.clone();
-        let mut s = SessionSummary { id, first, duration_ms: None, requests: 0, queries: 0, denials: 0 };
+        let mut s = SessionSummary {
+            id,
+            first,
+            duration_ms: None,
+            requests: 0,
+            queries: 0,
+            denials: 0,
+        };
         for r in records {
             match r.value["event"].as_str() {
                 Some("request") => s.requests += 1,
@@ -336,8 +448,12 @@ impl SessionSummary {
             self.id.clone(),
             text(&self.first["agent"]),
             text(&self.first["service"]),
-            timestamp(&self.first).map_or_else(|| text(&self.first["ts"]), |t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string()),
-            self.duration_ms.map_or_else(|| "open".to_string(), format_ms),
+            timestamp(&self.first).map_or_else(
+                || text(&self.first["ts"]),
+                |t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            ),
+            self.duration_ms
+                .map_or_else(|| "open".to_string(), format_ms),
             (self.requests + self.queries).to_string(),
             self.denials.to_string(),
         ]
@@ -370,11 +486,30 @@ fn list(sessions_dir: &Path, filter: &Filter, json: bool) -> Result<(), CliError
         return summaries.iter().try_for_each(|s| print_line(&s.json()));
     }
     let rows: Vec<[String; 7]> = summaries.iter().map(SessionSummary::row).collect();
-    table(["ID", "AGENT", "SERVICE", "START", "DURATION", "REQUESTS/QUERIES", "DENIALS"], &rows).iter().try_for_each(|l| print_line(l))
+    table(
+        [
+            "ID",
+            "AGENT",
+            "SERVICE",
+            "START",
+            "DURATION",
+            "REQUESTS/QUERIES",
+            "DENIALS",
+        ],
+        &rows,
+    )
+    .iter()
+    .try_for_each(|l| print_line(l))
 }
 
 async fn tail(audit: &Path, filter: &Filter, follow: bool, json: bool) -> Result<(), CliError> {
-    let render = |r: &Record| if json { r.raw.clone() } else { tail_line(&r.value) };
+    let render = |r: &Record| {
+        if json {
+            r.raw.clone()
+        } else {
+            tail_line(&r.value)
+        }
+    };
     let mut reader = AuditFollower::new(audit.to_path_buf());
     let mut last = VecDeque::with_capacity(TAIL_LINES);
     reader.poll(&mut |r| {
@@ -392,7 +527,13 @@ async fn tail(audit: &Path, filter: &Filter, follow: bool, json: bool) -> Result
     }
     loop {
         tokio::time::sleep(FOLLOW_POLL).await;
-        reader.poll(&mut |r| if filter.matches(&r.value) { print_line(&render(&r)) } else { Ok(()) })?;
+        reader.poll(&mut |r| {
+            if filter.matches(&r.value) {
+                print_line(&render(&r))
+            } else {
+                Ok(())
+            }
+        })?;
     }
 }
 
@@ -408,11 +549,19 @@ struct AuditFollower {
 
 impl AuditFollower {
     fn new(path: PathBuf) -> Self {
-        AuditFollower { path, file: None, pos: 0, partial: Vec::new() }
+        AuditFollower {
+            path,
+            file: None,
+            pos: 0,
+            partial: Vec::new(),
+        }
     }
 
     /// Feeds every new complete, parseable line to `each`.
-    fn poll(&mut self, each: &mut dyn FnMut(Record) -> Result<(), CliError>) -> Result<(), CliError> {
+    fn poll(
+        &mut self,
+        each: &mut dyn FnMut(Record) -> Result<(), CliError>,
+    ) -> Result<(), CliError> {
         let err = |e| read_error(&self.path, e);
         if let Some((file, _)) = &self.file {
             if file.metadata().map_err(err)?.len() < self.pos {
@@ -427,7 +576,10 @@ impl AuditFollower {
         };
         if self.file.as_ref().map(|(_, ino)| *ino) != Some(on_disk) {
             let file = File::open(&self.path).map_err(|e| read_error(&self.path, e))?;
-            let ino = file.metadata().map_err(|e| read_error(&self.path, e))?.ino();
+            let ino = file
+                .metadata()
+                .map_err(|e| read_error(&self.path, e))?
+                .ino();
             self.file = Some((file, ino));
             self.restart();
             self.drain(each)?;
@@ -441,8 +593,13 @@ impl AuditFollower {
     }
 
     /// Reads from `pos` to the end of the open file in chunks.
-    fn drain(&mut self, each: &mut dyn FnMut(Record) -> Result<(), CliError>) -> Result<(), CliError> {
-        let Some((file, _)) = &mut self.file else { return Ok(()) };
+    fn drain(
+        &mut self,
+        each: &mut dyn FnMut(Record) -> Result<(), CliError>,
+    ) -> Result<(), CliError> {
+        let Some((file, _)) = &mut self.file else {
+            return Ok(());
+        };
         let err = |e| read_error(&self.path, e);
         file.seek(SeekFrom::Start(self.pos)).map_err(err)?;
         let mut chunk = vec![0u8; 64 * 1024];
@@ -453,11 +610,17 @@ impl AuditFollower {
             }
             self.pos += n as u64;
             self.partial.extend_from_slice(&chunk[..n]);
-            let complete = self.partial.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+            let complete = self
+                .partial
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |i| i + 1);
             let rest = self.partial.split_off(complete);
             let lines = std::mem::replace(&mut self.partial, rest);
             for line in lines.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-                let Ok(raw) = String::from_utf8(line.to_vec()) else { continue };
+                let Ok(raw) = String::from_utf8(line.to_vec()) else {
+                    continue;
+                };
                 if let Ok(value) = serde_json::from_str(&raw) {
                     each(Record { raw, value })?;
                 }
@@ -487,7 +650,13 @@ mod tests {
     }
 
     fn append(path: &Path, text: &str) {
-        fs::OpenOptions::new().create(true).append(true).open(path).unwrap().write_all(text.as_bytes()).unwrap();
+        fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
     }
 
     #[test]
@@ -503,9 +672,20 @@ mod tests {
         append(&path, "{\"n\":3}\n");
         fs::rename(&path, dir.path().join("audit.jsonl.1")).unwrap();
         append(&path, "{\"n\":4}\n");
-        assert_eq!(collect(&mut f), ["3", "4"], "rest of the old file, then the new one from the start");
-        fs::OpenOptions::new().write(true).truncate(true).open(&path).unwrap();
-        assert!(collect(&mut f).is_empty(), "truncated (copytruncate rotation)");
+        assert_eq!(
+            collect(&mut f),
+            ["3", "4"],
+            "rest of the old file, then the new one from the start"
+        );
+        fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        assert!(
+            collect(&mut f).is_empty(),
+            "truncated (copytruncate rotation)"
+        );
         append(&path, "{\"n\":5}\n");
         assert_eq!(collect(&mut f), ["5"]);
     }
@@ -513,7 +693,11 @@ mod tests {
     #[test]
     fn filter_matches_every_given_field() {
         let line = json!({"agent": "ci-bot", "service": "payments-api", "event": "request"});
-        let f = |agent: Option<&str>, event: Option<&str>| Filter { agent: agent.map(String::from), service: None, event: event.map(String::from) };
+        let f = |agent: Option<&str>, event: Option<&str>| Filter {
+            agent: agent.map(String::from),
+            service: None,
+            event: event.map(String::from),
+        };
         assert!(f(None, None).matches(&line));
         assert!(f(Some("ci-bot"), Some("request")).matches(&line));
         assert!(!f(Some("ci-bot"), Some("query")).matches(&line));
@@ -524,39 +708,96 @@ mod tests {
     fn tail_line_has_the_documented_shape_and_escapes_control_characters() {
         let line = json!({"ts": "2026-11-29T08:50:00.123456Z", "session": "s-1", "agent": "ci-bot", "service": "payments-api",
                           "event": "request", "method": "GET", "path": "/v1/x", "status": 200});
-        assert_eq!(tail_line(&line), "2026-11-29T08:50:00.123Z s-1 ci-bot payments-api request GET /v1/x 200");
-        let evil = json!({"ts": "2026-11-29T08:50:00Z", "event": "query", "sql": "SELECT 1;\n\u{1b}[2J"});
+        assert_eq!(
+            tail_line(&line),
+            "2026-11-29T08:50:00.123Z s-1 ci-bot payments-api request GET /v1/x 200"
+        );
+        let evil =
+            json!({"ts": "2026-11-29T08:50:00Z", "event": "query", "sql": "SELECT 1;\n\u{1b}[2J"});
         assert!(!tail_line(&evil).chars().any(char::is_control));
     }
 
     #[test]
     fn summaries_name_the_event_fields_never_values() {
-        assert_eq!(summary(&json!({"event": "masked", "fields": ["ssn", "card.number"], "count": 4})), "ssn, card.number (4 values)");
-        assert_eq!(summary(&json!({"event": "close", "duration_ms": 1234})), "after 1.234s");
-        assert_eq!(summary(&json!({"event": "denied", "reason": "DROP is denied", "rule": "DROP"})), "DROP is denied (rule DROP)");
-        assert_eq!(summary(&json!({"event": "future", "ts": "x", "what": "y"})), "what=y");
+        assert_eq!(
+            summary(&json!({"event": "masked", "fields": ["ssn", "card.number"], "count": 4})),
+            "ssn, card.number (4 values)"
+        );
+        assert_eq!(
+            summary(&json!({"event": "close", "duration_ms": 1234})),
+            "after 1.234s"
+        );
+        assert_eq!(
+            summary(&json!({"event": "denied", "reason": "DROP is denied", "rule": "DROP"})),
+            "DROP is denied (rule DROP)"
+        );
+        assert_eq!(
+            summary(&json!({"event": "future", "ts": "x", "what": "y"})),
+            "what=y"
+        );
     }
 
     #[test]
     fn table_aligns_columns() {
-        let rows = [["s-1".to_string(), "a".to_string()], ["s-22".to_string(), "bb".to_string()]];
-        assert_eq!(table(["ID", "AGENT"], &rows), ["ID    AGENT", "s-1   a", "s-22  bb"]);
+        let rows = [
+            ["s-1".to_string(), "a".to_string()],
+            ["s-22".to_string(), "bb".to_string()],
+        ];
+        assert_eq!(
+            table(["ID", "AGENT"], &rows),
+            ["ID    AGENT", "s-1   a", "s-22  bb"]
+        );
     }
 
     #[test]
     fn session_summary_counts_operations_and_denials_from_real_records() {
         let dir = tempfile::tempdir().unwrap();
         let rec: Arc<Recorder> = Recorder::open(dir.path()).unwrap();
-        let s = rec.start(SessionMeta { agent: "ci-bot".into(), pid: 1, uid: 2, service: "billing-db".into() }).unwrap();
-        s.record(Event::Query { sql: "SELECT 1".into() }).unwrap();
-        s.record(Event::Query { sql: "DROP TABLE t".into() }).unwrap();
-        s.record(Event::Denied { reason: "DROP is denied".into(), rule: "DROP".into() }).unwrap();
-        s.record(Event::Close { duration_ms: 61_000 }).unwrap();
+        let s = rec
+            .start(SessionMeta {
+                agent: "ci-bot".into(),
+                pid: 1,
+                uid: 2,
+                service: "billing-db".into(),
+            })
+            .unwrap();
+        s.record(Event::Query {
+            sql: "SELECT 1".into(),
+        })
+        .unwrap();
+        s.record(Event::Query {
+            sql: "DROP TABLE t".into(),
+        })
+        .unwrap();
+        s.record(Event::Denied {
+            reason: "DROP is denied".into(),
+            rule: "DROP".into(),
+        })
+        .unwrap();
+        s.record(Event::Close {
+            duration_ms: 61_000,
+        })
+        .unwrap();
         let records = read_session(dir.path(), s.id()).unwrap();
         let summary = SessionSummary::of(s.id().to_string(), &records).unwrap();
         let row = summary.row();
-        assert_eq!((row[1].as_str(), row[2].as_str(), row[4].as_str(), row[5].as_str(), row[6].as_str()), ("ci-bot", "billing-db", "1m 1s", "2", "1"));
-        assert!(matches!(read_session(dir.path(), "../etc/passwd"), Err(CliError::Usage(_))));
-        assert!(matches!(read_session(dir.path(), "s-0-0"), Err(CliError::Runtime(_))));
+        assert_eq!(
+            (
+                row[1].as_str(),
+                row[2].as_str(),
+                row[4].as_str(),
+                row[5].as_str(),
+                row[6].as_str()
+            ),
+            ("ci-bot", "billing-db", "1m 1s", "2", "1")
+        );
+        assert!(matches!(
+            read_session(dir.path(), "../etc/passwd"),
+            Err(CliError::Usage(_))
+        ));
+        assert!(matches!(
+            read_session(dir.path(), "s-0-0"),
+            Err(CliError::Runtime(_))
+        ));
     }
 }

@@ -60,12 +60,22 @@ impl From<StateError> for CliError {
 /// [`CliError::Runtime`] when Redis is unreachable or the token is unknown.
 pub async fn run(cfg: &Config, cmd: TokenCmd, json: bool) -> Result<(), CliError> {
     match cmd {
-        TokenCmd::Issue { agent, service, ttl } => {
+        TokenCmd::Issue {
+            agent,
+            service,
+            ttl,
+        } => {
             if cfg.agent(&agent).is_none() {
-                return Err(CliError::Usage(format!("--agent {agent}: no [[agent]] with that name in {}", cfg.path.display())));
+                return Err(CliError::Usage(format!(
+                    "--agent {agent}: no [[agent]] with that name in {}",
+                    cfg.path.display()
+                )));
             }
             if cfg.service(&service).is_none() {
-                return Err(CliError::Usage(format!("--service {service}: no [[service]] with that name in {}", cfg.path.display())));
+                return Err(CliError::Usage(format!(
+                    "--service {service}: no [[service]] with that name in {}",
+                    cfg.path.display()
+                )));
             }
             let state = State::connect(&cfg.gateway.redis_url).await?;
             let (token, _) = state.issue(&agent, &service, ttl).await?;
@@ -90,8 +100,13 @@ pub async fn run(cfg: &Config, cmd: TokenCmd, json: bool) -> Result<(), CliError
             match (state.revoke(&token_or_id).await?, given_token) {
                 (true, _) => Ok(()),
                 // Never echo a token back.
-                (false, true) => Err(CliError::Runtime("no such token (unknown, or expired over a day ago); see `sluice token list`".into())),
-                (false, false) => Err(CliError::Runtime(format!("no token with id {token_or_id:?}; see `sluice token list`"))),
+                (false, true) => Err(CliError::Runtime(
+                    "no such token (unknown, or expired over a day ago); see `sluice token list`"
+                        .into(),
+                )),
+                (false, false) => Err(CliError::Runtime(format!(
+                    "no token with id {token_or_id:?}; see `sluice token list`"
+                ))),
             }
         }
     }
@@ -99,7 +114,10 @@ pub async fn run(cfg: &Config, cmd: TokenCmd, json: bool) -> Result<(), CliError
 
 /// Unix seconds as `2026-11-29T08:50:00Z`.
 fn rfc3339(unix: i64) -> String {
-    chrono::DateTime::from_timestamp(unix, 0).map_or_else(|| unix.to_string(), |t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+    chrono::DateTime::from_timestamp(unix, 0).map_or_else(
+        || unix.to_string(),
+        |t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+    )
 }
 
 fn json_line(r: &TokenRecord, now: i64) -> String {
@@ -117,7 +135,15 @@ fn json_line(r: &TokenRecord, now: i64) -> String {
 fn print_table(records: &[TokenRecord], now: i64) -> Result<(), CliError> {
     let rows: Vec<[String; 5]> = records
         .iter()
-        .map(|r| [r.id.clone(), r.agent.clone(), r.service.clone(), rfc3339(r.expires), r.state(now).as_str().to_string()])
+        .map(|r| {
+            [
+                r.id.clone(),
+                r.agent.clone(),
+                r.service.clone(),
+                rfc3339(r.expires),
+                r.state(now).as_str().to_string(),
+            ]
+        })
         .collect();
     for line in super::sessions::table(["ID", "AGENT", "SERVICE", "EXPIRES", "STATE"], &rows) {
         print_line(&line)?;
@@ -139,12 +165,22 @@ mod tests {
 
     #[test]
     fn json_line_has_the_listed_fields_and_no_secret_material() {
-        let r = TokenRecord { id: "tok_abc".into(), agent: "a".into(), service: "s".into(), created: 0, expires: 3600, revoked: false };
+        let r = TokenRecord {
+            id: "tok_abc".into(),
+            agent: "a".into(),
+            service: "s".into(),
+            created: 0,
+            expires: 3600,
+            revoked: false,
+        };
         let v: serde_json::Value = serde_json::from_str(&json_line(&r, 10)).unwrap();
         assert_eq!(v["expires"], "1970-01-01T01:00:00Z");
         assert_eq!(v["state"], "active");
         let mut keys: Vec<_> = v.as_object().unwrap().keys().cloned().collect();
         keys.sort();
-        assert_eq!(keys, ["agent", "created", "expires", "id", "service", "state"]);
+        assert_eq!(
+            keys,
+            ["agent", "created", "expires", "id", "service", "state"]
+        );
     }
 }

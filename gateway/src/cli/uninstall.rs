@@ -18,6 +18,14 @@ pub struct UninstallArgs {
 pub fn run(cfg: &Config, args: UninstallArgs) -> Result<(), CliError> {
     let dir = &cfg.gateway.bpf_dir;
     programs::uninstall(dir, args.detach).map_err(CliError::runtime)?;
-    eprintln!("sluice: removed {} under {}", if args.detach { "links" } else { "links and maps" }, dir.display());
+    eprintln!(
+        "sluice: removed {} under {}",
+        if args.detach {
+            "links"
+        } else {
+            "links and maps"
+        },
+        dir.display()
+    );
     Ok(())
 }

@@ -39,8 +39,15 @@ fn unescape_mount_path(s: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
-            out.push((bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0'));
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
+        {
+            out.push(
+                (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0'),
+            );
             i += 4;
         } else {
             out.push(bytes[i]);
@@ -102,7 +109,9 @@ pub fn id(dir: &Path) -> io::Result<u64> {
 /// # Errors
 /// The `open`/`write` failure.
 pub fn join_self(dir: &Path) -> io::Result<()> {
-    let mut f = fs::OpenOptions::new().write(true).open(dir.join("cgroup.procs"))?;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join("cgroup.procs"))?;
     f.write_all(b"0")
 }
 
@@ -119,7 +128,9 @@ fn contains_id(dir: &Path, target: u64, depth: u32) -> bool {
     if id(dir).ok() == Some(target) {
         return true;
     }
-    let Ok(entries) = fs::read_dir(dir) else { return false };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return false;
+    };
     entries
         .filter_map(Result::ok)
         .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
@@ -136,7 +147,10 @@ mod tests {
             agent_dir(Path::new("/cg"), "sluice-agents-myagent.slice"),
             PathBuf::from("/cg/sluice.slice/sluice-agents.slice/sluice-agents-myagent.slice")
         );
-        assert_eq!(agent_dir(Path::new("/cg"), "sluice/ci-bot"), PathBuf::from("/cg/sluice/ci-bot"));
+        assert_eq!(
+            agent_dir(Path::new("/cg"), "sluice/ci-bot"),
+            PathBuf::from("/cg/sluice/ci-bot")
+        );
     }
 
     #[test]

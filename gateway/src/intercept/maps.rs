@@ -30,7 +30,9 @@ pub fn addr16(ip: IpAddr) -> [u8; 16] {
 /// Converts a 16-byte map address back, unmapping IPv4-mapped addresses.
 pub fn ip_of(addr: [u8; 16]) -> IpAddr {
     let v6 = std::net::Ipv6Addr::from(addr);
-    v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6))
+    v6.to_ipv4_mapped()
+        .map(IpAddr::V4)
+        .unwrap_or(IpAddr::V6(v6))
 }
 
 /// One egress allow-list entry: a CIDR and a port (`None` = any port).
@@ -50,7 +52,10 @@ impl EgressRule {
         };
         Key::new(
             EGRESS_PORT_BITS + addr_bits,
-            EgressKey { port_be: self.port.unwrap_or(0).to_be_bytes(), addr: addr16(self.addr) },
+            EgressKey {
+                port_be: self.port.unwrap_or(0).to_be_bytes(),
+                addr: addr16(self.addr),
+            },
         )
     }
 }
@@ -67,7 +72,9 @@ fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, InterceptError>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
-    let map = ebpf.take_map(name).ok_or(InterceptError::MissingMap(name))?;
+    let map = ebpf
+        .take_map(name)
+        .ok_or(InterceptError::MissingMap(name))?;
     T::try_from(map).map_err(|source| InterceptError::Map { name, source })
 }
 
@@ -85,7 +92,12 @@ impl InterceptMaps {
             port_rules: take(ebpf, map_names::PORT_RULES)?,
             egress: take(ebpf, map_names::EGRESS_ALLOW)?,
         };
-        Ok((maps, TupleLookup { tuples: take(ebpf, map_names::TUPLE_DST)? }))
+        Ok((
+            maps,
+            TupleLookup {
+                tuples: take(ebpf, map_names::TUPLE_DST)?,
+            },
+        ))
     }
 
     /// Writes the listener and egress policy.
@@ -95,21 +107,43 @@ impl InterceptMaps {
     pub fn set_gateway(&mut self, cfg: GatewayConfig) -> Result<(), InterceptError> {
         self.gateway
             .set(0, cfg, 0)
-            .map_err(|source| InterceptError::Map { name: map_names::GATEWAY, source })
+            .map_err(|source| InterceptError::Map {
+                name: map_names::GATEWAY,
+                source,
+            })
     }
 
     /// Makes the (address, port) service map equal to `wanted` (value = service index).
     ///
     /// # Errors
     /// Map update failures.
-    pub fn sync_services(&mut self, wanted: &std::collections::HashMap<SocketAddr, u32>) -> Result<(), InterceptError> {
-        let err = |source| InterceptError::Map { name: map_names::SERVICES, source };
+    pub fn sync_services(
+        &mut self,
+        wanted: &std::collections::HashMap<SocketAddr, u32>,
+    ) -> Result<(), InterceptError> {
+        let err = |source| InterceptError::Map {
+            name: map_names::SERVICES,
+            source,
+        };
         let wanted: std::collections::HashMap<ServiceKey, u32> = wanted
             .iter()
-            .map(|(sa, idx)| (ServiceKey { addr: addr16(sa.ip()), port: sa.port(), _pad: [0; 2] }, *idx))
+            .map(|(sa, idx)| {
+                (
+                    ServiceKey {
+                        addr: addr16(sa.ip()),
+                        port: sa.port(),
+                        _pad: [0; 2],
+                    },
+                    *idx,
+                )
+            })
             .collect();
-        let stale: Vec<ServiceKey> =
-            self.services.keys().filter_map(Result::ok).filter(|k| !wanted.contains_key(k)).collect();
+        let stale: Vec<ServiceKey> = self
+            .services
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !wanted.contains_key(k))
+            .collect();
         for (k, v) in &wanted {
             self.services.insert(k, v, 0).map_err(err)?;
         }
@@ -124,10 +158,20 @@ impl InterceptMaps {
     /// # Errors
     /// Map update failures.
     pub fn sync_port_rules(&mut self, ports: &HashSet<u16>) -> Result<(), InterceptError> {
-        let err = |source| InterceptError::Map { name: map_names::PORT_RULES, source };
-        let stale: Vec<u16> = self.port_rules.keys().filter_map(Result::ok).filter(|p| !ports.contains(p)).collect();
+        let err = |source| InterceptError::Map {
+            name: map_names::PORT_RULES,
+            source,
+        };
+        let stale: Vec<u16> = self
+            .port_rules
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|p| !ports.contains(p))
+            .collect();
         for p in ports {
-            self.port_rules.insert(p, PORT_RULE_REDIRECT, 0).map_err(err)?;
+            self.port_rules
+                .insert(p, PORT_RULE_REDIRECT, 0)
+                .map_err(err)?;
         }
         for p in stale {
             self.port_rules.remove(&p).map_err(err)?;
@@ -140,9 +184,14 @@ impl InterceptMaps {
     /// # Errors
     /// Map update failures.
     pub fn sync_egress(&mut self, rules: &HashSet<EgressRule>) -> Result<(), InterceptError> {
-        let err = |source| InterceptError::Map { name: map_names::EGRESS_ALLOW, source };
+        let err = |source| InterceptError::Map {
+            name: map_names::EGRESS_ALLOW,
+            source,
+        };
         let wanted: Vec<Key<EgressKey>> = rules.iter().map(EgressRule::key).collect();
-        let same = |a: &Key<EgressKey>, b: &Key<EgressKey>| a.prefix_len() == b.prefix_len() && a.data() == b.data();
+        let same = |a: &Key<EgressKey>, b: &Key<EgressKey>| {
+            a.prefix_len() == b.prefix_len() && a.data() == b.data()
+        };
         let stale: Vec<Key<EgressKey>> = self
             .egress
             .keys()

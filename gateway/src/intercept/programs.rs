@@ -13,8 +13,7 @@
 //! several links per hook, so [`CgroupAttachMode::Single`] (flags 0) is what
 //! gets passed.
 use std::{
-    fs,
-    io,
+    fs, io,
     os::fd::AsFd,
     path::{Path, PathBuf},
 };
@@ -49,19 +48,33 @@ pub enum InterceptError {
     #[error("loading the eBPF object failed: {0} (does the kernel have BTF and cgroup BPF? try `sluice doctor`; after an upgrade, `sluice uninstall` clears incompatible pinned maps)")]
     Load(#[from] aya::EbpfError),
     #[error("eBPF program {name}: {source}")]
-    Program { name: &'static str, source: aya::programs::ProgramError },
+    Program {
+        name: &'static str,
+        source: aya::programs::ProgramError,
+    },
     #[error("pinning {path}: {reason}")]
     Pin { path: PathBuf, reason: String },
     #[error("{what} {path}: {source}")]
-    Io { what: &'static str, path: PathBuf, source: io::Error },
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
     #[error("map {0} is missing from the eBPF object")]
     MissingMap(&'static str),
     #[error("map {name}: {source}")]
-    Map { name: &'static str, source: aya::maps::MapError },
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> InterceptError + 'a {
-    move |source| InterceptError::Io { what, path: path.to_path_buf(), source }
+    move |source| InterceptError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Directory of pinned maps.
@@ -94,13 +107,19 @@ pub fn load(bpf_dir: &Path) -> Result<Ebpf, InterceptError> {
     }
     let maps = maps_dir(bpf_dir);
     fs::create_dir_all(&maps).map_err(io_err("creating", &maps))?;
-    let mut ebpf = EbpfLoader::new().default_map_pin_directory(&maps).load(EBPF_OBJECT)?;
+    let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(&maps)
+        .load(EBPF_OBJECT)?;
     for name in SOCK_ADDR_PROGRAMS {
         let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
-        prog.load().map_err(|source| InterceptError::Program { name, source })?;
+        prog.load()
+            .map_err(|source| InterceptError::Program { name, source })?;
     }
     let prog: &mut SockOps = program(&mut ebpf, SOCK_OPS_PROGRAM)?;
-    prog.load().map_err(|source| InterceptError::Program { name: SOCK_OPS_PROGRAM, source })?;
+    prog.load().map_err(|source| InterceptError::Program {
+        name: SOCK_OPS_PROGRAM,
+        source,
+    })?;
     Ok(ebpf)
 }
 
@@ -112,7 +131,8 @@ where
         name,
         source: aya::programs::ProgramError::UnexpectedProgramType,
     })?;
-    prog.try_into().map_err(|source| InterceptError::Program { name, source })
+    prog.try_into()
+        .map_err(|source| InterceptError::Program { name, source })
 }
 
 /// Attaches every program to the agent cgroup `cgroup_dir` and pins the
@@ -135,7 +155,9 @@ pub fn attach_agent(
         let id = prog
             .attach(cgroup.as_fd(), CgroupAttachMode::Single)
             .map_err(|source| InterceptError::Program { name, source })?;
-        let link = prog.take_link(id).map_err(|source| InterceptError::Program { name, source })?;
+        let link = prog
+            .take_link(id)
+            .map_err(|source| InterceptError::Program { name, source })?;
         let fd_link = FdLink::try_from(link).map_err(|e| InterceptError::Pin {
             path: links.join(name),
             reason: e.to_string(),
@@ -147,9 +169,13 @@ pub fn attach_agent(
     let id = prog
         .attach(cgroup.as_fd(), CgroupAttachMode::Single)
         .map_err(|source| InterceptError::Program { name, source })?;
-    let link = prog.take_link(id).map_err(|source| InterceptError::Program { name, source })?;
-    let fd_link = FdLink::try_from(link)
-        .map_err(|e| InterceptError::Pin { path: links.join(name), reason: e.to_string() })?;
+    let link = prog
+        .take_link(id)
+        .map_err(|source| InterceptError::Program { name, source })?;
+    let fd_link = FdLink::try_from(link).map_err(|e| InterceptError::Pin {
+        path: links.join(name),
+        reason: e.to_string(),
+    })?;
     replace_pin(fd_link, &links.join(name))
 }
 
@@ -168,9 +194,10 @@ fn replace_pin(new: FdLink, path: &Path) -> Result<(), InterceptError> {
             }
         }
     }
-    new.pin(path)
-        .map(drop)
-        .map_err(|e| InterceptError::Pin { path: path.to_path_buf(), reason: e.to_string() })
+    new.pin(path).map(drop).map_err(|e| InterceptError::Pin {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
 }
 
 /// Detaches and unpins the links of every agent under `bpf_dir/links` whose
@@ -180,7 +207,9 @@ fn replace_pin(new: FdLink, path: &Path) -> Result<(), InterceptError> {
 /// Directory read failures.
 pub fn detach_others(bpf_dir: &Path, keep: &[&str]) -> Result<Vec<String>, InterceptError> {
     let root = bpf_dir.join("links");
-    let Ok(entries) = fs::read_dir(&root) else { return Ok(Vec::new()) };
+    let Ok(entries) = fs::read_dir(&root) else {
+        return Ok(Vec::new());
+    };
     let mut removed = Vec::new();
     for entry in entries.filter_map(Result::ok) {
         let name = entry.file_name().to_string_lossy().into_owned();
@@ -193,7 +222,10 @@ pub fn detach_others(bpf_dir: &Path, keep: &[&str]) -> Result<Vec<String>, Inter
 }
 
 fn detach_agent_dir(dir: &Path) -> Result<(), InterceptError> {
-    for entry in fs::read_dir(dir).map_err(io_err("reading", dir))?.filter_map(Result::ok) {
+    for entry in fs::read_dir(dir)
+        .map_err(io_err("reading", dir))?
+        .filter_map(Result::ok)
+    {
         let path = entry.path();
         match PinnedLink::from_pin(&path) {
             Ok(link) => drop(link.unpin()),

@@ -44,7 +44,10 @@ async fn host_addrs(host: &str) -> std::io::Result<Vec<IpAddr>> {
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(vec![ip]);
     }
-    let mut out: Vec<IpAddr> = tokio::net::lookup_host((host, 0)).await?.map(|sa| sa.ip()).collect();
+    let mut out: Vec<IpAddr> = tokio::net::lookup_host((host, 0))
+        .await?
+        .map(|sa| sa.ip())
+        .collect();
     out.sort();
     out.dedup();
     Ok(out)
@@ -67,25 +70,41 @@ pub async fn resolve(cfg: &Config) -> Resolved {
         }
     }
     for entry in &cfg.gateway.egress_allow {
-        let Some((host, port)) = split_host_port_any(entry) else { continue };
+        let Some((host, port)) = split_host_port_any(entry) else {
+            continue;
+        };
         match parse_cidr(&host) {
             Some((addr, prefix)) => {
                 r.egress.insert(EgressRule { addr, prefix, port });
             }
             None => match host_addrs(&host).await {
-                Ok(addrs) => r.egress.extend(addrs.into_iter().map(|addr| EgressRule { addr, prefix: full_prefix(addr), port })),
+                Ok(addrs) => r.egress.extend(addrs.into_iter().map(|addr| EgressRule {
+                    addr,
+                    prefix: full_prefix(addr),
+                    port,
+                })),
                 Err(e) => r.failures.push((host, e.to_string())),
             },
         }
     }
-    for addr in resolv_conf_nameservers(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()) {
-        r.egress.insert(EgressRule { addr, prefix: full_prefix(addr), port: Some(53) });
+    for addr in
+        resolv_conf_nameservers(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default())
+    {
+        r.egress.insert(EgressRule {
+            addr,
+            prefix: full_prefix(addr),
+            port: Some(53),
+        });
     }
     r
 }
 
 fn full_prefix(addr: IpAddr) -> u8 {
-    if addr.is_ipv4() { 32 } else { 128 }
+    if addr.is_ipv4() {
+        32
+    } else {
+        128
+    }
 }
 
 /// Parses `a.b.c.d`, `a.b.c.d/n`, `v6` or `v6/n`.
@@ -104,7 +123,14 @@ fn parse_cidr(s: &str) -> Option<(IpAddr, u8)> {
 fn resolv_conf_nameservers(text: &str) -> Vec<IpAddr> {
     text.lines()
         .filter_map(|l| l.trim().strip_prefix("nameserver"))
-        .filter_map(|rest| rest.split_whitespace().next()?.split('%').next()?.parse().ok())
+        .filter_map(|rest| {
+            rest.split_whitespace()
+                .next()?
+                .split('%')
+                .next()?
+                .parse()
+                .ok()
+        })
         .collect()
 }
 
@@ -114,8 +140,14 @@ mod tests {
 
     #[test]
     fn cidrs_parse() {
-        assert_eq!(parse_cidr("10.0.0.0/8"), Some(("10.0.0.0".parse().unwrap(), 8)));
-        assert_eq!(parse_cidr("127.0.0.53"), Some(("127.0.0.53".parse().unwrap(), 32)));
+        assert_eq!(
+            parse_cidr("10.0.0.0/8"),
+            Some(("10.0.0.0".parse().unwrap(), 8))
+        );
+        assert_eq!(
+            parse_cidr("127.0.0.53"),
+            Some(("127.0.0.53".parse().unwrap(), 32))
+        );
         assert_eq!(parse_cidr("10.0.0.0/33"), None);
         assert_eq!(parse_cidr("mirror.example.org"), None);
     }

@@ -21,6 +21,7 @@ use crate::{
 };
 
 pub mod http;
+pub mod postgres;
 
 /// Who is on the other end of an intercepted connection, as recorded by
 /// `connect4`/`connect6` at `connect()` time.
@@ -59,9 +60,20 @@ impl AgentTable {
     /// # Errors
     /// The cgroup directory cannot be stat'ed.
     pub fn new(cfg: &Config, mount: &std::path::Path) -> std::io::Result<Self> {
-        let dirs: Vec<PathBuf> = cfg.agents.iter().map(|a| cgroup::agent_dir(mount, &a.cgroup)).collect();
-        let ids = dirs.iter().map(|d| cgroup::id(d)).collect::<Result<_, _>>()?;
-        Ok(Self { names: cfg.agents.iter().map(|a| a.name.clone()).collect(), dirs, ids })
+        let dirs: Vec<PathBuf> = cfg
+            .agents
+            .iter()
+            .map(|a| cgroup::agent_dir(mount, &a.cgroup))
+            .collect();
+        let ids = dirs
+            .iter()
+            .map(|d| cgroup::id(d))
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            names: cfg.agents.iter().map(|a| a.name.clone()).collect(),
+            dirs,
+            ids,
+        })
     }
 
     /// The agent whose cgroup is `cgroup_id` or an ancestor of it.
@@ -82,9 +94,13 @@ pub struct Gateway {
     pub routes: RwLock<Arc<Resolved>>,
     pub ca: LocalCa,
     pub vault: VaultCache,
-    pub state: StateHandle,
+    pub state: Arc<StateHandle>,
     pub recorder: Arc<Recorder>,
     pub http: http::upstream::UpstreamClients,
+    /// Statement classification cache (keyed by SQL text).
+    pub sql: Arc<crate::policy::sql::ClassifyCache>,
+    /// Sluice BackendKeyData → upstream backend, for CancelRequest.
+    pub pg_cancel: postgres::cancel::CancelRegistry,
 }
 
 /// Where an intercepted connection goes.
@@ -102,12 +118,17 @@ impl Gateway {
         if let Some(idx) = routes.services.get(&dst) {
             return Some(Route::Service(*idx as usize));
         }
-        routes.ports.contains(&dst.port()).then_some(Route::PortWide)
+        routes
+            .ports
+            .contains(&dst.port())
+            .then_some(Route::PortWide)
     }
 
     /// Identifies and routes one accepted connection.
     async fn handle(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
-        let Ok(local) = stream.local_addr() else { return };
+        let Ok(local) = stream.local_addr() else {
+            return;
+        };
         let Some(odst) = self.lookup.original_dst(peer, local) else {
             debug!(%peer, "connection without an eBPF record (not from an agent cgroup); closing");
             return;
@@ -118,13 +139,18 @@ impl Gateway {
         };
         let original_dst = SocketAddr::new(crate::intercept::maps::ip_of(odst.addr), odst.port);
         let conn = Intercepted {
-            identity: AgentIdentity { agent: agent.to_string(), pid: odst.pid, uid: odst.uid, cgroup_id: odst.cgroup_id },
+            identity: AgentIdentity {
+                agent: agent.to_string(),
+                pid: odst.pid,
+                uid: odst.uid,
+                cgroup_id: odst.cgroup_id,
+            },
             original_dst,
             peer,
         };
         match self.route(original_dst) {
             Some(Route::Service(idx)) if self.cfg.services[idx].protocol == Protocol::Postgres => {
-                warn!(service = %self.cfg.services[idx].name, "postgres services are not served by this build; closing");
+                postgres::serve(self, conn, stream, idx).await
             }
             Some(Route::Service(idx)) => http::serve(self, conn, stream, Some(idx)).await,
             Some(Route::PortWide) => http::serve(self, conn, stream, None).await,

@@ -13,12 +13,16 @@
 //! long a late use is reported as expired rather than unknown.
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{
+    aio::{ConnectionManager, ConnectionManagerConfig},
+    AsyncConnectionConfig,
+};
 
 mod handle;
+mod scram;
 mod tokens;
 
-pub use handle::StateHandle;
+pub use handle::{LiveToken, StateHandle, TokenCheckError};
 pub use tokens::{EXPIRED_GRACE, REVOCATIONS_CHANNEL};
 
 /// How long [`State::connect`] waits for Redis.
@@ -32,11 +36,18 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 pub enum StateError {
     #[error("gateway.redis_url is not a valid Redis URL: {0}")]
     InvalidUrl(String),
-    #[error("cannot reach Redis at {addr}: {reason} (is redis-server running? check gateway.redis_url)")]
+    #[error(
+        "cannot reach Redis at {addr}: {reason} (is redis-server running? check gateway.redis_url)"
+    )]
     Connect { addr: String, reason: String },
     #[error("Redis {op} failed: {source}")]
-    Command { op: &'static str, source: redis::RedisError },
-    #[error("Redis key {key} holds a malformed token record ({what}); delete it with redis-cli DEL")]
+    Command {
+        op: &'static str,
+        source: redis::RedisError,
+    },
+    #[error(
+        "Redis key {key} holds a malformed token record ({what}); delete it with redis-cli DEL"
+    )]
     Malformed { key: String, what: String },
 }
 
@@ -68,14 +79,37 @@ impl State {
     pub async fn connect(url: &str) -> Result<State, StateError> {
         let client = redis::Client::open(url).map_err(|e| StateError::InvalidUrl(e.to_string()))?;
         let addr = client.get_connection_info().addr().to_string();
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT));
-        let connect = ConnectionManager::new_with_config(client, config);
+        let connect = async {
+            // One plain attempt first: the manager retries its first connect
+            // with backoff, which would hide "connection refused" behind a
+            // timeout.
+            let probe = AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                .set_response_timeout(Some(RESPONSE_TIMEOUT));
+            drop(
+                client
+                    .get_multiplexed_async_connection_with_config(&probe)
+                    .await?,
+            );
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                .set_response_timeout(Some(RESPONSE_TIMEOUT));
+            ConnectionManager::new_with_config(client, config).await
+        };
         let conn = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
             Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => return Err(StateError::Connect { addr, reason: e.to_string() }),
-            Err(_) => return Err(StateError::Connect { addr, reason: format!("no answer within {}s", CONNECT_TIMEOUT.as_secs()) }),
+            Ok(Err(e)) => {
+                return Err(StateError::Connect {
+                    addr,
+                    reason: e.to_string(),
+                })
+            }
+            Err(_) => {
+                return Err(StateError::Connect {
+                    addr,
+                    reason: format!("no answer within {}s", CONNECT_TIMEOUT.as_secs()),
+                })
+            }
         };
         Ok(State { conn })
     }
@@ -106,18 +140,38 @@ pub(crate) mod test_redis {
     impl RedisServer {
         pub(crate) fn start() -> RedisServer {
             let dir = tempfile::tempdir().unwrap();
-            let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let port = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
             let child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
                 .arg("--dir")
                 .arg(dir.path())
                 .stdout(Stdio::null())
                 .spawn()
                 .expect("redis-server is installed");
-            let server = RedisServer { child, _dir: dir, port };
+            let server = RedisServer {
+                child,
+                _dir: dir,
+                port,
+            };
             let deadline = Instant::now() + Duration::from_secs(10);
             while TcpStream::connect(("127.0.0.1", port)).is_err() {
-                assert!(Instant::now() < deadline, "redis-server did not start on port {port}");
+                assert!(
+                    Instant::now() < deadline,
+                    "redis-server did not start on port {port}"
+                );
                 std::thread::sleep(Duration::from_millis(20));
             }
             server

@@ -46,7 +46,12 @@ impl State {
     ///
     /// # Errors
     /// [`StateError::Command`] when Redis fails.
-    pub async fn issue(&self, agent: &str, service: &str, ttl: Duration) -> Result<(Zeroizing<String>, TokenRecord), StateError> {
+    pub async fn issue(
+        &self,
+        agent: &str,
+        service: &str,
+        ttl: Duration,
+    ) -> Result<(Zeroizing<String>, TokenRecord), StateError> {
         let token = tokens::generate();
         let digest = tokens::digest(&token);
         let created = now_unix();
@@ -59,7 +64,9 @@ impl State {
             expires: created.saturating_add(ttl_secs),
             revoked: false,
         };
-        let key_expiry = record.expires.saturating_add(EXPIRED_GRACE.as_secs() as i64);
+        let key_expiry = record
+            .expires
+            .saturating_add(EXPIRED_GRACE.as_secs() as i64);
         let key = token_key(&digest);
         redis::pipe()
             .atomic()
@@ -90,6 +97,12 @@ impl State {
             .exec_async(&mut self.conn())
             .await
             .map_err(StateError::command("token issue"))?;
+        // PostgreSQL logins authenticate the token by SCRAM: store its
+        // verifier under the (agent, service) salt.
+        let salt = self.scram_salt(agent, service).await?;
+        let verifier = crate::proxy::postgres::scram::verifier(token.as_bytes(), &salt);
+        self.add_scram_verifier(agent, service, &digest, &verifier, record.expires)
+            .await?;
         Ok((token, record))
     }
 
@@ -100,8 +113,20 @@ impl State {
     /// [`StateError::Command`] when Redis fails, [`StateError::Malformed`]
     /// when the stored record is damaged.
     pub async fn lookup(&self, token: &str) -> Result<Option<TokenRecord>, StateError> {
-        let key = token_key(&tokens::digest(token));
-        let fields: HashMap<String, String> = self.conn().hgetall(&key).await.map_err(StateError::command("token lookup"))?;
+        self.lookup_digest(&tokens::digest(token)).await
+    }
+
+    /// The record of the token whose [`tokens::digest`] is `digest`.
+    ///
+    /// # Errors
+    /// As [`State::lookup`].
+    pub async fn lookup_digest(&self, digest: &str) -> Result<Option<TokenRecord>, StateError> {
+        let key = token_key(digest);
+        let fields: HashMap<String, String> = self
+            .conn()
+            .hgetall(&key)
+            .await
+            .map_err(StateError::command("token lookup"))?;
         parse_record(&key, fields)
     }
 
@@ -115,19 +140,35 @@ impl State {
     pub async fn list(&self) -> Result<Vec<TokenRecord>, StateError> {
         let mut conn = self.conn();
         let forgotten_before = now_unix().saturating_sub(EXPIRED_GRACE.as_secs() as i64);
-        let _: () = conn.zrembyscore(INDEX_KEY, "-inf", format!("({forgotten_before}")).await.map_err(StateError::command("token list"))?;
-        let ids: Vec<String> = conn.zrange(INDEX_KEY, 0, -1).await.map_err(StateError::command("token list"))?;
+        let _: () = conn
+            .zrembyscore(INDEX_KEY, "-inf", format!("({forgotten_before}"))
+            .await
+            .map_err(StateError::command("token list"))?;
+        let ids: Vec<String> = conn
+            .zrange(INDEX_KEY, 0, -1)
+            .await
+            .map_err(StateError::command("token list"))?;
         if ids.is_empty() {
             return Ok(Vec::new());
         }
         let id_keys: Vec<String> = ids.iter().map(|id| id_key(id)).collect();
-        let digests: Vec<Option<String>> = conn.mget(&id_keys).await.map_err(StateError::command("token list"))?;
+        let digests: Vec<Option<String>> = conn
+            .mget(&id_keys)
+            .await
+            .map_err(StateError::command("token list"))?;
         let mut pipe = redis::pipe();
-        let keys: Vec<String> = digests.into_iter().flatten().map(|d| token_key(&d)).collect();
+        let keys: Vec<String> = digests
+            .into_iter()
+            .flatten()
+            .map(|d| token_key(&d))
+            .collect();
         for key in &keys {
             pipe.hgetall(key);
         }
-        let all: Vec<HashMap<String, String>> = pipe.query_async(&mut conn).await.map_err(StateError::command("token list"))?;
+        let all: Vec<HashMap<String, String>> = pipe
+            .query_async(&mut conn)
+            .await
+            .map_err(StateError::command("token list"))?;
         let mut records = Vec::with_capacity(all.len());
         for (key, fields) in keys.iter().zip(all) {
             records.extend(parse_record(key, fields)?);
@@ -143,11 +184,16 @@ impl State {
     /// [`StateError::Command`] when Redis fails.
     pub async fn revoke(&self, token_or_id: &str) -> Result<bool, StateError> {
         let mut conn = self.conn();
-        let is_token = token_or_id.starts_with(TOKEN_PREFIX) && tokens::find(token_or_id) == Some(0..token_or_id.len());
+        let is_token = token_or_id.starts_with(TOKEN_PREFIX)
+            && tokens::find(token_or_id) == Some(0..token_or_id.len());
         let digest = if is_token {
             tokens::digest(token_or_id)
         } else {
-            match conn.get::<_, Option<String>>(id_key(token_or_id)).await.map_err(StateError::command("token revoke"))? {
+            match conn
+                .get::<_, Option<String>>(id_key(token_or_id))
+                .await
+                .map_err(StateError::command("token revoke"))?
+            {
                 Some(digest) => digest,
                 None => return Ok(false),
             }
@@ -163,13 +209,26 @@ impl State {
 }
 
 /// A token record from its Redis hash; `None` for an empty (absent) hash.
-fn parse_record(key: &str, mut fields: HashMap<String, String>) -> Result<Option<TokenRecord>, StateError> {
+fn parse_record(
+    key: &str,
+    mut fields: HashMap<String, String>,
+) -> Result<Option<TokenRecord>, StateError> {
     if fields.is_empty() {
         return Ok(None);
     }
-    let mut take = |name: &str| fields.remove(name).ok_or_else(|| StateError::Malformed { key: key.to_string(), what: format!("no field {name}") });
+    let mut take = |name: &str| {
+        fields.remove(name).ok_or_else(|| StateError::Malformed {
+            key: key.to_string(),
+            what: format!("no field {name}"),
+        })
+    };
     let mut time = |name: &str| {
-        take(name)?.parse::<i64>().map_err(|_| StateError::Malformed { key: key.to_string(), what: format!("{name} is not unix seconds") })
+        take(name)?
+            .parse::<i64>()
+            .map_err(|_| StateError::Malformed {
+                key: key.to_string(),
+                what: format!("{name} is not unix seconds"),
+            })
     };
     let created = time("created")?;
     let expires = time("expires")?;
@@ -197,7 +256,10 @@ mod tests {
     #[tokio::test]
     async fn issued_token_is_found_by_value_but_stored_only_as_digest() {
         let (_server, state) = state().await;
-        let (token, record) = state.issue("ci-bot", "billing-db", Duration::from_secs(3600)).await.unwrap();
+        let (token, record) = state
+            .issue("ci-bot", "billing-db", Duration::from_secs(3600))
+            .await
+            .unwrap();
         assert_eq!(record.expires - record.created, 3600);
         assert_eq!(state.lookup(&token).await.unwrap(), Some(record.clone()));
         assert_eq!(state.lookup("slt_not-a-real-token").await.unwrap(), None);
@@ -207,7 +269,10 @@ mod tests {
         for key in &keys {
             assert!(!key.contains(token.as_str()));
         }
-        let stored: HashMap<String, String> = conn.hgetall(token_key(&tokens::digest(&token))).await.unwrap();
+        let stored: HashMap<String, String> = conn
+            .hgetall(token_key(&tokens::digest(&token)))
+            .await
+            .unwrap();
         assert!(stored.values().all(|v| !v.contains(token.as_str())));
         let ttl: i64 = conn.ttl(token_key(&tokens::digest(&token))).await.unwrap();
         assert!(ttl > 3600 + EXPIRED_GRACE.as_secs() as i64 - 10, "{ttl}");
@@ -216,33 +281,61 @@ mod tests {
     #[tokio::test]
     async fn revoke_by_id_or_token_marks_the_record_and_publishes_the_id() {
         let (server, state) = state().await;
-        let (t1, r1) = state.issue("ci-bot", "billing-db", Duration::from_secs(60)).await.unwrap();
-        let (t2, r2) = state.issue("ci-bot", "payments-api", Duration::from_secs(60)).await.unwrap();
+        let (t1, r1) = state
+            .issue("ci-bot", "billing-db", Duration::from_secs(60))
+            .await
+            .unwrap();
+        let (t2, r2) = state
+            .issue("ci-bot", "payments-api", Duration::from_secs(60))
+            .await
+            .unwrap();
 
-        let mut subscriber = redis::Client::open(server.url()).unwrap().get_connection().unwrap();
+        let mut subscriber = redis::Client::open(server.url())
+            .unwrap()
+            .get_connection()
+            .unwrap();
         let mut pubsub = subscriber.as_pubsub();
         pubsub.subscribe(REVOCATIONS_CHANNEL).unwrap();
-        pubsub.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        pubsub
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
 
         assert!(state.revoke(&r1.id).await.unwrap());
         assert!(state.revoke(&t2).await.unwrap());
         assert!(!state.revoke("tok_doesnotexist").await.unwrap());
-        assert!(!state.revoke(&format!("slt_{}", "x".repeat(40))).await.unwrap());
+        assert!(!state
+            .revoke(&format!("slt_{}", "x".repeat(40)))
+            .await
+            .unwrap());
 
         assert!(state.lookup(&t1).await.unwrap().unwrap().revoked);
         assert!(state.lookup(&t2).await.unwrap().unwrap().revoked);
-        let published: Vec<String> = (0..2).map(|_| pubsub.get_message().unwrap().get_payload().unwrap()).collect();
+        let published: Vec<String> = (0..2)
+            .map(|_| pubsub.get_message().unwrap().get_payload().unwrap())
+            .collect();
         assert_eq!(published, [r1.id, r2.id]);
     }
 
     #[tokio::test]
     async fn list_shows_known_tokens_soonest_expiry_first_and_prunes_forgotten_ones() {
         let (_server, state) = state().await;
-        let (_, later) = state.issue("ci-bot", "billing-db", Duration::from_secs(7200)).await.unwrap();
-        let (_, sooner) = state.issue("ci-bot", "billing-db", Duration::from_secs(60)).await.unwrap();
+        let (_, later) = state
+            .issue("ci-bot", "billing-db", Duration::from_secs(7200))
+            .await
+            .unwrap();
+        let (_, sooner) = state
+            .issue("ci-bot", "billing-db", Duration::from_secs(60))
+            .await
+            .unwrap();
         let mut conn = state.conn();
         let _: () = conn.zadd(INDEX_KEY, "tok_forgotten", 1).await.unwrap();
-        let ids: Vec<String> = state.list().await.unwrap().into_iter().map(|r| r.id).collect();
+        let ids: Vec<String> = state
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
         assert_eq!(ids, [sooner.id, later.id]);
         let members: Vec<String> = conn.zrange(INDEX_KEY, 0, -1).await.unwrap();
         assert!(!members.contains(&"tok_forgotten".to_string()));
@@ -250,11 +343,23 @@ mod tests {
 
     #[tokio::test]
     async fn unreachable_redis_error_names_host_port_but_not_password() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let e = State::connect(&format!("redis://:hunter2@127.0.0.1:{port}/0")).await.unwrap_err();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let e = State::connect(&format!("redis://:hunter2@127.0.0.1:{port}/0"))
+            .await
+            .unwrap_err();
         let msg = e.to_string();
-        assert!(msg.starts_with(&format!("cannot reach Redis at 127.0.0.1:{port}: ")), "{msg}");
+        assert!(
+            msg.starts_with(&format!("cannot reach Redis at 127.0.0.1:{port}: ")),
+            "{msg}"
+        );
         assert!(!msg.contains("hunter2"), "{msg}");
-        assert!(matches!(State::connect("http://nope").await, Err(StateError::InvalidUrl(_))));
+        assert!(matches!(
+            State::connect("http://nope").await,
+            Err(StateError::InvalidUrl(_))
+        ));
     }
 }

@@ -24,7 +24,11 @@ use zeroize::Zeroizing;
 use crate::{config::Credential, tokens};
 
 /// Characters left unescaped in query values: RFC 3986 unreserved.
-const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 /// Where a token was found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,7 +72,9 @@ pub fn find(parts: &Parts) -> Result<Option<FoundToken>, CredentialError> {
     let mut token: Option<Zeroizing<String>> = None;
     let mut places = Vec::new();
     let mut note = |candidate: &str, place: Place| -> Result<(), CredentialError> {
-        let Some(range) = tokens::find(candidate) else { return Ok(()) };
+        let Some(range) = tokens::find(candidate) else {
+            return Ok(());
+        };
         let t = &candidate[range];
         match &token {
             Some(existing) if existing.as_str() != t => return Err(CredentialError::Ambiguous),
@@ -112,15 +118,22 @@ fn header_value(bytes: &[u8]) -> Result<HeaderValue, CredentialError> {
 /// # Errors
 /// [`CredentialError::UnencodableSecret`] when the secret is not valid in a
 /// header (control characters) or not UTF-8 for a URL.
-pub fn inject(parts: &mut Parts, found: &FoundToken, cred: &Credential, secret: &[u8]) -> Result<(), CredentialError> {
+pub fn inject(
+    parts: &mut Parts,
+    found: &FoundToken,
+    cred: &Credential,
+    secret: &[u8],
+) -> Result<(), CredentialError> {
     let token = found.token.as_str();
-    let secret_text = || std::str::from_utf8(secret).map_err(|_| CredentialError::UnencodableSecret);
+    let secret_text =
+        || std::str::from_utf8(secret).map_err(|_| CredentialError::UnencodableSecret);
     let in_place = cred.header.is_none() && cred.query.is_none();
     let mut query_edits: Vec<(String, Option<Zeroizing<String>>)> = Vec::new();
     for place in &found.places {
         match place {
             Place::Header(name) if in_place => {
-                let values: Vec<HeaderValue> = parts.headers.get_all(name).iter().cloned().collect();
+                let values: Vec<HeaderValue> =
+                    parts.headers.get_all(name).iter().cloned().collect();
                 parts.headers.remove(name);
                 for v in values {
                     let bytes = replace_bytes(v.as_bytes(), token.as_bytes(), secret);
@@ -128,10 +141,17 @@ pub fn inject(parts: &mut Parts, found: &FoundToken, cred: &Credential, secret: 
                 }
             }
             Place::BasicAuth if in_place => {
-                let creds = parts.headers.get(AUTHORIZATION).and_then(basic_credentials).unwrap_or_default();
-                let replaced = Zeroizing::new(replace_bytes(creds.as_bytes(), token.as_bytes(), secret));
+                let creds = parts
+                    .headers
+                    .get(AUTHORIZATION)
+                    .and_then(basic_credentials)
+                    .unwrap_or_default();
+                let replaced =
+                    Zeroizing::new(replace_bytes(creds.as_bytes(), token.as_bytes(), secret));
                 let value = Zeroizing::new(format!("Basic {}", B64.encode(&*replaced)));
-                parts.headers.insert(AUTHORIZATION, header_value(value.as_bytes())?);
+                parts
+                    .headers
+                    .insert(AUTHORIZATION, header_value(value.as_bytes())?);
             }
             Place::Query(key) if in_place => {
                 let encoded = utf8_percent_encode(secret_text()?, QUERY_VALUE).to_string();
@@ -147,10 +167,13 @@ pub fn inject(parts: &mut Parts, found: &FoundToken, cred: &Credential, secret: 
         }
     }
     if let Some(header) = &cred.header {
-        let name = HeaderName::from_bytes(header.as_bytes()).map_err(|_| CredentialError::UnencodableSecret)?;
+        let name = HeaderName::from_bytes(header.as_bytes())
+            .map_err(|_| CredentialError::UnencodableSecret)?;
         let format = cred.format.as_deref().unwrap_or("{}");
         let (before, after) = format.split_once("{}").unwrap_or((format, ""));
-        let mut value = Zeroizing::new(Vec::with_capacity(before.len() + secret.len() + after.len()));
+        let mut value = Zeroizing::new(Vec::with_capacity(
+            before.len() + secret.len() + after.len(),
+        ));
         value.extend_from_slice(before.as_bytes());
         value.extend_from_slice(secret);
         value.extend_from_slice(after.as_bytes());
@@ -168,9 +191,17 @@ pub fn inject(parts: &mut Parts, found: &FoundToken, cred: &Credential, secret: 
 
 /// Applies query edits: `(key, Some(v))` sets `key`'s value, `(key, None)`
 /// removes it, and a key starting with `+` is appended.
-fn edit_query(uri: &Uri, edits: &[(String, Option<Zeroizing<String>>)]) -> Result<Uri, CredentialError> {
+fn edit_query(
+    uri: &Uri,
+    edits: &[(String, Option<Zeroizing<String>>)],
+) -> Result<Uri, CredentialError> {
     let mut pairs: Vec<String> = Vec::new();
-    for pair in uri.query().unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+    for pair in uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
         let key = pair.split_once('=').map_or(pair, |(k, _)| k);
         match edits.iter().find(|(k, _)| k == key) {
             Some((_, Some(v))) => pairs.push(format!("{key}={}", v.as_str())),
@@ -184,7 +215,11 @@ fn edit_query(uri: &Uri, edits: &[(String, Option<Zeroizing<String>>)]) -> Resul
         }
     }
     let path = uri.path();
-    let pq = Zeroizing::new(if pairs.is_empty() { path.to_string() } else { format!("{path}?{}", pairs.join("&")) });
+    let pq = Zeroizing::new(if pairs.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{}", pairs.join("&"))
+    });
     let mut builder = Uri::builder();
     if let Some(s) = uri.scheme() {
         builder = builder.scheme(s.clone());
@@ -192,7 +227,10 @@ fn edit_query(uri: &Uri, edits: &[(String, Option<Zeroizing<String>>)]) -> Resul
     if let Some(a) = uri.authority() {
         builder = builder.authority(a.clone());
     }
-    builder.path_and_query(pq.as_str()).build().map_err(|_| CredentialError::UnencodableSecret)
+    builder
+        .path_and_query(pq.as_str())
+        .build()
+        .map_err(|_| CredentialError::UnencodableSecret)
 }
 
 fn replace_bytes(haystack: &[u8], needle: &[u8], with: &[u8]) -> Vec<u8> {
@@ -233,18 +271,40 @@ mod tests {
 
     #[test]
     fn bearer_header_is_reformatted() {
-        let mut p = parts(Request::get("/x").header("authorization", format!("Bearer {TOKEN}")).body(()).unwrap());
+        let mut p = parts(
+            Request::get("/x")
+                .header("authorization", format!("Bearer {TOKEN}"))
+                .body(())
+                .unwrap(),
+        );
         let found = find(&p).unwrap().unwrap();
-        inject(&mut p, &found, &cred(Some("Authorization"), Some("Bearer {}"), None), b"sk_live_1").unwrap();
+        inject(
+            &mut p,
+            &found,
+            &cred(Some("Authorization"), Some("Bearer {}"), None),
+            b"sk_live_1",
+        )
+        .unwrap();
         assert_eq!(p.headers["authorization"], "Bearer sk_live_1");
         assert!(p.headers["authorization"].is_sensitive());
     }
 
     #[test]
     fn api_key_header_moves_to_the_configured_header() {
-        let mut p = parts(Request::get("/x").header("x-api-key", TOKEN).body(()).unwrap());
+        let mut p = parts(
+            Request::get("/x")
+                .header("x-api-key", TOKEN)
+                .body(())
+                .unwrap(),
+        );
         let found = find(&p).unwrap().unwrap();
-        inject(&mut p, &found, &cred(Some("Authorization"), Some("Bearer {}"), None), b"k").unwrap();
+        inject(
+            &mut p,
+            &found,
+            &cred(Some("Authorization"), Some("Bearer {}"), None),
+            b"k",
+        )
+        .unwrap();
         assert!(p.headers.get("x-api-key").is_none());
         assert_eq!(p.headers["authorization"], "Bearer k");
     }
@@ -252,15 +312,27 @@ mod tests {
     #[test]
     fn basic_auth_is_replaced_in_place() {
         let basic = format!("Basic {}", B64.encode(format!("user:{TOKEN}")));
-        let mut p = parts(Request::get("/x").header("authorization", basic).body(()).unwrap());
+        let mut p = parts(
+            Request::get("/x")
+                .header("authorization", basic)
+                .body(())
+                .unwrap(),
+        );
         let found = find(&p).unwrap().unwrap();
         inject(&mut p, &found, &cred(None, None, None), b"pw").unwrap();
-        assert_eq!(p.headers["authorization"], format!("Basic {}", B64.encode("user:pw")));
+        assert_eq!(
+            p.headers["authorization"],
+            format!("Basic {}", B64.encode("user:pw"))
+        );
     }
 
     #[test]
     fn query_parameter_is_replaced_and_encoded() {
-        let mut p = parts(Request::get(format!("/x?a=1&api_key={TOKEN}&b=2")).body(()).unwrap());
+        let mut p = parts(
+            Request::get(format!("/x?a=1&api_key={TOKEN}&b=2"))
+                .body(())
+                .unwrap(),
+        );
         let found = find(&p).unwrap().unwrap();
         inject(&mut p, &found, &cred(None, None, None), b"a b&c").unwrap();
         assert_eq!(p.uri.to_string(), "/x?a=1&api_key=a%20b%26c&b=2");
@@ -268,7 +340,11 @@ mod tests {
 
     #[test]
     fn query_token_moves_to_header() {
-        let mut p = parts(Request::get(format!("/x?api_key={TOKEN}")).body(()).unwrap());
+        let mut p = parts(
+            Request::get(format!("/x?api_key={TOKEN}"))
+                .body(())
+                .unwrap(),
+        );
         let found = find(&p).unwrap().unwrap();
         inject(&mut p, &found, &cred(Some("x-api-key"), None, None), b"k").unwrap();
         assert_eq!(p.uri.to_string(), "/x");
@@ -278,13 +354,23 @@ mod tests {
     #[test]
     fn two_different_tokens_are_ambiguous() {
         let other = TOKEN.replace('A', "B");
-        let p = parts(Request::get(format!("/x?k={other}")).header("x-api-key", TOKEN).body(()).unwrap());
+        let p = parts(
+            Request::get(format!("/x?k={other}"))
+                .header("x-api-key", TOKEN)
+                .body(())
+                .unwrap(),
+        );
         assert_eq!(find(&p).err(), Some(CredentialError::Ambiguous));
     }
 
     #[test]
     fn no_token_is_none() {
-        let p = parts(Request::get("/x?q=slt_short").header("authorization", "Bearer abc").body(()).unwrap());
+        let p = parts(
+            Request::get("/x?q=slt_short")
+                .header("authorization", "Bearer abc")
+                .body(())
+                .unwrap(),
+        );
         assert!(find(&p).unwrap().is_none());
     }
 }

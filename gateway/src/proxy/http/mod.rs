@@ -65,7 +65,11 @@ async fn serve_tls(gw: Arc<Gateway>, conn: Intercepted, stream: TcpStream, defau
         return;
     };
     let name = sni.unwrap_or_else(|| gw.cfg.services[idx].host.clone());
-    let config = match gw.ca.certified_key(&name).and_then(|ck| agent_server_config(ck, &offered)) {
+    let config = match gw
+        .ca
+        .certified_key(&name)
+        .and_then(|ck| agent_server_config(ck, &offered))
+    {
         Ok(c) => c,
         Err(e) => return warn!(error = %e, "cannot mint a certificate"),
     };
@@ -81,7 +85,12 @@ async fn serve_tls(gw: Arc<Gateway>, conn: Intercepted, stream: TcpStream, defau
 /// The https service for a TLS connection: the one whose host is the SNI
 /// among services on the dialled port, or — without SNI — the service
 /// matched by address.
-fn pick_https(gw: &Gateway, conn: &Intercepted, sni: Option<&str>, default: Option<usize>) -> Option<usize> {
+fn pick_https(
+    gw: &Gateway,
+    conn: &Intercepted,
+    sni: Option<&str>,
+    default: Option<usize>,
+) -> Option<usize> {
     let port = conn.original_dst.port();
     match sni {
         Some(name) => gw.cfg.services.iter().position(|s| {
@@ -102,8 +111,14 @@ where
         async move { Ok::<_, Infallible>(request::handle(ctx, req).await) }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
-    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(256);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256);
     if let Err(e) = builder.serve_connection(TokioIo::new(io), svc).await {
         debug!(error = %e, "agent connection ended with an error");
     }

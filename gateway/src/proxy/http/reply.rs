@@ -14,7 +14,10 @@ pub fn error(status: StatusCode, message: &str, session: Option<&str>) -> Respon
     let body = serde_json::json!({ "error": message, "sluice": { "session": session } });
     let mut resp = Response::new(full(Bytes::from(body.to_string())));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
     resp
 }
 

@@ -19,6 +19,7 @@ use super::{
 use crate::{
     policy::{self, HttpOperation, Verdict},
     recorder::Event,
+    state::TokenCheckError,
     tokens,
 };
 
@@ -31,7 +32,11 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Proxy
         Err(e) => return reply::error(StatusCode::MISDIRECTED_REQUEST, &e.to_string(), None),
     };
     let Some(session) = ctx.session(idx) else {
-        return reply::error(StatusCode::SERVICE_UNAVAILABLE, "session record cannot be written; refusing unaudited access", None);
+        return reply::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "session record cannot be written; refusing unaudited access",
+            None,
+        );
     };
     let sid = session.id().to_string();
     let gw = ctx.gw.clone();
@@ -48,39 +53,82 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Proxy
         Ok(Some(found)) => found,
         Ok(None) => {
             let msg = "no sluice token (slt_…) in the request";
-            return fail(StatusCode::UNAUTHORIZED, Event::AuthFail { reason: msg.into() }, msg);
+            return fail(
+                StatusCode::UNAUTHORIZED,
+                Event::AuthFail { reason: msg.into() },
+                msg,
+            );
         }
-        Err(e) => return fail(StatusCode::BAD_REQUEST, Event::AuthFail { reason: e.to_string() }, &e.to_string()),
-    };
-    let record = match gw.state.lookup(&found.token).await {
-        Ok(r) => r,
         Err(e) => {
+            return fail(
+                StatusCode::BAD_REQUEST,
+                Event::AuthFail {
+                    reason: e.to_string(),
+                },
+                &e.to_string(),
+            )
+        }
+    };
+    match ctx
+        .check_token(&tokens::digest(&found.token), &service.name)
+        .await
+    {
+        Ok(()) => {}
+        Err(TokenCheckError::Rejected(rejection)) => {
+            let msg = format!("invalid sluice token: {rejection}");
+            return fail(
+                StatusCode::UNAUTHORIZED,
+                Event::AuthFail {
+                    reason: rejection.to_string(),
+                },
+                &msg,
+            );
+        }
+        Err(TokenCheckError::State(e)) => {
             warn!(error = %e, "token store unavailable");
             let msg = "token store (Redis) unavailable; try again later";
-            return fail(StatusCode::SERVICE_UNAVAILABLE, Event::Error { message: msg.into() }, msg);
+            return fail(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Event::Error {
+                    message: msg.into(),
+                },
+                msg,
+            );
         }
-    };
-    let token = match tokens::check(record, &ctx.conn.identity.agent, &service.name, chrono::Utc::now().timestamp()) {
-        Ok(t) => t,
-        Err(rejection) => {
-            let msg = format!("invalid sluice token: {rejection}");
-            return fail(StatusCode::UNAUTHORIZED, Event::AuthFail { reason: rejection.to_string() }, &msg);
-        }
-    };
-    if ctx.first_use_of(&token.id) && !ctx.record(Event::AuthOk { token_id: token.id.clone() }) {
-        return reply::error(StatusCode::SERVICE_UNAVAILABLE, "session record cannot be written", Some(&sid));
     }
 
     // Policy, on the normalised path.
-    match policy::decide_http(&service.deny, &service.approve, HttpOperation { method: &method, path: &path }) {
+    match policy::decide_http(
+        &service.deny,
+        &service.approve,
+        HttpOperation {
+            method: &method,
+            path: &path,
+        },
+    ) {
         Verdict::Allow => {}
         Verdict::Deny { rule } => {
             let msg = format!("denied by policy: {rule}");
-            return fail(StatusCode::FORBIDDEN, Event::Denied { reason: msg.clone(), rule }, &msg);
+            return fail(
+                StatusCode::FORBIDDEN,
+                Event::Denied {
+                    reason: msg.clone(),
+                    rule,
+                },
+                &msg,
+            );
         }
         Verdict::Approve { rule } => {
-            let msg = format!("{rule} needs a JIT approval, which this gateway cannot hold yet; denied");
-            return fail(StatusCode::FORBIDDEN, Event::Denied { reason: msg.clone(), rule }, &msg);
+            let msg =
+                format!("{rule} needs a JIT approval, which this gateway cannot hold yet; denied");
+            return fail(
+                StatusCode::FORBIDDEN,
+                Event::Denied {
+                    reason: msg.clone(),
+                    rule,
+                },
+                &msg,
+            );
         }
     }
 
@@ -88,38 +136,90 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Proxy
     let secret = match gw.vault.get(&service.credential.secret) {
         Ok(Some(secret)) => secret,
         Ok(None) => {
-            let msg = format!("secret {:?} is not in the vault; run `sluice secret put {}`", service.credential.secret, service.credential.secret);
-            return fail(StatusCode::BAD_GATEWAY, Event::Error { message: msg.clone() }, &msg);
+            let msg = format!(
+                "secret {:?} is not in the vault; run `sluice secret put {}`",
+                service.credential.secret, service.credential.secret
+            );
+            return fail(
+                StatusCode::BAD_GATEWAY,
+                Event::Error {
+                    message: msg.clone(),
+                },
+                &msg,
+            );
         }
         Err(e) => {
             let msg = format!("vault unavailable: {e}");
-            return fail(StatusCode::INTERNAL_SERVER_ERROR, Event::Error { message: msg.clone() }, &msg);
+            return fail(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Event::Error {
+                    message: msg.clone(),
+                },
+                &msg,
+            );
         }
     };
     let swapped = credential::inject(&mut parts, &found, &service.credential, secret.expose());
     drop(secret);
     if let Err(e) = swapped {
-        return fail(StatusCode::BAD_GATEWAY, Event::Error { message: e.to_string() }, &e.to_string());
+        return fail(
+            StatusCode::BAD_GATEWAY,
+            Event::Error {
+                message: e.to_string(),
+            },
+            &e.to_string(),
+        );
     }
     if let Err(e) = upstream::retarget(&mut parts, service) {
         let msg = format!("cannot build the upstream request: {e}");
-        return fail(StatusCode::BAD_GATEWAY, Event::Error { message: msg.clone() }, &msg);
+        return fail(
+            StatusCode::BAD_GATEWAY,
+            Event::Error {
+                message: msg.clone(),
+            },
+            &msg,
+        );
     }
     let Some(client) = gw.http.get(idx) else {
-        return fail(StatusCode::BAD_GATEWAY, Event::Error { message: "no HTTP client".into() }, "no HTTP client for service");
+        return fail(
+            StatusCode::BAD_GATEWAY,
+            Event::Error {
+                message: "no HTTP client".into(),
+            },
+            "no HTTP client for service",
+        );
     };
     match client.request(Request::from_parts(parts, body)).await {
         Ok(resp) => {
             let (mut rparts, rbody) = resp.into_parts();
             upstream::strip_hop_by_hop(&mut rparts.headers);
-            ctx.record(Event::Request { method, path, status: rparts.status.as_u16() });
+            ctx.record(Event::Request {
+                method,
+                path,
+                status: rparts.status.as_u16(),
+            });
             Response::from_parts(rparts, rbody.boxed())
         }
         Err(e) => {
-            let msg = format!("upstream {}:{} unreachable: {}", service.host, service.port, error_chain(&e));
+            let msg = format!(
+                "upstream {}:{} unreachable: {}",
+                service.host,
+                service.port,
+                error_chain(&e)
+            );
             warn!(service = %service.name, "{msg}");
-            ctx.record(Event::Request { method, path, status: 502 });
-            fail(StatusCode::BAD_GATEWAY, Event::Error { message: msg.clone() }, &msg)
+            ctx.record(Event::Request {
+                method,
+                path,
+                status: 502,
+            });
+            fail(
+                StatusCode::BAD_GATEWAY,
+                Event::Error {
+                    message: msg.clone(),
+                },
+                &msg,
+            )
         }
     }
 }
@@ -130,10 +230,17 @@ fn authority_host(parts: &hyper::http::request::Parts) -> Option<String> {
         Some(a) => a.host().to_string(),
         None => {
             let h = parts.headers.get(header::HOST)?.to_str().ok()?;
-            h.parse::<hyper::http::uri::Authority>().ok()?.host().to_string()
+            h.parse::<hyper::http::uri::Authority>()
+                .ok()?
+                .host()
+                .to_string()
         }
     };
-    Some(raw.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase())
+    Some(
+        raw.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase(),
+    )
 }
 
 /// The path as policy and records see it: percent-decoded, with `.`/`..`

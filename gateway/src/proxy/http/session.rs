@@ -1,7 +1,7 @@
 //! Per-connection state for HTTP: which service the connection belongs to,
 //! and its session record (opened on first use, closed with the connection).
 use std::{
-    sync::{Arc, Mutex, OnceLock},
+    sync::{Arc, OnceLock},
     time::Duration,
 };
 
@@ -11,6 +11,7 @@ use crate::{
     config::Protocol,
     proxy::{Gateway, Intercepted},
     recorder::{Event, SessionMeta, SessionRecord},
+    state::{LiveToken, TokenCheckError},
 };
 
 /// Why a request could not be tied to a service.
@@ -32,13 +33,18 @@ pub struct ConnCtx {
     tls: bool,
     service: OnceLock<usize>,
     session: OnceLock<Option<SessionRecord>>,
-    /// Id of the last token that passed, so `auth_ok` is recorded once per token.
-    last_token: Mutex<Option<String>>,
+    /// The last token that passed, re-checked cheaply on each request.
+    live: tokio::sync::Mutex<Option<LiveToken>>,
 }
 
 impl ConnCtx {
     /// A context for a connection; for TLS, `default` is the SNI's service.
-    pub fn new(gw: Arc<Gateway>, conn: Intercepted, default: Option<usize>, tls: bool) -> Arc<Self> {
+    pub fn new(
+        gw: Arc<Gateway>,
+        conn: Intercepted,
+        default: Option<usize>,
+        tls: bool,
+    ) -> Arc<Self> {
         let ctx = ConnCtx {
             gw,
             conn,
@@ -46,7 +52,7 @@ impl ConnCtx {
             tls,
             service: OnceLock::new(),
             session: OnceLock::new(),
-            last_token: Mutex::new(None),
+            live: tokio::sync::Mutex::new(None),
         };
         if tls {
             if let Some(idx) = default {
@@ -66,9 +72,15 @@ impl ConnCtx {
     pub fn service_for(&self, host: Option<&str>) -> Result<usize, RouteError> {
         let cfg = &self.gw.cfg;
         let port = self.conn.original_dst.port();
-        let wanted = if self.tls { Protocol::Https } else { Protocol::Http };
+        let wanted = if self.tls {
+            Protocol::Https
+        } else {
+            Protocol::Http
+        };
         let by_host = host.and_then(|h| {
-            cfg.services.iter().position(|s| s.protocol == wanted && s.port == port && s.host.eq_ignore_ascii_case(h))
+            cfg.services.iter().position(|s| {
+                s.protocol == wanted && s.port == port && s.host.eq_ignore_ascii_case(h)
+            })
         });
         let default = self.default.filter(|i| cfg.services[*i].protocol == wanted);
         let chosen = match (by_host, host) {
@@ -94,14 +106,30 @@ impl ConnCtx {
             .get_or_init(|| {
                 let svc = &self.gw.cfg.services[service];
                 let id = &self.conn.identity;
-                let meta = SessionMeta { agent: id.agent.clone(), pid: id.pid, uid: id.uid, service: svc.name.clone() };
-                let rec = self.gw.recorder.start(meta).map_err(|e| warn!(error = %e, "cannot open session record")).ok()?;
+                let meta = SessionMeta {
+                    agent: id.agent.clone(),
+                    pid: id.pid,
+                    uid: id.uid,
+                    service: svc.name.clone(),
+                };
+                let rec = self
+                    .gw
+                    .recorder
+                    .start(meta)
+                    .map_err(|e| warn!(error = %e, "cannot open session record"))
+                    .ok()?;
                 let open = Event::Open {
-                    protocol: if self.tls { "https".into() } else { "http".into() },
+                    protocol: if self.tls {
+                        "https".into()
+                    } else {
+                        "http".into()
+                    },
                     original_dst: self.conn.original_dst.to_string(),
                     peer: self.conn.peer.to_string(),
                 };
-                rec.record(open).map_err(|e| warn!(error = %e, "cannot write session record")).ok()?;
+                rec.record(open)
+                    .map_err(|e| warn!(error = %e, "cannot write session record"))
+                    .ok()?;
                 Some(rec)
             })
             .as_ref()
@@ -111,23 +139,42 @@ impl ConnCtx {
     /// written (the caller refuses the operation: nothing goes unaudited).
     pub fn record(&self, event: Event) -> bool {
         match self.session.get().and_then(Option::as_ref) {
-            Some(rec) => rec.record(event).map_err(|e| warn!(error = %e, "session record write failed")).is_ok(),
+            Some(rec) => rec
+                .record(event)
+                .map_err(|e| warn!(error = %e, "session record write failed"))
+                .is_ok(),
             None => false,
         }
     }
 
-    /// True the first time token `id` passes on this connection.
-    pub fn first_use_of(&self, id: &str) -> bool {
-        let mut last = self.last_token.lock().unwrap();
-        if last.as_deref() == Some(id) {
-            return false;
+    /// Checks the token with `digest` for this connection's agent and
+    /// `service`: a full check the first time (recording `auth_ok`), then
+    /// cheap re-checks ([`LiveToken::recheck`]).
+    ///
+    /// # Errors
+    /// [`TokenCheckError`] when the token is not (or no longer) valid or the
+    /// token store is unreachable.
+    pub async fn check_token(&self, digest: &str, service: &str) -> Result<(), TokenCheckError> {
+        let mut live = self.live.lock().await;
+        if let Some(t) = live
+            .as_mut()
+            .filter(|t| t.digest == digest && t.record.service == service)
+        {
+            return t.recheck(&self.gw.state).await;
         }
-        *last = Some(id.to_string());
-        true
+        let fresh =
+            LiveToken::check(&self.gw.state, digest, &self.conn.identity.agent, service).await?;
+        self.record(Event::AuthOk {
+            token_id: fresh.record.id.clone(),
+        });
+        *live = Some(fresh);
+        Ok(())
     }
 
     /// Writes the `close` event if a session was opened.
     pub fn close(&self, elapsed: Duration) {
-        self.record(Event::Close { duration_ms: elapsed.as_millis() as u64 });
+        self.record(Event::Close {
+            duration_ms: elapsed.as_millis() as u64,
+        });
     }
 }

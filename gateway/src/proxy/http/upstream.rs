@@ -51,7 +51,11 @@ impl tower_service::Service<Name> for ServiceResolver {
         let service = self.service.clone();
         Box::pin(async move {
             let addrs = service_addrs(&service).await?;
-            Ok(addrs.into_iter().map(|ip| SocketAddr::new(ip, service.port)).collect::<Vec<_>>().into_iter())
+            Ok(addrs
+                .into_iter()
+                .map(|ip| SocketAddr::new(ip, service.port))
+                .collect::<Vec<_>>()
+                .into_iter())
         })
     }
 }
@@ -75,7 +79,9 @@ impl UpstreamClients {
                 continue;
             }
             let tls = upstream_client_config(s.upstream_ca.as_deref())?;
-            let mut http = HttpConnector::new_with_resolver(ServiceResolver { service: std::sync::Arc::new(s.clone()) });
+            let mut http = HttpConnector::new_with_resolver(ServiceResolver {
+                service: std::sync::Arc::new(s.clone()),
+            });
             http.enforce_http(false);
             http.set_nodelay(true);
             http.set_connect_timeout(Some(std::time::Duration::from_secs(10)));
@@ -128,14 +134,36 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// service's scheme, host and port; `Host` rewritten to match; HTTP/1.1 on
 /// the wire unless ALPN picks h2.
 pub fn retarget(parts: &mut Parts, service: &Service) -> Result<(), hyper::http::Error> {
-    let scheme = if service.protocol == Protocol::Https { "https" } else { "http" };
-    let default_port = if service.protocol == Protocol::Https { 443 } else { 80 };
-    let host = if service.host.contains(':') { format!("[{}]", service.host) } else { service.host.clone() };
-    let authority = if service.port == default_port { host } else { format!("{host}:{}", service.port) };
+    let scheme = if service.protocol == Protocol::Https {
+        "https"
+    } else {
+        "http"
+    };
+    let default_port = if service.protocol == Protocol::Https {
+        443
+    } else {
+        80
+    };
+    let host = if service.host.contains(':') {
+        format!("[{}]", service.host)
+    } else {
+        service.host.clone()
+    };
+    let authority = if service.port == default_port {
+        host
+    } else {
+        format!("{host}:{}", service.port)
+    };
     let pq = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    parts.uri = Uri::builder().scheme(scheme).authority(authority.as_str()).path_and_query(pq).build()?;
+    parts.uri = Uri::builder()
+        .scheme(scheme)
+        .authority(authority.as_str())
+        .path_and_query(pq)
+        .build()?;
     parts.version = Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
-    parts.headers.insert(header::HOST, header::HeaderValue::from_str(&authority)?);
+    parts
+        .headers
+        .insert(header::HOST, header::HeaderValue::from_str(&authority)?);
     Ok(())
 }

@@ -1,0 +1,524 @@
+//! PostgreSQL statement classification for a service's `deny` and `approve`
+//! rules (DESIGN.md §4, config).
+//!
+//! Input is SQL text, as a simple Query or an extended-protocol Parse
+//! carries it. Output is the [`StatementKind`]s it contains. PostgreSQL's own
+//! grammar parses the text (libpg_query, through the [`pg_query`] crate), and
+//! kinds come only from the parse tree, never from the text. So case,
+//! comments (`drop/**/table`), quoting and dollar-quoting cannot hide a
+//! statement. Neither can nesting: CTEs (`WITH d AS (DELETE …)`),
+//! sub-selects, `EXPLAIN`, `PREPARE`, `COPY (query)`, `CREATE RULE` actions
+//! and `DO` blocks are all looked into. Kind names follow the command names
+//! in the PostgreSQL documentation, Part VI "Reference", "SQL Commands".
+//!
+//! Out of reach by design: what a called function does (`SELECT f()`), and
+//! dynamic SQL built at run time (`EXECUTE format(…)` in a `DO` block, which
+//! shows as `DO` only).
+//!
+//! ```
+//! use sluice::policy::sql::{classify, decide, SqlVerdict, StatementKind};
+//!
+//! let c = classify("WITH d AS (DELETE FROM customers RETURNING *) SELECT 1").unwrap();
+//! assert!(c.kinds.contains(&StatementKind::DeleteWithoutWhere));
+//!
+//! let deny = ["DROP".to_string()];
+//! assert!(matches!(decide("drop/**/table customers", &deny, &[]), SqlVerdict::Deny { .. }));
+//! ```
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use crate::config::Rule;
+
+mod walk;
+
+macro_rules! statement_kinds {
+    ($($(#[doc = $doc:literal])* $variant:ident = $name:literal,)*) => {
+        /// A statement kind that `deny` and `approve` rules name, e.g.
+        /// `"DROP"`. One statement can have several kinds: `WITH d AS
+        /// (DELETE FROM t RETURNING *) SELECT 1` is `SELECT`, `DELETE`
+        /// and `DELETE_WITHOUT_WHERE`. Kinds order as declared here.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub enum StatementKind {
+            $($(#[doc = $doc])* $variant,)*
+        }
+
+        impl StatementKind {
+            /// Every kind, in declaration order.
+            pub const ALL: &'static [StatementKind] = &[$(Self::$variant,)*];
+
+            /// The upper-case name that config rules use, e.g.
+            /// `"DELETE_WITHOUT_WHERE"`.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $name,)*
+                }
+            }
+        }
+    };
+}
+
+statement_kinds! {
+    /// `SELECT`, `VALUES`, `TABLE`, sub-selects, `DECLARE … CURSOR FOR SELECT`.
+    Select = "SELECT",
+    /// `INSERT`, including a `MERGE … WHEN NOT MATCHED THEN INSERT`.
+    Insert = "INSERT",
+    /// `UPDATE`, including `INSERT … ON CONFLICT DO UPDATE` and `MERGE … THEN UPDATE`.
+    Update = "UPDATE",
+    /// `DELETE`, including `MERGE … THEN DELETE`.
+    Delete = "DELETE",
+    /// `MERGE`.
+    Merge = "MERGE",
+    /// An `UPDATE` with no `WHERE` clause (`WHERE CURRENT OF` counts as one).
+    UpdateWithoutWhere = "UPDATE_WITHOUT_WHERE",
+    /// A `DELETE` with no `WHERE` clause (`WHERE CURRENT OF` counts as one).
+    DeleteWithoutWhere = "DELETE_WITHOUT_WHERE",
+    /// Any `DROP …`, including `DROP DATABASE`, `DROP ROLE` and `DROP OWNED`.
+    Drop = "DROP",
+    /// `TRUNCATE`.
+    Truncate = "TRUNCATE",
+    /// Any `ALTER …`, `… RENAME`, `REASSIGN OWNED`.
+    Alter = "ALTER",
+    /// `GRANT` on objects or roles.
+    Grant = "GRANT",
+    /// `REVOKE` on objects or roles.
+    Revoke = "REVOKE",
+    /// Any `CREATE …`, including views, indexes, rules, `SELECT … INTO`,
+    /// `IMPORT FOREIGN SCHEMA`.
+    Create = "CREATE",
+    /// Any `COPY`.
+    Copy = "COPY",
+    /// `COPY … TO` a file, a program or `STDOUT`.
+    CopyTo = "COPY_TO",
+    /// `COPY … TO PROGRAM`.
+    CopyToProgram = "COPY_TO_PROGRAM",
+    /// `COPY … FROM PROGRAM`.
+    CopyFromProgram = "COPY_FROM_PROGRAM",
+    /// `DO` (anonymous code block).
+    Do = "DO",
+    /// `CALL`.
+    Call = "CALL",
+    /// `SET`, `RESET`, `SET CONSTRAINTS`, `SET ROLE`, `SET SESSION AUTHORIZATION`.
+    Set = "SET",
+    /// `SHOW`.
+    Show = "SHOW",
+    /// `BEGIN`, `START TRANSACTION`, `COMMIT`, `ROLLBACK`, savepoints, two-phase commit.
+    Transaction = "TRANSACTION",
+    /// `EXPLAIN`. The explained statement is classified too, with or without `ANALYZE`.
+    Explain = "EXPLAIN",
+    /// `PREPARE`. The prepared statement is classified too.
+    Prepare = "PREPARE",
+    /// `EXECUTE` of a prepared statement.
+    Execute = "EXECUTE",
+    /// `DEALLOCATE`.
+    Deallocate = "DEALLOCATE",
+    /// `LISTEN` and `UNLISTEN`.
+    Listen = "LISTEN",
+    /// `NOTIFY`.
+    Notify = "NOTIFY",
+    /// `VACUUM`, with or without `ANALYZE`.
+    Vacuum = "VACUUM",
+    /// `ANALYZE`.
+    Analyze = "ANALYZE",
+    /// `LOCK`.
+    Lock = "LOCK",
+    /// Anything else: `COMMENT`, `CLUSTER`, `REINDEX`, `CHECKPOINT`, `LOAD`, `DISCARD`, `FETCH`…
+    Other = "OTHER",
+}
+
+impl StatementKind {
+    /// The kind a config rule names, compared case-insensitively; `None`
+    /// for a name that is no kind (a typo that would never match).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL
+            .iter()
+            .copied()
+            .find(|k| k.as_str().eq_ignore_ascii_case(name.trim()))
+    }
+}
+
+impl std::fmt::Display for StatementKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a SQL text contains.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Classification {
+    /// Each kind once, in [`StatementKind`] declaration order (reads, writes,
+    /// DDL, then the rest), whatever the order in the text. Every statement
+    /// contributes at least one kind ([`StatementKind::Other`] if nothing
+    /// more specific).
+    pub kinds: Vec<StatementKind>,
+    /// Top-level statements: 2 for `SELECT 1; DROP TABLE t`, 0 for an empty
+    /// or comment-only text.
+    pub statements: usize,
+}
+
+/// Why a SQL text could not be classified.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SqlError {
+    /// PostgreSQL's parser rejected the text. The message is the parser's
+    /// own, e.g. `syntax error at or near "selec"`.
+    #[error("{0}")]
+    Parse(String),
+}
+
+impl From<pg_query::Error> for SqlError {
+    fn from(e: pg_query::Error) -> Self {
+        match e {
+            pg_query::Error::Parse(message) => Self::Parse(message),
+            pg_query::Error::Conversion(_) => {
+                Self::Parse("the statement contains a NUL byte".into())
+            }
+            other => Self::Parse(other.to_string()),
+        }
+    }
+}
+
+/// Classifies every statement in `sql`, multi-statement strings included.
+///
+/// Nested statements are classified too: CTEs, sub-selects, `EXPLAIN
+/// [ANALYZE] stmt`, `PREPARE p AS stmt`, `COPY (query) TO`, `CREATE RULE`
+/// actions, `CREATE TABLE AS`, SQL-standard function bodies, and the SQL of
+/// PL/pgSQL `DO` blocks (static statements, and `EXECUTE` of a string
+/// literal). Bind parameters (`$1`) parse like any expression.
+///
+/// # Errors
+/// [`SqlError::Parse`] when PostgreSQL's grammar rejects the text.
+pub fn classify(sql: &str) -> Result<Classification, SqlError> {
+    let mut kinds = Vec::new();
+    let statements = walk::statements(sql, &mut kinds)?;
+    kinds.sort_unstable();
+    Ok(Classification { kinds, statements })
+}
+
+/// What to do with a SQL text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SqlVerdict {
+    /// No rule matched.
+    Allow,
+    /// Refused. `rule` is the matching config entry as written (or
+    /// [`UNPARSEABLE`], or `COPY_TO` for masked services). `reason` is a
+    /// sentence for the agent's ErrorResponse and the record.
+    Deny { rule: String, reason: String },
+    /// Held until a human approves it (JIT approval), under `rule`.
+    Approve { rule: String },
+}
+
+/// The `rule` of a [`SqlVerdict::Deny`] for text the parser rejects.
+pub const UNPARSEABLE: &str = "UNPARSEABLE";
+
+/// Decides `sql` against a service's `deny` and then `approve` kinds (config
+/// strings, compared case-insensitively). Deny wins over approve.
+///
+/// Text the parser rejects is allowed only when `deny` is empty. Otherwise it
+/// is denied with a reason that says it could not be parsed: fail closed.
+pub fn decide(sql: &str, deny: &[String], approve: &[String]) -> SqlVerdict {
+    let deny: Vec<&str> = deny.iter().map(String::as_str).collect();
+    let approve: Vec<&str> = approve.iter().map(String::as_str).collect();
+    verdict(&classify(sql), &deny, &approve, false)
+}
+
+fn verdict(
+    result: &Result<Classification, SqlError>,
+    deny: &[&str],
+    approve: &[&str],
+    masked: bool,
+) -> SqlVerdict {
+    let classification = match result {
+        Ok(classification) => classification,
+        Err(_) if deny.is_empty() => return SqlVerdict::Allow,
+        Err(SqlError::Parse(message)) => {
+            return SqlVerdict::Deny {
+                rule: UNPARSEABLE.into(),
+                reason: format!(
+                    "the statement could not be parsed ({message}); unparseable SQL is refused on a service with deny rules"
+                ),
+            }
+        }
+    };
+    let first_match = |rules: &[&str]| {
+        rules.iter().find_map(|rule| {
+            let kind =
+                StatementKind::from_name(rule).filter(|k| classification.kinds.contains(k))?;
+            Some((rule.to_string(), kind))
+        })
+    };
+    if let Some((rule, kind)) = first_match(deny) {
+        return SqlVerdict::Deny {
+            rule,
+            reason: format!("{kind} statements are denied"),
+        };
+    }
+    if masked && classification.kinds.contains(&StatementKind::CopyTo) {
+        return SqlVerdict::Deny {
+            rule: StatementKind::CopyTo.as_str().into(),
+            reason: "COPY … TO is denied on a service with masked columns: its output would not be masked".into(),
+        };
+    }
+    match first_match(approve) {
+        Some((rule, _)) => SqlVerdict::Approve { rule },
+        None => SqlVerdict::Allow,
+    }
+}
+
+/// Texts longer than this are classified but not cached.
+const MAX_CACHED_TEXT: usize = 64 * 1024;
+
+type Cached = Arc<Result<Classification, SqlError>>;
+
+/// Classifications keyed by SQL text, so a statement sent again and again
+/// (pgbench `-M simple`, an ORM's fixed queries) is parsed once.
+///
+/// Bounded to `capacity` entries in two generations: a hit in the older one
+/// moves the entry to the current one. When the current one is full it
+/// becomes the older one, and the previous older one is dropped. That gives
+/// LRU-like eviction at O(1) cost. Thread-safe. Parsing happens outside the
+/// lock. Texts over 64 KiB are not kept.
+pub struct ClassifyCache {
+    generations: Mutex<Generations>,
+}
+
+struct Generations {
+    size: usize,
+    current: HashMap<Box<str>, Cached>,
+    previous: HashMap<Box<str>, Cached>,
+}
+
+impl ClassifyCache {
+    /// A cache of at most `capacity` texts (below 2: no caching).
+    pub fn new(capacity: usize) -> Self {
+        let size = capacity / 2;
+        let generations = Generations {
+            size,
+            current: HashMap::with_capacity(size.min(1024)),
+            previous: HashMap::new(),
+        };
+        Self {
+            generations: Mutex::new(generations),
+        }
+    }
+
+    /// [`classify`], cached.
+    pub fn classify(&self, sql: &str) -> Cached {
+        if let Some(hit) = self.lock().get(sql) {
+            return hit;
+        }
+        let classified = Arc::new(classify(sql));
+        if sql.len() <= MAX_CACHED_TEXT {
+            self.lock().insert(sql.into(), Arc::clone(&classified));
+        }
+        classified
+    }
+
+    /// [`decide`] with the cache, taking the service's config rules
+    /// ([`Rule::Sql`] kinds; HTTP rules are ignored). When `masked` is true
+    /// (the service masks columns), `COPY … TO` is denied as well, since
+    /// COPY output bypasses DataRow masking.
+    pub fn decide(&self, sql: &str, deny: &[Rule], approve: &[Rule], masked: bool) -> SqlVerdict {
+        verdict(
+            &self.classify(sql),
+            &sql_kinds(deny),
+            &sql_kinds(approve),
+            masked,
+        )
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Generations> {
+        // Nothing panics while the lock is held; a poisoned map is intact.
+        self.generations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The statement kinds among a service's rules.
+fn sql_kinds(rules: &[Rule]) -> Vec<&str> {
+    rules
+        .iter()
+        .filter_map(|r| match r {
+            Rule::Sql(kind) => Some(kind.as_str()),
+            Rule::Http { .. } => None,
+        })
+        .collect()
+}
+
+impl Generations {
+    fn get(&mut self, sql: &str) -> Option<Cached> {
+        if let Some(hit) = self.current.get(sql) {
+            return Some(Arc::clone(hit));
+        }
+        let (key, hit) = self.previous.remove_entry(sql)?;
+        self.insert(key, Arc::clone(&hit));
+        Some(hit)
+    }
+
+    fn insert(&mut self, sql: Box<str>, classified: Cached) {
+        if self.size == 0 {
+            return;
+        }
+        if self.current.len() >= self.size {
+            self.previous = std::mem::take(&mut self.current);
+        }
+        self.current.insert(sql, classified);
+    }
+}
+
+impl std::fmt::Debug for ClassifyCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let g = self.lock();
+        f.debug_struct("ClassifyCache")
+            .field("capacity", &(g.size * 2))
+            .field("entries", &(g.current.len() + g.previous.len()))
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(kinds: &[&str]) -> Vec<String> {
+        kinds.iter().map(|k| k.to_string()).collect()
+    }
+
+    #[test]
+    fn deny_wins_then_approve_then_allow() {
+        let deny = strings(&["DROP", "TRUNCATE", "ALTER", "DELETE_WITHOUT_WHERE"]);
+        let approve = strings(&["DELETE", "UPDATE"]);
+        let denied = |rule: &str| SqlVerdict::Deny {
+            rule: rule.into(),
+            reason: format!("{rule} statements are denied"),
+        };
+        assert_eq!(
+            decide("DELETE FROM customers", &deny, &approve),
+            denied("DELETE_WITHOUT_WHERE")
+        );
+        assert_eq!(
+            decide("select 1; drop/**/table customers", &deny, &approve),
+            denied("DROP")
+        );
+        assert_eq!(
+            decide("DELETE FROM customers WHERE id = 7", &deny, &approve),
+            SqlVerdict::Approve {
+                rule: "DELETE".into()
+            }
+        );
+        assert_eq!(
+            decide("SELECT * FROM customers", &deny, &approve),
+            SqlVerdict::Allow
+        );
+        assert_eq!(decide("SELECT 1", &[], &[]), SqlVerdict::Allow);
+    }
+
+    #[test]
+    fn config_names_match_whatever_their_case() {
+        let verdict = decide("DROP TABLE t", &strings(&["drop"]), &[]);
+        assert_eq!(
+            verdict,
+            SqlVerdict::Deny {
+                rule: "drop".into(),
+                reason: "DROP statements are denied".into()
+            }
+        );
+        assert_eq!(
+            StatementKind::from_name("delete_without_where"),
+            Some(StatementKind::DeleteWithoutWhere)
+        );
+        assert_eq!(StatementKind::from_name("DROPP"), None);
+    }
+
+    #[test]
+    fn a_do_block_is_denied_for_the_drop_inside_it() {
+        let sql = "DO $$ BEGIN EXECUTE 'DROP TABLE customers'; END $$";
+        assert!(
+            matches!(decide(sql, &strings(&["DROP"]), &[]), SqlVerdict::Deny { rule, .. } if rule == "DROP")
+        );
+        assert!(
+            matches!(decide(sql, &strings(&["DO"]), &[]), SqlVerdict::Deny { rule, .. } if rule == "DO")
+        );
+    }
+
+    #[test]
+    fn unparseable_sql_passes_only_without_deny_rules() {
+        assert_eq!(
+            decide("selec 1", &[], &strings(&["DELETE"])),
+            SqlVerdict::Allow
+        );
+        let SqlVerdict::Deny { rule, reason } = decide("selec 1", &strings(&["DROP"]), &[]) else {
+            panic!("unparseable SQL allowed despite deny rules");
+        };
+        assert_eq!(rule, UNPARSEABLE);
+        assert!(
+            reason.contains("could not be parsed") && reason.contains("syntax error"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn cache_parses_a_repeated_statement_once() {
+        let cache = ClassifyCache::new(4096);
+        let sql = "SELECT abalance FROM pgbench_accounts WHERE aid = $1";
+        let first = cache.classify(sql);
+        assert!(Arc::ptr_eq(&first, &cache.classify(sql)));
+        assert_eq!(
+            first.as_ref().as_ref().unwrap().kinds,
+            [StatementKind::Select]
+        );
+    }
+
+    #[test]
+    fn cache_stays_bounded_and_keeps_what_is_used() {
+        let cache = ClassifyCache::new(4);
+        let hot = cache.classify("SELECT 0");
+        for i in 1..50 {
+            cache.classify(&format!("SELECT {i}"));
+            // Touching the hot entry keeps it alive across generations.
+            assert!(Arc::ptr_eq(&hot, &cache.classify("SELECT 0")));
+            let g = cache.lock();
+            assert!(g.current.len() + g.previous.len() <= 4);
+        }
+        let uncached = ClassifyCache::new(0);
+        assert!(!Arc::ptr_eq(
+            &uncached.classify("SELECT 1"),
+            &uncached.classify("SELECT 1")
+        ));
+    }
+
+    #[test]
+    fn cache_decides_on_config_rules_and_masking() {
+        let cache = ClassifyCache::new(16);
+        let deny = [
+            Rule::Sql("DROP".into()),
+            Rule::Http {
+                method: None,
+                path: "/x".into(),
+            },
+        ];
+        let approve = [Rule::Sql("delete".into())];
+        assert!(matches!(
+            cache.decide("DROP TABLE t", &deny, &approve, false),
+            SqlVerdict::Deny { .. }
+        ));
+        assert_eq!(
+            cache.decide("DELETE FROM t WHERE id = 1", &deny, &approve, false),
+            SqlVerdict::Approve {
+                rule: "delete".into()
+            }
+        );
+        // COPY output bypasses DataRow masking.
+        assert_eq!(
+            cache.decide("COPY customers TO STDOUT", &deny, &approve, false),
+            SqlVerdict::Allow
+        );
+        assert!(
+            matches!(cache.decide("COPY customers TO STDOUT", &deny, &approve, true), SqlVerdict::Deny { rule, .. } if rule == "COPY_TO")
+        );
+        assert_eq!(
+            cache.decide("COPY customers FROM STDIN", &deny, &approve, true),
+            SqlVerdict::Allow
+        );
+    }
+}

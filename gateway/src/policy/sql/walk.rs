@@ -1,0 +1,619 @@
+//! From pg_query's parse tree to [`StatementKind`]s.
+//!
+//! pg_query returns PostgreSQL's raw parse tree (the `gram.y` output, one
+//! `RawStmt` per statement) as protobuf messages. Listing, for each of the
+//! ~270 node types, which child fields may hold a statement would be long
+//! and easy to get wrong, and a missed field is an evasion. So the tree is
+//! walked generically through its serde form instead: every `Node`
+//! serializes as `{"TypeName": {fields}}`, and each statement node is found
+//! wherever it sits (CTEs, sub-selects, `EXPLAIN`, `PREPARE`, `COPY (query)`,
+//! rule actions, `CREATE TABLE AS`, SQL-standard function bodies, schema
+//! elements). Node type names are protobuf message names and field names
+//! are protobuf field names, never SQL text; the tests pin every field read.
+//!
+//! `DO` bodies are PL/pgSQL, which the SQL grammar keeps as an opaque string.
+//! They go through libpg_query's PL/pgSQL parser ([`pg_query::parse_plpgsql`])
+//! and every embedded SQL statement is classified in turn; so is the
+//! dynamic SQL of `EXECUTE` when it is a string literal (or a `||` chain of
+//! them). See PostgreSQL docs §41.5 "Basic Statements" (PL/pgSQL).
+
+use pg_query::protobuf::{
+    a_const, node::Node as NodeEnum, AExprKind, CmdType, Node, OnConflictAction,
+};
+use pg_query::ParserOptions;
+use serde_json::Value;
+
+use super::{SqlError, StatementKind};
+
+/// How deep `DO` blocks (and literal `EXECUTE`s inside them) are followed.
+const MAX_NESTING: u8 = 4;
+
+/// Classifies every statement of `sql` into `out` (a set) and
+/// returns the number of top-level statements.
+pub(super) fn statements(sql: &str, out: &mut Vec<StatementKind>) -> Result<usize, SqlError> {
+    Walk { out, nesting: 0 }.sql(sql)
+}
+
+struct Walk<'o> {
+    out: &'o mut Vec<StatementKind>,
+    nesting: u8,
+}
+
+impl Walk<'_> {
+    fn push(&mut self, kind: StatementKind) {
+        if !self.out.contains(&kind) {
+            self.out.push(kind);
+        }
+    }
+
+    fn sql(&mut self, sql: &str) -> Result<usize, SqlError> {
+        let tree = pg_query::parse(sql, ParserOptions::DEFAULT).map_err(SqlError::from)?;
+        let stmts = &tree.protobuf.stmts;
+        for raw in stmts {
+            let json =
+                serde_json::to_value(&raw.stmt).map_err(|e| SqlError::Parse(e.to_string()))?;
+            // `{"node": {"SelectStmt": {…}}}`: exactly one type name per node.
+            let Some((name, node)) = json
+                .get("node")
+                .and_then(Value::as_object)
+                .and_then(|n| n.iter().next())
+            else {
+                continue;
+            };
+            let mut kinds = Vec::new();
+            let mut inner = Walk {
+                out: &mut kinds,
+                nesting: self.nesting,
+            };
+            inner.node(name, node, true);
+            inner.tree(node);
+            if kinds.is_empty() {
+                kinds.push(StatementKind::Other);
+            }
+            kinds.into_iter().for_each(|k| self.push(k));
+        }
+        Ok(stmts.len())
+    }
+
+    /// Visits every node below `value`.
+    fn tree(&mut self, value: &Value) {
+        match value {
+            Value::Array(items) => items.iter().for_each(|item| self.tree(item)),
+            Value::Object(map) => {
+                for (key, child) in map {
+                    self.node(key, child, false);
+                    self.tree(child);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The kinds one node contributes. `name` is a node type name, or a
+    /// field name (snake_case) that matches nothing here.
+    fn node(&mut self, name: &str, node: &Value, top: bool) {
+        use StatementKind as K;
+        match name {
+            "SelectStmt" => {
+                if !is_absent(node, "into_clause") {
+                    self.push(K::Create); // SELECT … INTO new_table
+                }
+                // A bare VALUES list feeding an INSERT reads nothing.
+                if top || is_empty_list(node, "values_lists") {
+                    self.push(K::Select);
+                }
+            }
+            "InsertStmt" => {
+                self.push(K::Insert);
+                if int(&node["on_conflict_clause"], "action")
+                    == Some(OnConflictAction::OnconflictUpdate as i64)
+                {
+                    self.push(K::Update);
+                }
+            }
+            "UpdateStmt" => self.write(node, K::Update, K::UpdateWithoutWhere),
+            "DeleteStmt" => self.write(node, K::Delete, K::DeleteWithoutWhere),
+            "MergeWhenClause" => {
+                match int(node, "command_type").and_then(|c| CmdType::try_from(c as i32).ok()) {
+                    Some(CmdType::CmdUpdate) => self.push(K::Update),
+                    Some(CmdType::CmdDelete) => self.push(K::Delete),
+                    Some(CmdType::CmdInsert) => self.push(K::Insert),
+                    _ => {}
+                }
+            }
+            "CopyStmt" => {
+                self.push(K::Copy);
+                let (from, program) = (flag(node, "is_from"), flag(node, "is_program"));
+                if !from {
+                    self.push(K::CopyTo);
+                }
+                match (program, from) {
+                    (true, true) => self.push(K::CopyFromProgram),
+                    (true, false) => self.push(K::CopyToProgram),
+                    _ => {}
+                }
+            }
+            "GrantStmt" | "GrantRoleStmt" => self.push(if flag(node, "is_grant") {
+                K::Grant
+            } else {
+                K::Revoke
+            }),
+            "VacuumStmt" => self.push(if flag(node, "is_vacuumcmd") {
+                K::Vacuum
+            } else {
+                K::Analyze
+            }),
+            "DoStmt" => {
+                self.push(K::Do);
+                self.do_block(node);
+            }
+            _ => {
+                if let Some(kind) = kind_by_name(name) {
+                    self.push(kind);
+                }
+            }
+        }
+    }
+
+    /// UPDATE / DELETE, and the `_WITHOUT_WHERE` kind when there is no WHERE
+    /// clause (`WHERE CURRENT OF` is a `CurrentOfExpr`, so it counts).
+    fn write(&mut self, node: &Value, kind: StatementKind, without_where: StatementKind) {
+        self.push(kind);
+        if is_absent(node, "where_clause") {
+            self.push(without_where);
+        }
+    }
+
+    /// `DO [LANGUAGE l] 'body'`: the `args` are `DefElem`s named `as` and
+    /// `language`. Only PL/pgSQL (the default) bodies can be looked into.
+    fn do_block(&mut self, node: &Value) {
+        let (mut body, mut language) = (None, "plpgsql");
+        for arg in node["args"].as_array().into_iter().flatten() {
+            let Some(def) = arg.pointer("/node/DefElem") else {
+                continue;
+            };
+            let value = def.pointer("/arg/node/String/sval").and_then(Value::as_str);
+            match def["defname"].as_str() {
+                Some("as") => body = value,
+                Some("language") => language = value.unwrap_or_default(),
+                _ => {}
+            }
+        }
+        if let (Some(body), "plpgsql", true) = (body, language, self.nesting < MAX_NESTING) {
+            // A body the PL/pgSQL parser rejects would fail on the server too.
+            if let Ok(functions) = pg_query::parse_plpgsql(&inline_function(body)) {
+                self.plpgsql(&functions);
+            }
+        }
+    }
+
+    /// Visits a PL/pgSQL tree (libpg_query's JSON): every `PLpgSQL_expr`
+    /// parsed as a whole statement (`parseMode` 0: plain SQL statements,
+    /// `PERFORM`, `FOR … IN query`, `RETURN QUERY`, `OPEN … FOR query`), and
+    /// the query strings of dynamic SQL.
+    fn plpgsql(&mut self, value: &Value) {
+        match value {
+            Value::Array(items) => items.iter().for_each(|item| self.plpgsql(item)),
+            Value::Object(map) => {
+                for (key, child) in map {
+                    match key.as_str() {
+                        "PLpgSQL_expr" => {
+                            let mode = child.get("parseMode").and_then(Value::as_i64).unwrap_or(0);
+                            if mode == i64::from(ParserOptions::DEFAULT.bits()) {
+                                self.nested(child["query"].as_str());
+                            }
+                        }
+                        "PLpgSQL_stmt_dynexecute" | "PLpgSQL_stmt_dynfors" => {
+                            self.dynamic(child, "/query")
+                        }
+                        "PLpgSQL_stmt_open" | "PLpgSQL_stmt_return_query" => {
+                            self.dynamic(child, "/dynquery")
+                        }
+                        _ => {}
+                    }
+                    self.plpgsql(child);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Dynamic SQL (`EXECUTE expr`): classified when `expr` is a constant
+    /// string, otherwise it cannot be known before it runs.
+    fn dynamic(&mut self, stmt: &Value, field: &str) {
+        let expr = stmt
+            .pointer(&format!("{field}/PLpgSQL_expr/query"))
+            .and_then(Value::as_str);
+        if let Some(sql) = expr.and_then(literal_string) {
+            self.nested(Some(&sql));
+        }
+    }
+
+    /// SQL found inside a `DO` body. Text the parser rejects is skipped: the
+    /// server rejects it as well when the block runs.
+    fn nested(&mut self, sql: Option<&str>) {
+        if let Some(sql) = sql {
+            let _ = Walk {
+                out: &mut *self.out,
+                nesting: self.nesting + 1,
+            }
+            .sql(sql);
+        }
+    }
+}
+
+/// Statement kinds decided by the node type alone.
+fn kind_by_name(name: &str) -> Option<StatementKind> {
+    use StatementKind as K;
+    let stmt = |prefix: &str| name.starts_with(prefix) && name.ends_with("Stmt");
+    Some(match name {
+        "MergeStmt" => K::Merge,
+        "TruncateStmt" => K::Truncate,
+        "RenameStmt" | "ReassignOwnedStmt" => K::Alter,
+        "ViewStmt"
+        | "IndexStmt"
+        | "RuleStmt"
+        | "DefineStmt"
+        | "CompositeTypeStmt"
+        | "ImportForeignSchemaStmt" => K::Create,
+        "CallStmt" => K::Call,
+        "VariableSetStmt" | "ConstraintsSetStmt" => K::Set,
+        "VariableShowStmt" => K::Show,
+        "TransactionStmt" => K::Transaction,
+        "ExplainStmt" => K::Explain,
+        "PrepareStmt" => K::Prepare,
+        "ExecuteStmt" => K::Execute,
+        "DeallocateStmt" => K::Deallocate,
+        "ListenStmt" | "UnlistenStmt" => K::Listen,
+        "NotifyStmt" => K::Notify,
+        "LockStmt" => K::Lock,
+        // CreateStmt, CreatedbStmt, CreateFunctionStmt, AlterTableStmt,
+        // AlterSystemStmt, DropStmt, DropdbStmt, DropRoleStmt, DropOwnedStmt…
+        _ if stmt("Create") => K::Create,
+        _ if stmt("Alter") => K::Alter,
+        _ if stmt("Drop") => K::Drop,
+        _ => return None,
+    })
+}
+
+/// `DO` runs its body as an anonymous `void` function, which is what the
+/// PL/pgSQL parser takes. The body is dollar-quoted with a tag it does not
+/// contain, so it is carried byte for byte.
+fn inline_function(body: &str) -> String {
+    let mut tag = String::from("$sluice_do$");
+    let mut n = 0;
+    while body.contains(&tag) {
+        n += 1;
+        tag = format!("$sluice_do{n}$");
+    }
+    format!("CREATE FUNCTION sluice_do() RETURNS void LANGUAGE plpgsql AS {tag}{body}{tag}")
+}
+
+/// The value of a PL/pgSQL expression that is a string constant: a literal
+/// in any quoting, a cast of one, or a `||` chain of them.
+fn literal_string(expr: &str) -> Option<String> {
+    let tree = pg_query::parse(expr, ParserOptions::PLPGSQL_EXPR).ok()?;
+    let [raw] = tree.protobuf.stmts.as_slice() else {
+        return None;
+    };
+    // An expression parses as a target list with nothing else around it.
+    let NodeEnum::SelectStmt(select) = raw.stmt.as_ref()?.node.as_ref()? else {
+        return None;
+    };
+    if !select.from_clause.is_empty() || select.where_clause.is_some() {
+        return None;
+    }
+    let [target] = select.target_list.as_slice() else {
+        return None;
+    };
+    let NodeEnum::ResTarget(target) = target.node.as_ref()? else {
+        return None;
+    };
+    string_constant(target.val.as_deref()?)
+}
+
+fn string_constant(node: &Node) -> Option<String> {
+    match node.node.as_ref()? {
+        NodeEnum::AConst(c) => match c.val.as_ref()? {
+            a_const::Val::Sval(s) => Some(s.sval.clone()),
+            _ => None,
+        },
+        NodeEnum::TypeCast(cast) => string_constant(cast.arg.as_deref()?),
+        NodeEnum::AExpr(e) if e.kind == AExprKind::AexprOp as i32 && is_concat(&e.name) => {
+            Some(string_constant(e.lexpr.as_deref()?)? + &string_constant(e.rexpr.as_deref()?)?)
+        }
+        _ => None,
+    }
+}
+
+fn is_concat(operator: &[Node]) -> bool {
+    matches!(operator, [Node { node: Some(NodeEnum::String(op)) }] if op.sval == "||")
+}
+
+/// A message or node field that is unset (`null`) or missing.
+fn is_absent(node: &Value, field: &str) -> bool {
+    node.get(field).is_none_or(Value::is_null)
+}
+
+fn is_empty_list(node: &Value, field: &str) -> bool {
+    node.get(field)
+        .and_then(Value::as_array)
+        .is_none_or(Vec::is_empty)
+}
+
+fn flag(node: &Value, field: &str) -> bool {
+    node.get(field).and_then(Value::as_bool).unwrap_or(false)
+}
+
+fn int(node: &Value, field: &str) -> Option<i64> {
+    node.get(field).and_then(Value::as_i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{classify, SqlError};
+
+    /// The kind names of `sql`, in declaration order.
+    fn kinds(sql: &str) -> Vec<&'static str> {
+        let classified = classify(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+        classified.kinds.iter().map(|k| k.as_str()).collect()
+    }
+
+    #[test]
+    fn drop_is_found_whatever_the_spelling() {
+        for sql in [
+            "DROP TABLE customers",
+            "drop/**/table customers",
+            "/* x */ DrOp TaBlE \"customers\"",
+            "DROP -- comment\n\tTABLE public.customers;",
+            "DROP /* nested /* comment */ */ TABLE customers",
+        ] {
+            assert_eq!(kinds(sql), ["DROP"], "{sql}");
+        }
+    }
+
+    #[test]
+    fn sql_inside_strings_is_data_not_a_statement() {
+        assert_eq!(kinds("SELECT 'DROP TABLE t'"), ["SELECT"]);
+        assert_eq!(
+            kinds("SELECT $$DELETE FROM t$$, $q$TRUNCATE t$q$"),
+            ["SELECT"]
+        );
+    }
+
+    #[test]
+    fn every_statement_of_a_multi_statement_string_counts() {
+        let c = classify("SELECT 1; DROP TABLE t").unwrap();
+        assert_eq!(c.statements, 2);
+        assert_eq!(
+            c.kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>(),
+            ["SELECT", "DROP"]
+        );
+        let empty = classify("  -- nothing to run\n").unwrap();
+        assert_eq!((empty.statements, empty.kinds.len()), (0, 0));
+    }
+
+    #[test]
+    fn a_delete_hidden_in_a_cte_is_found() {
+        let found = kinds("WITH d AS (DELETE FROM customers RETURNING *) SELECT 1");
+        assert!(
+            found.contains(&"DELETE") && found.contains(&"DELETE_WITHOUT_WHERE"),
+            "{found:?}"
+        );
+        assert!(kinds(
+            "(WITH u AS (UPDATE t SET a = 1 RETURNING *) SELECT * FROM u) UNION SELECT 1"
+        )
+        .contains(&"UPDATE_WITHOUT_WHERE"));
+    }
+
+    #[test]
+    fn a_where_clause_is_what_separates_delete_from_delete_without_where() {
+        assert_eq!(kinds("DELETE FROM t WHERE id = 1"), ["DELETE"]);
+        assert_eq!(kinds("DELETE FROM t"), ["DELETE", "DELETE_WITHOUT_WHERE"]);
+        assert_eq!(
+            kinds("UPDATE t SET a = 1"),
+            ["UPDATE", "UPDATE_WITHOUT_WHERE"]
+        );
+        assert_eq!(kinds("UPDATE t SET a = 1 WHERE CURRENT OF c"), ["UPDATE"]);
+        assert_eq!(kinds("DELETE FROM t WHERE CURRENT OF c"), ["DELETE"]);
+        assert_eq!(
+            kinds("DELETE FROM t WHERE id IN (SELECT id FROM u)"),
+            ["SELECT", "DELETE"]
+        );
+    }
+
+    #[test]
+    fn bind_parameters_parse_like_values() {
+        assert_eq!(kinds("SELECT $1"), ["SELECT"]);
+        assert_eq!(
+            kinds("UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2"),
+            ["UPDATE"]
+        );
+    }
+
+    #[test]
+    fn copy_reports_direction_and_programs() {
+        assert_eq!(
+            kinds("COPY t TO PROGRAM 'cat'"),
+            ["COPY", "COPY_TO", "COPY_TO_PROGRAM"]
+        );
+        assert_eq!(
+            kinds("COPY t FROM PROGRAM 'curl -s x'"),
+            ["COPY", "COPY_FROM_PROGRAM"]
+        );
+        assert_eq!(
+            kinds("COPY (SELECT * FROM t) TO STDOUT"),
+            ["SELECT", "COPY", "COPY_TO"]
+        );
+        assert_eq!(kinds("COPY t FROM STDIN"), ["COPY"]);
+        assert!(
+            kinds("COPY (DELETE FROM t RETURNING *) TO STDOUT").contains(&"DELETE_WITHOUT_WHERE")
+        );
+    }
+
+    #[test]
+    fn explain_and_prepare_carry_the_statement_they_wrap() {
+        assert_eq!(
+            kinds("EXPLAIN ANALYZE DELETE FROM t"),
+            ["DELETE", "DELETE_WITHOUT_WHERE", "EXPLAIN"]
+        );
+        assert_eq!(
+            kinds("PREPARE p AS DELETE FROM t"),
+            ["DELETE", "DELETE_WITHOUT_WHERE", "PREPARE"]
+        );
+        assert_eq!(kinds("EXECUTE p(1)"), ["EXECUTE"]);
+        assert_eq!(kinds("DEALLOCATE ALL"), ["DEALLOCATE"]);
+    }
+
+    #[test]
+    fn garbage_is_a_parse_error_with_the_parsers_message() {
+        let Err(SqlError::Parse(message)) = classify("selec * frm t") else {
+            panic!("parsed garbage")
+        };
+        assert!(message.contains("syntax error at or near"), "{message}");
+        assert!(classify("SELECT 1\0; DROP TABLE t").is_err());
+    }
+
+    #[test]
+    fn rule_actions_and_function_bodies_are_looked_into() {
+        assert_eq!(
+            kinds("CREATE RULE r AS ON SELECT TO t DO INSTEAD SELECT * FROM u"),
+            ["SELECT", "CREATE"]
+        );
+        assert_eq!(
+            kinds("CREATE RULE r AS ON INSERT TO t DO ALSO DELETE FROM u"),
+            ["DELETE", "DELETE_WITHOUT_WHERE", "CREATE"]
+        );
+        let body = kinds("CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC DELETE FROM t; SELECT 1; END");
+        assert!(
+            body.contains(&"CREATE") && body.contains(&"DELETE_WITHOUT_WHERE"),
+            "{body:?}"
+        );
+    }
+
+    #[test]
+    fn ddl_and_privileges() {
+        for (sql, expected) in [
+            ("GRANT ALL ON t TO x", "GRANT"),
+            ("REVOKE ALL ON t FROM x", "REVOKE"),
+            ("GRANT admin TO x", "GRANT"),
+            ("REVOKE admin FROM x", "REVOKE"),
+            ("ALTER TABLE t ADD c int", "ALTER"),
+            ("ALTER TABLE t RENAME TO u", "ALTER"),
+            ("ALTER SYSTEM SET work_mem = '1GB'", "ALTER"),
+            ("ALTER ROLE x SET search_path = y", "ALTER"),
+            ("REASSIGN OWNED BY a TO b", "ALTER"),
+            ("TRUNCATE t", "TRUNCATE"),
+            ("DROP DATABASE d", "DROP"),
+            ("DROP ROLE r", "DROP"),
+            ("DROP OWNED BY r", "DROP"),
+            ("DROP INDEX CONCURRENTLY i", "DROP"),
+            ("CREATE TABLE t (id int)", "CREATE"),
+            ("CREATE INDEX i ON t (id)", "CREATE"),
+            ("CREATE DATABASE d", "CREATE"),
+            ("CREATE TYPE mood AS ENUM ('ok')", "CREATE"),
+        ] {
+            assert_eq!(kinds(sql), [expected], "{sql}");
+        }
+        assert_eq!(kinds("CREATE VIEW v AS SELECT 1"), ["SELECT", "CREATE"]);
+        assert_eq!(
+            kinds("CREATE TABLE t2 AS SELECT * FROM t"),
+            ["SELECT", "CREATE"]
+        );
+        assert_eq!(kinds("SELECT * INTO t2 FROM t"), ["SELECT", "CREATE"]);
+    }
+
+    #[test]
+    fn inserts_upserts_and_merges() {
+        assert_eq!(kinds("INSERT INTO t VALUES (1), (2)"), ["INSERT"]);
+        assert_eq!(kinds("INSERT INTO t SELECT * FROM u"), ["SELECT", "INSERT"]);
+        assert_eq!(
+            kinds("INSERT INTO t VALUES (1) ON CONFLICT DO NOTHING"),
+            ["INSERT"]
+        );
+        assert_eq!(
+            kinds("INSERT INTO t VALUES (1) ON CONFLICT (id) DO UPDATE SET a = 2"),
+            ["INSERT", "UPDATE"]
+        );
+        assert_eq!(kinds("VALUES (1)"), ["SELECT"]);
+        assert_eq!(
+            kinds("MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE WHEN NOT MATCHED THEN INSERT VALUES (s.id)"),
+            ["INSERT", "DELETE", "MERGE"]
+        );
+    }
+
+    #[test]
+    fn session_and_maintenance_commands() {
+        for (sql, expected) in [
+            ("BEGIN", "TRANSACTION"),
+            (
+                "START TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+                "TRANSACTION",
+            ),
+            ("COMMIT", "TRANSACTION"),
+            ("ROLLBACK TO SAVEPOINT s", "TRANSACTION"),
+            ("SET search_path = x", "SET"),
+            ("RESET ALL", "SET"),
+            ("SET ROLE admin", "SET"),
+            ("SHOW work_mem", "SHOW"),
+            ("CALL p(1)", "CALL"),
+            ("LISTEN c", "LISTEN"),
+            ("UNLISTEN *", "LISTEN"),
+            ("NOTIFY c, 'x'", "NOTIFY"),
+            ("VACUUM (ANALYZE) t", "VACUUM"),
+            ("ANALYZE t", "ANALYZE"),
+            ("LOCK TABLE t IN ACCESS EXCLUSIVE MODE", "LOCK"),
+            ("CHECKPOINT", "OTHER"),
+            ("COMMENT ON TABLE t IS 'x'", "OTHER"),
+            ("DECLARE c CURSOR FOR SELECT 1", "SELECT"),
+        ] {
+            assert_eq!(kinds(sql), [expected], "{sql}");
+        }
+    }
+
+    #[test]
+    fn do_blocks_report_do_and_the_sql_inside() {
+        assert_eq!(
+            kinds("DO $$ BEGIN EXECUTE 'DROP TABLE customers'; END $$"),
+            ["DROP", "DO"]
+        );
+        assert_eq!(
+            kinds("do $$ begin execute 'DROP TABLE ' || 'customers'; end $$"),
+            ["DROP", "DO"]
+        );
+        assert_eq!(
+            kinds("DO $$ BEGIN DELETE FROM customers; END $$"),
+            ["DELETE", "DELETE_WITHOUT_WHERE", "DO"]
+        );
+        assert_eq!(
+            kinds("DO 'DECLARE r record; BEGIN FOR r IN SELECT id FROM t LOOP UPDATE t SET a = 1 WHERE id = r.id; END LOOP; END'"),
+            ["SELECT", "UPDATE", "DO"]
+        );
+        // Nested: a DO block that EXECUTEs a DO block.
+        assert_eq!(
+            kinds(
+                "DO $a$ BEGIN EXECUTE $b$ DO $c$ BEGIN EXECUTE 'TRUNCATE t'; END $c$ $b$; END $a$"
+            ),
+            ["TRUNCATE", "DO"]
+        );
+        // The body is re-quoted with a tag it does not contain.
+        assert_eq!(
+            kinds("DO $q$ BEGIN PERFORM '$sluice_do$'; DROP TABLE t; END $q$"),
+            ["SELECT", "DROP", "DO"]
+        );
+    }
+
+    #[test]
+    fn do_blocks_that_cannot_be_read_report_do_only() {
+        // Dynamic SQL computed at run time, another language, a broken body.
+        assert_eq!(
+            kinds("DO $$ BEGIN EXECUTE format('DROP TABLE %I', 'customers'); END $$"),
+            ["DO"]
+        );
+        assert_eq!(
+            kinds("DO LANGUAGE plpython3u $$ plpy.execute('DROP TABLE t') $$"),
+            ["DO"]
+        );
+        assert_eq!(kinds("DO $$ BEGIN this is not plpgsql END $$"), ["DO"]);
+    }
+}

@@ -1,0 +1,355 @@
+//! Logging in to the real PostgreSQL server with the real credential
+//! (protocol §55.2.1, §55.3): TLS per `upstream_tls`, then whatever the
+//! server asks — SCRAM-SHA-256 (postgres-protocol's client), md5 or
+//! cleartext — and the messages up to the first `ReadyForQuery`.
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use bytes::BytesMut;
+use postgres_protocol::{
+    authentication::{md5_hash, sasl},
+    message::{backend::Message as Backend, frontend},
+};
+use rustls::pki_types::ServerName;
+use tokio::{io::AsyncWriteExt, net::TcpStream};
+use tokio_rustls::TlsConnector;
+
+use super::{
+    codec::{CodecError, Message, Reader},
+    startup::StartupMessage,
+    BoxIo,
+};
+use crate::{
+    config::{Service, UpstreamTls},
+    intercept::resolver::service_addrs,
+    tls::upstream_client_config,
+    vault::Secret,
+};
+
+/// How long connecting and logging in upstream may take.
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A logged-in upstream connection.
+pub struct Upstream {
+    pub reader: Reader<BoxIo>,
+    pub addr: SocketAddr,
+    /// The backend's (process id, secret key), for cancels.
+    pub backend_key: (i32, i32),
+    /// `ParameterStatus` messages to relay to the agent.
+    pub parameter_status: Vec<Message>,
+    /// Transaction status of the first `ReadyForQuery`.
+    pub tx_status: u8,
+}
+
+/// Why the upstream login failed; the agent gets the SQLSTATE shown.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("could not connect to upstream {0}")]
+    Unreachable(String),
+    #[error("upstream TLS: {0}")]
+    Tls(String),
+    /// The server's own ErrorResponse (SQLSTATE, message).
+    #[error("upstream refused the login: {1}")]
+    Server(String, String),
+    #[error("upstream protocol error: {0}")]
+    Protocol(String),
+}
+
+impl UpstreamError {
+    /// The SQLSTATE to send the agent.
+    pub fn sqlstate(&self) -> &str {
+        match self {
+            UpstreamError::Server(code, _) => code,
+            UpstreamError::Protocol(_) => "08P01",
+            _ => "08006",
+        }
+    }
+}
+
+impl From<CodecError> for UpstreamError {
+    fn from(e: CodecError) -> Self {
+        UpstreamError::Protocol(e.to_string())
+    }
+}
+
+/// Connects and logs in as `credential.user` with `secret`, forwarding the
+/// agent's start-up parameters except `user` and protocol options.
+///
+/// # Errors
+/// [`UpstreamError`] with the SQLSTATE for the agent.
+pub async fn connect(
+    service: &Service,
+    startup: &StartupMessage,
+    secret: &Secret,
+) -> Result<Upstream, UpstreamError> {
+    tokio::time::timeout(LOGIN_TIMEOUT, login(service, startup, secret))
+        .await
+        .map_err(|_| {
+            UpstreamError::Unreachable(format!(
+                "{}:{} (login timed out)",
+                service.host, service.port
+            ))
+        })?
+}
+
+async fn dial(service: &Service) -> Result<(TcpStream, SocketAddr), UpstreamError> {
+    let addrs = service_addrs(service).await.map_err(|e| {
+        UpstreamError::Unreachable(format!("{}:{} ({e})", service.host, service.port))
+    })?;
+    let mut last = String::from("no address");
+    for ip in addrs {
+        let addr = SocketAddr::new(ip, service.port);
+        match TcpStream::connect(addr).await {
+            Ok(s) => {
+                let _ = s.set_nodelay(true);
+                return Ok((s, addr));
+            }
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(UpstreamError::Unreachable(format!(
+        "{}:{} ({last})",
+        service.host, service.port
+    )))
+}
+
+async fn secure(service: &Service, mut tcp: TcpStream) -> Result<BoxIo, UpstreamError> {
+    if service.upstream_tls == UpstreamTls::Disable {
+        return Ok(Box::new(tcp));
+    }
+    let mut buf = BytesMut::new();
+    frontend::ssl_request(&mut buf);
+    tcp.write_all(&buf)
+        .await
+        .map_err(|e| UpstreamError::Unreachable(e.to_string()))?;
+    let mut answer = [0u8; 1];
+    tokio::io::AsyncReadExt::read_exact(&mut tcp, &mut answer)
+        .await
+        .map_err(|e| UpstreamError::Unreachable(e.to_string()))?;
+    match (answer[0], service.upstream_tls) {
+        (b'N', UpstreamTls::Prefer) => return Ok(Box::new(tcp)),
+        (b'N', _) => {
+            return Err(UpstreamError::Tls(
+                "server does not support TLS, and upstream_tls requires it".into(),
+            ))
+        }
+        (b'S', _) => {}
+        _ => {
+            return Err(UpstreamError::Protocol(
+                "unexpected answer to SSLRequest".into(),
+            ))
+        }
+    }
+    let config = if service.upstream_tls == UpstreamTls::VerifyFull {
+        upstream_client_config(service.upstream_ca.as_deref())
+            .map_err(|e| UpstreamError::Tls(e.to_string()))?
+    } else {
+        no_verification_config()
+    };
+    let name = ServerName::try_from(service.host.clone())
+        .map_err(|e| UpstreamError::Tls(e.to_string()))?;
+    let tls = TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| UpstreamError::Tls(e.to_string()))?;
+    Ok(Box::new(tls))
+}
+
+async fn login(
+    service: &Service,
+    startup: &StartupMessage,
+    secret: &Secret,
+) -> Result<Upstream, UpstreamError> {
+    let (tcp, addr) = dial(service).await?;
+    let io = secure(service, tcp).await?;
+    let mut reader = Reader::new(io, BytesMut::new());
+    let user = service.credential.user.as_deref().unwrap_or_default();
+    let mut params: Vec<(&str, &str)> = vec![("user", user)];
+    params.extend(
+        startup
+            .params
+            .iter()
+            .filter(|(k, _)| k != "user" && !k.starts_with("_pq_."))
+            .map(|(k, v)| (k.as_str(), v.as_str())),
+    );
+    if startup.get("database").is_none() {
+        // libpq defaults the database to the user name the agent gave.
+        params.push(("database", startup.get("user").unwrap_or(user)));
+    }
+    let mut out = BytesMut::new();
+    frontend::startup_message(params.iter().copied(), &mut out)
+        .map_err(|e| UpstreamError::Protocol(e.to_string()))?;
+    send(&mut reader, &mut out).await?;
+
+    let mut scram: Option<sasl::ScramSha256> = None;
+    let mut backend_key = (0, 0);
+    let mut parameter_status = Vec::new();
+    loop {
+        let msg = reader.message().await?;
+        match msg.tag {
+            b'R' => {
+                let parsed = parse_backend(&msg)?;
+                match parsed {
+                    Backend::AuthenticationOk => {}
+                    Backend::AuthenticationCleartextPassword => {
+                        frontend::password_message(secret.expose(), &mut out).map_err(|e| UpstreamError::Protocol(e.to_string()))?;
+                        send(&mut reader, &mut out).await?;
+                    }
+                    Backend::AuthenticationMd5Password(body) => {
+                        let hashed = md5_hash(user.as_bytes(), secret.expose(), body.salt());
+                        frontend::password_message(hashed.as_bytes(), &mut out).map_err(|e| UpstreamError::Protocol(e.to_string()))?;
+                        send(&mut reader, &mut out).await?;
+                    }
+                    Backend::AuthenticationSasl(body) => {
+                        let mut mechanisms = body.mechanisms();
+                        let mut has_scram = false;
+                        while let Some(m) = fallible_next(&mut mechanisms)? {
+                            has_scram |= m == sasl::SCRAM_SHA_256;
+                        }
+                        if !has_scram {
+                            return Err(UpstreamError::Protocol("server offers no SCRAM-SHA-256".into()));
+                        }
+                        let s = sasl::ScramSha256::new(secret.expose(), sasl::ChannelBinding::unsupported());
+                        frontend::sasl_initial_response(sasl::SCRAM_SHA_256, s.message(), &mut out)
+                            .map_err(|e| UpstreamError::Protocol(e.to_string()))?;
+                        send(&mut reader, &mut out).await?;
+                        scram = Some(s);
+                    }
+                    Backend::AuthenticationSaslContinue(body) => {
+                        let s = scram.as_mut().ok_or_else(|| UpstreamError::Protocol("unexpected SASLContinue".into()))?;
+                        s.update(body.data()).map_err(|e| UpstreamError::Protocol(e.to_string()))?;
+                        frontend::sasl_response(s.message(), &mut out).map_err(|e| UpstreamError::Protocol(e.to_string()))?;
+                        send(&mut reader, &mut out).await?;
+                    }
+                    Backend::AuthenticationSaslFinal(body) => {
+                        let s = scram.as_mut().ok_or_else(|| UpstreamError::Protocol("unexpected SASLFinal".into()))?;
+                        s.finish(body.data()).map_err(|_| UpstreamError::Protocol("server SCRAM signature invalid".into()))?;
+                    }
+                    _ => return Err(UpstreamError::Protocol("server asks for an authentication method Sluice does not speak (use scram-sha-256, md5 or password)".into())),
+                }
+            }
+            b'K' => {
+                if let Backend::BackendKeyData(body) = parse_backend(&msg)? {
+                    backend_key = (body.process_id(), body.secret_key());
+                }
+            }
+            b'S' => parameter_status.push(msg),
+            b'N' => {}
+            b'E' => {
+                let (code, message) = error_fields(&msg);
+                return Err(UpstreamError::Server(code, message));
+            }
+            b'Z' => {
+                let tx_status = msg.body.first().copied().unwrap_or(b'I');
+                return Ok(Upstream {
+                    reader,
+                    addr,
+                    backend_key,
+                    parameter_status,
+                    tx_status,
+                });
+            }
+            other => {
+                return Err(UpstreamError::Protocol(format!(
+                    "unexpected message {:?} during login",
+                    other as char
+                )))
+            }
+        }
+    }
+}
+
+async fn send(reader: &mut Reader<BoxIo>, out: &mut BytesMut) -> Result<(), UpstreamError> {
+    reader
+        .get_mut()
+        .write_all(out)
+        .await
+        .map_err(|e| UpstreamError::Unreachable(e.to_string()))?;
+    out.clear();
+    Ok(())
+}
+
+fn parse_backend(msg: &Message) -> Result<Backend, UpstreamError> {
+    let mut buf = BytesMut::new();
+    msg.encode(&mut buf);
+    Backend::parse(&mut buf)
+        .map_err(|e| UpstreamError::Protocol(e.to_string()))?
+        .ok_or_else(|| UpstreamError::Protocol("truncated message".into()))
+}
+
+fn fallible_next<I: fallible_iterator::FallibleIterator<Error = std::io::Error>>(
+    it: &mut I,
+) -> Result<Option<I::Item>, UpstreamError> {
+    it.next()
+        .map_err(|e| UpstreamError::Protocol(e.to_string()))
+}
+
+/// SQLSTATE (`C`) and message (`M`) fields of an ErrorResponse body.
+pub fn error_fields(msg: &Message) -> (String, String) {
+    let (mut code, mut message) = (String::from("08006"), String::new());
+    for field in msg.body.split(|b| *b == 0) {
+        if let Some((&kind, value)) = field.split_first() {
+            let value = String::from_utf8_lossy(value).into_owned();
+            match kind {
+                b'C' => code = value,
+                b'M' => message = value,
+                _ => {}
+            }
+        }
+    }
+    (code, message)
+}
+
+/// `sslmode=prefer`/`require` semantics: encrypt, but do not verify the
+/// certificate (as libpq does); `verify-full` uses the verifying config.
+fn no_verification_config() -> rustls::ClientConfig {
+    #[derive(Debug)]
+    struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
+    impl rustls::client::danger::ServerCertVerifier for NoVerify {
+        fn verify_server_cert(
+            &self,
+            _: &rustls::pki_types::CertificateDer<'_>,
+            _: &[rustls::pki_types::CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: rustls::pki_types::UnixTime,
+        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            m: &[u8],
+            c: &rustls::pki_types::CertificateDer<'_>,
+            d: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(
+                m,
+                c,
+                d,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn verify_tls13_signature(
+            &self,
+            m: &[u8],
+            c: &rustls::pki_types::CertificateDer<'_>,
+            d: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(
+                m,
+                c,
+                d,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
+        .with_no_client_auth()
+}
