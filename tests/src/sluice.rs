@@ -177,9 +177,16 @@ impl Sluice {
         self.agents.iter().find(|a| a.name == name).unwrap_or_else(|| panic!("no agent {name:?} in the test config"))
     }
 
-    /// The pinned connect4 link of `agent`, present once it is attached.
-    pub fn link_pin(&self, agent: &str) -> PathBuf {
-        self.bpf_dir.join("links").join(agent).join("connect4")
+    /// The pinned connect4 link of `agent` (`<bpf_dir>/links/<agent>/`
+    /// `connect4` or `sluice_connect4`), once it is attached.
+    pub fn link_pin(&self, agent: &str) -> Option<PathBuf> {
+        let dir = self.bpf_dir.join("links").join(agent);
+        fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().ends_with("connect4")))
     }
 
     /// Starts `sluice run --config …` (RUST_LOG=info, output to
@@ -196,19 +203,20 @@ impl Sluice {
             .arg("--config")
             .arg(&self.config_path)
             .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
             .env_remove("SLUICE_CONFIG")
             .stdin(Stdio::null())
             .stdout(fs::File::create(&out)?)
             .stderr(fs::File::create(&err)?);
         let child = process::die_with_parent(&mut cmd).spawn().context("cannot start sluice run")?;
         self.daemon = Some(child);
-        let pins: Vec<PathBuf> = self.agents.iter().map(|a| self.link_pin(&a.name)).collect();
         let listen = self.listen;
         let ready = poll("sluice run to pin its links and listen", READY_TIMEOUT, || {
             if let Some(status) = self.daemon.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 return Some(Err(anyhow::anyhow!("sluice run exited early with {status}")));
             }
-            (pins.iter().all(|p| p.exists()) && process::tcp_accepts(listen)).then_some(Ok(()))
+            let pinned = self.agents.iter().all(|a| self.link_pin(&a.name).is_some());
+            (pinned && process::tcp_accepts(listen)).then_some(Ok(()))
         });
         match ready.and_then(|r| r) {
             Ok(()) => Ok(()),

@@ -28,7 +28,7 @@ use crate::{
     TestCa,
 };
 
-/// The agent every stack configures.
+/// The agent name a stack configures unless told otherwise.
 pub const AGENT: &str = "agent";
 
 /// Where the service's secret goes (DESIGN.md §4 "Tokens").
@@ -114,6 +114,7 @@ impl ServiceSpec {
 /// Configures a [`Stack`].
 pub struct StackBuilder {
     label: String,
+    agent: String,
     services: Vec<ServiceSpec>,
     egress: String,
     cgroup_prefix: String,
@@ -128,6 +129,12 @@ impl StackBuilder {
     /// `egress = "deny"` (the default) or `"allow"`.
     pub fn egress(mut self, egress: &str) -> StackBuilder {
         self.egress = egress.into();
+        self
+    }
+
+    /// The agent's name (default [`AGENT`]).
+    pub fn agent(mut self, name: &str) -> StackBuilder {
+        self.agent = name.into();
         self
     }
 
@@ -179,7 +186,7 @@ impl StackBuilder {
             label,
             dir: dir.path().to_path_buf(),
             redis_url: redis.url(),
-            agents: vec![AGENT.to_string()],
+            agents: vec![self.agent.clone()],
             cgroup_prefix: self.cgroup_prefix,
             egress: self.egress,
             services_toml,
@@ -190,7 +197,7 @@ impl StackBuilder {
             hosts_text.push_str(&format!("{} {}\n", s.upstream.addr().ip(), s.spec.host));
         }
         std::fs::write(&hosts, hosts_text)?;
-        Ok(Stack { sluice, services, redis, ca, hosts, dir: Some(dir) })
+        Ok(Stack { sluice, agent: self.agent, services, redis, ca, hosts, dir: Some(dir) })
     }
 }
 
@@ -206,6 +213,7 @@ pub struct StackService {
 /// field order: Sluice first, so no agent is left redirected).
 pub struct Stack {
     pub sluice: Sluice,
+    agent: String,
     pub services: Vec<StackService>,
     pub redis: Redis,
     pub ca: TestCa,
@@ -248,7 +256,12 @@ pub fn next_upstream_ip() -> IpAddr {
 impl Stack {
     /// A stack named after the test (`label` names its cgroup, pins, dirs).
     pub fn builder(label: &str) -> StackBuilder {
-        StackBuilder { label: label.into(), services: Vec::new(), egress: "deny".into(), cgroup_prefix: "sluice-test".into() }
+        StackBuilder { label: label.into(), agent: AGENT.into(), services: Vec::new(), egress: "deny".into(), cgroup_prefix: "sluice-test".into() }
+    }
+
+    /// The agent's name.
+    pub fn agent(&self) -> &str {
+        &self.agent
     }
 
     /// The stack's temp dir.
@@ -277,7 +290,7 @@ impl Stack {
 
     /// A fresh token for `service`, valid for an hour.
     pub fn token(&self, service: &str) -> Result<String> {
-        self.sluice.token_issue(AGENT, service, "1h")
+        self.sluice.token_issue(&self.agent, service, "1h")
     }
 
     /// `curl --resolve HOST:PORT:IP` arguments for every service.
@@ -315,7 +328,7 @@ impl Stack {
             format!("\n{CURL_MARK} %{{http_code}} %{{http_version}} %{{remote_ip}}\n"),
         ];
         argv.extend(args.iter().map(|s| s.as_ref().to_string()));
-        let out = self.sluice.exec(AGENT, &argv)?;
+        let out = self.sluice.exec(&self.agent, &argv)?;
         parse_curl(&out)
     }
 
@@ -324,14 +337,14 @@ impl Stack {
     /// touched) and `env` set, e.g. for Python `requests`.
     pub fn agent_with_hosts<S: AsRef<OsStr>>(&self, env: &[(&str, &str)], argv: &[S]) -> Result<Output> {
         let argv = self.hosts_argv(env, argv);
-        self.sluice.exec(AGENT, &argv)
+        self.sluice.exec(&self.agent, &argv)
     }
 
     /// Like [`Stack::agent_with_hosts`] but spawned, with piped stdin and
     /// stdout, for interactive agents.
     pub fn spawn_agent_with_hosts<S: AsRef<OsStr>>(&self, env: &[(&str, &str)], argv: &[S]) -> Result<Child> {
         let argv = self.hosts_argv(env, argv);
-        self.sluice.exec_spawn(AGENT, &argv)
+        self.sluice.exec_spawn(&self.agent, &argv)
     }
 
     fn hosts_argv<S: AsRef<OsStr>>(&self, env: &[(&str, &str)], argv: &[S]) -> Vec<std::ffi::OsString> {
@@ -375,7 +388,7 @@ try:
 except OSError as e:
     print(errno.errorcode.get(e.errno, str(e)))
 "#;
-        let out = self.sluice.exec(AGENT, &["python3", "-c", SCRIPT, &addr.ip().to_string(), &addr.port().to_string()])?;
+        let out = self.sluice.exec(&self.agent, &["python3", "-c", SCRIPT, &addr.ip().to_string(), &addr.port().to_string()])?;
         let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
         if !out.status.success() || text.is_empty() {
             bail!("agent connect probe failed: {}", String::from_utf8_lossy(&out.stderr));

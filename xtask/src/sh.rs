@@ -50,17 +50,6 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-/// Runs a command quietly and reports whether it exited 0.
-pub fn succeeds<S: AsRef<OsStr>>(program: &str, args: &[S]) -> bool {
-    Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// Runs a command quietly and returns its stdout, if it exited 0.
 pub fn output<S: AsRef<OsStr>>(program: &str, args: &[S]) -> Option<String> {
     let out = Command::new(program).args(args).stdin(Stdio::null()).stderr(Stdio::null()).output().ok()?;

@@ -72,7 +72,7 @@ fn another_services_token_gets_401() {
 #[test]
 fn expired_token_gets_401() {
     let stack = payments_stack("expired-token");
-    let token = stack.sluice.token_issue("agent", SERVICE, "1s").unwrap();
+    let token = stack.sluice.token_issue(stack.agent(), SERVICE, "1s").unwrap();
     let issued = Instant::now();
     // Wait for the clock, not for a process: the token's whole lifetime
     // plus a margin for second granularity.

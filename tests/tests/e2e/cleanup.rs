@@ -10,10 +10,10 @@ fn teardown_leaves_no_cgroup_pin_or_attached_program_behind() {
     let token = stack.token("payments-api").unwrap();
     assert_status(&stack.curl(&["-H", &bearer(&token), &stack.url("payments-api", "/v1/charges")]).unwrap(), 200);
 
-    let agent = stack.sluice.agent("agent").clone();
+    let agent = stack.sluice.agent(stack.agent()).clone();
     let bpf_dir = stack.sluice.bpf_dir.clone();
     // Before: attached and pinned, so the checks below can fail.
-    assert!(stack.sluice.link_pin("agent").exists());
+    assert!(stack.sluice.link_pin(stack.agent()).is_some_and(|p| p.exists()));
     let attached = cgroup::attached_programs(&agent.path).unwrap().to_lowercase();
     for hook in ["inet4_connect", "inet6_connect", "sock_ops", "inet4_getpeername", "inet6_getpeername"] {
         assert!(attached.contains(hook), "{hook} not attached to {}:\n{attached}", agent.rel);

@@ -9,7 +9,7 @@ const SERVICE: &str = "payments-api";
 const HOST: &str = "api.payments.test";
 
 fn payments_stack(label: &str) -> Stack {
-    Stack::builder(label).service(ServiceSpec::https(SERVICE, HOST)).start().expect("start the stack")
+    Stack::builder(label).agent("ci-bot").service(ServiceSpec::https(SERVICE, HOST)).start().expect("start the stack")
 }
 
 /// curl with `flag` (--http1.1 / --http2): 200 for the agent, the real key
@@ -41,7 +41,7 @@ fn curl_swap(label: &str, flag: &str, want_version: &str) {
     for key in ["ts", "session", "agent", "pid", "uid", "service", "event"] {
         assert!(!request[key].is_null(), "session record line lacks {key:?}: {request}");
     }
-    assert_eq!(request["agent"], "agent");
+    assert_eq!(request["agent"], stack.agent());
     assert_eq!(request["method"], "GET");
     assert!(request["path"].as_str().is_some_and(|p| p.starts_with("/v1/charges")), "path in {request}");
     assert_eq!(request["status"], 200);
@@ -50,7 +50,7 @@ fn curl_swap(label: &str, flag: &str, want_version: &str) {
         .sluice
         .wait_for_event("the close event of the session", WAIT, |e| e["event"] == "close" && e["session"] == session.as_str())
         .unwrap();
-    assert_eq!(closed["agent"], "agent");
+    assert_eq!(closed["agent"], stack.agent());
     let events: Vec<String> = stack
         .sluice
         .session_events(&session)
