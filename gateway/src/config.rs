@@ -54,6 +54,11 @@ pub struct Gateway {
     /// Redis URL, `redis://[user:password@]host:port/db`.
     #[serde(default = "defaults::redis_url")]
     pub redis_url: String,
+    /// File holding the Redis password (`requirepass` or the ACL user's), so
+    /// it never appears on a command line. `$CREDENTIALS_DIRECTORY/redis.password`
+    /// (systemd `LoadCredential=`) wins when present.
+    #[serde(default)]
+    pub redis_password_file: Option<PathBuf>,
     /// File holding the 32-byte vault key (mode 0600). When
     /// `$CREDENTIALS_DIRECTORY/vault.key` exists (systemd `LoadCredential=`),
     /// that file wins.
@@ -76,6 +81,34 @@ pub struct Gateway {
     /// lets two gateways (or tests) on one host keep separate pins.
     #[serde(default = "defaults::bpf_dir")]
     pub bpf_dir: PathBuf,
+}
+
+impl Gateway {
+    /// `redis_url` with the password from `redis_password_file` (or the
+    /// systemd credential) inserted, percent-encoded.
+    ///
+    /// # Errors
+    /// A one-line message naming the file that cannot be read.
+    pub fn redis_url_with_password(&self) -> Result<zeroize::Zeroizing<String>, String> {
+        let credential = std::env::var_os("CREDENTIALS_DIRECTORY")
+            .map(|d| Path::new(&d).join("redis.password"))
+            .filter(|p| p.exists());
+        let Some(file) = credential.or_else(|| self.redis_password_file.clone()) else {
+            return Ok(zeroize::Zeroizing::new(self.redis_url.clone()));
+        };
+        let password = zeroize::Zeroizing::new(
+            std::fs::read_to_string(&file)
+                .map_err(|e| format!("gateway.redis_password_file: cannot read {}: {e}", file.display()))?,
+        );
+        let password = password.trim_end_matches(['\n', '\r']);
+        let Some((scheme, rest)) = self.redis_url.split_once("://") else {
+            return Err("gateway.redis_url: expected redis://host:port/db".into());
+        };
+        let (userinfo, host) = rest.rsplit_once('@').unwrap_or(("", rest));
+        let user = userinfo.split(':').next().unwrap_or("");
+        let encoded = percent_encoding::utf8_percent_encode(password, percent_encoding::NON_ALPHANUMERIC);
+        Ok(zeroize::Zeroizing::new(format!("{scheme}://{user}:{encoded}@{host}")))
+    }
 }
 
 /// `egress = "deny" | "allow"`.
@@ -345,6 +378,16 @@ impl Config {
                             return Err(err(
                                 &format!("{key}.{field}"),
                                 "postgres rules are statement kinds like \"DROP\"".into(),
+                            ));
+                        }
+                        let unknown = rules.iter().find_map(|r| match r {
+                            Rule::Sql(k) if crate::policy::sql::StatementKind::from_name(k).is_none() => Some(k),
+                            _ => None,
+                        });
+                        if let Some(bad) = unknown {
+                            return Err(err(
+                                &format!("{key}.{field}"),
+                                format!("{bad:?} is no statement kind (e.g. DROP, TRUNCATE, ALTER, GRANT, DELETE_WITHOUT_WHERE, COPY_TO_PROGRAM, DO)"),
                             ));
                         }
                     }

@@ -113,9 +113,13 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
     }
     let agents = AgentTable::new(&cfg, &mount).map_err(setup("agent cgroups"))?;
 
-    let state = Arc::new(StateHandle::new(&gwc.redis_url));
+    let redis_url = gwc.redis_url_with_password().map_err(StartError::Setup)?;
+    let state = Arc::new(StateHandle::new(&redis_url));
+    let instance = format!("{}:{}", nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default(), gwc.listen);
+    abandon_stale_approvals(state.clone(), instance.clone());
     let gateway = Arc::new(Gateway {
         cfg: cfg.clone(),
+        instance,
         agents,
         lookup,
         routes: RwLock::new(Arc::new(resolved)),
@@ -142,6 +146,21 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
     // the pinned links hold the programs in the kernel.
     drop(ebpf);
     Ok(())
+}
+
+/// Approvals this instance held before a restart can never be released:
+/// mark them abandoned (best effort; Redis may still be down).
+fn abandon_stale_approvals(state: Arc<StateHandle>, instance: String) {
+    tokio::spawn(async move {
+        match state.get().await {
+            Ok(s) => match s.approvals_abandon(&instance).await {
+                Ok(0) => {}
+                Ok(n) => info!(count = n, "marked approvals held before the restart as abandoned"),
+                Err(e) => warn!(error = %e, "cannot clean up stale approvals"),
+            },
+            Err(e) => warn!(error = %e, "Redis unreachable at start; tokens and approvals fail closed until it is back"),
+        }
+    });
 }
 
 fn apply(maps: &mut InterceptMaps, r: &Resolved) -> Result<(), programs::InterceptError> {

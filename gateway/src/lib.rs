@@ -7,6 +7,7 @@
 //! See DESIGN.md for the architecture and the user-facing contract.
 #![forbid(unsafe_op_in_unsafe_fn)]
 
+pub mod approvals;
 pub mod cli;
 pub mod config;
 pub mod daemon;

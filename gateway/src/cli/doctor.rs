@@ -165,7 +165,7 @@ fn redis(cfg: &Config) -> Result<String, String> {
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    rt.block_on(State::connect(&cfg.gateway.redis_url))
+    rt.block_on(State::open(&cfg.gateway))
         .map(|_| "reachable".into())
         .map_err(|e| format!("{e}; start redis-server or fix gateway.redis_url"))
 }

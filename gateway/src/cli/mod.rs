@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::Config;
 
+pub mod approvals;
 pub mod ca;
 pub mod doctor;
 pub mod exec;
@@ -73,6 +74,13 @@ pub enum Command {
     /// Issue, list and revoke agent tokens
     #[command(subcommand)]
     Token(token::TokenCmd),
+    /// List JIT approvals
+    #[command(subcommand)]
+    Approvals(approvals::ApprovalsCmd),
+    /// Approve a held operation (root or sluice-admin)
+    Approve(approvals::DecideArgs),
+    /// Deny a held operation (root or sluice-admin)
+    Deny(approvals::DecideArgs),
     /// List, show, follow and replay session records
     #[command(subcommand)]
     Sessions(sessions::SessionsCmd),
@@ -122,6 +130,9 @@ fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::Secret(cmd) => secret::run(&cfg, cmd, json),
         Command::Token(cmd) => block_on(token::run(&cfg, cmd, json)),
         Command::Sessions(cmd) => block_on(sessions::run(&cfg, cmd, json)),
+        Command::Approvals(cmd) => block_on(approvals::list(&cfg, cmd, json)),
+        Command::Approve(args) => block_on(approvals::decide(&cfg, args, true)),
+        Command::Deny(args) => block_on(approvals::decide(&cfg, args, false)),
         Command::Ca(cmd) => ca::run(&cfg, cmd),
         Command::Uninstall(args) => uninstall::run(&cfg, args),
         Command::Doctor => unreachable!(),

@@ -77,12 +77,12 @@ pub async fn run(cfg: &Config, cmd: TokenCmd, json: bool) -> Result<(), CliError
                     cfg.path.display()
                 )));
             }
-            let state = State::connect(&cfg.gateway.redis_url).await?;
+            let state = State::open(&cfg.gateway).await?;
             let (token, _) = state.issue(&agent, &service, ttl).await?;
             print_line(&token)
         }
         TokenCmd::List => {
-            let state = State::connect(&cfg.gateway.redis_url).await?;
+            let state = State::open(&cfg.gateway).await?;
             let records = state.list().await?;
             let now = chrono::Utc::now().timestamp();
             if json {
@@ -95,7 +95,7 @@ pub async fn run(cfg: &Config, cmd: TokenCmd, json: bool) -> Result<(), CliError
             }
         }
         TokenCmd::Revoke { token_or_id } => {
-            let state = State::connect(&cfg.gateway.redis_url).await?;
+            let state = State::open(&cfg.gateway).await?;
             let given_token = token_or_id.starts_with(TOKEN_PREFIX);
             match (state.revoke(&token_or_id).await?, given_token) {
                 (true, _) => Ok(()),

@@ -88,6 +88,8 @@ impl AgentTable {
 /// Everything a connection handler needs, shared by all connections.
 pub struct Gateway {
     pub cfg: Arc<Config>,
+    /// This gateway instance (`host:listen`), recorded on approvals it holds.
+    pub instance: String,
     pub agents: AgentTable,
     pub lookup: TupleLookup,
     /// Current name resolution of services, refreshed by the daemon.

@@ -16,7 +16,7 @@ use futures_util::StreamExt;
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 
-use super::{State, StateError, REVOCATIONS_CHANNEL};
+use super::{State, StateError, APPROVALS_CHANNEL, REVOCATIONS_CHANNEL};
 use crate::tokens::{self, Rejection, TokenRecord};
 
 /// How long an authenticated session keeps working on its last good check
@@ -25,21 +25,29 @@ pub const OFFLINE_GRACE: Duration = Duration::from_secs(30);
 
 /// Lazily connected, shared [`State`].
 pub struct StateHandle {
-    url: String,
+    url: zeroize::Zeroizing<String>,
     state: Mutex<Option<State>>,
     epoch: AtomicU64,
     watching: AtomicBool,
+    decisions: tokio::sync::broadcast::Sender<String>,
 }
 
 impl StateHandle {
     /// A handle for `url`; nothing is dialled yet.
     pub fn new(url: &str) -> Self {
         Self {
-            url: url.to_string(),
+            url: zeroize::Zeroizing::new(url.to_string()),
             state: Mutex::new(None),
             epoch: AtomicU64::new(0),
             watching: AtomicBool::new(false),
+            decisions: tokio::sync::broadcast::channel(1024).0,
         }
+    }
+
+    /// Ids of approvals decided anywhere, as announced on
+    /// [`APPROVALS_CHANNEL`] (subscribe before creating an approval).
+    pub fn approval_decisions(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.decisions.subscribe()
     }
 
     /// The connected state, connecting first if needed.
@@ -64,7 +72,8 @@ impl StateHandle {
             .then(|| self.epoch.load(Ordering::Acquire))
     }
 
-    /// Follows [`REVOCATIONS_CHANNEL`] forever, reconnecting after failures.
+    /// Follows [`REVOCATIONS_CHANNEL`] and [`APPROVALS_CHANNEL`] forever,
+    /// reconnecting after failures.
     pub async fn watch_revocations(&self) {
         loop {
             match self.subscribe().await {
@@ -74,8 +83,12 @@ impl StateHandle {
                     self.watching.store(true, Ordering::Release);
                     info!("following token revocations");
                     let mut messages = pubsub.on_message();
-                    while messages.next().await.is_some() {
-                        self.epoch.fetch_add(1, Ordering::AcqRel);
+                    while let Some(msg) = messages.next().await {
+                        if msg.get_channel_name() == APPROVALS_CHANNEL {
+                            let _ = self.decisions.send(msg.get_payload::<String>().unwrap_or_default());
+                        } else {
+                            self.epoch.fetch_add(1, Ordering::AcqRel);
+                        }
                     }
                     warn!("revocation channel closed; re-checking every token until it is back");
                 }
@@ -93,7 +106,7 @@ impl StateHandle {
         let mut pubsub = tokio::time::timeout(super::CONNECT_TIMEOUT, client.get_async_pubsub())
             .await
             .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "connect timed out")))??;
-        pubsub.subscribe(REVOCATIONS_CHANNEL).await?;
+        pubsub.subscribe(&[REVOCATIONS_CHANNEL, APPROVALS_CHANNEL]).await?;
         Ok(pubsub)
     }
 }

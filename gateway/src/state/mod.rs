@@ -18,10 +18,12 @@ use redis::{
     AsyncConnectionConfig,
 };
 
+mod approvals;
 mod handle;
 mod scram;
 mod tokens;
 
+pub use approvals::{Approval, ApprovalStatus, Decided, APPROVALS_CHANNEL};
 pub use handle::{LiveToken, StateHandle, TokenCheckError};
 pub use tokens::{EXPIRED_GRACE, REVOCATIONS_CHANNEL};
 
@@ -112,6 +114,17 @@ impl State {
             }
         };
         Ok(State { conn })
+    }
+
+    /// Connects to the gateway's Redis with its password, if configured
+    /// (see [`crate::config::Gateway::redis_url_with_password`]).
+    ///
+    /// # Errors
+    /// As [`State::connect`]; [`StateError::InvalidUrl`] when the password
+    /// file cannot be read.
+    pub async fn open(gw: &crate::config::Gateway) -> Result<State, StateError> {
+        let url = gw.redis_url_with_password().map_err(StateError::InvalidUrl)?;
+        State::connect(&url).await
     }
 
     /// A connection for one operation (clones share the multiplexed

@@ -213,8 +213,9 @@ pub const UNPARSEABLE: &str = "UNPARSEABLE";
 /// Decides `sql` against a service's `deny` and then `approve` kinds (config
 /// strings, compared case-insensitively). Deny wins over approve.
 ///
-/// Text the parser rejects is allowed only when `deny` is empty. Otherwise it
-/// is denied with a reason that says it could not be parsed: fail closed.
+/// Text the parser rejects is allowed only when `deny` is empty (whatever
+/// `approve` holds). Otherwise it is denied under [`UNPARSEABLE`] with a
+/// reason that says it could not be parsed: fail closed.
 pub fn decide(sql: &str, deny: &[String], approve: &[String]) -> SqlVerdict {
     let deny: Vec<&str> = deny.iter().map(String::as_str).collect();
     let approve: Vec<&str> = approve.iter().map(String::as_str).collect();
@@ -302,7 +303,7 @@ impl ClassifyCache {
     }
 
     /// [`classify`], cached.
-    pub fn classify(&self, sql: &str) -> Cached {
+    pub fn classify(&self, sql: &str) -> Arc<Result<Classification, SqlError>> {
         if let Some(hit) = self.lock().get(sql) {
             return hit;
         }

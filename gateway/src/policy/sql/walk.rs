@@ -26,16 +26,19 @@ use serde_json::Value;
 use super::{SqlError, StatementKind};
 
 /// How deep `DO` blocks (and literal `EXECUTE`s inside them) are followed.
+/// Deeper nesting makes the text unclassifiable, which denies it on a
+/// service with deny rules.
 const MAX_NESTING: u8 = 4;
 
-/// Classifies every statement of `sql` into `out` (a set) and
-/// returns the number of top-level statements.
+/// Classifies every statement of `sql` into `out` (a set) and returns the
+/// number of top-level statements.
 pub(super) fn statements(sql: &str, out: &mut Vec<StatementKind>) -> Result<usize, SqlError> {
     Walk { out, nesting: 0 }.sql(sql)
 }
 
 struct Walk<'o> {
     out: &'o mut Vec<StatementKind>,
+    /// `DO` blocks entered so far.
     nesting: u8,
 }
 
@@ -47,7 +50,7 @@ impl Walk<'_> {
     }
 
     fn sql(&mut self, sql: &str) -> Result<usize, SqlError> {
-        let tree = pg_query::parse(sql, ParserOptions::DEFAULT).map_err(SqlError::from)?;
+        let tree = pg_query::parse(sql, ParserOptions::DEFAULT)?;
         let stmts = &tree.protobuf.stmts;
         for raw in stmts {
             let json =
@@ -61,12 +64,12 @@ impl Walk<'_> {
                 continue;
             };
             let mut kinds = Vec::new();
-            let mut inner = Walk {
+            let mut statement = Walk {
                 out: &mut kinds,
                 nesting: self.nesting,
             };
-            inner.node(name, node, true);
-            inner.tree(node);
+            statement.node(name, node, true)?;
+            statement.tree(node)?;
             if kinds.is_empty() {
                 kinds.push(StatementKind::Other);
             }
@@ -76,22 +79,20 @@ impl Walk<'_> {
     }
 
     /// Visits every node below `value`.
-    fn tree(&mut self, value: &Value) {
+    fn tree(&mut self, value: &Value) -> Result<(), SqlError> {
         match value {
-            Value::Array(items) => items.iter().for_each(|item| self.tree(item)),
-            Value::Object(map) => {
-                for (key, child) in map {
-                    self.node(key, child, false);
-                    self.tree(child);
-                }
-            }
-            _ => {}
+            Value::Array(items) => items.iter().try_for_each(|item| self.tree(item)),
+            Value::Object(map) => map.iter().try_for_each(|(key, child)| {
+                self.node(key, child, false)?;
+                self.tree(child)
+            }),
+            _ => Ok(()),
         }
     }
 
     /// The kinds one node contributes. `name` is a node type name, or a
     /// field name (snake_case) that matches nothing here.
-    fn node(&mut self, name: &str, node: &Value, top: bool) {
+    fn node(&mut self, name: &str, node: &Value, top: bool) -> Result<(), SqlError> {
         use StatementKind as K;
         match name {
             "SelectStmt" => {
@@ -145,7 +146,7 @@ impl Walk<'_> {
             }),
             "DoStmt" => {
                 self.push(K::Do);
-                self.do_block(node);
+                self.do_block(node)?;
             }
             _ => {
                 if let Some(kind) = kind_by_name(name) {
@@ -153,6 +154,7 @@ impl Walk<'_> {
                 }
             }
         }
+        Ok(())
     }
 
     /// UPDATE / DELETE, and the `_WITHOUT_WHERE` kind when there is no WHERE
@@ -165,8 +167,9 @@ impl Walk<'_> {
     }
 
     /// `DO [LANGUAGE l] 'body'`: the `args` are `DefElem`s named `as` and
-    /// `language`. Only PL/pgSQL (the default) bodies can be looked into.
-    fn do_block(&mut self, node: &Value) {
+    /// `language`. Only PL/pgSQL (the default) bodies can be looked into;
+    /// one that cannot be parsed is an error, as it would be on the server.
+    fn do_block(&mut self, node: &Value) -> Result<(), SqlError> {
         let (mut body, mut language) = (None, "plpgsql");
         for arg in node["args"].as_array().into_iter().flatten() {
             let Some(def) = arg.pointer("/node/DefElem") else {
@@ -179,65 +182,64 @@ impl Walk<'_> {
                 _ => {}
             }
         }
-        if let (Some(body), "plpgsql", true) = (body, language, self.nesting < MAX_NESTING) {
-            // A body the PL/pgSQL parser rejects would fail on the server too.
-            if let Ok(functions) = pg_query::parse_plpgsql(&inline_function(body)) {
-                self.plpgsql(&functions);
-            }
+        let Some(body) = body.filter(|_| language == "plpgsql") else {
+            return Ok(());
+        };
+        if self.nesting >= MAX_NESTING {
+            return Err(SqlError::Parse(format!(
+                "DO blocks nested more than {MAX_NESTING} deep are not classified"
+            )));
         }
+        let functions = pg_query::parse_plpgsql(&inline_function(body)).map_err(|e| {
+            match SqlError::from(e) {
+                SqlError::Parse(message) => SqlError::Parse(format!("in DO block: {message}")),
+            }
+        })?;
+        Walk {
+            out: &mut *self.out,
+            nesting: self.nesting + 1,
+        }
+        .plpgsql(&functions)
     }
 
     /// Visits a PL/pgSQL tree (libpg_query's JSON): every `PLpgSQL_expr`
     /// parsed as a whole statement (`parseMode` 0: plain SQL statements,
     /// `PERFORM`, `FOR … IN query`, `RETURN QUERY`, `OPEN … FOR query`), and
     /// the query strings of dynamic SQL.
-    fn plpgsql(&mut self, value: &Value) {
+    fn plpgsql(&mut self, value: &Value) -> Result<(), SqlError> {
         match value {
-            Value::Array(items) => items.iter().for_each(|item| self.plpgsql(item)),
-            Value::Object(map) => {
-                for (key, child) in map {
-                    match key.as_str() {
-                        "PLpgSQL_expr" => {
-                            let mode = child.get("parseMode").and_then(Value::as_i64).unwrap_or(0);
-                            if mode == i64::from(ParserOptions::DEFAULT.bits()) {
-                                self.nested(child["query"].as_str());
-                            }
+            Value::Array(items) => items.iter().try_for_each(|item| self.plpgsql(item)),
+            Value::Object(map) => map.iter().try_for_each(|(key, child)| {
+                match key.as_str() {
+                    "PLpgSQL_expr" => {
+                        let mode = child.get("parseMode").and_then(Value::as_i64).unwrap_or(0);
+                        if mode == i64::from(ParserOptions::DEFAULT.bits()) {
+                            self.sql(child["query"].as_str().unwrap_or_default())?;
                         }
-                        "PLpgSQL_stmt_dynexecute" | "PLpgSQL_stmt_dynfors" => {
-                            self.dynamic(child, "/query")
-                        }
-                        "PLpgSQL_stmt_open" | "PLpgSQL_stmt_return_query" => {
-                            self.dynamic(child, "/dynquery")
-                        }
-                        _ => {}
                     }
-                    self.plpgsql(child);
+                    "PLpgSQL_stmt_dynexecute" | "PLpgSQL_stmt_dynfors" => {
+                        self.dynamic(child, "/query")?
+                    }
+                    "PLpgSQL_stmt_open" | "PLpgSQL_stmt_return_query" => {
+                        self.dynamic(child, "/dynquery")?
+                    }
+                    _ => {}
                 }
-            }
-            _ => {}
+                self.plpgsql(child)
+            }),
+            _ => Ok(()),
         }
     }
 
     /// Dynamic SQL (`EXECUTE expr`): classified when `expr` is a constant
-    /// string, otherwise it cannot be known before it runs.
-    fn dynamic(&mut self, stmt: &Value, field: &str) {
+    /// string. Anything else is only known when it runs.
+    fn dynamic(&mut self, stmt: &Value, field: &str) -> Result<(), SqlError> {
         let expr = stmt
             .pointer(&format!("{field}/PLpgSQL_expr/query"))
             .and_then(Value::as_str);
-        if let Some(sql) = expr.and_then(literal_string) {
-            self.nested(Some(&sql));
-        }
-    }
-
-    /// SQL found inside a `DO` body. Text the parser rejects is skipped: the
-    /// server rejects it as well when the block runs.
-    fn nested(&mut self, sql: Option<&str>) {
-        if let Some(sql) = sql {
-            let _ = Walk {
-                out: &mut *self.out,
-                nesting: self.nesting + 1,
-            }
-            .sql(sql);
+        match expr.and_then(literal_string) {
+            Some(sql) => self.sql(&sql).map(drop),
+            None => Ok(()),
         }
     }
 }
@@ -604,16 +606,39 @@ mod tests {
     }
 
     #[test]
-    fn do_blocks_that_cannot_be_read_report_do_only() {
-        // Dynamic SQL computed at run time, another language, a broken body.
+    fn do_blocks_whose_sql_is_only_known_at_run_time_report_do_only() {
         assert_eq!(
             kinds("DO $$ BEGIN EXECUTE format('DROP TABLE %I', 'customers'); END $$"),
+            ["DO"]
+        );
+        assert_eq!(
+            kinds("DO $$ DECLARE q text := 'DROP TABLE t'; BEGIN EXECUTE q; END $$"),
             ["DO"]
         );
         assert_eq!(
             kinds("DO LANGUAGE plpython3u $$ plpy.execute('DROP TABLE t') $$"),
             ["DO"]
         );
-        assert_eq!(kinds("DO $$ BEGIN this is not plpgsql END $$"), ["DO"]);
+    }
+
+    #[test]
+    fn do_blocks_that_cannot_be_read_are_unclassifiable() {
+        let Err(SqlError::Parse(message)) = classify("DO $$ BEGIN this is not plpgsql END $$")
+        else {
+            panic!("broken DO body classified")
+        };
+        assert!(message.starts_with("in DO block: "), "{message}");
+        assert!(classify("DO $$ BEGIN EXECUTE 'SELEC 1'; END $$").is_err());
+        // Nesting is followed four deep, and refused beyond.
+        let nested = |depth: usize| {
+            (0..depth).fold("DROP TABLE t".to_string(), |sql, i| {
+                format!("DO $q{i}$ BEGIN {sql}; END $q{i}$")
+            })
+        };
+        assert_eq!(kinds(&nested(4)), ["DROP", "DO"]);
+        let Err(SqlError::Parse(message)) = classify(&nested(5)) else {
+            panic!("DO nesting unbounded")
+        };
+        assert!(message.contains("nested"), "{message}");
     }
 }

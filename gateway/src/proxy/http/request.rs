@@ -17,6 +17,7 @@ use super::{
     upstream,
 };
 use crate::{
+    approvals::{self, HoldRequest, Outcome},
     policy::{self, HttpOperation, Verdict},
     recorder::Event,
     state::TokenCheckError,
@@ -119,16 +120,36 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Proxy
             );
         }
         Verdict::Approve { rule } => {
-            let msg =
-                format!("{rule} needs a JIT approval, which this gateway cannot hold yet; denied");
-            return fail(
-                StatusCode::FORBIDDEN,
-                Event::Denied {
-                    reason: msg.clone(),
-                    rule,
-                },
-                &msg,
-            );
+            let id = &ctx.conn.identity;
+            let req = HoldRequest {
+                agent: id.agent.clone(),
+                pid: id.pid,
+                uid: id.uid,
+                service: service.name.clone(),
+                summary: format!("{method} {path}"),
+            };
+            let outcome = approvals::hold(&gw.state, &gw.instance, req, gw.cfg.gateway.approval_timeout, |approval| {
+                ctx.record(Event::ApprovalWait { approval: approval.to_string() });
+            })
+            .await;
+            match outcome {
+                Outcome::Approved { id, by } => {
+                    ctx.record(Event::Approved { approval: id, by });
+                }
+                Outcome::Unavailable(e) => {
+                    warn!(error = %e, "approvals unavailable");
+                    let msg = format!("{rule} needs a JIT approval, but the approval store (Redis) is unavailable");
+                    return fail(StatusCode::SERVICE_UNAVAILABLE, Event::Error { message: msg.clone() }, &msg);
+                }
+                other => {
+                    let reason = other.refusal().unwrap_or_default();
+                    let approval = match &other {
+                        Outcome::Rejected { id, .. } | Outcome::TimedOut { id } => id.clone(),
+                        _ => String::new(),
+                    };
+                    return fail(StatusCode::FORBIDDEN, Event::Rejected { approval, reason: reason.clone() }, &reason);
+                }
+            }
         }
     }
 

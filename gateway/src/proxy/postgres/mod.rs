@@ -198,15 +198,8 @@ async fn login_and_relay(
     .await;
     let result = match sent {
         Ok(()) => {
-            run_relay(
-                gw,
-                service,
-                record,
-                reader,
-                up.reader,
-                LiveToken::new(authed.digest, authed.record, epoch),
-            )
-            .await
+            let token = LiveToken::new(authed.digest, authed.record, epoch);
+            run_relay(gw, &conn.identity, service, record, reader, up.reader, token).await
         }
         Err(e) => Err(e.to_string()),
     };
@@ -216,6 +209,7 @@ async fn login_and_relay(
 
 async fn run_relay(
     gw: &Arc<Gateway>,
+    identity: &crate::proxy::AgentIdentity,
     service: Arc<crate::config::Service>,
     record: Arc<crate::recorder::SessionRecord>,
     agent: codec::Reader<BoxIo>,
@@ -224,6 +218,9 @@ async fn run_relay(
 ) -> Result<(), String> {
     let session = relay::Session {
         service,
+        identity: identity.clone(),
+        instance: gw.instance.clone(),
+        approval_timeout: gw.cfg.gateway.approval_timeout,
         record,
         tracker: tracker::Tracker::default(),
         sql: gw.sql.clone(),

@@ -21,7 +21,9 @@ use super::{
     tracker::{Expect, Portal, Statement, SyncAction, Tracker},
 };
 use crate::{
+    approvals::{self, HoldRequest, Outcome},
     config::Service,
+    proxy::AgentIdentity,
     policy::sql::{ClassifyCache, SqlVerdict},
     recorder::{Event, SessionRecord},
     state::{LiveToken, StateHandle},
@@ -30,6 +32,10 @@ use crate::{
 /// What both relay tasks share.
 pub struct Session {
     pub service: Arc<Service>,
+    pub identity: AgentIdentity,
+    /// This gateway instance, recorded on approvals.
+    pub instance: String,
+    pub approval_timeout: std::time::Duration,
     pub record: Arc<SessionRecord>,
     pub tracker: Tracker,
     pub sql: Arc<ClassifyCache>,
@@ -110,7 +116,15 @@ where
                         sql: sql.to_string(),
                     })
                     .map_err(RelayError::Record)?;
-                match refusal(s, sql) {
+                let refused = match judge(s, sql) {
+                    Judgement::Allow => None,
+                    Judgement::Deny(err) => Some(err),
+                    Judgement::Approve => {
+                        flush(&mut upstream, &mut out).await?;
+                        approval(s, sql).await
+                    }
+                };
+                match refused {
                     None => {
                         s.tracker.push(Expect::SimpleQuery);
                         msg.encode(&mut out);
@@ -126,18 +140,20 @@ where
                 let mut body = &msg.body[..];
                 let name = codec::cstr(&mut body, "Parse")?.to_string();
                 let sql = codec::cstr(&mut body, "Parse")?;
-                match refusal(s, sql) {
-                    None => {
+                match judge(s, sql) {
+                    judgement @ (Judgement::Allow | Judgement::Approve) => {
+                        let needs_approval = matches!(judgement, Judgement::Approve);
                         statements.insert(
                             name,
                             Arc::new(Statement {
                                 sql: sql.to_string(),
+                                needs_approval,
                                 ..Default::default()
                             }),
                         );
                         msg.encode(&mut out);
                     }
-                    Some(err) => {
+                    Judgement::Deny(err) => {
                         s.record
                             .record(Event::Query {
                                 sql: sql.to_string(),
@@ -192,6 +208,18 @@ where
                         sql: portal.statement.sql.clone(),
                     })
                     .map_err(RelayError::Record)?;
+                if portal.statement.needs_approval {
+                    flush(&mut upstream, &mut out).await?;
+                    if let Some(err) = approval(s, &portal.statement.sql).await {
+                        // Parse and Bind already went up: close that batch
+                        // with our own Sync, then skip to the agent's.
+                        s.tracker.push(Expect::Sync(SyncAction::ErrorInstead(err)));
+                        postgres_protocol::message::frontend::sync(&mut out);
+                        flush(&mut upstream, &mut out).await?;
+                        discard_until_sync = true;
+                        continue;
+                    }
+                }
                 if !s.service.mask.is_empty() && !portal.columns_known() {
                     // Learn the columns before the rows arrive.
                     postgres_protocol::message::frontend::describe(b'P', name, &mut out)
@@ -246,40 +274,69 @@ where
             _ => msg.encode(&mut out),
         }
         if !agent.has_buffered_message() || out.len() > 64 * 1024 {
-            upstream.write_all(&out).await?;
-            out.clear();
+            flush(&mut upstream, &mut out).await?;
         }
     }
 }
 
-/// The ErrorResponse for a statement policy refuses, after recording the
-/// denial; `None` when it may run.
-fn refusal(s: &Session, sql: &str) -> Option<Bytes> {
-    let verdict = s.sql.decide(
-        sql,
-        &s.service.deny,
-        &s.service.approve,
-        !s.service.mask.is_empty(),
-    );
-    let (rule, reason) = match verdict {
-        SqlVerdict::Allow => return None,
-        SqlVerdict::Deny { rule, reason } => (rule, reason),
-        SqlVerdict::Approve { rule } => (
-            rule.clone(),
-            format!("{rule} needs a JIT approval, which this gateway cannot hold yet"),
-        ),
+async fn flush<W: AsyncWrite + Unpin>(w: &mut W, out: &mut BytesMut) -> std::io::Result<()> {
+    if !out.is_empty() {
+        w.write_all(out).await?;
+        out.clear();
+    }
+    Ok(())
+}
+
+/// What policy says about one statement.
+enum Judgement {
+    Allow,
+    /// Refused: the ErrorResponse to send (the denial is recorded).
+    Deny(Bytes),
+    /// Held until a JIT approval decides.
+    Approve,
+}
+
+/// Judges `sql`, recording a denial.
+fn judge(s: &Session, sql: &str) -> Judgement {
+    match s.sql.decide(sql, &s.service.deny, &s.service.approve, !s.service.mask.is_empty()) {
+        SqlVerdict::Allow => Judgement::Allow,
+        SqlVerdict::Approve { .. } => Judgement::Approve,
+        SqlVerdict::Deny { rule, reason } => {
+            let _ = s.record.record(Event::Denied { reason: reason.clone(), rule });
+            Judgement::Deny(error_bytes("42501", &format!("permission denied by Sluice policy for service {}: {reason}", s.service.name)))
+        }
+    }
+}
+
+/// Holds `sql` for a JIT approval; `None` when approved, else the
+/// ErrorResponse (42501 naming the approval) to send.
+async fn approval(s: &Session, sql: &str) -> Option<Bytes> {
+    let req = HoldRequest {
+        agent: s.identity.agent.clone(),
+        pid: s.identity.pid,
+        uid: s.identity.uid,
+        service: s.service.name.clone(),
+        summary: sql.to_string(),
     };
-    let _ = s.record.record(Event::Denied {
-        reason: reason.clone(),
-        rule,
-    });
-    Some(error_bytes(
-        "42501",
-        &format!(
-            "permission denied by Sluice policy for service {}: {reason}",
-            s.service.name
-        ),
-    ))
+    let outcome = approvals::hold(&s.state, &s.instance, req, s.approval_timeout, |id| {
+        let _ = s.record.record(Event::ApprovalWait { approval: id.to_string() });
+    })
+    .await;
+    match outcome {
+        Outcome::Approved { id, by } => {
+            let _ = s.record.record(Event::Approved { approval: id, by });
+            None
+        }
+        other => {
+            let reason = other.refusal().unwrap_or_default();
+            let approval = match &other {
+                Outcome::Rejected { id, .. } | Outcome::TimedOut { id } => id.clone(),
+                _ => String::new(),
+            };
+            let _ = s.record.record(Event::Rejected { approval, reason: reason.clone() });
+            Some(error_bytes("42501", &format!("Sluice: {reason}")))
+        }
+    }
 }
 
 /// Parses a `Bind` body: (portal, statement, result-format codes). Parameter

@@ -1,0 +1,117 @@
+//! `sluice approvals list`, `sluice approve ID`, `sluice deny ID [--reason]`:
+//! JIT approvals, from any gateway host sharing the Redis.
+//!
+//! Only root and members of the Unix group [`ADMIN_GROUP`] may decide; the
+//! decision records the caller's Unix user (the `sudo` caller when run
+//! through sudo).
+use clap::{Args, Subcommand};
+
+use super::{
+    sessions::{print_line, table},
+    CliError,
+};
+use crate::{
+    config::Config,
+    state::{Approval, ApprovalStatus, Decided, State},
+};
+
+/// Members of this group may approve or deny.
+pub const ADMIN_GROUP: &str = "sluice-admin";
+
+#[derive(Subcommand, Debug)]
+pub enum ApprovalsCmd {
+    /// Pending approvals (id, agent, service, summary, created, expires)
+    List {
+        /// Also show decided, expired and abandoned approvals
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct DecideArgs {
+    /// The approval id (apr_…)
+    pub id: String,
+    /// Why (shown to the agent on deny)
+    #[arg(long)]
+    pub reason: Option<String>,
+}
+
+async fn state(cfg: &Config) -> Result<State, CliError> {
+    State::open(&cfg.gateway).await.map_err(CliError::runtime)
+}
+
+fn time(unix: i64) -> String {
+    chrono::DateTime::from_timestamp(unix, 0)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default()
+}
+
+/// Lists approvals.
+///
+/// # Errors
+/// [`CliError::Runtime`] when Redis is unreachable.
+pub async fn list(cfg: &Config, cmd: ApprovalsCmd, json: bool) -> Result<(), CliError> {
+    let ApprovalsCmd::List { all } = cmd;
+    let approvals = state(cfg).await?.approval_list(!all).await.map_err(CliError::runtime)?;
+    if json {
+        for a in &approvals {
+            let line = serde_json::json!({
+                "id": a.id, "agent": a.agent, "pid": a.pid, "uid": a.uid, "service": a.service,
+                "summary": a.summary, "created": time(a.created), "expires": time(a.expires),
+                "status": a.status.as_str(), "by": a.by, "reason": a.reason,
+            });
+            print_line(&line.to_string())?;
+        }
+        return Ok(());
+    }
+    if approvals.is_empty() {
+        return print_line(if all { "no approvals" } else { "no pending approvals" });
+    }
+    let rows: Vec<[String; 7]> = approvals.iter().map(row).collect();
+    for line in table(["ID", "AGENT", "SERVICE", "SUMMARY", "CREATED", "EXPIRES", "STATUS"], &rows) {
+        print_line(&line)?;
+    }
+    Ok(())
+}
+
+fn row(a: &Approval) -> [String; 7] {
+    let summary: String = a.summary.chars().map(|c| if c.is_control() { ' ' } else { c }).take(60).collect();
+    [a.id.clone(), a.agent.clone(), a.service.clone(), summary, time(a.created), time(a.expires), a.status.as_str().into()]
+}
+
+/// Approves (`approve = true`) or denies one approval.
+///
+/// # Errors
+/// [`CliError::Usage`] for a caller outside root/[`ADMIN_GROUP`];
+/// [`CliError::Runtime`] for an unknown or already decided id.
+pub async fn decide(cfg: &Config, args: DecideArgs, approve: bool) -> Result<(), CliError> {
+    let by = authorized_user()?;
+    let status = if approve { ApprovalStatus::Approved } else { ApprovalStatus::Denied };
+    let reason = args.reason.unwrap_or_default();
+    let outcome = state(cfg).await?.approval_decide(&args.id, status, &by, &reason).await.map_err(CliError::runtime)?;
+    match outcome {
+        Decided::Done => print_line(&format!("{} {} by {by}", args.id, status.as_str())),
+        Decided::Unknown => Err(CliError::Runtime(format!("no approval {}; see `sluice approvals list`", args.id))),
+        Decided::Already(s) => Err(CliError::Runtime(format!("approval {} is already {}", args.id, s.as_str()))),
+    }
+}
+
+/// The caller's user name if root or in [`ADMIN_GROUP`].
+fn authorized_user() -> Result<String, CliError> {
+    use nix::unistd::{getgroups, getuid, Group, User};
+    let uid = getuid();
+    let name = User::from_uid(uid).ok().flatten().map(|u| u.name).unwrap_or_else(|| uid.to_string());
+    if uid.is_root() {
+        return Ok(std::env::var("SUDO_USER").ok().filter(|u| !u.is_empty()).unwrap_or(name));
+    }
+    let admin = Group::from_name(ADMIN_GROUP).ok().flatten();
+    let member = admin.as_ref().is_some_and(|g| {
+        g.mem.contains(&name) || getgroups().map(|gs| gs.contains(&g.gid)).unwrap_or(false)
+    });
+    if member {
+        Ok(name)
+    } else {
+        Err(CliError::Usage(format!("user {name} may not approve or deny: only root and members of the {ADMIN_GROUP} group may")))
+    }
+}
