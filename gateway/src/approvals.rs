@@ -31,9 +31,17 @@ pub struct HoldRequest {
 /// How a hold ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    Approved { id: String, by: String },
-    Rejected { id: String, reason: String },
-    TimedOut { id: String },
+    Approved {
+        id: String,
+        by: String,
+    },
+    Rejected {
+        id: String,
+        reason: String,
+    },
+    TimedOut {
+        id: String,
+    },
     /// Redis unreachable: approvals fail closed.
     Unavailable(String),
 }
@@ -51,7 +59,11 @@ impl Outcome {
 }
 
 fn new_id() -> String {
-    let suffix: String = rand::thread_rng().sample_iter(&Alphanumeric).take(10).map(char::from).collect();
+    let suffix: String = rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(10)
+        .map(char::from)
+        .collect();
     format!("apr_{suffix}")
 }
 
@@ -67,7 +79,9 @@ impl Drop for AbandonOnDrop {
             let handle = self.handle.clone();
             rt.spawn(async move {
                 if let Ok(state) = handle.get().await {
-                    let _ = state.approval_decide(&id, ApprovalStatus::Abandoned, "", "the agent went away").await;
+                    let _ = state
+                        .approval_decide(&id, ApprovalStatus::Abandoned, "", "the agent went away")
+                        .await;
                 }
             });
         }
@@ -108,7 +122,10 @@ pub async fn hold(
     }
     let id = approval.id;
     on_wait(&id);
-    let mut guard = AbandonOnDrop { handle: handle.clone(), id: Some(id.clone()) };
+    let mut guard = AbandonOnDrop {
+        handle: handle.clone(),
+        id: Some(id.clone()),
+    };
     let deadline = Instant::now() + timeout;
     let outcome = loop {
         tokio::select! {
@@ -129,14 +146,32 @@ pub async fn hold(
         match state.approval_get(&id).await {
             Ok(Some(a)) => match a.status {
                 ApprovalStatus::Pending => {}
-                ApprovalStatus::Approved => break Outcome::Approved { id: id.clone(), by: a.by.unwrap_or_default() },
+                ApprovalStatus::Approved => {
+                    break Outcome::Approved {
+                        id: id.clone(),
+                        by: a.by.unwrap_or_default(),
+                    }
+                }
                 ApprovalStatus::Denied => {
-                    break Outcome::Rejected { id: id.clone(), reason: a.reason.unwrap_or_else(|| "no reason given".into()) }
+                    break Outcome::Rejected {
+                        id: id.clone(),
+                        reason: a.reason.unwrap_or_else(|| "no reason given".into()),
+                    }
                 }
                 ApprovalStatus::Expired => break Outcome::TimedOut { id: id.clone() },
-                ApprovalStatus::Abandoned => break Outcome::Rejected { id: id.clone(), reason: "abandoned".into() },
+                ApprovalStatus::Abandoned => {
+                    break Outcome::Rejected {
+                        id: id.clone(),
+                        reason: "abandoned".into(),
+                    }
+                }
             },
-            Ok(None) => break Outcome::Rejected { id: id.clone(), reason: "the approval record disappeared".into() },
+            Ok(None) => {
+                break Outcome::Rejected {
+                    id: id.clone(),
+                    reason: "the approval record disappeared".into(),
+                }
+            }
             // Redis blipped: keep waiting until the deadline.
             Err(_) if Instant::now() < deadline => {}
             Err(e) => break Outcome::Unavailable(e.to_string()),

@@ -77,10 +77,21 @@ pub struct Gateway {
         with = "humantime_serde_compat"
     )]
     pub approval_timeout: Duration,
+    /// Largest `application/json` response body (bytes) that is buffered to
+    /// mask fields; a larger one is refused with 502, never passed unmasked.
+    #[serde(default = "defaults::json_mask_max_bytes")]
+    pub json_mask_max_bytes: usize,
+    /// Optional admin listener serving Prometheus metrics at `/metrics`.
+    #[serde(default)]
+    pub metrics: Option<SocketAddr>,
     /// bpffs directory for pinned maps and links. Extension of the contract:
     /// lets two gateways (or tests) on one host keep separate pins.
     #[serde(default = "defaults::bpf_dir")]
     pub bpf_dir: PathBuf,
+    /// `audit.jsonl` is renamed to `audit.jsonl.<UTC time>` and started
+    /// afresh before a line would take it past this many bytes (at least 1).
+    #[serde(default = "defaults::audit_rotate_bytes")]
+    pub audit_rotate_bytes: u64,
 }
 
 impl Gateway {
@@ -96,18 +107,23 @@ impl Gateway {
         let Some(file) = credential.or_else(|| self.redis_password_file.clone()) else {
             return Ok(zeroize::Zeroizing::new(self.redis_url.clone()));
         };
-        let password = zeroize::Zeroizing::new(
-            std::fs::read_to_string(&file)
-                .map_err(|e| format!("gateway.redis_password_file: cannot read {}: {e}", file.display()))?,
-        );
+        let password = zeroize::Zeroizing::new(std::fs::read_to_string(&file).map_err(|e| {
+            format!(
+                "gateway.redis_password_file: cannot read {}: {e}",
+                file.display()
+            )
+        })?);
         let password = password.trim_end_matches(['\n', '\r']);
         let Some((scheme, rest)) = self.redis_url.split_once("://") else {
             return Err("gateway.redis_url: expected redis://host:port/db".into());
         };
         let (userinfo, host) = rest.rsplit_once('@').unwrap_or(("", rest));
         let user = userinfo.split(':').next().unwrap_or("");
-        let encoded = percent_encoding::utf8_percent_encode(password, percent_encoding::NON_ALPHANUMERIC);
-        Ok(zeroize::Zeroizing::new(format!("{scheme}://{user}:{encoded}@{host}")))
+        let encoded =
+            percent_encoding::utf8_percent_encode(password, percent_encoding::NON_ALPHANUMERIC);
+        Ok(zeroize::Zeroizing::new(format!(
+            "{scheme}://{user}:{encoded}@{host}"
+        )))
     }
 }
 
@@ -259,8 +275,14 @@ mod defaults {
     pub fn approval_timeout() -> Duration {
         Duration::from_secs(300)
     }
+    pub fn json_mask_max_bytes() -> usize {
+        8 << 20
+    }
     pub fn bpf_dir() -> PathBuf {
         "/sys/fs/bpf/sluice".into()
+    }
+    pub fn audit_rotate_bytes() -> u64 {
+        crate::recorder::DEFAULT_ROTATE_BYTES
     }
     pub fn gateway() -> Gateway {
         toml::from_str("").expect("gateway defaults")
@@ -381,7 +403,11 @@ impl Config {
                             ));
                         }
                         let unknown = rules.iter().find_map(|r| match r {
-                            Rule::Sql(k) if crate::policy::sql::StatementKind::from_name(k).is_none() => Some(k),
+                            Rule::Sql(k)
+                                if crate::policy::sql::StatementKind::from_name(k).is_none() =>
+                            {
+                                Some(k)
+                            }
                             _ => None,
                         });
                         if let Some(bad) = unknown {
@@ -455,6 +481,12 @@ impl Config {
             return Err(err(
                 "gateway.listen",
                 "must be an IPv4 loopback address; [::1] is served on the same port".into(),
+            ));
+        }
+        if raw.gateway.audit_rotate_bytes == 0 {
+            return Err(err(
+                "gateway.audit_rotate_bytes",
+                "must be at least 1 (bytes; the default is 104857600, 100 MiB)".into(),
             ));
         }
         for (i, entry) in raw.gateway.egress_allow.iter().enumerate() {

@@ -53,7 +53,11 @@ fn time(unix: i64) -> String {
 /// [`CliError::Runtime`] when Redis is unreachable.
 pub async fn list(cfg: &Config, cmd: ApprovalsCmd, json: bool) -> Result<(), CliError> {
     let ApprovalsCmd::List { all } = cmd;
-    let approvals = state(cfg).await?.approval_list(!all).await.map_err(CliError::runtime)?;
+    let approvals = state(cfg)
+        .await?
+        .approval_list(!all)
+        .await
+        .map_err(CliError::runtime)?;
     if json {
         for a in &approvals {
             let line = serde_json::json!({
@@ -66,18 +70,40 @@ pub async fn list(cfg: &Config, cmd: ApprovalsCmd, json: bool) -> Result<(), Cli
         return Ok(());
     }
     if approvals.is_empty() {
-        return print_line(if all { "no approvals" } else { "no pending approvals" });
+        return print_line(if all {
+            "no approvals"
+        } else {
+            "no pending approvals"
+        });
     }
     let rows: Vec<[String; 7]> = approvals.iter().map(row).collect();
-    for line in table(["ID", "AGENT", "SERVICE", "SUMMARY", "CREATED", "EXPIRES", "STATUS"], &rows) {
+    for line in table(
+        [
+            "ID", "AGENT", "SERVICE", "SUMMARY", "CREATED", "EXPIRES", "STATUS",
+        ],
+        &rows,
+    ) {
         print_line(&line)?;
     }
     Ok(())
 }
 
 fn row(a: &Approval) -> [String; 7] {
-    let summary: String = a.summary.chars().map(|c| if c.is_control() { ' ' } else { c }).take(60).collect();
-    [a.id.clone(), a.agent.clone(), a.service.clone(), summary, time(a.created), time(a.expires), a.status.as_str().into()]
+    let summary: String = a
+        .summary
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(60)
+        .collect();
+    [
+        a.id.clone(),
+        a.agent.clone(),
+        a.service.clone(),
+        summary,
+        time(a.created),
+        time(a.expires),
+        a.status.as_str().into(),
+    ]
 }
 
 /// Approves (`approve = true`) or denies one approval.
@@ -87,13 +113,28 @@ fn row(a: &Approval) -> [String; 7] {
 /// [`CliError::Runtime`] for an unknown or already decided id.
 pub async fn decide(cfg: &Config, args: DecideArgs, approve: bool) -> Result<(), CliError> {
     let by = authorized_user()?;
-    let status = if approve { ApprovalStatus::Approved } else { ApprovalStatus::Denied };
+    let status = if approve {
+        ApprovalStatus::Approved
+    } else {
+        ApprovalStatus::Denied
+    };
     let reason = args.reason.unwrap_or_default();
-    let outcome = state(cfg).await?.approval_decide(&args.id, status, &by, &reason).await.map_err(CliError::runtime)?;
+    let outcome = state(cfg)
+        .await?
+        .approval_decide(&args.id, status, &by, &reason)
+        .await
+        .map_err(CliError::runtime)?;
     match outcome {
         Decided::Done => print_line(&format!("{} {} by {by}", args.id, status.as_str())),
-        Decided::Unknown => Err(CliError::Runtime(format!("no approval {}; see `sluice approvals list`", args.id))),
-        Decided::Already(s) => Err(CliError::Runtime(format!("approval {} is already {}", args.id, s.as_str()))),
+        Decided::Unknown => Err(CliError::Runtime(format!(
+            "no approval {}; see `sluice approvals list`",
+            args.id
+        ))),
+        Decided::Already(s) => Err(CliError::Runtime(format!(
+            "approval {} is already {}",
+            args.id,
+            s.as_str()
+        ))),
     }
 }
 
@@ -101,9 +142,16 @@ pub async fn decide(cfg: &Config, args: DecideArgs, approve: bool) -> Result<(),
 fn authorized_user() -> Result<String, CliError> {
     use nix::unistd::{getgroups, getuid, Group, User};
     let uid = getuid();
-    let name = User::from_uid(uid).ok().flatten().map(|u| u.name).unwrap_or_else(|| uid.to_string());
+    let name = User::from_uid(uid)
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| uid.to_string());
     if uid.is_root() {
-        return Ok(std::env::var("SUDO_USER").ok().filter(|u| !u.is_empty()).unwrap_or(name));
+        return Ok(std::env::var("SUDO_USER")
+            .ok()
+            .filter(|u| !u.is_empty())
+            .unwrap_or(name));
     }
     let admin = Group::from_name(ADMIN_GROUP).ok().flatten();
     let member = admin.as_ref().is_some_and(|g| {

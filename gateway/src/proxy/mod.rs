@@ -12,7 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
 use crate::{
-    config::{Config, Protocol},
+    config::{Config, Protocol, Service},
     intercept::{cgroup, maps::TupleLookup, resolver::Resolved},
     recorder::Recorder,
     state::StateHandle,
@@ -85,24 +85,92 @@ impl AgentTable {
     }
 }
 
+/// The reloadable part of the gateway: the config and what is derived
+/// from it. Swapped whole on SIGHUP and when DNS answers change; each
+/// request or statement reads the current one.
+pub struct Snapshot {
+    pub cfg: Arc<Config>,
+    pub agents: Arc<AgentTable>,
+    /// Current name resolution of services.
+    pub routes: Arc<Resolved>,
+    pub http: Arc<http::upstream::UpstreamClients>,
+}
+
+impl Snapshot {
+    /// The service named `name` and its index.
+    pub fn service(&self, name: &str) -> Option<(usize, &Service)> {
+        self.cfg
+            .services
+            .iter()
+            .enumerate()
+            .find(|(_, s)| s.name == name)
+    }
+}
+
 /// Everything a connection handler needs, shared by all connections.
 pub struct Gateway {
-    pub cfg: Arc<Config>,
     /// This gateway instance (`host:listen`), recorded on approvals it holds.
     pub instance: String,
-    pub agents: AgentTable,
+    live: RwLock<Arc<Snapshot>>,
     pub lookup: TupleLookup,
-    /// Current name resolution of services, refreshed by the daemon.
-    pub routes: RwLock<Arc<Resolved>>,
     pub ca: LocalCa,
     pub vault: VaultCache,
     pub state: Arc<StateHandle>,
     pub recorder: Arc<Recorder>,
-    pub http: http::upstream::UpstreamClients,
     /// Statement classification cache (keyed by SQL text).
     pub sql: Arc<crate::policy::sql::ClassifyCache>,
     /// Sluice BackendKeyData → upstream backend, for CancelRequest.
     pub pg_cancel: postgres::cancel::CancelRegistry,
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
+/// The parts of a [`Gateway`] that never change while it runs.
+pub struct Fixed {
+    pub instance: String,
+    pub lookup: TupleLookup,
+    pub ca: LocalCa,
+    pub vault: VaultCache,
+    pub state: Arc<StateHandle>,
+    pub recorder: Arc<Recorder>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl Gateway {
+    /// Assembles a gateway from its fixed parts and a first snapshot.
+    pub fn new(fixed: Fixed, snapshot: Snapshot, sql_cache_entries: usize) -> Self {
+        let Fixed {
+            instance,
+            lookup,
+            ca,
+            vault,
+            state,
+            recorder,
+            metrics,
+        } = fixed;
+        Gateway {
+            instance,
+            live: RwLock::new(Arc::new(snapshot)),
+            lookup,
+            ca,
+            vault,
+            state,
+            recorder,
+            sql: Arc::new(crate::policy::sql::ClassifyCache::new(sql_cache_entries)),
+            pg_cancel: Default::default(),
+            metrics,
+        }
+    }
+
+    /// The current snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.live.read().unwrap().clone()
+    }
+
+    /// Replaces the snapshot; connections pick it up on their next request
+    /// or statement.
+    pub fn replace(&self, snapshot: Snapshot) {
+        *self.live.write().unwrap() = Arc::new(snapshot);
+    }
 }
 
 /// Where an intercepted connection goes.
@@ -115,8 +183,8 @@ enum Route {
 }
 
 impl Gateway {
-    fn route(&self, dst: SocketAddr) -> Option<Route> {
-        let routes = self.routes.read().unwrap().clone();
+    fn route(snap: &Snapshot, dst: SocketAddr) -> Option<Route> {
+        let routes = &snap.routes;
         if let Some(idx) = routes.services.get(&dst) {
             return Some(Route::Service(*idx as usize));
         }
@@ -135,7 +203,8 @@ impl Gateway {
             debug!(%peer, "connection without an eBPF record (not from an agent cgroup); closing");
             return;
         };
-        let Some(agent) = self.agents.by_cgroup(odst.cgroup_id) else {
+        let snap = self.snapshot();
+        let Some(agent) = snap.agents.by_cgroup(odst.cgroup_id) else {
             warn!(%peer, cgroup_id = odst.cgroup_id, "connection from a cgroup that is no configured agent; closing");
             return;
         };
@@ -150,11 +219,15 @@ impl Gateway {
             original_dst,
             peer,
         };
-        match self.route(original_dst) {
-            Some(Route::Service(idx)) if self.cfg.services[idx].protocol == Protocol::Postgres => {
-                postgres::serve(self, conn, stream, idx).await
+        match Gateway::route(&snap, original_dst) {
+            Some(Route::Service(idx)) if snap.cfg.services[idx].protocol == Protocol::Postgres => {
+                let service = Arc::new(snap.cfg.services[idx].clone());
+                postgres::serve(self, conn, stream, service).await
             }
-            Some(Route::Service(idx)) => http::serve(self, conn, stream, Some(idx)).await,
+            Some(Route::Service(idx)) => {
+                let name = snap.cfg.services[idx].name.clone();
+                http::serve(self, conn, stream, Some(name)).await
+            }
             Some(Route::PortWide) => http::serve(self, conn, stream, None).await,
             None => warn!(%original_dst, "no service for this destination any more; closing"),
         }

@@ -96,11 +96,17 @@ impl Approval {
         ]
     }
 
-    fn from_fields(key: &str, mut f: HashMap<String, String>) -> Result<Option<Approval>, StateError> {
+    fn from_fields(
+        key: &str,
+        mut f: HashMap<String, String>,
+    ) -> Result<Option<Approval>, StateError> {
         if f.is_empty() {
             return Ok(None);
         }
-        let bad = |what: &str| StateError::Malformed { key: key.to_string(), what: what.to_string() };
+        let bad = |what: &str| StateError::Malformed {
+            key: key.to_string(),
+            what: what.to_string(),
+        };
         let mut take = |name: &str| f.remove(name).ok_or_else(|| bad(name));
         Ok(Some(Approval {
             id: take("id")?,
@@ -171,7 +177,11 @@ impl State {
     /// [`StateError`] when Redis fails or the record is damaged.
     pub async fn approval_get(&self, id: &str) -> Result<Option<Approval>, StateError> {
         let k = key(id);
-        let f: HashMap<String, String> = self.conn().hgetall(&k).await.map_err(StateError::command("approval get"))?;
+        let f: HashMap<String, String> = self
+            .conn()
+            .hgetall(&k)
+            .await
+            .map_err(StateError::command("approval get"))?;
         Approval::from_fields(&k, f)
     }
 
@@ -180,7 +190,11 @@ impl State {
     /// # Errors
     /// [`StateError`] when Redis fails.
     pub async fn approval_list(&self, pending_only: bool) -> Result<Vec<Approval>, StateError> {
-        let ids: Vec<String> = self.conn().zrange(INDEX_KEY, 0, -1).await.map_err(StateError::command("approval list"))?;
+        let ids: Vec<String> = self
+            .conn()
+            .zrange(INDEX_KEY, 0, -1)
+            .await
+            .map_err(StateError::command("approval list"))?;
         let mut out = Vec::new();
         for id in ids {
             match self.approval_get(&id).await? {
@@ -198,7 +212,13 @@ impl State {
     ///
     /// # Errors
     /// [`StateError`] when Redis fails.
-    pub async fn approval_decide(&self, id: &str, status: ApprovalStatus, by: &str, reason: &str) -> Result<Decided, StateError> {
+    pub async fn approval_decide(
+        &self,
+        id: &str,
+        status: ApprovalStatus,
+        by: &str,
+        reason: &str,
+    ) -> Result<Decided, StateError> {
         let had: String = redis::Script::new(DECIDE_SCRIPT)
             .key(key(id))
             .arg(status.as_str())
@@ -212,7 +232,9 @@ impl State {
         Ok(match had.as_str() {
             "" => Decided::Unknown,
             "pending" => Decided::Done,
-            other => Decided::Already(ApprovalStatus::parse(other).unwrap_or(ApprovalStatus::Abandoned)),
+            other => {
+                Decided::Already(ApprovalStatus::parse(other).unwrap_or(ApprovalStatus::Abandoned))
+            }
         })
     }
 
@@ -225,7 +247,10 @@ impl State {
         let mut n = 0;
         for a in self.approval_list(true).await? {
             if a.gateway == gateway
-                && self.approval_decide(&a.id, ApprovalStatus::Abandoned, "", "gateway restarted").await? == Decided::Done
+                && self
+                    .approval_decide(&a.id, ApprovalStatus::Abandoned, "", "gateway restarted")
+                    .await?
+                    == Decided::Done
             {
                 n += 1;
             }

@@ -85,7 +85,9 @@ impl StateHandle {
                     let mut messages = pubsub.on_message();
                     while let Some(msg) = messages.next().await {
                         if msg.get_channel_name() == APPROVALS_CHANNEL {
-                            let _ = self.decisions.send(msg.get_payload::<String>().unwrap_or_default());
+                            let _ = self
+                                .decisions
+                                .send(msg.get_payload::<String>().unwrap_or_default());
                         } else {
                             self.epoch.fetch_add(1, Ordering::AcqRel);
                         }
@@ -106,7 +108,9 @@ impl StateHandle {
         let mut pubsub = tokio::time::timeout(super::CONNECT_TIMEOUT, client.get_async_pubsub())
             .await
             .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "connect timed out")))??;
-        pubsub.subscribe(&[REVOCATIONS_CHANNEL, APPROVALS_CHANNEL]).await?;
+        pubsub
+            .subscribe(&[REVOCATIONS_CHANNEL, APPROVALS_CHANNEL])
+            .await?;
         Ok(pubsub)
     }
 }

@@ -123,7 +123,9 @@ impl State {
     /// As [`State::connect`]; [`StateError::InvalidUrl`] when the password
     /// file cannot be read.
     pub async fn open(gw: &crate::config::Gateway) -> Result<State, StateError> {
-        let url = gw.redis_url_with_password().map_err(StateError::InvalidUrl)?;
+        let url = gw
+            .redis_url_with_password()
+            .map_err(StateError::InvalidUrl)?;
         State::connect(&url).await
     }
 

@@ -23,6 +23,7 @@ use super::{Gateway, Intercepted};
 use crate::{config::Protocol, tls::agent_server_config};
 
 pub mod credential;
+pub mod json_mask;
 pub mod reply;
 pub mod request;
 pub mod session;
@@ -31,9 +32,14 @@ pub mod upstream;
 /// How long an agent may take to send its first bytes or a request head.
 const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Serves one intercepted connection. `default` is the service matched by
-/// (address, port), if any; otherwise SNI or `Host` decide.
-pub async fn serve(gw: Arc<Gateway>, conn: Intercepted, stream: TcpStream, default: Option<usize>) {
+/// Serves one intercepted connection. `default` names the service matched
+/// by (address, port), if any; otherwise SNI or `Host` decide.
+pub async fn serve(
+    gw: Arc<Gateway>,
+    conn: Intercepted,
+    stream: TcpStream,
+    default: Option<String>,
+) {
     let mut first = [0u8; 1];
     match tokio::time::timeout(HEADER_TIMEOUT, stream.peek(&mut first)).await {
         Ok(Ok(1)) => {}
@@ -47,7 +53,12 @@ pub async fn serve(gw: Arc<Gateway>, conn: Intercepted, stream: TcpStream, defau
     }
 }
 
-async fn serve_tls(gw: Arc<Gateway>, conn: Intercepted, stream: TcpStream, default: Option<usize>) {
+async fn serve_tls(
+    gw: Arc<Gateway>,
+    conn: Intercepted,
+    stream: TcpStream,
+    default: Option<String>,
+) {
     let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
     let start = match tokio::time::timeout(HEADER_TIMEOUT, acceptor).await {
         Ok(Ok(start)) => start,
@@ -57,14 +68,21 @@ async fn serve_tls(gw: Arc<Gateway>, conn: Intercepted, stream: TcpStream, defau
     let hello = start.client_hello();
     let sni = hello.server_name().map(str::to_ascii_lowercase);
     let offered: Vec<&[u8]> = hello.alpn().map(|it| it.collect()).unwrap_or_default();
-    let Some(idx) = pick_https(&gw, &conn, sni.as_deref(), default) else {
+    let Some(service) = pick_https(&gw, &conn, sni.as_deref(), default) else {
         warn!(
             agent = %conn.identity.agent, pid = conn.identity.pid, sni = sni.as_deref().unwrap_or("(none)"),
             dst = %conn.original_dst, "refused TLS: SNI names no service on this port"
         );
         return;
     };
-    let name = sni.unwrap_or_else(|| gw.cfg.services[idx].host.clone());
+    let name = match sni {
+        Some(name) => name,
+        None => gw
+            .snapshot()
+            .service(&service)
+            .map(|(_, s)| s.host.clone())
+            .unwrap_or_default(),
+    };
     let config = match gw
         .ca
         .certified_key(&name)
@@ -78,26 +96,32 @@ async fn serve_tls(gw: Arc<Gateway>, conn: Intercepted, stream: TcpStream, defau
         Ok(Err(e)) => return debug!(error = %e, "TLS handshake with agent failed"),
         Err(_) => return debug!("TLS handshake timed out"),
     };
-    let ctx = session::ConnCtx::new(gw, conn, Some(idx), true);
+    let ctx = session::ConnCtx::new(gw, conn, Some(service), true);
     serve_http(ctx, tls).await
 }
 
 /// The https service for a TLS connection: the one whose host is the SNI
-/// among services on the dialled port, or — without SNI — the service
+/// among services on the dialled port, or, without SNI, the service
 /// matched by address.
 fn pick_https(
     gw: &Gateway,
     conn: &Intercepted,
     sni: Option<&str>,
-    default: Option<usize>,
-) -> Option<usize> {
+    default: Option<String>,
+) -> Option<String> {
+    let snap = gw.snapshot();
     let port = conn.original_dst.port();
+    let https = |s: &&crate::config::Service| s.protocol == Protocol::Https && s.port == port;
     match sni {
-        Some(name) => gw.cfg.services.iter().position(|s| {
-            s.protocol == Protocol::Https && s.port == port && s.host.eq_ignore_ascii_case(name)
-        }),
-        None => default.filter(|i| gw.cfg.services[*i].protocol == Protocol::Https),
+        Some(name) => snap
+            .cfg
+            .services
+            .iter()
+            .filter(https)
+            .find(|s| s.host.eq_ignore_ascii_case(name)),
+        None => default.and_then(|d| snap.cfg.services.iter().filter(https).find(|s| s.name == d)),
     }
+    .map(|s| s.name.clone())
 }
 
 async fn serve_http<S>(ctx: Arc<session::ConnCtx>, io: S)

@@ -11,7 +11,7 @@ use hyper::{body::Incoming, header, Request, Response, StatusCode};
 use tracing::warn;
 
 use super::{
-    credential,
+    credential, json_mask,
     reply::{self, ProxyBody},
     session::ConnCtx,
     upstream,
@@ -28,11 +28,12 @@ use crate::{
 pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<ProxyBody> {
     let (mut parts, body) = req.into_parts();
     let host = authority_host(&parts);
-    let idx = match ctx.service_for(host.as_deref()) {
-        Ok(idx) => idx,
+    let routed = match ctx.service_for(host.as_deref()) {
+        Ok(r) => r,
         Err(e) => return reply::error(StatusCode::MISDIRECTED_REQUEST, &e.to_string(), None),
     };
-    let Some(session) = ctx.session(idx) else {
+    let service = routed.service();
+    let Some(session) = ctx.session(&service.name) else {
         return reply::error(
             StatusCode::SERVICE_UNAVAILABLE,
             "session record cannot be written; refusing unaudited access",
@@ -41,7 +42,7 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Proxy
     };
     let sid = session.id().to_string();
     let gw = ctx.gw.clone();
-    let service = &gw.cfg.services[idx];
+    let gateway_cfg = &routed.snap.cfg.gateway;
     let method = parts.method.as_str().to_string();
     let path = normalize_path(parts.uri.path());
     let fail = |status: StatusCode, event: Event, message: &str| {
@@ -128,9 +129,17 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Proxy
                 service: service.name.clone(),
                 summary: format!("{method} {path}"),
             };
-            let outcome = approvals::hold(&gw.state, &gw.instance, req, gw.cfg.gateway.approval_timeout, |approval| {
-                ctx.record(Event::ApprovalWait { approval: approval.to_string() });
-            })
+            let outcome = approvals::hold(
+                &gw.state,
+                &gw.instance,
+                req,
+                gateway_cfg.approval_timeout,
+                |approval| {
+                    ctx.record(Event::ApprovalWait {
+                        approval: approval.to_string(),
+                    });
+                },
+            )
             .await;
             match outcome {
                 Outcome::Approved { id, by } => {
@@ -139,7 +148,13 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Proxy
                 Outcome::Unavailable(e) => {
                     warn!(error = %e, "approvals unavailable");
                     let msg = format!("{rule} needs a JIT approval, but the approval store (Redis) is unavailable");
-                    return fail(StatusCode::SERVICE_UNAVAILABLE, Event::Error { message: msg.clone() }, &msg);
+                    return fail(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        Event::Error {
+                            message: msg.clone(),
+                        },
+                        &msg,
+                    );
                 }
                 other => {
                     let reason = other.refusal().unwrap_or_default();
@@ -147,7 +162,14 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Proxy
                         Outcome::Rejected { id, .. } | Outcome::TimedOut { id } => id.clone(),
                         _ => String::new(),
                     };
-                    return fail(StatusCode::FORBIDDEN, Event::Rejected { approval, reason: reason.clone() }, &reason);
+                    return fail(
+                        StatusCode::FORBIDDEN,
+                        Event::Rejected {
+                            approval,
+                            reason: reason.clone(),
+                        },
+                        &reason,
+                    );
                 }
             }
         }
@@ -201,7 +223,7 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Proxy
             &msg,
         );
     }
-    let Some(client) = gw.http.get(idx) else {
+    let Some(client) = routed.snap.http.get(routed.idx) else {
         return fail(
             StatusCode::BAD_GATEWAY,
             Event::Error {
@@ -210,7 +232,14 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Proxy
             "no HTTP client for service",
         );
     };
-    match client.request(Request::from_parts(parts, body)).await {
+    if !service.mask.is_empty() {
+        // Masking needs the body as sent: ask for no content coding.
+        parts.headers.remove(header::ACCEPT_ENCODING);
+    }
+    let sent = std::time::Instant::now();
+    let response = client.request(Request::from_parts(parts, body)).await;
+    gw.metrics.upstream_latency(&service.name, sent.elapsed());
+    match response {
         Ok(resp) => {
             let (mut rparts, rbody) = resp.into_parts();
             upstream::strip_hop_by_hop(&mut rparts.headers);
@@ -219,7 +248,36 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Proxy
                 path,
                 status: rparts.status.as_u16(),
             });
-            Response::from_parts(rparts, rbody.boxed())
+            let masked = !service.mask.is_empty()
+                && rparts
+                    .headers
+                    .get(header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(json_mask::is_json);
+            if !masked {
+                return Response::from_parts(rparts, rbody.boxed());
+            }
+            match mask_body(
+                &ctx,
+                &service.mask,
+                gateway_cfg.json_mask_max_bytes,
+                &rparts.headers,
+                rbody,
+            )
+            .await
+            {
+                Ok(body) => {
+                    rparts.headers.remove(header::CONTENT_LENGTH);
+                    Response::from_parts(rparts, body)
+                }
+                Err(msg) => fail(
+                    StatusCode::BAD_GATEWAY,
+                    Event::Error {
+                        message: msg.clone(),
+                    },
+                    &msg,
+                ),
+            }
         }
         Err(e) => {
             let msg = format!(
@@ -243,6 +301,43 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Proxy
             )
         }
     }
+}
+
+/// Buffers a JSON response (at most `limit` bytes), masks it and records
+/// what was masked. Errors are messages for a 502: the body is never passed
+/// on unmasked.
+async fn mask_body(
+    ctx: &ConnCtx,
+    masks: &[String],
+    limit: usize,
+    headers: &hyper::HeaderMap,
+    body: Incoming,
+) -> Result<ProxyBody, String> {
+    let coding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("identity");
+    if !coding.eq_ignore_ascii_case("identity") {
+        return Err(format!(
+            "upstream sent a {coding}-encoded JSON body that Sluice cannot mask; refused"
+        ));
+    }
+    let bytes = http_body_util::Limited::new(body, limit)
+        .collect()
+        .await
+        .map_err(|e| format!("JSON response cannot be masked ({e}; limit {limit} bytes, gateway.json_mask_max_bytes); refused"))?
+        .to_bytes();
+    let (masked, report) = json_mask::mask_json(&bytes, masks)
+        .map_err(|e| format!("upstream sent invalid JSON ({e}); refusing to pass it unmasked"))?;
+    if report.count > 0
+        && !ctx.record(Event::Masked {
+            fields: report.fields,
+            count: report.count,
+        })
+    {
+        return Err("session record cannot be written".into());
+    }
+    Ok(reply::full(bytes::Bytes::from(masked)))
 }
 
 /// The request's host without port: `:authority` (HTTP/2) or `Host`.

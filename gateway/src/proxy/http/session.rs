@@ -8,8 +8,8 @@ use std::{
 use tracing::warn;
 
 use crate::{
-    config::Protocol,
-    proxy::{Gateway, Intercepted},
+    config::{Protocol, Service},
+    proxy::{Gateway, Intercepted, Snapshot},
     recorder::{Event, SessionMeta, SessionRecord},
     state::{LiveToken, TokenCheckError},
 };
@@ -23,15 +23,29 @@ pub enum RouteError {
     Misdirected(String),
 }
 
+/// The service a request goes to, in the snapshot it was resolved in.
+pub struct Routed {
+    pub snap: Arc<Snapshot>,
+    /// Index into `snap.cfg.services`.
+    pub idx: usize,
+}
+
+impl Routed {
+    /// The service's config.
+    pub fn service(&self) -> &Service {
+        &self.snap.cfg.services[self.idx]
+    }
+}
+
 /// One agent connection, shared by its requests (HTTP/2 streams run
 /// concurrently).
 pub struct ConnCtx {
     pub gw: Arc<Gateway>,
     pub conn: Intercepted,
     /// Service matched by (address, port) or SNI.
-    default: Option<usize>,
+    default: Option<String>,
     tls: bool,
-    service: OnceLock<usize>,
+    service: OnceLock<String>,
     session: OnceLock<Option<SessionRecord>>,
     /// The last token that passed, re-checked cheaply on each request.
     live: tokio::sync::Mutex<Option<LiveToken>>,
@@ -42,75 +56,80 @@ impl ConnCtx {
     pub fn new(
         gw: Arc<Gateway>,
         conn: Intercepted,
-        default: Option<usize>,
+        default: Option<String>,
         tls: bool,
     ) -> Arc<Self> {
         let ctx = ConnCtx {
             gw,
             conn,
-            default,
+            default: default.clone(),
             tls,
             service: OnceLock::new(),
             session: OnceLock::new(),
             live: tokio::sync::Mutex::new(None),
         };
-        if tls {
-            if let Some(idx) = default {
-                let _ = ctx.service.set(idx);
-            }
+        if let (true, Some(name)) = (tls, default) {
+            let _ = ctx.service.set(name);
         }
         Arc::new(ctx)
     }
 
     /// The service for a request with authority `host` (from `Host` or the
-    /// HTTP/2 `:authority`, port stripped). Fixed for the connection by the
-    /// first request.
+    /// HTTP/2 `:authority`, port stripped), in the current snapshot. Fixed
+    /// for the connection by the first request.
     ///
     /// # Errors
-    /// [`RouteError`] when the host names no service on the dialled port, or
-    /// another service than the connection's.
-    pub fn service_for(&self, host: Option<&str>) -> Result<usize, RouteError> {
-        let cfg = &self.gw.cfg;
+    /// [`RouteError`] when the host names no service on the dialled port
+    /// (or the service was removed by a reload), or another service than the
+    /// connection's.
+    pub fn service_for(&self, host: Option<&str>) -> Result<Routed, RouteError> {
+        let snap = self.gw.snapshot();
         let port = self.conn.original_dst.port();
         let wanted = if self.tls {
             Protocol::Https
         } else {
             Protocol::Http
         };
+        let fits = |s: &Service| s.protocol == wanted && s.port == port;
         let by_host = host.and_then(|h| {
-            cfg.services.iter().position(|s| {
-                s.protocol == wanted && s.port == port && s.host.eq_ignore_ascii_case(h)
-            })
+            snap.cfg
+                .services
+                .iter()
+                .find(|s| fits(s) && s.host.eq_ignore_ascii_case(h))
         });
-        let default = self.default.filter(|i| cfg.services[*i].protocol == wanted);
         let chosen = match (by_host, host) {
-            (Some(i), _) => i,
+            (Some(s), _) => s.name.clone(),
             // An IP literal or no Host: the service matched by address.
-            (None, h) if h.is_none_or(|h| h.parse::<std::net::IpAddr>().is_ok()) => {
-                default.ok_or_else(|| RouteError::UnknownHost(h.unwrap_or("").to_string()))?
-            }
+            (None, h) if h.is_none_or(|h| h.parse::<std::net::IpAddr>().is_ok()) => self
+                .default
+                .clone()
+                .ok_or_else(|| RouteError::UnknownHost(h.unwrap_or("").to_string()))?,
             (None, h) => return Err(RouteError::UnknownHost(h.unwrap_or("").to_string())),
         };
-        let fixed = *self.service.get_or_init(|| chosen);
-        if fixed != chosen {
-            return Err(RouteError::Misdirected(cfg.services[fixed].name.clone()));
+        let fixed = self.service.get_or_init(|| chosen.clone());
+        if *fixed != chosen {
+            return Err(RouteError::Misdirected(fixed.clone()));
         }
-        Ok(fixed)
+        let idx = snap
+            .service(fixed)
+            .filter(|(_, s)| fits(s))
+            .map(|(i, _)| i)
+            .ok_or_else(|| RouteError::UnknownHost(host.unwrap_or("").to_string()))?;
+        Ok(Routed { snap, idx })
     }
 
     /// The session record, opened (with an `open` event) on first use.
     /// `None` when the record cannot be written; the caller must then refuse
     /// the request rather than serve it unaudited.
-    pub fn session(&self, service: usize) -> Option<&SessionRecord> {
+    pub fn session(&self, service: &str) -> Option<&SessionRecord> {
         self.session
             .get_or_init(|| {
-                let svc = &self.gw.cfg.services[service];
                 let id = &self.conn.identity;
                 let meta = SessionMeta {
                     agent: id.agent.clone(),
                     pid: id.pid,
                     uid: id.uid,
-                    service: svc.name.clone(),
+                    service: service.to_string(),
                 };
                 let rec = self
                     .gw

@@ -13,6 +13,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, warn};
 
 use super::{Gateway, Intercepted};
+use crate::config::Service;
 use crate::{
     recorder::{Event, SessionMeta},
     state::LiveToken,
@@ -38,8 +39,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 pub type BoxIo = Box<dyn Io>;
 
 /// Serves one intercepted connection to PostgreSQL service `idx`.
-pub async fn serve(gw: Arc<Gateway>, conn: Intercepted, stream: tokio::net::TcpStream, idx: usize) {
-    let service = Arc::new(gw.cfg.services[idx].clone());
+pub async fn serve(
+    gw: Arc<Gateway>,
+    conn: Intercepted,
+    stream: tokio::net::TcpStream,
+    service: Arc<Service>,
+) {
     let opening = match startup::negotiate(&gw, &service.host, Box::new(stream)).await {
         Ok(o) => o,
         Err(e) => {
@@ -199,7 +204,16 @@ async fn login_and_relay(
     let result = match sent {
         Ok(()) => {
             let token = LiveToken::new(authed.digest, authed.record, epoch);
-            run_relay(gw, &conn.identity, service, record, reader, up.reader, token).await
+            run_relay(
+                gw,
+                &conn.identity,
+                service,
+                record,
+                reader,
+                up.reader,
+                token,
+            )
+            .await
         }
         Err(e) => Err(e.to_string()),
     };
@@ -217,14 +231,11 @@ async fn run_relay(
     token: LiveToken,
 ) -> Result<(), String> {
     let session = relay::Session {
+        gw: gw.clone(),
         service,
         identity: identity.clone(),
-        instance: gw.instance.clone(),
-        approval_timeout: gw.cfg.gateway.approval_timeout,
         record,
         tracker: tracker::Tracker::default(),
-        sql: gw.sql.clone(),
-        state: gw.state.clone(),
     };
     let (agent_io, agent_buf) = agent.into_parts();
     let (up_io, up_buf) = upstream.into_parts();

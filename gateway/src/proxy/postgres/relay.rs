@@ -23,23 +23,37 @@ use super::{
 use crate::{
     approvals::{self, HoldRequest, Outcome},
     config::Service,
-    proxy::AgentIdentity,
-    policy::sql::{ClassifyCache, SqlVerdict},
+    policy::sql::SqlVerdict,
+    proxy::{AgentIdentity, Gateway},
     recorder::{Event, SessionRecord},
-    state::{LiveToken, StateHandle},
+    state::LiveToken,
 };
 
 /// What both relay tasks share.
 pub struct Session {
+    pub gw: Arc<Gateway>,
+    /// The service as configured when the session opened (its upstream and
+    /// masks stay fixed for the session).
     pub service: Arc<Service>,
     pub identity: AgentIdentity,
-    /// This gateway instance, recorded on approvals.
-    pub instance: String,
-    pub approval_timeout: std::time::Duration,
     pub record: Arc<SessionRecord>,
     pub tracker: Tracker,
-    pub sql: Arc<ClassifyCache>,
-    pub state: Arc<StateHandle>,
+}
+
+impl Session {
+    /// The service's rules now: a reload's new `deny`/`approve` apply to the
+    /// next statement of open sessions. Falls back to the session's own copy
+    /// if a reload removed the service.
+    fn current(&self) -> (Arc<Service>, std::time::Duration) {
+        let snap = self.gw.snapshot();
+        let service = snap
+            .service(&self.service.name)
+            .map(|(_, s)| Arc::new(s.clone()));
+        (
+            service.unwrap_or_else(|| self.service.clone()),
+            snap.cfg.gateway.approval_timeout,
+        )
+    }
 }
 
 fn error_bytes(sqlstate: &str, message: &str) -> Bytes {
@@ -93,7 +107,7 @@ where
             continue;
         }
         if matches!(msg.tag, b'Q' | b'P' | b'E' | b'F') {
-            if let Err(e) = token.recheck(&s.state).await {
+            if let Err(e) = token.recheck(&s.gw.state).await {
                 let text = format!("Sluice token no longer valid: {e}");
                 let _ = s.record.record(Event::AuthFail {
                     reason: e.to_string(),
@@ -252,7 +266,7 @@ where
                 s.tracker.push(Expect::Sync(SyncAction::Forward));
                 msg.encode(&mut out);
             }
-            b'F' if !s.service.deny.is_empty() => {
+            b'F' if !s.current().0.deny.is_empty() => {
                 let text = "function calls bypass SQL classification and are refused while the service has deny rules";
                 s.record
                     .record(Event::Denied {
@@ -298,12 +312,26 @@ enum Judgement {
 
 /// Judges `sql`, recording a denial.
 fn judge(s: &Session, sql: &str) -> Judgement {
-    match s.sql.decide(sql, &s.service.deny, &s.service.approve, !s.service.mask.is_empty()) {
+    let (rules, _) = s.current();
+    match s
+        .gw
+        .sql
+        .decide(sql, &rules.deny, &rules.approve, !s.service.mask.is_empty())
+    {
         SqlVerdict::Allow => Judgement::Allow,
         SqlVerdict::Approve { .. } => Judgement::Approve,
         SqlVerdict::Deny { rule, reason } => {
-            let _ = s.record.record(Event::Denied { reason: reason.clone(), rule });
-            Judgement::Deny(error_bytes("42501", &format!("permission denied by Sluice policy for service {}: {reason}", s.service.name)))
+            let _ = s.record.record(Event::Denied {
+                reason: reason.clone(),
+                rule,
+            });
+            Judgement::Deny(error_bytes(
+                "42501",
+                &format!(
+                    "permission denied by Sluice policy for service {}: {reason}",
+                    s.service.name
+                ),
+            ))
         }
     }
 }
@@ -318,8 +346,11 @@ async fn approval(s: &Session, sql: &str) -> Option<Bytes> {
         service: s.service.name.clone(),
         summary: sql.to_string(),
     };
-    let outcome = approvals::hold(&s.state, &s.instance, req, s.approval_timeout, |id| {
-        let _ = s.record.record(Event::ApprovalWait { approval: id.to_string() });
+    let (_, timeout) = s.current();
+    let outcome = approvals::hold(&s.gw.state, &s.gw.instance, req, timeout, |id| {
+        let _ = s.record.record(Event::ApprovalWait {
+            approval: id.to_string(),
+        });
     })
     .await;
     match outcome {
@@ -333,7 +364,10 @@ async fn approval(s: &Session, sql: &str) -> Option<Bytes> {
                 Outcome::Rejected { id, .. } | Outcome::TimedOut { id } => id.clone(),
                 _ => String::new(),
             };
-            let _ = s.record.record(Event::Rejected { approval, reason: reason.clone() });
+            let _ = s.record.record(Event::Rejected {
+                approval,
+                reason: reason.clone(),
+            });
             Some(error_bytes("42501", &format!("Sluice: {reason}")))
         }
     }

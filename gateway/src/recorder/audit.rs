@@ -1,0 +1,270 @@
+//! `log_dir/audit.jsonl`: every line of every session, in the order written,
+//! rotated by size.
+//!
+//! Rotation. Before a line would take the file past `audit_rotate_bytes`
+//! (`[gateway]`, default [`DEFAULT_ROTATE_BYTES`]), the file is renamed to
+//! `audit.jsonl.<UTC time>`, e.g. `audit.jsonl.20261129T085000.123456Z`, and
+//! a new `audit.jsonl` is started with that line. Rotated names sort in
+//! rotation order: each is strictly later than every existing one (bumped by
+//! a microsecond if the clock says otherwise), so [`rotated_files`] lists
+//! them oldest first and a follower can walk from one to the next.
+//! A line larger than the limit still goes, whole, into a file of its own.
+//!
+//! Writers. Each append happens under an in-process mutex and an exclusive
+//! `flock(2)` on `log_dir/audit.lock`: check the path still names the open
+//! file (reopen if someone else rotated it), rotate if needed, write the
+//! line in one `write(2)`. So no line is split, none lands in a file after
+//! it was renamed away, and a reader that saw the rename and then read the
+//! old file to its end has every line of it. If the rename fails the line
+//! is appended to the current file anyway: rotation never loses a line.
+//!
+//! `audit.jsonl` does not get the append-only inode flag: the kernel
+//! refuses to rename such a file, which would break rotation (ours and
+//! logrotate's). Session files carry the flag instead ([`super::append_only`]).
+use std::{
+    fs::{self, File},
+    io,
+    os::{fd::AsRawFd, unix::fs::MetadataExt},
+    path::{Path, PathBuf},
+    sync::Mutex,
+};
+
+use chrono::{NaiveDateTime, Utc};
+
+use super::{annotate, open_append, write_line};
+
+/// 100 MiB.
+pub const DEFAULT_ROTATE_BYTES: u64 = 100 * 1024 * 1024;
+/// The live audit log's file name.
+pub const AUDIT_FILE: &str = "audit.jsonl";
+/// The lock file writers hold while appending or rotating.
+pub const LOCK_FILE: &str = "audit.lock";
+/// `strftime` format of the suffix of rotated files.
+const ROTATED_FORMAT: &str = "%Y%m%dT%H%M%S%.6fZ";
+
+/// The audit log writer.
+#[derive(Debug)]
+pub struct AuditLog {
+    dir: PathBuf,
+    path: PathBuf,
+    rotate_bytes: u64,
+    group: Option<u32>,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    file: File,
+    lock: File,
+}
+
+impl AuditLog {
+    /// Opens (creating 0640) `dir/audit.jsonl` and `dir/audit.lock`.
+    /// `rotate_bytes` of 0 is taken as 1: every line gets its own file.
+    ///
+    /// # Errors
+    /// I/O errors opening either file.
+    pub fn open(dir: &Path, rotate_bytes: u64, group: Option<u32>) -> io::Result<AuditLog> {
+        let path = dir.join(AUDIT_FILE);
+        let lock = open_append(&dir.join(LOCK_FILE), group, false)?;
+        let file = open_append(&path, group, false)?;
+        Ok(AuditLog {
+            dir: dir.to_path_buf(),
+            path,
+            rotate_bytes: rotate_bytes.max(1),
+            group,
+            state: Mutex::new(State { file, lock }),
+        })
+    }
+
+    /// Appends `line` (one JSON line with its newline), rotating first when
+    /// it would not fit.
+    ///
+    /// # Errors
+    /// I/O errors locking, reopening or writing; a failed rotation is only
+    /// logged.
+    pub fn append(&self, line: &[u8]) -> io::Result<()> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let State { file, lock } = &mut *state;
+        let _flock = ExclusiveLock::take(lock, &self.dir.join(LOCK_FILE))?;
+        if !names_open_file(&self.path, file)? {
+            // Rotated by another writer, or by hand: follow the name.
+            *file = open_append(&self.path, self.group, false)?;
+        }
+        let size = file.metadata()?.len();
+        if size > 0 && size.saturating_add(line.len() as u64) > self.rotate_bytes {
+            match self.rotate() {
+                Ok(new) => *file = new,
+                Err(e) => {
+                    tracing::warn!(path = %self.path.display(), error = %e, "cannot rotate the audit log; appending to it instead");
+                }
+            }
+        }
+        write_line(file, &self.path, line)
+    }
+
+    /// Renames `audit.jsonl` to its rotated name and opens a new one.
+    /// Called with the lock held.
+    fn rotate(&self) -> io::Result<File> {
+        let target = self.dir.join(next_rotated_name(&self.dir)?);
+        fs::rename(&self.path, &target).map_err(|e| annotate(e, "rename", &self.path))?;
+        tracing::info!(to = %target.display(), "rotated the audit log");
+        open_append(&self.path, self.group, false)
+    }
+}
+
+/// Whether `path` still names the inode `file` has open.
+fn names_open_file(path: &Path, file: &File) -> io::Result<bool> {
+    match fs::metadata(path) {
+        Ok(on_disk) => {
+            let open = file.metadata()?;
+            Ok((on_disk.dev(), on_disk.ino()) == (open.dev(), open.ino()))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// The rotated audit logs in `dir` (`audit.jsonl.<UTC time>`), oldest
+/// first. Other files (`audit.jsonl.1.gz`, …) are not listed.
+///
+/// # Errors
+/// I/O errors reading the directory.
+pub fn rotated_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut names: Vec<String> = fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| rotated_time(n).is_some())
+        .collect();
+    names.sort();
+    Ok(names.into_iter().map(|n| dir.join(n)).collect())
+}
+
+/// The rotation time in a rotated file's name.
+fn rotated_time(name: &str) -> Option<NaiveDateTime> {
+    let suffix = name.strip_prefix(AUDIT_FILE)?.strip_prefix('.')?;
+    NaiveDateTime::parse_from_str(suffix, ROTATED_FORMAT).ok()
+}
+
+/// `audit.jsonl.<now>`, or a microsecond after the latest rotated file when
+/// that is not earlier than now.
+fn next_rotated_name(dir: &Path) -> io::Result<String> {
+    let latest = rotated_files(dir)?
+        .last()
+        .and_then(|p| rotated_time(&p.file_name()?.to_string_lossy()));
+    let mut at = Utc::now().naive_utc();
+    if let Some(latest) = latest.filter(|l| *l >= at) {
+        at = latest + chrono::Duration::microseconds(1);
+    }
+    Ok(format!("{AUDIT_FILE}.{}", at.format(ROTATED_FORMAT)))
+}
+
+/// An exclusive `flock(2)` on a file, released on drop.
+struct ExclusiveLock<'a>(&'a File);
+
+impl<'a> ExclusiveLock<'a> {
+    fn take(file: &'a File, path: &Path) -> io::Result<ExclusiveLock<'a>> {
+        loop {
+            // SAFETY: flock on a file descriptor we own; no memory involved.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
+                return Ok(ExclusiveLock(file));
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(annotate(e, "lock", path));
+            }
+        }
+    }
+}
+
+impl Drop for ExclusiveLock<'_> {
+    fn drop(&mut self) {
+        // SAFETY: as above; unlocking cannot fail on a valid descriptor.
+        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines_in(dir: &Path) -> Vec<String> {
+        let mut files = rotated_files(dir).unwrap();
+        files.push(dir.join(AUDIT_FILE));
+        files
+            .iter()
+            .flat_map(|f| {
+                fs::read_to_string(f)
+                    .unwrap()
+                    .lines()
+                    .map(String::from)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_line_that_would_not_fit_goes_to_a_fresh_file_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(dir.path(), 100, None).unwrap();
+        let line = |n: usize| format!("{{\"n\":{n},\"pad\":\"{}\"}}\n", "x".repeat(30));
+        for n in 0..7 {
+            log.append(line(n).as_bytes()).unwrap();
+        }
+        let rotated = rotated_files(dir.path()).unwrap();
+        assert_eq!(rotated.len(), 3, "two 43-byte lines fit in 100 bytes");
+        for f in &rotated {
+            assert!(fs::metadata(f).unwrap().len() <= 100);
+        }
+        let all = lines_in(dir.path());
+        assert_eq!(
+            all,
+            (0..7)
+                .map(|n| line(n).trim_end().to_string())
+                .collect::<Vec<_>>()
+        );
+        let big = format!("{{\"big\":\"{}\"}}\n", "y".repeat(500));
+        log.append(big.as_bytes()).unwrap();
+        assert_eq!(
+            fs::read_to_string(dir.path().join(AUDIT_FILE)).unwrap(),
+            big,
+            "an oversized line is never split"
+        );
+    }
+
+    #[test]
+    fn rotated_names_sort_in_rotation_order_even_when_the_clock_disagrees() {
+        let dir = tempfile::tempdir().unwrap();
+        let future = format!("{AUDIT_FILE}.29991231T235959.999999Z");
+        fs::write(dir.path().join(&future), "").unwrap();
+        fs::write(dir.path().join(format!("{AUDIT_FILE}.1.gz")), "").unwrap();
+        let next = next_rotated_name(dir.path()).unwrap();
+        assert!(next > future, "{next} sorts after {future}");
+        assert_eq!(
+            rotated_files(dir.path()).unwrap(),
+            [dir.path().join(&future)],
+            "foreign names are not listed"
+        );
+    }
+
+    #[test]
+    fn a_rotation_by_another_writer_is_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(dir.path(), 1 << 20, None).unwrap();
+        log.append(b"{\"n\":1}\n").unwrap();
+        fs::rename(
+            dir.path().join(AUDIT_FILE),
+            dir.path().join("audit.jsonl.old"),
+        )
+        .unwrap();
+        log.append(b"{\"n\":2}\n").unwrap();
+        assert_eq!(
+            fs::read_to_string(dir.path().join(AUDIT_FILE)).unwrap(),
+            "{\"n\":2}\n"
+        );
+        assert_eq!(
+            fs::read_to_string(dir.path().join("audit.jsonl.old")).unwrap(),
+            "{\"n\":1}\n"
+        );
+    }
+}

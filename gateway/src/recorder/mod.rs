@@ -1,0 +1,396 @@
+//! Session records (DESIGN.md §4 "Session records"): JSON Lines written to
+//! `log_dir/sessions/<session_id>.jsonl` and, line for line, to
+//! `log_dir/audit.jsonl`.
+//!
+//! Every line carries `ts` (RFC 3339 UTC, microseconds), `session`, `agent`,
+//! `pid`, `uid`, `service`, `event` and the event's fields, plus the hash
+//! chain of [`chain`]: `seq` (0, 1, 2… within the session) and `prev`, the
+//! lowercase hex SHA-256 of the previous line of the session file without
+//! its newline (`""` for the first line). The `close` line also carries the
+//! chain head, `lines` and `head`; [`chain`] defines them and verifies
+//! files (`sluice sessions verify`).
+//!
+//! Files:
+//! - created 0640 (directories 0750), with the group `sluice-audit` when
+//!   that group exists, and opened `O_APPEND`; each line goes out in a
+//!   single unbuffered `write(2)`, so concurrent sessions interleave whole
+//!   lines in `audit.jsonl` and an acknowledged line is in the kernel;
+//! - a session file is never rewritten. While the session is open and the
+//!   daemon runs as root it also carries the append-only inode flag
+//!   ([`append_only`]), cleared when the session closes;
+//! - `audit.jsonl` rotates by size ([`audit`]).
+//!
+//! A session ends with exactly one `close` line: the one its handler
+//! records, or one written when the [`SessionRecord`] is dropped without it.
+//! Nothing is written after `close`.
+//!
+//! Callers pass only metadata: never secret values, tokens or masked data.
+use std::{
+    fs::{self, DirBuilder, File, OpenOptions},
+    io::{self, Write},
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Instant, SystemTime, UNIX_EPOCH},
+};
+
+use rand::{rngs::OsRng, RngCore};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+pub mod append_only;
+pub mod audit;
+pub mod chain;
+
+pub use audit::{AuditLog, DEFAULT_ROTATE_BYTES};
+
+/// The group that may read session records.
+pub const AUDIT_GROUP: &str = "sluice-audit";
+const FILE_MODE: u32 = 0o640;
+const DIR_MODE: u32 = 0o750;
+
+/// One thing that happened in a session; serialised as `"event": "<name>"`
+/// plus the variant's fields.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// A redirected connection was accepted. `original_dst` and `peer` are
+    /// `ip:port`.
+    Open {
+        protocol: String,
+        original_dst: String,
+        peer: String,
+    },
+    /// The agent's token was accepted.
+    AuthOk { token_id: String },
+    /// The agent's token was refused; `reason` never contains the token.
+    AuthFail { reason: String },
+    /// A PostgreSQL statement.
+    Query { sql: String },
+    /// An HTTP request and the status returned to the agent.
+    Request {
+        method: String,
+        path: String,
+        status: u16,
+    },
+    /// An upstream response: status and body bytes.
+    Response { status: u16, bytes: u64 },
+    /// Refused by policy `rule`.
+    Denied { reason: String, rule: String },
+    /// Held for a JIT approval.
+    ApprovalWait { approval: String },
+    /// Released by `by`.
+    Approved { approval: String, by: String },
+    /// Approval denied or timed out.
+    Rejected { approval: String, reason: String },
+    /// Columns or JSON fields masked, and how many values; never the values.
+    Masked { fields: Vec<String>, count: u64 },
+    /// A failure worth recording.
+    Error { message: String },
+    /// The session ended after `duration_ms` milliseconds. The recorder adds
+    /// the chain head (`lines`, `head`) to this line.
+    Close { duration_ms: u64 },
+}
+
+/// Who a session belongs to: the agent identity from interception and the
+/// service it reached.
+#[derive(Debug, Clone)]
+pub struct SessionMeta {
+    pub agent: String,
+    pub pid: u32,
+    pub uid: u32,
+    pub service: String,
+}
+
+/// How the recorder writes; [`RecorderOptions::default`] is what a config
+/// without the keys gets.
+#[derive(Debug, Clone, Copy)]
+pub struct RecorderOptions {
+    /// `audit.jsonl` is rotated before a line would take it past this many
+    /// bytes (`[gateway] audit_rotate_bytes`).
+    pub audit_rotate_bytes: u64,
+}
+
+impl Default for RecorderOptions {
+    fn default() -> Self {
+        RecorderOptions {
+            audit_rotate_bytes: DEFAULT_ROTATE_BYTES,
+        }
+    }
+}
+
+impl From<&crate::config::Gateway> for RecorderOptions {
+    fn from(gw: &crate::config::Gateway) -> Self {
+        RecorderOptions {
+            audit_rotate_bytes: gw.audit_rotate_bytes,
+        }
+    }
+}
+
+/// The daemon's record writer; one per daemon, shared by all sessions.
+#[derive(Debug)]
+pub struct Recorder {
+    sessions_dir: PathBuf,
+    audit: AuditLog,
+    group: Option<u32>,
+}
+
+impl Recorder {
+    /// [`Recorder::open_with`] with the default options (100 MiB rotation).
+    ///
+    /// # Errors
+    /// As [`Recorder::open_with`].
+    pub fn open(log_dir: &Path) -> io::Result<Arc<Recorder>> {
+        Self::open_with(log_dir, RecorderOptions::default())
+    }
+
+    /// [`Recorder::open_with`] with the `[gateway]` settings: `log_dir` and
+    /// `audit_rotate_bytes`.
+    ///
+    /// # Errors
+    /// As [`Recorder::open_with`].
+    pub fn from_config(gw: &crate::config::Gateway) -> io::Result<Arc<Recorder>> {
+        Self::open_with(&gw.log_dir, gw.into())
+    }
+
+    /// Creates `log_dir` and `log_dir/sessions` (0750) if needed, opens
+    /// `log_dir/audit.jsonl` for appending and, as root, clears the
+    /// append-only flag that a previous, crashed daemon left on the files
+    /// of sessions it never closed.
+    ///
+    /// # Errors
+    /// I/O errors creating the directories or opening the audit log.
+    pub fn open_with(log_dir: &Path, options: RecorderOptions) -> io::Result<Arc<Recorder>> {
+        let group = nix::unistd::Group::from_name(AUDIT_GROUP)
+            .ok()
+            .flatten()
+            .map(|g| g.gid.as_raw());
+        let sessions_dir = log_dir.join("sessions");
+        for dir in [log_dir, &sessions_dir] {
+            if !dir.is_dir() {
+                DirBuilder::new()
+                    .recursive(true)
+                    .mode(DIR_MODE)
+                    .create(dir)
+                    .map_err(|e| annotate(e, "create", dir))?;
+                fs::set_permissions(dir, fs::Permissions::from_mode(DIR_MODE))
+                    .map_err(|e| annotate(e, "chmod", dir))?;
+                set_group(&File::open(dir)?, dir, group);
+            }
+        }
+        append_only::clear_stale(&sessions_dir);
+        let audit = AuditLog::open(log_dir, options.audit_rotate_bytes, group)?;
+        Ok(Arc::new(Recorder {
+            sessions_dir,
+            audit,
+            group,
+        }))
+    }
+
+    /// Starts a session: creates `sessions/<id>.jsonl` with a fresh id and
+    /// marks it append-only (as root, where the filesystem supports it).
+    ///
+    /// # Errors
+    /// I/O errors creating the session file.
+    pub fn start(self: &Arc<Self>, meta: SessionMeta) -> io::Result<SessionRecord> {
+        let id = new_session_id();
+        let path = self.sessions_dir.join(format!("{id}.jsonl"));
+        let file = open_append(&path, self.group, true)?;
+        let append_only = append_only::set(&file, &path, true);
+        Ok(SessionRecord {
+            recorder: Arc::clone(self),
+            id,
+            meta,
+            started: Instant::now(),
+            chain: Mutex::new(Chain {
+                file,
+                path,
+                seq: 0,
+                prev: String::new(),
+                head: Sha256::new(),
+                closed: false,
+                append_only,
+            }),
+        })
+    }
+}
+
+/// `s-` + 12 hex digits of unix milliseconds + `-` + 8 random hex digits:
+/// unique, and sorts by start time.
+fn new_session_id() -> String {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    format!("s-{ms:012x}-{:08x}", OsRng.next_u32())
+}
+
+/// The hash-chain state of one session file.
+#[derive(Debug)]
+struct Chain {
+    file: File,
+    path: PathBuf,
+    /// `seq` of the next line.
+    seq: u64,
+    /// `prev` of the next line.
+    prev: String,
+    /// SHA-256 over every byte written so far, newlines included.
+    head: Sha256,
+    /// `close` was written; nothing more is.
+    closed: bool,
+    /// The append-only inode flag is set and must be cleared at close.
+    append_only: bool,
+}
+
+/// One session's record. `Send + Sync`; lines are serialised by a mutex.
+#[derive(Debug)]
+pub struct SessionRecord {
+    recorder: Arc<Recorder>,
+    id: String,
+    meta: SessionMeta,
+    started: Instant,
+    chain: Mutex<Chain>,
+}
+
+#[derive(Serialize)]
+struct Line<'a> {
+    ts: String,
+    session: &'a str,
+    agent: &'a str,
+    pid: u32,
+    uid: u32,
+    service: &'a str,
+    #[serde(flatten)]
+    event: &'a Event,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lines: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    head: Option<String>,
+    seq: u64,
+    prev: &'a str,
+}
+
+impl SessionRecord {
+    /// The session id, e.g. `s-019a2b3c4d5e-1f2e3d4c`.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Appends `event` to the session file, then to `audit.jsonl`. A
+    /// [`Event::Close`] line gets the chain head and ends the record: the
+    /// append-only flag is cleared and later events are refused.
+    ///
+    /// # Errors
+    /// I/O errors, including a short write (the chain does not advance when
+    /// the session file write fails), and [`io::ErrorKind::Other`] for an
+    /// event after `close`.
+    pub fn record(&self, event: Event) -> io::Result<()> {
+        let mut chain = self.chain.lock().unwrap_or_else(|p| p.into_inner());
+        if chain.closed {
+            tracing::warn!(session = %self.id, "event after close not recorded");
+            return Err(io::Error::other(format!(
+                "session {} is closed; nothing is recorded after close",
+                self.id
+            )));
+        }
+        let is_close = matches!(event, Event::Close { .. });
+        let line = Line {
+            ts: chrono::Utc::now()
+                .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+                .to_string(),
+            session: &self.id,
+            agent: &self.meta.agent,
+            pid: self.meta.pid,
+            uid: self.meta.uid,
+            service: &self.meta.service,
+            event: &event,
+            lines: is_close.then_some(chain.seq),
+            head: is_close.then(|| hex::encode(chain.head.clone().finalize())),
+            seq: chain.seq,
+            prev: &chain.prev,
+        };
+        let mut bytes = serde_json::to_vec(&line).map_err(io::Error::other)?;
+        let hash = hex::encode(Sha256::digest(&bytes));
+        bytes.push(b'\n');
+        write_line(&chain.file, &chain.path, &bytes)?;
+        chain.seq += 1;
+        chain.prev = hash;
+        chain.head.update(&bytes);
+        if is_close {
+            chain.closed = true;
+            if chain.append_only {
+                chain.append_only = !append_only::set(&chain.file, &chain.path, false);
+            }
+        }
+        drop(chain);
+        self.recorder.audit.append(&bytes)
+    }
+}
+
+impl Drop for SessionRecord {
+    /// Ends a record its handler did not close (a cancelled task, a daemon
+    /// shutting down) with a `close` line, so the file is complete and loses
+    /// its append-only flag.
+    fn drop(&mut self) {
+        let closed = self.chain.lock().map_or(true, |c| c.closed);
+        if !closed {
+            let duration_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            if let Err(e) = self.record(Event::Close { duration_ms }) {
+                tracing::warn!(session = %self.id, error = %e, "cannot write the close line");
+            }
+        }
+    }
+}
+
+/// Opens `path` for appending, creating it 0640 with the audit group.
+fn open_append(path: &Path, group: Option<u32>, create_new: bool) -> io::Result<File> {
+    let mut opts = OpenOptions::new();
+    opts.append(true).mode(FILE_MODE);
+    if create_new {
+        opts.create_new(true);
+    } else {
+        opts.create(true);
+    }
+    let file = opts.open(path).map_err(|e| annotate(e, "open", path))?;
+    if file.metadata()?.len() == 0 {
+        // New file: fix the mode against the umask and set the group.
+        file.set_permissions(fs::Permissions::from_mode(FILE_MODE))
+            .map_err(|e| annotate(e, "chmod", path))?;
+        set_group(&file, path, group);
+    }
+    Ok(file)
+}
+
+/// Gives `file` the audit group; without the privilege to do so the file
+/// keeps the creator's group and a warning is logged.
+fn set_group(file: &File, path: &Path, group: Option<u32>) {
+    if let Some(gid) = group {
+        if let Err(e) = std::os::unix::fs::fchown(file, None, Some(gid)) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot give the file the {AUDIT_GROUP} group");
+        }
+    }
+}
+
+/// One `write(2)` of the whole line; a short write is an error.
+fn write_line(mut file: &File, path: &Path, line: &[u8]) -> io::Result<()> {
+    let n = file
+        .write(line)
+        .map_err(|e| annotate(e, "append to", path))?;
+    if n != line.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            format!(
+                "short write to {} ({n} of {} bytes); is the disk full?",
+                path.display(),
+                line.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn annotate(e: io::Error, action: &str, path: &Path) -> io::Error {
+    io::Error::new(e.kind(), format!("cannot {action} {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests;
