@@ -222,6 +222,9 @@ pub struct Service {
     pub deny: Vec<Rule>,
     pub approve: Vec<Rule>,
     pub mask: Vec<String>,
+    /// HTTP: overwrite the secret's exact bytes wherever the upstream
+    /// reflects them in a response (headers or body).
+    pub echo_guard: bool,
 }
 
 #[derive(Deserialize)]
@@ -242,6 +245,8 @@ struct RawService {
     approve: Vec<Rule>,
     #[serde(default)]
     mask: Vec<String>,
+    #[serde(default)]
+    echo_guard: bool,
 }
 
 #[derive(Deserialize)]
@@ -469,6 +474,7 @@ impl Config {
                 deny: s.deny,
                 approve: s.approve,
                 mask: s.mask,
+                echo_guard: s.echo_guard,
             });
         }
         if !raw.gateway.listen.ip().is_loopback() {

@@ -16,6 +16,10 @@ pub struct ExecArgs {
     /// The `[[agent]]` whose cgroup CMD runs in
     #[arg(long)]
     pub agent: String,
+    /// Run CMD as this user (name or uid) with its groups, after joining
+    /// the cgroup (needs root)
+    #[arg(long)]
+    pub user: Option<String>,
     /// The command and its arguments
     #[arg(last = true, required = true, num_args = 1..)]
     pub command: Vec<String>,
@@ -52,13 +56,26 @@ pub fn run(cfg: &Config, args: ExecArgs) -> Result<(), CliError> {
             dir.display()
         )));
     }
+    let user = args.user.as_deref().map(lookup_user).transpose()?;
     let mut cmd = Command::new(&args.command[0]);
     cmd.args(&args.command[1..]);
+    if let Some(u) = &user {
+        cmd.env("USER", &u.name)
+            .env("LOGNAME", &u.name)
+            .env("HOME", &u.dir);
+    }
     let join_dir = dir.clone();
-    // SAFETY: the closure only opens and writes a file, which is safe
-    // between fork and exec in this single-threaded CLI.
+    // SAFETY: the closure opens and writes one file and makes the
+    // set*id/setgroups calls, which is safe between fork and exec in this
+    // single-threaded CLI. The cgroup is joined first, while still root.
     unsafe {
-        cmd.pre_exec(move || cgroup::join_self(&join_dir));
+        cmd.pre_exec(move || {
+            cgroup::join_self(&join_dir)?;
+            if let Some(u) = &user {
+                drop_privileges(u)?;
+            }
+            Ok(())
+        });
     }
     let status = cmd.status().map_err(|e| {
         CliError::Runtime(format!(
@@ -67,6 +84,11 @@ pub fn run(cfg: &Config, args: ExecArgs) -> Result<(), CliError> {
             dir.display()
         ))
     })?;
+    exit_status(status)
+}
+
+/// Maps a child's status to ours: its code, or 128 + the signal.
+fn exit_status(status: std::process::ExitStatus) -> Result<(), CliError> {
     match status.code() {
         Some(0) => Ok(()),
         Some(code) => Err(CliError::Exit(code.clamp(1, 255) as u8)),
@@ -77,4 +99,27 @@ pub fn run(cfg: &Config, args: ExecArgs) -> Result<(), CliError> {
             ))
         }
     }
+}
+
+/// Resolves `--user` (a name or a numeric uid).
+fn lookup_user(spec: &str) -> Result<nix::unistd::User, CliError> {
+    use nix::unistd::{Uid, User};
+    let found = match spec.parse::<u32>() {
+        Ok(uid) => User::from_uid(Uid::from_raw(uid)),
+        Err(_) => User::from_name(spec),
+    };
+    found
+        .map_err(CliError::runtime)?
+        .ok_or_else(|| CliError::Usage(format!("--user {spec:?}: no such user")))
+}
+
+/// Switches to `user`'s groups, gid and uid (in that order; uid last so
+/// the earlier calls are still permitted).
+fn drop_privileges(user: &nix::unistd::User) -> std::io::Result<()> {
+    use nix::unistd::{initgroups, setgid, setuid};
+    let name = std::ffi::CString::new(user.name.as_str()).map_err(std::io::Error::other)?;
+    initgroups(&name, user.gid)?;
+    setgid(user.gid)?;
+    setuid(user.uid)?;
+    Ok(())
 }

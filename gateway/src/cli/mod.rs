@@ -95,6 +95,7 @@ pub enum Command {
 
 /// Parses arguments, runs the command and maps the outcome to an exit code.
 pub fn main() -> ExitCode {
+    harden_process();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -148,4 +149,15 @@ pub fn block_on<F: std::future::Future<Output = Result<(), CliError>>>(
         .build()
         .map_err(CliError::runtime)?
         .block_on(f)
+}
+
+/// No core dumps and no ptrace by unprivileged users for any `sluice`
+/// process: the daemon and `secret put` hold secrets in memory
+/// (prctl(2) `PR_SET_DUMPABLE`). Children of `sluice exec` get the normal
+/// setting back at exec of a binary they may read.
+fn harden_process() {
+    // SAFETY: prctl with PR_SET_DUMPABLE takes plain integer arguments.
+    unsafe {
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+    }
 }

@@ -27,7 +27,6 @@ pub struct RunArgs {
 /// [`CliError::Usage`] when not root; [`CliError::Runtime`] when start-up fails.
 pub fn run(cfg: Config, args: RunArgs) -> Result<(), CliError> {
     init_logging(args.log_format);
-    harden_process();
     if !nix::unistd::geteuid().is_root() {
         return Err(CliError::Usage(
             "sluice run needs root (CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN to attach cgroup programs)".into(),
@@ -53,13 +52,4 @@ fn init_logging(format: LogFormat) {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
-}
-
-/// No core dumps and no ptrace by unprivileged users: secrets live in this
-/// process's memory (prctl(2) `PR_SET_DUMPABLE`).
-fn harden_process() {
-    // SAFETY: prctl with PR_SET_DUMPABLE takes plain integer arguments.
-    unsafe {
-        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
-    }
 }

@@ -23,6 +23,7 @@ use super::{Gateway, Intercepted};
 use crate::{config::Protocol, tls::agent_server_config};
 
 pub mod credential;
+pub mod echo_guard;
 pub mod json_mask;
 pub mod reply;
 pub mod request;

@@ -11,7 +11,9 @@ use hyper::{body::Incoming, header, Request, Response, StatusCode};
 use tracing::warn;
 
 use super::{
-    credential, json_mask,
+    credential,
+    echo_guard::{self, EchoGuard},
+    json_mask,
     reply::{self, ProxyBody},
     session::ConnCtx,
     upstream,
@@ -203,6 +205,8 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Proxy
         }
     };
     let swapped = credential::inject(&mut parts, &found, &service.credential, secret.expose());
+    // Kept only when the response must be scanned for reflections of it.
+    let guard = service.echo_guard.then(|| secret.clone());
     drop(secret);
     if let Err(e) = swapped {
         return fail(
@@ -243,6 +247,11 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Proxy
         Ok(resp) => {
             let (mut rparts, rbody) = resp.into_parts();
             upstream::strip_hop_by_hop(&mut rparts.headers);
+            let mut rbody = rbody.boxed();
+            if let Some(secret) = &guard {
+                echo_guard::redact_headers(&mut rparts.headers, secret.expose());
+                rbody = EchoGuard::wrap(rbody, secret.expose());
+            }
             ctx.record(Event::Request {
                 method,
                 path,
@@ -255,7 +264,7 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Proxy
                     .and_then(|v| v.to_str().ok())
                     .is_some_and(json_mask::is_json);
             if !masked {
-                return Response::from_parts(rparts, rbody.boxed());
+                return Response::from_parts(rparts, rbody);
             }
             match mask_body(
                 &ctx,
@@ -311,7 +320,7 @@ async fn mask_body(
     masks: &[String],
     limit: usize,
     headers: &hyper::HeaderMap,
-    body: Incoming,
+    body: ProxyBody,
 ) -> Result<ProxyBody, String> {
     let coding = headers
         .get(header::CONTENT_ENCODING)

@@ -1,8 +1,10 @@
 //! Masking result columns by name (DESIGN.md §4 `mask`): `RowDescription`
 //! gives the column names (protocol §55.7), and each `DataRow` is rebuilt
 //! with masked values replaced and every length prefix recomputed. NULL
-//! stays NULL. A text-format value becomes `****`; a binary-format value
-//! (whose encoding depends on the type) becomes NULL.
+//! stays NULL. A text-format value becomes `****`, and so does a
+//! binary-format value of a character type (whose binary form is its text);
+//! any other binary-format value becomes NULL, since `****` is no valid
+//! binary encoding of, say, an `int8`.
 use bytes::{BufMut, BytesMut};
 
 use super::codec::{self, backend, CodecError};
@@ -14,9 +16,15 @@ pub const MASKED_TEXT: &[u8] = b"****";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Column {
     pub name: String,
+    /// The column's type OID.
+    pub type_oid: u32,
     /// Format code: 0 text, 1 binary.
     pub format: i16,
 }
+
+/// Type OIDs whose binary send format is the text itself (`pg_type.h`):
+/// text, varchar, bpchar, name, unknown, json.
+const TEXT_LIKE_OIDS: [u32; 6] = [25, 1043, 1042, 19, 705, 114];
 
 /// Parses a `RowDescription` body.
 ///
@@ -32,9 +40,14 @@ pub fn columns(body: &[u8]) -> Result<Vec<Column>, CodecError> {
         if b.len() < 18 {
             return Err(CodecError::Malformed("RowDescription"));
         }
+        let type_oid = u32::from_be_bytes([b[6], b[7], b[8], b[9]]);
         b = &b[16..];
         let format = codec::i16_at(&mut b, "RowDescription")?;
-        out.push(Column { name, format });
+        out.push(Column {
+            name,
+            type_oid,
+            format,
+        });
     }
     Ok(out)
 }
@@ -42,8 +55,8 @@ pub fn columns(body: &[u8]) -> Result<Vec<Column>, CodecError> {
 /// Which columns of a result are masked, and how.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RowPlan {
-    /// Per column: `Some(format)` when masked.
-    masked: Vec<Option<i16>>,
+    /// Per column: `Some(replacement)` when masked, `None` standing for NULL.
+    masked: Vec<Option<Option<&'static [u8]>>>,
     /// Names of the masked columns, for the `masked` record.
     pub names: Vec<String>,
 }
@@ -55,7 +68,7 @@ impl RowPlan {
     /// `None` when no column is masked.
     pub fn new(columns: &[Column], mask: &[String], formats: Option<&[i16]>) -> Option<RowPlan> {
         let mut names = Vec::new();
-        let masked: Vec<Option<i16>> = columns
+        let masked: Vec<Option<Option<&'static [u8]>>> = columns
             .iter()
             .enumerate()
             .map(|(i, c)| {
@@ -63,12 +76,14 @@ impl RowPlan {
                     return None;
                 }
                 names.push(c.name.clone());
-                Some(match formats {
+                let format = match formats {
                     None => c.format,
                     Some([]) => 0,
                     Some([one]) => *one,
                     Some(all) => all.get(i).copied().unwrap_or(0),
-                })
+                };
+                let as_text = format == 0 || TEXT_LIKE_OIDS.contains(&c.type_oid);
+                Some(as_text.then_some(MASKED_TEXT))
             })
             .collect();
         (!names.is_empty()).then_some(RowPlan { masked, names })
@@ -103,13 +118,9 @@ impl RowPlan {
             };
             values.push(match (mask, value) {
                 (None, v) | (Some(_), v @ None) => v,
-                (Some(0), Some(_)) => {
+                (Some(replacement), Some(_)) => {
                     count += 1;
-                    Some(MASKED_TEXT)
-                }
-                (Some(_), Some(_)) => {
-                    count += 1;
-                    None
+                    *replacement
                 }
             });
         }
@@ -177,6 +188,20 @@ mod tests {
         plan.apply(&row[5..], &mut out).unwrap();
         let mut expected = BytesMut::new();
         backend::data_row([None].into_iter(), &mut expected);
+        assert_eq!(out, expected);
+    }
+
+    #[test]
+    fn binary_text_values_become_stars() {
+        let mut cols = columns(&row_description(&["ssn"])).unwrap();
+        cols[0].type_oid = 25;
+        let plan = RowPlan::new(&cols, &["ssn".into()], Some(&[1])).unwrap();
+        let mut row = BytesMut::new();
+        backend::data_row([Some(&b"123-45-6789"[..])].into_iter(), &mut row);
+        let mut out = BytesMut::new();
+        plan.apply(&row[5..], &mut out).unwrap();
+        let mut expected = BytesMut::new();
+        backend::data_row([Some(MASKED_TEXT)].into_iter(), &mut expected);
         assert_eq!(out, expected);
     }
 
