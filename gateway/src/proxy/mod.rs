@@ -22,6 +22,7 @@ use crate::{
 
 pub mod http;
 pub mod postgres;
+pub mod throttle;
 
 /// Who is on the other end of an intercepted connection, as recorded by
 /// `connect4`/`connect6` at `connect()` time.
@@ -122,6 +123,8 @@ pub struct Gateway {
     /// Sluice BackendKeyData → upstream backend, for CancelRequest.
     pub pg_cancel: postgres::cancel::CancelRegistry,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Failed token checks per agent.
+    pub auth_throttle: throttle::AuthThrottle,
 }
 
 /// The parts of a [`Gateway`] that never change while it runs.
@@ -158,6 +161,7 @@ impl Gateway {
             sql: Arc::new(crate::policy::sql::ClassifyCache::new(sql_cache_entries)),
             pg_cancel: Default::default(),
             metrics,
+            auth_throttle: Default::default(),
         }
     }
 

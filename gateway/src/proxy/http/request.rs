@@ -21,6 +21,7 @@ use super::{
 use crate::{
     approvals::{self, HoldRequest, Outcome},
     policy::{self, HttpOperation, Verdict},
+    proxy::throttle,
     recorder::Event,
     state::TokenCheckError,
     tokens,
@@ -73,20 +74,33 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Proxy
             )
         }
     };
+    let agent = &ctx.conn.identity.agent;
+    if let Err(wait) = gw.auth_throttle.check(agent) {
+        let msg = format!(
+            "too many failed token checks from this agent; retry in {} ms",
+            wait.as_millis().max(1)
+        );
+        return fail(
+            StatusCode::TOO_MANY_REQUESTS,
+            Event::AuthFail {
+                reason: msg.clone(),
+            },
+            &msg,
+        );
+    }
     match ctx
         .check_token(&tokens::digest(&found.token), &service.name)
         .await
     {
         Ok(()) => {}
         Err(TokenCheckError::Rejected(rejection)) => {
+            let failures = gw.auth_throttle.failure(agent);
             let msg = format!("invalid sluice token: {rejection}");
-            return fail(
-                StatusCode::UNAUTHORIZED,
-                Event::AuthFail {
-                    reason: rejection.to_string(),
-                },
-                &msg,
+            let reason = format!(
+                "{rejection} (failure {failures} of this agent within {} s)",
+                throttle::WINDOW.as_secs()
             );
+            return fail(StatusCode::UNAUTHORIZED, Event::AuthFail { reason }, &msg);
         }
         Err(TokenCheckError::State(e)) => {
             warn!(error = %e, "token store unavailable");

@@ -139,6 +139,15 @@ async fn login_and_relay(
             return Err(e.to_string());
         }
     };
+    if let Err(wait) = gw.auth_throttle.check(agent) {
+        let msg = format!(
+            "too many failed token checks from this agent; retry in {} ms",
+            wait.as_millis().max(1)
+        );
+        startup::refuse(&mut reader, "28P01", &msg).await;
+        let _ = record.record(Event::AuthFail { reason: msg });
+        return Ok(());
+    }
     let authed = match auth::authenticate(
         &mut reader,
         &state,
@@ -151,9 +160,17 @@ async fn login_and_relay(
     {
         Ok(a) => a,
         Err(e) => {
-            let _ = record.record(Event::AuthFail {
-                reason: e.to_string(),
-            });
+            let reason = match e {
+                auth::AuthError::Rejected(_) => {
+                    let failures = gw.auth_throttle.failure(agent);
+                    format!(
+                        "{e} (failure {failures} of this agent within {} s)",
+                        super::throttle::WINDOW.as_secs()
+                    )
+                }
+                _ => e.to_string(),
+            };
+            let _ = record.record(Event::AuthFail { reason });
             return Ok(());
         }
     };
