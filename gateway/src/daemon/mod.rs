@@ -24,7 +24,7 @@ use crate::{
     intercept::{cgroup, maps::InterceptMaps, programs, resolver},
     metrics::{self, Metrics},
     proxy::{self, Fixed, Gateway},
-    recorder::Recorder,
+    recorder::{Observer, Recorder},
     state::StateHandle,
     tls::LocalCa,
     vault::{Vault, VaultCache},
@@ -60,7 +60,7 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
     let gwc = &cfg.gateway;
     let vault = VaultCache::new(Vault::open(gwc).map_err(setup("vault"))?);
     let ca = LocalCa::load_or_create(&gwc.state_dir).map_err(setup("local CA"))?;
-    let recorder = Recorder::open(&gwc.log_dir).map_err(setup("log_dir"))?;
+    let recorder = Recorder::from_config(gwc).map_err(setup("log_dir"))?;
     let redis_url = gwc.redis_url_with_password().map_err(StartError::Setup)?;
 
     let v4 = TcpListener::bind(gwc.listen)
@@ -95,6 +95,10 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
     let instance = format!("{host}:{}", gwc.listen);
     abandon_stale_approvals(state.clone(), instance.clone());
     let metrics = Arc::new(Metrics::new());
+    let observer = metrics.clone();
+    recorder.observe_with(Observer(Box::new(move |service, event| {
+        observer.observe(service, event)
+    })));
     let fixed = Fixed {
         instance,
         lookup,

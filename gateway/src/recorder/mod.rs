@@ -133,6 +133,16 @@ pub struct Recorder {
     sessions_dir: PathBuf,
     audit: AuditLog,
     group: Option<u32>,
+    observer: std::sync::OnceLock<Observer>,
+}
+
+/// Called with (service, event) after each line is written (metrics).
+pub struct Observer(pub Box<dyn Fn(&str, &Event) + Send + Sync>);
+
+impl std::fmt::Debug for Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Observer")
+    }
 }
 
 impl Recorder {
@@ -142,6 +152,12 @@ impl Recorder {
     /// As [`Recorder::open_with`].
     pub fn open(log_dir: &Path) -> io::Result<Arc<Recorder>> {
         Self::open_with(log_dir, RecorderOptions::default())
+    }
+
+    /// Sets the function told about every written event (once; later
+    /// calls are ignored).
+    pub fn observe_with(&self, observer: Observer) {
+        let _ = self.observer.set(observer);
     }
 
     /// [`Recorder::open_with`] with the `[gateway]` settings: `log_dir` and
@@ -184,6 +200,7 @@ impl Recorder {
             sessions_dir,
             audit,
             group,
+            observer: std::sync::OnceLock::new(),
         }))
     }
 
@@ -312,6 +329,9 @@ impl SessionRecord {
         let hash = hex::encode(Sha256::digest(&bytes));
         bytes.push(b'\n');
         write_line(&chain.file, &chain.path, &bytes)?;
+        if let Some(observe) = self.recorder.observer.get() {
+            (observe.0)(&self.meta.service, &event);
+        }
         chain.seq += 1;
         chain.prev = hash;
         chain.head.update(&bytes);

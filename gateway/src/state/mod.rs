@@ -94,6 +94,10 @@ impl State {
                     .await?,
             );
             let config = ConnectionManagerConfig::new()
+                // Fail fast while Redis is down: callers fail closed at once
+                // and the manager reconnects in the background.
+                .set_number_of_retries(1)
+                .set_max_delay(Duration::from_millis(500))
                 .set_connection_timeout(Some(CONNECT_TIMEOUT))
                 .set_response_timeout(Some(RESPONSE_TIMEOUT));
             ConnectionManager::new_with_config(client, config).await

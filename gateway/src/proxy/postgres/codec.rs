@@ -116,6 +116,23 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         &mut self.io
     }
 
+    /// Resolves when the peer closes (or errors); bytes that arrive
+    /// meanwhile stay buffered (up to 1 MiB) for the next [`Reader::message`].
+    /// Cancel-safe.
+    pub async fn closed(&mut self) -> CodecError {
+        loop {
+            if self.buf.len() >= 1 << 20 {
+                return std::future::pending().await;
+            }
+            self.buf.reserve(8192);
+            match self.io.read_buf(&mut self.buf).await {
+                Ok(0) => return CodecError::Closed,
+                Err(e) => return CodecError::Io(e),
+                Ok(_) => {}
+            }
+        }
+    }
+
     /// True when any bytes are buffered beyond what was consumed.
     pub fn has_buffered_data(&self) -> bool {
         !self.buf.is_empty()

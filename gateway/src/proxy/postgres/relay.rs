@@ -26,7 +26,7 @@ use crate::{
     policy::sql::SqlVerdict,
     proxy::{AgentIdentity, Gateway},
     recorder::{Event, SessionRecord},
-    state::LiveToken,
+    state::{LiveToken, TokenCheckError},
 };
 
 /// What both relay tasks share.
@@ -108,14 +108,22 @@ where
         }
         if matches!(msg.tag, b'Q' | b'P' | b'E' | b'F') {
             if let Err(e) = token.recheck(&s.gw.state).await {
-                let text = format!("Sluice token no longer valid: {e}");
-                let _ = s.record.record(Event::AuthFail {
-                    reason: e.to_string(),
-                });
+                let fatal = match &e {
+                    TokenCheckError::Rejected(_) => {
+                        let _ = s.record.record(Event::AuthFail {
+                            reason: e.to_string(),
+                        });
+                        fatal_bytes("28P01", &format!("Sluice token no longer valid: {e}"))
+                    }
+                    TokenCheckError::State(_) => {
+                        let _ = s.record.record(Event::Error {
+                            message: e.to_string(),
+                        });
+                        fatal_bytes("08006", "Sluice cannot reach its token store (Redis) to re-check the token; reconnect later")
+                    }
+                };
                 s.tracker
-                    .push(Expect::Sync(SyncAction::FatalInstead(fatal_bytes(
-                        "28P01", &text,
-                    ))));
+                    .push(Expect::Sync(SyncAction::FatalInstead(fatal)));
                 postgres_protocol::message::frontend::sync(&mut out);
                 let _ = upstream.write_all(&out).await;
                 return Ok(());
@@ -135,7 +143,7 @@ where
                     Judgement::Deny(err) => Some(err),
                     Judgement::Approve => {
                         flush(&mut upstream, &mut out).await?;
-                        approval(s, sql).await
+                        held(s, sql, &mut agent).await?
                     }
                 };
                 match refused {
@@ -224,7 +232,7 @@ where
                     .map_err(RelayError::Record)?;
                 if portal.statement.needs_approval {
                     flush(&mut upstream, &mut out).await?;
-                    if let Some(err) = approval(s, &portal.statement.sql).await {
+                    if let Some(err) = held(s, &portal.statement.sql, &mut agent).await? {
                         // Parse and Bind already went up: close that batch
                         // with our own Sync, then skip to the agent's.
                         s.tracker.push(Expect::Sync(SyncAction::ErrorInstead(err)));
@@ -370,6 +378,19 @@ async fn approval(s: &Session, sql: &str) -> Option<Bytes> {
             });
             Some(error_bytes("42501", &format!("Sluice: {reason}")))
         }
+    }
+}
+
+/// [`approval`], abandoned if the agent disconnects while it waits (the
+/// statement then never runs).
+async fn held<R: AsyncRead + Unpin>(
+    s: &Session,
+    sql: &str,
+    agent: &mut Reader<R>,
+) -> Result<Option<Bytes>, RelayError> {
+    tokio::select! {
+        outcome = approval(s, sql) => Ok(outcome),
+        gone = agent.closed() => Err(gone.into()),
     }
 }
 
