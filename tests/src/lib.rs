@@ -2,8 +2,8 @@
 //! in `tests/tests/` and by the demo (`src/bin/demo.rs`).
 //!
 //! A test builds a [`Stack`]: its own redis-server on a free port, a test CA,
-//! one real HTTPS (or HTTP) upstream per service on `127.0.0.x`, and
-//! `sluice run` with a temporary config whose single agent owns a fresh
+//! one real HTTPS (or HTTP) upstream or PostgreSQL server (`initdb` in a
+//! temp dir) per service on `127.0.0.x`, and `sluice run` with a temporary config whose single agent owns a fresh
 //! cgroup v2 directory (`sluice-test/<unique>`) and whose pins live in a
 //! fresh bpffs directory. The agent's commands run through `sluice exec`,
 //! exactly as a user would run them.
@@ -19,12 +19,18 @@
 //! - waiting is polling against a deadline, never a bare sleep.
 //!
 //! Requires root, the `sluice` binary (`SLUICE_BIN`, else
-//! `target/debug/sluice`), redis-server, curl, python3-requests, bpftool.
+//! `target/debug/sluice`), redis-server, curl, python3-requests, bpftool,
+//! PostgreSQL 15 server binaries, psql and pgbench.
 
+pub mod approvals;
 pub mod ca;
 pub mod cgroup;
+pub mod echo_upstream;
+pub mod postgres;
 pub mod process;
 pub mod redis;
+pub mod redteam;
+pub mod second_gateway;
 pub mod sluice;
 pub mod stack;
 pub mod upstream;
@@ -36,9 +42,10 @@ use std::{
 };
 
 pub use ca::TestCa;
+pub use postgres::{HbaMethod, Postgres, PsqlResult};
 pub use redis::Redis;
 pub use sluice::{Sluice, TeardownReport};
-pub use stack::{Credential, CurlResult, ServiceSpec, Stack};
+pub use stack::{Backend, Credential, CurlResult, Protocol, ServiceSpec, Stack};
 pub use upstream::{RecordedRequest, Upstream};
 
 /// The `sluice` binary under test: `SLUICE_BIN`, else `<workspace>/target/debug/sluice`.
@@ -55,10 +62,20 @@ pub fn unique_name(label: &str) -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let label: String = label
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
         .take(24)
         .collect();
-    format!("{label}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{label}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// `n` random bytes from the kernel, hex encoded (2n characters).
@@ -78,7 +95,11 @@ pub fn random_secret() -> String {
 
 /// Polls `check` every 20 ms until it returns `Some`, or fails after
 /// `timeout` with `what` in the message.
-pub fn poll<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> anyhow::Result<T> {
+pub fn poll<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> anyhow::Result<T> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = check() {
@@ -94,12 +115,19 @@ pub fn poll<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<
 /// Asserts that `secret` occurs in none of `texts` (label, content). On a
 /// hit it panics naming the source and the offset, never the secret.
 pub fn assert_no_secret(secret: &str, texts: &[(String, String)]) {
-    assert!(secret.len() >= 8, "secret too short to scan for meaningfully");
+    assert!(
+        secret.len() >= 8,
+        "secret too short to scan for meaningfully"
+    );
     let hits: Vec<String> = texts
         .iter()
         .filter_map(|(label, text)| text.find(secret).map(|at| format!("{label} (byte {at})")))
         .collect();
-    assert!(hits.is_empty(), "the secret leaked into: {}", hits.join(", "));
+    assert!(
+        hits.is_empty(),
+        "the secret leaked into: {}",
+        hits.join(", ")
+    );
 }
 
 /// The hex SHA-256 of `s`, for showing that two values match without

@@ -44,6 +44,8 @@ pub struct SluiceOptions {
     pub cgroup_prefix: String,
     /// `deny` or `allow`.
     pub egress: String,
+    /// Extra `[gateway]` lines, already rendered (may be empty).
+    pub gateway_toml: String,
     /// `[[service]]` tables, already rendered.
     pub services_toml: String,
 }
@@ -101,7 +103,10 @@ impl Sluice {
     pub fn new(opts: SluiceOptions) -> Result<Sluice> {
         let bin = crate::sluice_bin();
         if !bin.is_file() {
-            bail!("sluice binary not found at {}; build it (cargo xtask build) or set SLUICE_BIN", bin.display());
+            bail!(
+                "sluice binary not found at {}; build it (cargo xtask build) or set SLUICE_BIN",
+                bin.display()
+            );
         }
         let dir = opts.dir.clone();
         let daemon_dir = dir.join("daemon");
@@ -119,15 +124,26 @@ impl Sluice {
             .context("write vault key")?;
         fs::set_permissions(&vault_key, fs::Permissions::from_mode(0o600))?;
 
-        let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, process::free_port(Ipv4Addr::LOCALHOST.into())?));
-        let bpf_dir = PathBuf::from(format!("/sys/fs/bpf/{}-{}", opts.cgroup_prefix.replace('/', "-"), opts.label));
+        let listen = SocketAddr::from((
+            Ipv4Addr::LOCALHOST,
+            process::free_port(Ipv4Addr::LOCALHOST.into())?,
+        ));
+        let bpf_dir = PathBuf::from(format!(
+            "/sys/fs/bpf/{}-{}",
+            opts.cgroup_prefix.replace('/', "-"),
+            opts.label
+        ));
         let mount = cgroup::cgroup2_mount()?;
         let agents: Vec<AgentCgroup> = opts
             .agents
             .iter()
             .map(|name| {
                 let rel = format!("{}/{}-{}", opts.cgroup_prefix, opts.label, name);
-                AgentCgroup { name: name.clone(), path: mount.join(&rel), rel }
+                AgentCgroup {
+                    name: name.clone(),
+                    path: mount.join(&rel),
+                    rel,
+                }
             })
             .collect();
 
@@ -141,8 +157,13 @@ impl Sluice {
             toml_str(&opts.egress),
             toml_path(&bpf_dir),
         );
+        config.push_str(&opts.gateway_toml);
         for a in &agents {
-            config.push_str(&format!("\n[[agent]]\nname = {}\ncgroup = {}\n", toml_str(&a.name), toml_str(&a.rel)));
+            config.push_str(&format!(
+                "\n[[agent]]\nname = {}\ncgroup = {}\n",
+                toml_str(&a.name),
+                toml_str(&a.rel)
+            ));
         }
         config.push_str(&opts.services_toml);
         let config_path = dir.join("sluice.toml");
@@ -174,7 +195,10 @@ impl Sluice {
 
     /// The agent named `name`.
     pub fn agent(&self, name: &str) -> &AgentCgroup {
-        self.agents.iter().find(|a| a.name == name).unwrap_or_else(|| panic!("no agent {name:?} in the test config"))
+        self.agents
+            .iter()
+            .find(|a| a.name == name)
+            .unwrap_or_else(|| panic!("no agent {name:?} in the test config"))
     }
 
     /// The pinned connect4 link of `agent` (`<bpf_dir>/links/<agent>/`
@@ -186,7 +210,10 @@ impl Sluice {
             .flatten()
             .flatten()
             .map(|e| e.path())
-            .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().ends_with("connect4")))
+            .find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().ends_with("connect4"))
+            })
     }
 
     /// Starts `sluice run --config …` (RUST_LOG=info, output to
@@ -208,16 +235,28 @@ impl Sluice {
             .stdin(Stdio::null())
             .stdout(fs::File::create(&out)?)
             .stderr(fs::File::create(&err)?);
-        let child = process::die_with_parent(&mut cmd).spawn().context("cannot start sluice run")?;
+        let child = process::die_with_parent(&mut cmd)
+            .spawn()
+            .context("cannot start sluice run")?;
         self.daemon = Some(child);
         let listen = self.listen;
-        let ready = poll("sluice run to pin its links and listen", READY_TIMEOUT, || {
-            if let Some(status) = self.daemon.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                return Some(Err(anyhow::anyhow!("sluice run exited early with {status}")));
-            }
-            let pinned = self.agents.iter().all(|a| self.link_pin(&a.name).is_some());
-            (pinned && process::tcp_accepts(listen)).then_some(Ok(()))
-        });
+        let ready = poll(
+            "sluice run to pin its links and listen",
+            READY_TIMEOUT,
+            || {
+                if let Some(status) = self
+                    .daemon
+                    .as_mut()
+                    .and_then(|c| c.try_wait().ok().flatten())
+                {
+                    return Some(Err(anyhow::anyhow!(
+                        "sluice run exited early with {status}"
+                    )));
+                }
+                let pinned = self.agents.iter().all(|a| self.link_pin(&a.name).is_some());
+                (pinned && process::tcp_accepts(listen)).then_some(Ok(()))
+            },
+        );
         match ready.and_then(|r| r) {
             Ok(()) => Ok(()),
             Err(e) => {
@@ -231,12 +270,17 @@ impl Sluice {
     }
 
     fn run_log_paths(&self, run: u32) -> (PathBuf, PathBuf) {
-        (self.daemon_dir.join(format!("run-{run}.stdout.log")), self.daemon_dir.join(format!("run-{run}.stderr.log")))
+        (
+            self.daemon_dir.join(format!("run-{run}.stdout.log")),
+            self.daemon_dir.join(format!("run-{run}.stderr.log")),
+        )
     }
 
     /// Whether the daemon is running.
     pub fn is_running(&mut self) -> bool {
-        self.daemon.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.daemon
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// The daemon's PID, while running.
@@ -266,14 +310,21 @@ impl Sluice {
     /// stdout and stderr of run number `run` (1-based).
     pub fn run_log(&self, run: u32) -> String {
         let (out, err) = self.run_log_paths(run);
-        format!("{}{}", fs::read_to_string(out).unwrap_or_default(), fs::read_to_string(err).unwrap_or_default())
+        format!(
+            "{}{}",
+            fs::read_to_string(out).unwrap_or_default(),
+            fs::read_to_string(err).unwrap_or_default()
+        )
     }
 
     /// A `sluice --config <cfg> …` command.
     pub fn command<S: AsRef<OsStr>>(&self, args: &[S]) -> Command {
         let mut cmd = Command::new(&self.bin);
-        cmd.arg("--config").arg(&self.config_path).args(args).env_remove("SLUICE_CONFIG");
-        for var in process::PROXY_VARS {
+        cmd.arg("--config")
+            .arg(&self.config_path)
+            .args(args)
+            .env_remove("SLUICE_CONFIG");
+        for var in process::PROXY_VARS.iter().chain(crate::postgres::PG_ENV) {
             cmd.env_remove(var);
         }
         cmd
@@ -284,7 +335,10 @@ impl Sluice {
     pub fn cli_output<S: AsRef<OsStr>>(&self, args: &[S], stdin: Option<&[u8]>) -> Result<Output> {
         let label = format!(
             "sluice {}",
-            args.iter().map(|a| a.as_ref().to_string_lossy().into_owned()).collect::<Vec<_>>().join(" ")
+            args.iter()
+                .map(|a| a.as_ref().to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
         );
         let out = process::output_with_timeout(&mut self.command(args), stdin, COMMAND_TIMEOUT)?;
         self.capture(&label, &out);
@@ -300,8 +354,14 @@ impl Sluice {
 
     fn capture(&self, label: &str, out: &Output) {
         let mut captured = self.captured.lock().unwrap();
-        captured.push((format!("{label} (stdout)"), String::from_utf8_lossy(&out.stdout).into_owned()));
-        captured.push((format!("{label} (stderr)"), String::from_utf8_lossy(&out.stderr).into_owned()));
+        captured.push((
+            format!("{label} (stdout)"),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        ));
+        captured.push((
+            format!("{label} (stderr)"),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ));
     }
 
     /// `sluice secret put NAME` with `value` on stdin.
@@ -313,7 +373,16 @@ impl Sluice {
 
     /// `sluice token issue --agent A --service S --ttl T`: the token.
     pub fn token_issue(&self, agent: &str, service: &str, ttl: &str) -> Result<String> {
-        let out = self.cli(&["token", "issue", "--agent", agent, "--service", service, "--ttl", ttl])?;
+        let out = self.cli(&[
+            "token",
+            "issue",
+            "--agent",
+            agent,
+            "--service",
+            service,
+            "--ttl",
+            ttl,
+        ])?;
         let token = out.trim().to_string();
         if !token.starts_with("slt_") || token.len() < 36 || token.contains(char::is_whitespace) {
             bail!("sluice token issue printed {token:?}, expected the token alone (slt_ + ≥32 base62)");
@@ -342,7 +411,10 @@ impl Sluice {
         Ok(path)
     }
 
-    fn exec_command<S: AsRef<OsStr>>(&self, agent: &str, argv: &[S]) -> Command {
+    /// The `sluice exec --agent NAME -- argv…` command, for callers that
+    /// need their own stdio (their output is not captured for the scans:
+    /// pass it to [`Sluice::capture_text`]).
+    pub fn exec_command<S: AsRef<OsStr>>(&self, agent: &str, argv: &[S]) -> Command {
         let mut cmd = self.command(&["exec", "--agent", agent, "--"]);
         cmd.args(argv);
         cmd
@@ -351,11 +423,25 @@ impl Sluice {
     /// `sluice exec --agent NAME -- argv…`: runs argv in the agent's
     /// cgroup; output captured for the secret scans.
     pub fn exec<S: AsRef<OsStr>>(&self, agent: &str, argv: &[S]) -> Result<Output> {
+        self.exec_with_timeout(agent, argv, COMMAND_TIMEOUT)
+    }
+
+    /// [`Sluice::exec`] for commands that may run longer than
+    /// [`COMMAND_TIMEOUT`].
+    pub fn exec_with_timeout<S: AsRef<OsStr>>(
+        &self,
+        agent: &str,
+        argv: &[S],
+        timeout: Duration,
+    ) -> Result<Output> {
         let label = format!(
             "agent {agent}: {}",
-            argv.iter().map(|a| a.as_ref().to_string_lossy().into_owned()).collect::<Vec<_>>().join(" ")
+            argv.iter()
+                .map(|a| a.as_ref().to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
         );
-        let out = process::output_with_timeout(&mut self.exec_command(agent, argv), None, COMMAND_TIMEOUT)?;
+        let out = process::output_with_timeout(&mut self.exec_command(agent, argv), None, timeout)?;
         self.capture(&label, &out);
         Ok(out)
     }
@@ -364,16 +450,23 @@ impl Sluice {
     /// stdout, stderr to `<dir>/daemon/exec-<pid>.stderr.log`. The caller
     /// waits for it; teardown kills whatever is left in the agent cgroup.
     pub fn exec_spawn<S: AsRef<OsStr>>(&self, agent: &str, argv: &[S]) -> Result<Child> {
-        let stderr = self.daemon_dir.join(format!("exec-{}.stderr.log", crate::random_hex(4)));
+        let stderr = self
+            .daemon_dir
+            .join(format!("exec-{}.stderr.log", crate::random_hex(4)));
         let mut cmd = self.exec_command(agent, argv);
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(fs::File::create(stderr)?);
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(fs::File::create(stderr)?);
         Ok(process::die_with_parent(&mut cmd).spawn()?)
     }
 
     /// Records text an agent printed through another channel (e.g. a
     /// spawned agent's stdout) for the secret scans.
     pub fn capture_text(&self, label: &str, text: &str) {
-        self.captured.lock().unwrap().push((label.to_string(), text.to_string()));
+        self.captured
+            .lock()
+            .unwrap()
+            .push((label.to_string(), text.to_string()));
     }
 
     /// `log_dir/sessions/*.jsonl`.
@@ -395,7 +488,10 @@ impl Sluice {
         let text = fs::read_to_string(self.log_dir.join("audit.jsonl")).unwrap_or_default();
         text.lines()
             .filter(|l| !l.trim().is_empty())
-            .map(|l| serde_json::from_str(l).with_context(|| format!("audit.jsonl line is not JSON: {l}")))
+            .map(|l| {
+                serde_json::from_str(l)
+                    .with_context(|| format!("audit.jsonl line is not JSON: {l}"))
+            })
             .collect()
     }
 
@@ -405,7 +501,10 @@ impl Sluice {
         let text = fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
         text.lines()
             .filter(|l| !l.trim().is_empty())
-            .map(|l| serde_json::from_str(l).with_context(|| format!("{} line is not JSON: {l}", path.display())))
+            .map(|l| {
+                serde_json::from_str(l)
+                    .with_context(|| format!("{} line is not JSON: {l}", path.display()))
+            })
             .collect()
     }
 
@@ -416,7 +515,9 @@ impl Sluice {
         timeout: Duration,
         pred: impl Fn(&serde_json::Value) -> bool,
     ) -> Result<serde_json::Value> {
-        poll(what, timeout, || self.audit_events().ok()?.into_iter().find(|e| pred(e)))
+        poll(what, timeout, || {
+            self.audit_events().ok()?.into_iter().find(|e| pred(e))
+        })
     }
 
     /// Every text Sluice or an agent produced: daemon logs of every run,
@@ -427,7 +528,10 @@ impl Sluice {
         for dir in [&self.daemon_dir, &self.log_dir, &self.state_dir] {
             for file in walk(dir) {
                 if let Ok(bytes) = fs::read(&file) {
-                    texts.push((file.display().to_string(), String::from_utf8_lossy(&bytes).into_owned()));
+                    texts.push((
+                        file.display().to_string(),
+                        String::from_utf8_lossy(&bytes).into_owned(),
+                    ));
                 }
             }
         }
@@ -446,12 +550,20 @@ impl Sluice {
         if let Some(mut child) = self.daemon.take() {
             process::stop(&mut child, Duration::from_secs(5));
         }
-        report.cgroup_ids = self.agents.iter().filter_map(|a| cgroup::id(&a.path)).collect();
-        match process::output_with_timeout(&mut self.command(&["uninstall"]), None, COMMAND_TIMEOUT) {
+        report.cgroup_ids = self
+            .agents
+            .iter()
+            .filter_map(|a| cgroup::id(&a.path))
+            .collect();
+        match process::output_with_timeout(&mut self.command(&["uninstall"]), None, COMMAND_TIMEOUT)
+        {
             Ok(out) => {
                 report.uninstall_ok = out.status.success();
-                report.uninstall_output =
-                    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+                report.uninstall_output = format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
             }
             Err(e) => report.errors.push(format!("sluice uninstall: {e:#}")),
         }
@@ -460,7 +572,9 @@ impl Sluice {
             // Only our own, uniquely named pin directory; unlinking the pins
             // drops the last reference and detaches the links.
             if let Err(e) = fs::remove_dir_all(&self.bpf_dir) {
-                report.errors.push(format!("rm -r {}: {e}", self.bpf_dir.display()));
+                report
+                    .errors
+                    .push(format!("rm -r {}: {e}", self.bpf_dir.display()));
             }
         }
         for a in &self.agents {
@@ -479,7 +593,9 @@ impl Sluice {
         }
         for a in &self.agents {
             if let Err(e) = cgroup::remove(&a.path, a.rel.contains('/')) {
-                report.errors.push(format!("removing cgroup {}: {e:#}", a.rel));
+                report
+                    .errors
+                    .push(format!("removing cgroup {}: {e:#}", a.rel));
             }
         }
         report
@@ -499,7 +615,10 @@ fn ensure_success<S: AsRef<OsStr>>(args: &[S], out: &Output) -> Result<()> {
     if !out.status.success() {
         bail!(
             "sluice {} failed with {}: {}",
-            args.iter().map(|a| a.as_ref().to_string_lossy().into_owned()).collect::<Vec<_>>().join(" "),
+            args.iter()
+                .map(|a| a.as_ref().to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(" "),
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
         );

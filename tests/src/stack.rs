@@ -22,6 +22,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 use crate::{
+    postgres::Postgres,
     redis::Redis,
     sluice::{toml_str, Sluice, SluiceOptions},
     upstream::Upstream,
@@ -39,35 +40,84 @@ pub enum Credential {
     InPlace,
     /// `header = NAME, format = FORMAT`: the token is removed from where it
     /// was and `NAME: FORMAT(secret)` is set.
-    Header { name: String, format: Option<String> },
+    Header {
+        name: String,
+        format: Option<String>,
+    },
     /// `query = NAME`: the token is removed and `?NAME=secret` is set.
     Query(String),
+    /// `user = NAME`: PostgreSQL; Sluice logs in upstream as NAME with the
+    /// secret as password.
+    PgUser(String),
 }
 
 impl Credential {
     /// `header = "Authorization", format = "Bearer {}"`.
     pub fn bearer() -> Credential {
-        Credential::Header { name: "Authorization".into(), format: Some("Bearer {}".into()) }
+        Credential::Header {
+            name: "Authorization".into(),
+            format: Some("Bearer {}".into()),
+        }
     }
 
     /// `header = NAME` (format defaults to `{}`).
     pub fn header(name: &str) -> Credential {
-        Credential::Header { name: name.into(), format: None }
+        Credential::Header {
+            name: name.into(),
+            format: None,
+        }
     }
 
     fn toml(&self, secret: &str) -> String {
         match self {
             Credential::InPlace => format!("{{ secret = {} }}", toml_str(secret)),
             Credential::Header { name, format: None } => {
-                format!("{{ secret = {}, header = {} }}", toml_str(secret), toml_str(name))
+                format!(
+                    "{{ secret = {}, header = {} }}",
+                    toml_str(secret),
+                    toml_str(name)
+                )
             }
-            Credential::Header { name, format: Some(f) } => format!(
+            Credential::Header {
+                name,
+                format: Some(f),
+            } => format!(
                 "{{ secret = {}, header = {}, format = {} }}",
                 toml_str(secret),
                 toml_str(name),
                 toml_str(f)
             ),
-            Credential::Query(q) => format!("{{ secret = {}, query = {} }}", toml_str(secret), toml_str(q)),
+            Credential::Query(q) => format!(
+                "{{ secret = {}, query = {} }}",
+                toml_str(secret),
+                toml_str(q)
+            ),
+            Credential::PgUser(u) => format!(
+                "{{ secret = {}, user = {} }}",
+                toml_str(secret),
+                toml_str(u)
+            ),
+        }
+    }
+}
+
+/// The `protocol` of a service, and so which upstream the harness starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// A real HTTPS server (own test CA).
+    Https,
+    /// A plain-HTTP server.
+    Http,
+    /// A real PostgreSQL server ([`Postgres`]) with database `billing`.
+    Postgres,
+}
+
+impl Protocol {
+    fn keyword(self) -> &'static str {
+        match self {
+            Protocol::Https => "https",
+            Protocol::Http => "http",
+            Protocol::Postgres => "postgres",
         }
     }
 }
@@ -77,7 +127,10 @@ impl Credential {
 pub struct ServiceSpec {
     pub name: String,
     pub host: String,
-    pub tls: bool,
+    pub protocol: Protocol,
+    /// PostgreSQL: `upstream_tls`; `verify-full` and `require` also make
+    /// the server accept TLS with a certificate from the stack's test CA.
+    pub upstream_tls: Option<String>,
     pub credential: Credential,
     /// Extra TOML lines for the table, e.g. `deny = [...]`.
     pub extra: String,
@@ -86,12 +139,41 @@ pub struct ServiceSpec {
 impl ServiceSpec {
     /// An `https` service whose upstream is a real HTTPS server for `host`.
     pub fn https(name: &str, host: &str) -> ServiceSpec {
-        ServiceSpec { name: name.into(), host: host.into(), tls: true, credential: Credential::bearer(), extra: String::new() }
+        ServiceSpec {
+            name: name.into(),
+            host: host.into(),
+            protocol: Protocol::Https,
+            upstream_tls: None,
+            credential: Credential::bearer(),
+            extra: String::new(),
+        }
     }
 
     /// An `http` service whose upstream is a plain-HTTP server for `host`.
     pub fn http(name: &str, host: &str) -> ServiceSpec {
-        ServiceSpec { tls: false, ..ServiceSpec::https(name, host) }
+        ServiceSpec {
+            protocol: Protocol::Http,
+            ..ServiceSpec::https(name, host)
+        }
+    }
+
+    /// A `postgres` service for `host`: a fresh PostgreSQL server
+    /// ([`Postgres`]) whose role `billing` has the vault secret as its
+    /// password, `upstream_tls = "disable"` unless [`ServiceSpec::upstream_tls`]
+    /// says otherwise.
+    pub fn postgres(name: &str, host: &str) -> ServiceSpec {
+        ServiceSpec {
+            protocol: Protocol::Postgres,
+            upstream_tls: Some("disable".into()),
+            credential: Credential::PgUser(crate::postgres::ROLE.into()),
+            ..ServiceSpec::https(name, host)
+        }
+    }
+
+    /// `upstream_tls = MODE` (PostgreSQL).
+    pub fn upstream_tls(mut self, mode: &str) -> ServiceSpec {
+        self.upstream_tls = Some(mode.into());
+        self
     }
 
     pub fn credential(mut self, credential: Credential) -> ServiceSpec {
@@ -118,9 +200,26 @@ pub struct StackBuilder {
     services: Vec<ServiceSpec>,
     egress: String,
     cgroup_prefix: String,
+    /// Extra `[gateway]` lines, e.g. `approval_timeout = "2s"`.
+    gateway: String,
+    redis_password: bool,
 }
 
 impl StackBuilder {
+    /// An extra `[gateway]` line, e.g. `approval_timeout = "2s"`.
+    pub fn gateway(mut self, toml: &str) -> StackBuilder {
+        self.gateway.push_str(toml);
+        self.gateway.push('\n');
+        self
+    }
+
+    /// Redis with `requirepass` (a random password), which Sluice reads
+    /// from `gateway.redis_password_file` (`<dir>/redis.password`, 0600).
+    pub fn redis_password(mut self) -> StackBuilder {
+        self.redis_password = true;
+        self
+    }
+
     pub fn service(mut self, spec: ServiceSpec) -> StackBuilder {
         self.services.push(spec);
         self
@@ -159,28 +258,75 @@ impl StackBuilder {
     /// steps itself, visibly).
     pub fn prepare(self) -> Result<Stack> {
         let label = crate::unique_name(&self.label);
-        let dir = tempfile::Builder::new().prefix(&format!("sluice-{label}-")).tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("sluice-{label}-"))
+            .tempdir()?;
         let ca = TestCa::new(&dir.path().join("upstream-ca"))?;
-        let redis = Redis::start(&dir.path().join("redis"))?;
+        let mut gateway_toml = self.gateway;
+        let redis = if self.redis_password {
+            let password = crate::random_hex(16);
+            let file = dir.path().join("redis.password");
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                let mut f = std::fs::OpenOptions::new()
+                    .create_new(true)
+                    .write(true)
+                    .mode(0o600)
+                    .open(&file)?;
+                std::io::Write::write_all(&mut f, format!("{password}\n").as_bytes())?;
+            }
+            gateway_toml.push_str(&format!(
+                "redis_password_file = {}\n",
+                toml_str(file.to_str().expect("utf-8"))
+            ));
+            Redis::start_with_password(&dir.path().join("redis"), &password)?
+        } else {
+            Redis::start(&dir.path().join("redis"))?
+        };
         let mut services = Vec::new();
         let mut services_toml = String::new();
         for spec in self.services {
             let ip = next_upstream_ip();
-            let upstream =
-                if spec.tls { Upstream::https(&ca, &spec.host, ip)? } else { Upstream::http(&spec.host, ip)? };
+            let secret = crate::random_secret();
+            let pg_tls = matches!(
+                spec.upstream_tls.as_deref(),
+                Some("require" | "verify-full")
+            );
+            let backend = match spec.protocol {
+                Protocol::Https => Backend::Http(Upstream::https(&ca, &spec.host, ip)?),
+                Protocol::Http => Backend::Http(Upstream::http(&spec.host, ip)?),
+                Protocol::Postgres => {
+                    let leaf = if pg_tls {
+                        Some(ca.leaf(&[&spec.host])?)
+                    } else {
+                        None
+                    };
+                    Backend::Postgres(Postgres::start(ip, &secret, leaf.as_ref())?)
+                }
+            };
             services_toml.push_str(&format!(
                 "\n[[service]]\nname = {}\nprotocol = {}\nupstream = {}\nresolve = [{}]\ncredential = {}\n",
                 toml_str(&spec.name),
-                toml_str(if spec.tls { "https" } else { "http" }),
-                toml_str(format!("{}:{}", spec.host, upstream.addr().port())),
+                toml_str(spec.protocol.keyword()),
+                toml_str(format!("{}:{}", spec.host, backend.addr().port())),
                 toml_str(ip.to_string()),
                 spec.credential.toml(&spec.secret_name()),
             ));
-            if spec.tls {
-                services_toml.push_str(&format!("upstream_ca = {}\n", toml_str(ca.pem_path().to_str().expect("utf-8"))));
+            if spec.protocol == Protocol::Https || pg_tls {
+                services_toml.push_str(&format!(
+                    "upstream_ca = {}\n",
+                    toml_str(ca.pem_path().to_str().expect("utf-8"))
+                ));
+            }
+            if let (Protocol::Postgres, Some(mode)) = (spec.protocol, &spec.upstream_tls) {
+                services_toml.push_str(&format!("upstream_tls = {}\n", toml_str(mode)));
             }
             services_toml.push_str(&spec.extra);
-            services.push(StackService { secret: crate::random_secret(), spec, upstream });
+            services.push(StackService {
+                secret,
+                spec,
+                backend,
+            });
         }
         let sluice = Sluice::new(SluiceOptions {
             label,
@@ -189,24 +335,50 @@ impl StackBuilder {
             agents: vec![self.agent.clone()],
             cgroup_prefix: self.cgroup_prefix,
             egress: self.egress,
+            gateway_toml,
             services_toml,
         })?;
         let hosts = dir.path().join("agent-hosts");
         let mut hosts_text = String::from("127.0.0.1 localhost\n::1 localhost ip6-localhost\n");
         for s in &services {
-            hosts_text.push_str(&format!("{} {}\n", s.upstream.addr().ip(), s.spec.host));
+            hosts_text.push_str(&format!("{} {}\n", s.backend.addr().ip(), s.spec.host));
         }
         std::fs::write(&hosts, hosts_text)?;
-        Ok(Stack { sluice, agent: self.agent, services, redis, ca, hosts, dir: Some(dir) })
+        Ok(Stack {
+            sluice,
+            agent: self.agent,
+            services,
+            redis,
+            ca,
+            hosts,
+            dir: Some(dir),
+        })
     }
 }
 
 /// A service of a running stack.
 pub struct StackService {
     pub spec: ServiceSpec,
-    /// The secret value in the vault.
+    /// The secret value in the vault (for PostgreSQL: role `billing`'s
+    /// password).
     pub secret: String,
-    pub upstream: Upstream,
+    pub backend: Backend,
+}
+
+/// The real server behind a service.
+pub enum Backend {
+    Http(Upstream),
+    Postgres(Postgres),
+}
+
+impl Backend {
+    /// Where it listens.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        match self {
+            Backend::Http(u) => u.addr(),
+            Backend::Postgres(p) => p.addr(),
+        }
+    }
 }
 
 /// A running test environment. Dropping it tears everything down (in
@@ -240,7 +412,8 @@ pub struct CurlResult {
 impl CurlResult {
     /// The body as JSON.
     pub fn json(&self) -> Result<serde_json::Value> {
-        serde_json::from_str(&self.body).with_context(|| format!("response body is not JSON: {}", self.body))
+        serde_json::from_str(&self.body)
+            .with_context(|| format!("response body is not JSON: {}", self.body))
     }
 }
 
@@ -256,7 +429,15 @@ pub fn next_upstream_ip() -> IpAddr {
 impl Stack {
     /// A stack named after the test (`label` names its cgroup, pins, dirs).
     pub fn builder(label: &str) -> StackBuilder {
-        StackBuilder { label: label.into(), agent: AGENT.into(), services: Vec::new(), egress: "deny".into(), cgroup_prefix: "sluice-test".into() }
+        StackBuilder {
+            label: label.into(),
+            agent: AGENT.into(),
+            services: Vec::new(),
+            egress: "deny".into(),
+            cgroup_prefix: "sluice-test".into(),
+            gateway: String::new(),
+            redis_password: false,
+        }
     }
 
     /// The agent's name.
@@ -266,16 +447,47 @@ impl Stack {
 
     /// The stack's temp dir.
     pub fn dir(&self) -> PathBuf {
-        self.dir.as_ref().expect("present until drop").path().to_path_buf()
+        self.dir
+            .as_ref()
+            .expect("present until drop")
+            .path()
+            .to_path_buf()
     }
 
     fn service(&self, name: &str) -> &StackService {
-        self.services.iter().find(|s| s.spec.name == name).unwrap_or_else(|| panic!("no service {name:?} in this stack"))
+        self.services
+            .iter()
+            .find(|s| s.spec.name == name)
+            .unwrap_or_else(|| panic!("no service {name:?} in this stack"))
     }
 
-    /// The upstream of service `name`.
+    /// The HTTP(S) upstream of service `name`.
     pub fn upstream(&self, name: &str) -> &Upstream {
-        &self.service(name).upstream
+        match &self.service(name).backend {
+            Backend::Http(u) => u,
+            Backend::Postgres(_) => panic!("service {name:?} is PostgreSQL, not HTTP"),
+        }
+    }
+
+    /// The PostgreSQL server of service `name`.
+    pub fn postgres(&self, name: &str) -> &Postgres {
+        match &self.service(name).backend {
+            Backend::Postgres(p) => p,
+            Backend::Http(_) => panic!("service {name:?} is HTTP, not PostgreSQL"),
+        }
+    }
+
+    /// The PostgreSQL server of service `name`, to stop or restart it.
+    pub fn postgres_mut(&mut self, name: &str) -> &mut Postgres {
+        let s = self
+            .services
+            .iter_mut()
+            .find(|s| s.spec.name == name)
+            .expect("service in this stack");
+        match &mut s.backend {
+            Backend::Postgres(p) => p,
+            Backend::Http(_) => panic!("service {name:?} is HTTP, not PostgreSQL"),
+        }
     }
 
     /// The secret value of service `name`.
@@ -297,9 +509,13 @@ impl Stack {
     pub fn resolve_args(&self) -> Vec<String> {
         self.services
             .iter()
+            .filter(|s| matches!(s.backend, Backend::Http(_)))
             .flat_map(|s| {
-                let a = s.upstream.addr();
-                ["--resolve".to_string(), format!("{}:{}:{}", s.spec.host, a.port(), a.ip())]
+                let a = s.backend.addr();
+                [
+                    "--resolve".to_string(),
+                    format!("{}:{}:{}", s.spec.host, a.port(), a.ip()),
+                ]
             })
             .collect()
     }
@@ -314,7 +530,19 @@ impl Stack {
 
     /// Like [`Stack::curl`] without the `--resolve` arguments.
     pub fn curl_raw<S: AsRef<str>>(&self, args: &[S]) -> Result<CurlResult> {
-        let ca = self.sluice.ca_cert_path()?;
+        self.curl_via(&self.sluice, &self.agent, args)
+    }
+
+    /// Like [`Stack::curl_raw`], as `agent` of another gateway `sluice`
+    /// (e.g. a second `sluice run` sharing this stack's Redis), trusting
+    /// that gateway's CA.
+    pub fn curl_via<S: AsRef<str>>(
+        &self,
+        sluice: &Sluice,
+        agent: &str,
+        args: &[S],
+    ) -> Result<CurlResult> {
+        let ca = sluice.ca_cert_path()?;
         let mut argv: Vec<String> = vec![
             "curl".into(),
             "-sS".into(),
@@ -328,26 +556,38 @@ impl Stack {
             format!("\n{CURL_MARK} %{{http_code}} %{{http_version}} %{{remote_ip}}\n"),
         ];
         argv.extend(args.iter().map(|s| s.as_ref().to_string()));
-        let out = self.sluice.exec(&self.agent, &argv)?;
+        let out = sluice.exec(agent, &argv)?;
         parse_curl(&out)
     }
 
     /// Runs `argv` as the agent with the services' names in its `/etc/hosts`
     /// (a bind mount in a private mount namespace: the host's file is not
     /// touched) and `env` set, e.g. for Python `requests`.
-    pub fn agent_with_hosts<S: AsRef<OsStr>>(&self, env: &[(&str, &str)], argv: &[S]) -> Result<Output> {
+    pub fn agent_with_hosts<S: AsRef<OsStr>>(
+        &self,
+        env: &[(&str, &str)],
+        argv: &[S],
+    ) -> Result<Output> {
         let argv = self.hosts_argv(env, argv);
         self.sluice.exec(&self.agent, &argv)
     }
 
     /// Like [`Stack::agent_with_hosts`] but spawned, with piped stdin and
     /// stdout, for interactive agents.
-    pub fn spawn_agent_with_hosts<S: AsRef<OsStr>>(&self, env: &[(&str, &str)], argv: &[S]) -> Result<Child> {
+    pub fn spawn_agent_with_hosts<S: AsRef<OsStr>>(
+        &self,
+        env: &[(&str, &str)],
+        argv: &[S],
+    ) -> Result<Child> {
         let argv = self.hosts_argv(env, argv);
         self.sluice.exec_spawn(&self.agent, &argv)
     }
 
-    fn hosts_argv<S: AsRef<OsStr>>(&self, env: &[(&str, &str)], argv: &[S]) -> Vec<std::ffi::OsString> {
+    fn hosts_argv<S: AsRef<OsStr>>(
+        &self,
+        env: &[(&str, &str)],
+        argv: &[S],
+    ) -> Vec<std::ffi::OsString> {
         let mut all: Vec<std::ffi::OsString> = [
             "unshare",
             "--mount",
@@ -376,7 +616,10 @@ impl Stack {
 
     /// Tries a plain TCP connect from inside the agent cgroup; returns
     /// `Ok(())` or the errno name (`EPERM`, `ECONNREFUSED`, …).
-    pub fn agent_tcp_connect(&self, addr: std::net::SocketAddr) -> Result<std::result::Result<(), String>> {
+    pub fn agent_tcp_connect(
+        &self,
+        addr: std::net::SocketAddr,
+    ) -> Result<std::result::Result<(), String>> {
         const SCRIPT: &str = r#"
 import errno, socket, sys
 family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
@@ -388,12 +631,28 @@ try:
 except OSError as e:
     print(errno.errorcode.get(e.errno, str(e)))
 "#;
-        let out = self.sluice.exec(&self.agent, &["python3", "-c", SCRIPT, &addr.ip().to_string(), &addr.port().to_string()])?;
+        let out = self.sluice.exec(
+            &self.agent,
+            &[
+                "python3",
+                "-c",
+                SCRIPT,
+                &addr.ip().to_string(),
+                &addr.port().to_string(),
+            ],
+        )?;
         let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
         if !out.status.success() || text.is_empty() {
-            bail!("agent connect probe failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "agent connect probe failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
-        Ok(if text == "connected" { Ok(()) } else { Err(text) })
+        Ok(if text == "connected" {
+            Ok(())
+        } else {
+            Err(text)
+        })
     }
 
     /// Asserts that no service's secret appears in any agent output,
@@ -409,7 +668,10 @@ except OSError as e:
 impl Drop for Stack {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("--- sluice run output (last run) ---\n{}", crate::sluice::tail(&self.sluice.daemon_log(), 80));
+            eprintln!(
+                "--- sluice run output (last run) ---\n{}",
+                crate::sluice::tail(&self.sluice.daemon_log(), 80)
+            );
             if let Some(dir) = self.dir.take() {
                 eprintln!("--- test files kept in {} ---", dir.keep().display());
             }
@@ -427,12 +689,29 @@ fn parse_curl(out: &Output) -> Result<CurlResult> {
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let exit = out.status.code().unwrap_or(-1);
     let Some(at) = stdout.rfind(CURL_MARK) else {
-        return Ok(CurlResult { exit, status: 0, http_version: String::new(), remote_ip: String::new(), body: stdout, stderr });
+        return Ok(CurlResult {
+            exit,
+            status: 0,
+            http_version: String::new(),
+            remote_ip: String::new(),
+            body: stdout,
+            stderr,
+        });
     };
     let mut fields = stdout[at + CURL_MARK.len()..].split_whitespace();
     let status = fields.next().and_then(|s| s.parse().ok()).unwrap_or(0);
     let http_version = fields.next().unwrap_or("").to_string();
     let remote_ip = fields.next().unwrap_or("").to_string();
-    let body = stdout[..at].strip_suffix('\n').unwrap_or(&stdout[..at]).to_string();
-    Ok(CurlResult { exit, status, http_version, remote_ip, body, stderr })
+    let body = stdout[..at]
+        .strip_suffix('\n')
+        .unwrap_or(&stdout[..at])
+        .to_string();
+    Ok(CurlResult {
+        exit,
+        status,
+        http_version,
+        remote_ip,
+        body,
+        stderr,
+    })
 }

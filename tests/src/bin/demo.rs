@@ -1,5 +1,7 @@
 //! `cargo xtask demo`: one real request, agent → eBPF → Sluice → HTTPS
-//! upstream, with the placeholder token swapped for the real key.
+//! upstream, with the placeholder token swapped for the real key; then a
+//! real psql session against PostgreSQL, logged in with a token, with a
+//! masked column and a denied DROP.
 //!
 //! Everything runs on loopback in a temp dir with its own redis-server,
 //! cgroup and bpffs pins, and is removed at the end.
@@ -10,6 +12,8 @@ use sluice_tests::{assert_no_secret, sha256_hex, ServiceSpec, Stack};
 
 const SERVICE: &str = "payments-api";
 const HOST: &str = "api.payments.test";
+const DB: &str = "billing-db";
+const DB_HOST: &str = "db.internal";
 
 fn main() -> ExitCode {
     match demo() {
@@ -31,40 +35,76 @@ fn step(n: u32, text: &str) {
 }
 
 fn indent(text: &str) -> String {
-    text.lines().map(|l| format!("   {l}")).collect::<Vec<_>>().join("\n")
+    text.lines()
+        .map(|l| format!("   {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn demo() -> Result<()> {
     println!("Sluice demo: an agent calls an HTTPS API with a placeholder token; the API gets the real key.");
 
-    step(1, "Test fixtures: redis-server, an HTTPS upstream for api.payments.test on 127.0.0.x (own test CA)");
+    step(1, "Test fixtures: redis-server, an HTTPS upstream for api.payments.test and a PostgreSQL server for db.internal, each on its own 127.0.0.x");
     let mut stack = Stack::builder("run")
         .agent("demo-agent")
         .cgroup_prefix("sluice-demo")
         .service(ServiceSpec::https(SERVICE, HOST))
+        .service(
+            ServiceSpec::postgres(DB, DB_HOST)
+                .extra(r#"deny = ["DROP", "TRUNCATE", "ALTER", "DELETE_WITHOUT_WHERE", "DO"]"#)
+                .extra(r#"mask = ["ssn"]"#),
+        )
         .prepare()
         .context("preparing the demo environment")?;
     let up_addr = stack.upstream(SERVICE).addr();
+    let db_addr = stack.postgres(DB).addr();
     println!("   redis-server on {}", stack.redis.addr());
-    println!("   upstream https://{HOST}:{} on {}", up_addr.port(), up_addr.ip());
+    println!(
+        "   upstream https://{HOST}:{} on {}",
+        up_addr.port(),
+        up_addr.ip()
+    );
+    println!(
+        "   PostgreSQL 15 (initdb in a temp dir) on {db_addr}: database billing, role billing, table customers(id, name, ssn)"
+    );
 
-    step(2, "sluice run --config <this file>: agent demo-agent in its own cgroup, service payments-api");
-    println!("{}", indent(&std::fs::read_to_string(&stack.sluice.config_path)?));
+    step(2, "sluice run --config <this file>: agent demo-agent in its own cgroup, services payments-api and billing-db");
+    println!(
+        "{}",
+        indent(&std::fs::read_to_string(&stack.sluice.config_path)?)
+    );
     stack.sluice.start().context("starting sluice run")?;
     let agent = stack.sluice.agent(stack.agent()).clone();
-    println!("   sluice run (pid {}) is up; eBPF attached to cgroup {}", stack.sluice.pid().unwrap_or(0), agent.rel);
+    println!(
+        "   sluice run (pid {}) is up; eBPF attached to cgroup {}",
+        stack.sluice.pid().unwrap_or(0),
+        agent.rel
+    );
 
     let secret = stack.secret(SERVICE).to_string();
     let secret_name = format!("{SERVICE}-key");
-    step(3, &format!("sluice secret put {secret_name}   (value on stdin; the daemon picks it up live)"));
+    step(
+        3,
+        &format!("sluice secret put {secret_name}   (value on stdin; the daemon picks it up live)"),
+    );
     stack.sluice.secret_put(&secret_name, &secret)?;
-    println!("   stored {} bytes, sealed in {}", secret.len(), stack.sluice.state_dir.join("vault.sealed").display());
+    println!(
+        "   stored {} bytes, sealed in {}",
+        secret.len(),
+        stack.sluice.state_dir.join("vault.sealed").display()
+    );
 
-    step(4, "sluice token issue --agent demo-agent --service payments-api --ttl 1h");
+    step(
+        4,
+        "sluice token issue --agent demo-agent --service payments-api --ttl 1h",
+    );
     let token = stack.token(SERVICE)?;
     println!("   {token}   <- the only credential the agent ever holds");
 
-    step(5, "The agent runs a real curl inside its cgroup via sluice exec");
+    step(
+        5,
+        "The agent runs a real curl inside its cgroup via sluice exec",
+    );
     let ca = stack.sluice.ca_cert_path()?;
     let url = stack.url(SERVICE, "/v1/charges");
     println!(
@@ -75,21 +115,36 @@ fn demo() -> Result<()> {
     );
     let res = stack.curl(&["-H", &format!("Authorization: Bearer {token}"), &url])?;
     if res.exit != 0 {
-        bail!("curl failed (exit {}): {}\n--- sluice run ---\n{}", res.exit, res.stderr.trim(), stack.sluice.daemon_log());
+        bail!(
+            "curl failed (exit {}): {}\n--- sluice run ---\n{}",
+            res.exit,
+            res.stderr.trim(),
+            stack.sluice.daemon_log()
+        );
     }
-    println!("   HTTP {} (HTTP/{}), peer {}", res.status, res.http_version, res.remote_ip);
+    println!(
+        "   HTTP {} (HTTP/{}), peer {}",
+        res.status, res.http_version, res.remote_ip
+    );
     println!("   {}", res.body);
     if res.status != 200 {
         bail!("expected 200 from the upstream, got {}", res.status);
     }
 
     step(6, "What the upstream received");
-    let got = stack.upstream(SERVICE).wait_for(1, std::time::Duration::from_secs(10))?.remove(0);
+    let got = stack
+        .upstream(SERVICE)
+        .wait_for(1, std::time::Duration::from_secs(10))?
+        .remove(0);
     let auth = got.header("authorization").unwrap_or("").to_string();
     let real = auth.strip_prefix("Bearer ").unwrap_or("");
     let digest = sha256_hex(real);
     println!("   {} {} {}", got.method, got.target, got.version);
-    println!("   Authorization: Bearer <secret, {} bytes, sha256 {}…>", real.len(), &digest[..12]);
+    println!(
+        "   Authorization: Bearer <secret, {} bytes, sha256 {}…>",
+        real.len(),
+        &digest[..12]
+    );
     if real != secret {
         bail!("the upstream did not receive the vault secret");
     }
@@ -99,26 +154,40 @@ fn demo() -> Result<()> {
     println!("   = the vault secret ✓   (and no slt_ token reached the upstream ✓)");
 
     step(7, "The session record");
-    let request = stack.sluice.wait_for_event("the request event", std::time::Duration::from_secs(10), |e| {
-        e["event"] == "request" && e["service"] == SERVICE
-    })?;
+    let request = stack.sluice.wait_for_event(
+        "the request event",
+        std::time::Duration::from_secs(10),
+        |e| e["event"] == "request" && e["service"] == SERVICE,
+    )?;
     let session = request["session"].as_str().unwrap_or_default().to_string();
     println!("   $ sluice sessions show {session}");
-    let shown = stack.sluice.cli_output(&["sessions", "show", &session], None)?;
+    let shown = stack
+        .sluice
+        .cli_output(&["sessions", "show", &session], None)?;
     if shown.status.success() {
-        println!("{}", indent(String::from_utf8_lossy(&shown.stdout).trim_end()));
+        println!(
+            "{}",
+            indent(String::from_utf8_lossy(&shown.stdout).trim_end())
+        );
     } else {
-        println!("   (sessions show failed: {}); the JSON lines:", String::from_utf8_lossy(&shown.stderr).trim());
+        println!(
+            "   (sessions show failed: {}); the JSON lines:",
+            String::from_utf8_lossy(&shown.stderr).trim()
+        );
         for e in stack.sluice.session_events(&session)? {
             println!("   {e}");
         }
     }
 
-    step(8, "Leak check");
-    assert_no_secret(&secret, &stack.sluice.all_output_text());
-    println!("   the secret appears in no agent output, sluice log, session record or state file ✓");
+    postgres_session(&stack)?;
 
-    step(9, "Cleanup");
+    step(13, "Leak check");
+    let texts = stack.sluice.all_output_text();
+    assert_no_secret(&secret, &texts);
+    assert_no_secret(stack.secret(DB), &texts);
+    println!("   neither the API key nor the database password appears in any agent output, sluice log, session record or state file ✓");
+
+    step(14, "Cleanup");
     let bpf_dir = stack.sluice.bpf_dir.clone();
     let report = stack.sluice.teardown();
     if !report.errors.is_empty() {
@@ -132,5 +201,108 @@ fn demo() -> Result<()> {
     );
     drop(stack);
     println!("\nDone.");
+    Ok(())
+}
+
+/// Steps 8–12: the PostgreSQL half of the demo.
+fn postgres_session(stack: &Stack) -> Result<()> {
+    let pg = stack.postgres(DB);
+    let secret_name = format!("{DB}-key");
+    step(
+        8,
+        &format!("sluice secret put {secret_name}   (role billing's real password, on stdin)"),
+    );
+    stack.sluice.secret_put(&secret_name, stack.secret(DB))?;
+    println!(
+        "   stored {} bytes; the agent never sees it",
+        stack.secret(DB).len()
+    );
+
+    step(
+        9,
+        "sluice token issue --agent demo-agent --service billing-db --ttl 1h",
+    );
+    let token = stack.token(DB)?;
+    println!("   {token}   <- the agent's PostgreSQL password");
+
+    step(
+        10,
+        "The agent runs a real psql inside its cgroup: SELECT, DROP, SELECT in one session",
+    );
+    let conninfo = stack.pg_conninfo(DB, &token, "sslmode=prefer");
+    let statements = [
+        "SELECT * FROM customers ORDER BY id",
+        "DROP TABLE customers",
+        "SELECT count(*) FROM customers",
+    ];
+    println!("   $ sluice exec --agent demo-agent -- psql \"{conninfo}\" -e \\");
+    println!(
+        "       -c '\\set VERBOSITY verbose' {}",
+        statements.map(|s| format!("-c '{s}'")).join(" ")
+    );
+    let mut argv = vec![
+        "sh",
+        "-c",
+        r#"exec psql -X -w -d "$0" -e -P 'null=(null)' -c '\set VERBOSITY verbose' -c "$1" -c "$2" -c "$3" 2>&1"#,
+        &conninfo,
+    ];
+    argv.extend(statements);
+    let out = stack.sluice.exec(stack.agent(), &argv)?;
+    let transcript = String::from_utf8_lossy(&out.stdout).into_owned();
+    if transcript.trim().is_empty() {
+        bail!(
+            "psql printed nothing: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    println!("{}", indent(transcript.trim_end()));
+    if !transcript.contains("****") || transcript.contains("123-45-6789") {
+        bail!("the ssn column was not masked");
+    }
+    if !transcript.contains("ERROR:  42501") {
+        bail!("DROP TABLE was not denied with 42501");
+    }
+    if !transcript.contains("     3\n(1 row)") {
+        bail!("the SELECT after the denial did not return the 3 customers");
+    }
+    println!("   ssn masked ✓   DROP denied with 42501 ✓   the session went on ✓");
+
+    step(
+        11,
+        "The table is still there (asked directly, as the superuser, outside the agent's cgroup)",
+    );
+    let count = pg.customers_count()?;
+    println!(
+        "   customers: {}",
+        count.map_or("gone!".to_string(), |n| format!("{n} rows"))
+    );
+    if count != Some(3) {
+        bail!("the customers table was changed");
+    }
+
+    step(12, "The session record");
+    let open = stack.sluice.wait_for_event(
+        "the billing-db session",
+        std::time::Duration::from_secs(10),
+        |e| e["event"] == "open" && e["service"] == DB,
+    )?;
+    let session = open["session"].as_str().unwrap_or_default().to_string();
+    stack.sluice.wait_for_event(
+        "the close of the billing-db session",
+        std::time::Duration::from_secs(10),
+        |e| e["event"] == "close" && e["session"] == session.as_str(),
+    )?;
+    println!(
+        "   {}",
+        stack
+            .sluice
+            .log_dir
+            .join("sessions")
+            .join(format!("{session}.jsonl"))
+            .display()
+    );
+    for e in stack.sluice.session_events(&session)? {
+        println!("   {e}");
+    }
     Ok(())
 }

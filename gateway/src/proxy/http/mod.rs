@@ -22,6 +22,7 @@ use tracing::{debug, warn};
 use super::{Gateway, Intercepted};
 use crate::{config::Protocol, tls::agent_server_config};
 
+pub mod counted;
 pub mod credential;
 pub mod echo_guard;
 pub mod json_mask;

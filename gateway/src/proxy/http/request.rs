@@ -11,6 +11,7 @@ use hyper::{body::Incoming, header, Request, Response, StatusCode};
 use tracing::warn;
 
 use super::{
+    counted::Counted,
     credential,
     echo_guard::{self, EchoGuard},
     json_mask,
@@ -278,7 +279,8 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Proxy
                     .and_then(|v| v.to_str().ok())
                     .is_some_and(json_mask::is_json);
             if !masked {
-                return Response::from_parts(rparts, rbody);
+                let status = rparts.status.as_u16();
+                return Response::from_parts(rparts, Counted::wrap(rbody, ctx.clone(), status));
             }
             match mask_body(
                 &ctx,
@@ -291,7 +293,8 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Proxy
             {
                 Ok(body) => {
                     rparts.headers.remove(header::CONTENT_LENGTH);
-                    Response::from_parts(rparts, body)
+                    let status = rparts.status.as_u16();
+                    Response::from_parts(rparts, Counted::wrap(body, ctx.clone(), status))
                 }
                 Err(msg) => fail(
                     StatusCode::BAD_GATEWAY,
