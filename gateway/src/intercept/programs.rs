@@ -152,30 +152,30 @@ pub fn attach_agent(
     let cgroup = fs::File::open(cgroup_dir).map_err(io_err("opening cgroup", cgroup_dir))?;
     for name in SOCK_ADDR_PROGRAMS {
         let prog: &mut CgroupSockAddr = program(ebpf, name)?;
-        let id = prog
+        let attached = prog
             .attach(cgroup.as_fd(), CgroupAttachMode::Single)
-            .map_err(|source| InterceptError::Program { name, source })?;
-        let link = prog
-            .take_link(id)
-            .map_err(|source| InterceptError::Program { name, source })?;
-        let fd_link = FdLink::try_from(link).map_err(|e| InterceptError::Pin {
+            .and_then(|id| prog.take_link(id));
+        pin_link(name, attached.map(FdLink::try_from), &links)?;
+    }
+    let prog: &mut SockOps = program(ebpf, SOCK_OPS_PROGRAM)?;
+    let attached = prog
+        .attach(cgroup.as_fd(), CgroupAttachMode::Single)
+        .and_then(|id| prog.take_link(id));
+    pin_link(SOCK_OPS_PROGRAM, attached.map(FdLink::try_from), &links)
+}
+
+/// Pins the link of a just-attached program `name` under `links/`.
+fn pin_link<E: std::fmt::Display>(
+    name: &'static str,
+    attached: Result<Result<FdLink, E>, aya::programs::ProgramError>,
+    links: &Path,
+) -> Result<(), InterceptError> {
+    let fd_link = attached
+        .map_err(|source| InterceptError::Program { name, source })?
+        .map_err(|e| InterceptError::Pin {
             path: links.join(name),
             reason: e.to_string(),
         })?;
-        replace_pin(fd_link, &links.join(name))?;
-    }
-    let name = SOCK_OPS_PROGRAM;
-    let prog: &mut SockOps = program(ebpf, name)?;
-    let id = prog
-        .attach(cgroup.as_fd(), CgroupAttachMode::Single)
-        .map_err(|source| InterceptError::Program { name, source })?;
-    let link = prog
-        .take_link(id)
-        .map_err(|source| InterceptError::Program { name, source })?;
-    let fd_link = FdLink::try_from(link).map_err(|e| InterceptError::Pin {
-        path: links.join(name),
-        reason: e.to_string(),
-    })?;
     replace_pin(fd_link, &links.join(name))
 }
 

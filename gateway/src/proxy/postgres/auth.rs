@@ -53,6 +53,20 @@ async fn fatal<W: AsyncWrite + Unpin>(w: &mut W, sqlstate: &str, message: &str) 
     let _ = w.flush().await;
 }
 
+/// Writes and clears `out`.
+async fn send<S: AsyncRead + AsyncWrite + Unpin>(
+    reader: &mut Reader<S>,
+    out: &mut BytesMut,
+) -> Result<(), AuthError> {
+    reader
+        .get_mut()
+        .write_all(out)
+        .await
+        .map_err(codec::CodecError::Io)?;
+    out.clear();
+    Ok(())
+}
+
 /// Reads a `SASLInitialResponse`/`SASLResponse` (`p`) message body.
 async fn sasl_message<R: AsyncRead + Unpin>(
     reader: &mut Reader<R>,
@@ -107,12 +121,7 @@ where
 {
     let salt = state.scram_salt(agent, service).await?;
     backend::auth_sasl(&mut out);
-    reader
-        .get_mut()
-        .write_all(&out)
-        .await
-        .map_err(codec::CodecError::Io)?;
-    out.clear();
+    send(reader, &mut out).await?;
 
     let initial = sasl_message(reader).await?;
     let mut body = &initial[..];
@@ -128,12 +137,7 @@ where
     }
     let first = ServerFirst::new(body, &salt).map_err(|e| AuthError::Protocol(e.to_string()))?;
     backend::auth_sasl_data(11, first.message(), &mut out);
-    reader
-        .get_mut()
-        .write_all(&out)
-        .await
-        .map_err(codec::CodecError::Io)?;
-    out.clear();
+    send(reader, &mut out).await?;
 
     let client_final = sasl_message(reader).await?;
     let candidates = state.scram_verifiers(agent, service).await?;
@@ -150,10 +154,6 @@ where
         .map_err(|r| AuthError::Rejected(r.to_string()))?;
     backend::auth_sasl_data(12, server_final.as_bytes(), &mut out);
     backend::auth_ok(&mut out);
-    reader
-        .get_mut()
-        .write_all(&out)
-        .await
-        .map_err(codec::CodecError::Io)?;
+    send(reader, &mut out).await?;
     Ok(Authenticated { record, digest })
 }

@@ -195,12 +195,11 @@ pub mod backend {
         out[at..at + 4].copy_from_slice(&len.to_be_bytes());
     }
 
-    /// `ErrorResponse` with severity, SQLSTATE code and message.
-    pub fn error_response(sqlstate: &str, message: &str, out: &mut BytesMut) {
+    fn error_fields(severity: &str, sqlstate: &str, message: &str, out: &mut BytesMut) {
         frame(b'E', out, |b| {
             for (field, value) in [
-                (b'S', "ERROR"),
-                (b'V', "ERROR"),
+                (b'S', severity),
+                (b'V', severity),
                 (b'C', sqlstate),
                 (b'M', message),
             ] {
@@ -212,21 +211,14 @@ pub mod backend {
         });
     }
 
-    /// `FATAL` `ErrorResponse` (the connection is closed after it).
+    /// `ErrorResponse` with severity `ERROR`, SQLSTATE code and message.
+    pub fn error_response(sqlstate: &str, message: &str, out: &mut BytesMut) {
+        error_fields("ERROR", sqlstate, message, out);
+    }
+
+    /// `ErrorResponse` with severity `FATAL` (the connection is closed after it).
     pub fn fatal_response(sqlstate: &str, message: &str, out: &mut BytesMut) {
-        frame(b'E', out, |b| {
-            for (field, value) in [
-                (b'S', "FATAL"),
-                (b'V', "FATAL"),
-                (b'C', sqlstate),
-                (b'M', message),
-            ] {
-                b.put_u8(field);
-                b.put_slice(value.as_bytes());
-                b.put_u8(0);
-            }
-            b.put_u8(0);
-        });
+        error_fields("FATAL", sqlstate, message, out);
     }
 
     /// `ReadyForQuery` with transaction status `I`, `T` or `E`.

@@ -71,20 +71,6 @@ pub async fn serve(
         uid: id.uid,
         service: service.name.clone(),
     };
-    let record = match gw.recorder.start(meta) {
-        Ok(r) => Arc::new(r),
-        Err(e) => {
-            warn!(error = %e, "cannot open session record");
-            startup::refuse(
-                &mut reader,
-                "53100",
-                "Sluice cannot write its session record; refusing unaudited access",
-            )
-            .await;
-            return;
-        }
-    };
-    let started = Instant::now();
     let open = Event::Open {
         protocol: if tls {
             "postgres+tls".into()
@@ -94,15 +80,19 @@ pub async fn serve(
         original_dst: conn.original_dst.to_string(),
         peer: conn.peer.to_string(),
     };
-    if record.record(open).is_err() {
-        startup::refuse(
-            &mut reader,
-            "53100",
-            "Sluice cannot write its session record; refusing unaudited access",
-        )
-        .await;
-        return;
-    }
+    let opened = gw
+        .recorder
+        .start(meta)
+        .and_then(|r| r.record(open).map(|()| Arc::new(r)));
+    let record = match opened {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(error = %e, "cannot write the session record");
+            let msg = "Sluice cannot write its session record; refusing unaudited access";
+            return startup::refuse(&mut reader, "53100", msg).await;
+        }
+    };
+    let started = Instant::now();
     if let Err(message) =
         login_and_relay(&gw, &conn, service, record.clone(), reader, startup).await
     {
