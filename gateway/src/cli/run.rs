@@ -24,13 +24,14 @@ pub struct RunArgs {
 /// Starts the daemon and blocks until SIGTERM/SIGINT.
 ///
 /// # Errors
-/// [`CliError::Usage`] when not root; [`CliError::Runtime`] when start-up fails.
+/// [`CliError::Usage`] without root or the needed capabilities;
+/// [`CliError::Runtime`] when start-up fails.
 pub fn run(cfg: Config, args: RunArgs) -> Result<(), CliError> {
     init_logging(args.log_format);
-    if !nix::unistd::geteuid().is_root() {
-        return Err(CliError::Usage(
-            "sluice run needs root (CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN to attach cgroup programs)".into(),
-        ));
+    if let Some(missing) = missing_capabilities() {
+        return Err(CliError::Usage(format!(
+            "sluice run needs root or the capabilities CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN and CAP_PERFMON (missing {missing})"
+        )));
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -52,4 +53,24 @@ fn init_logging(format: LogFormat) {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+}
+
+/// The capabilities `sluice run` needs that the process does not have in
+/// its effective set (read from `/proc/self/status` `CapEff`, capabilities(7)).
+fn missing_capabilities() -> Option<String> {
+    const NEEDED: [(u32, &str); 4] = [
+        (39, "CAP_BPF"),
+        (12, "CAP_NET_ADMIN"),
+        (21, "CAP_SYS_ADMIN"),
+        (38, "CAP_PERFMON"),
+    ];
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let eff = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+    let eff = u64::from_str_radix(eff.trim(), 16).ok()?;
+    let missing: Vec<&str> = NEEDED
+        .iter()
+        .filter(|(bit, _)| eff & (1 << bit) == 0)
+        .map(|(_, name)| *name)
+        .collect();
+    (!missing.is_empty()).then(|| missing.join(", "))
 }

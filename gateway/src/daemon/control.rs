@@ -171,13 +171,13 @@ pub async fn reload(gw: &Gateway, ctl: &mut Control, path: &std::path::Path) -> 
     Ok(())
 }
 
-/// Runs the control loop until the process ends.
-pub async fn run(gw: Arc<Gateway>, mut ctl: Control, path: PathBuf) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hup = match signal(SignalKind::hangup()) {
-        Ok(s) => s,
-        Err(e) => return warn!(error = %e, "no SIGHUP handler; reload needs a restart"),
-    };
+/// Runs the control loop until the process ends; `hup` is the SIGHUP stream.
+pub async fn run(
+    gw: Arc<Gateway>,
+    mut ctl: Control,
+    path: PathBuf,
+    mut hup: tokio::signal::unix::Signal,
+) {
     let mut tick = tokio::time::interval(resolver::REFRESH);
     tick.tick().await;
     loop {

@@ -121,11 +121,23 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
     if let Some(v6) = v6 {
         tokio::spawn(proxy::serve(gateway.clone(), v6));
     }
-    tokio::spawn(control::run(gateway.clone(), ctl, cfg.path.clone()));
+    // Signal handlers exist before readiness, so an early reload or stop
+    // never meets a default action.
+    use tokio::signal::unix::{signal, SignalKind};
+    let handler = |kind| signal(kind).map_err(setup("signal handler"));
+    let (mut term, mut int, hup) = (
+        handler(SignalKind::terminate())?,
+        handler(SignalKind::interrupt())?,
+        handler(SignalKind::hangup())?,
+    );
+    tokio::spawn(control::run(gateway.clone(), ctl, cfg.path.clone(), hup));
     notify::ready();
     info!(listen = %gwc.listen, agents = cfg.agents.len(), services = cfg.services.len(), "sluice ready");
 
-    wait_for_shutdown().await;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
     info!("shutting down; pinned links keep agents failing closed until the next start");
     Ok(())
 }
@@ -167,14 +179,4 @@ fn spawn_bpf_logger(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
             guard.clear_ready();
         }
     });
-}
-
-async fn wait_for_shutdown() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
 }

@@ -1,6 +1,6 @@
 //! cgroup v2: locating the unified hierarchy and the agents' cgroups.
 //!
-//! The cgroup2 mount is read from `/proc/mounts` (it is `/sys/fs/cgroup` on
+//! The cgroup2 mount is read from `/proc/self/mounts` (it is `/sys/fs/cgroup` on
 //! most hosts and `/sys/fs/cgroup/unified` on hybrid ones). A cgroup's id, as
 //! returned by `bpf_get_current_cgroup_id()`, is the inode number of its
 //! directory. Kernel ≥ 4.5 for cgroup v2; see cgroups(7).
@@ -14,9 +14,9 @@ use std::{
 /// Returns the mount point of the cgroup2 filesystem.
 ///
 /// # Errors
-/// `NotFound` when no `cgroup2` line is in `/proc/mounts`.
+/// `NotFound` when no `cgroup2` line is in `/proc/self/mounts`.
 pub fn cgroup2_mount() -> io::Result<PathBuf> {
-    let mounts = fs::read_to_string("/proc/mounts")?;
+    let mounts = fs::read_to_string("/proc/self/mounts")?;
     mounts
         .lines()
         .filter_map(|line| {
@@ -28,12 +28,12 @@ pub fn cgroup2_mount() -> io::Result<PathBuf> {
         .ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::NotFound,
-                "no cgroup2 filesystem in /proc/mounts; mount it with `mount -t cgroup2 none /sys/fs/cgroup`",
+                "no cgroup2 filesystem in /proc/self/mounts; mount it with `mount -t cgroup2 none /sys/fs/cgroup`",
             )
         })
 }
 
-/// `/proc/mounts` escapes spaces and the like as octal (`\040`).
+/// `/proc/self/mounts` escapes spaces and the like as octal (`\040`).
 fn unescape_mount_path(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());

@@ -182,14 +182,21 @@ impl Recorder {
             .flatten()
             .map(|g| g.gid.as_raw());
         let sessions_dir = log_dir.join("sessions");
+        // With the audit group, directories are setgid so files created in
+        // them inherit the group without CAP_CHOWN.
+        let mode = if group.is_some() {
+            DIR_MODE | 0o2000
+        } else {
+            DIR_MODE
+        };
         for dir in [log_dir, &sessions_dir] {
             if !dir.is_dir() {
                 DirBuilder::new()
                     .recursive(true)
-                    .mode(DIR_MODE)
+                    .mode(mode)
                     .create(dir)
                     .map_err(|e| annotate(e, "create", dir))?;
-                fs::set_permissions(dir, fs::Permissions::from_mode(DIR_MODE))
+                fs::set_permissions(dir, fs::Permissions::from_mode(mode))
                     .map_err(|e| annotate(e, "chmod", dir))?;
                 set_group(&File::open(dir)?, dir, group);
             }
