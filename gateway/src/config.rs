@@ -77,6 +77,13 @@ pub struct Gateway {
         with = "humantime_serde_compat"
     )]
     pub approval_timeout: Duration,
+    /// How long an upstream may take to send its response head before the
+    /// agent gets a 504.
+    #[serde(
+        default = "defaults::upstream_timeout",
+        with = "humantime_serde_compat"
+    )]
+    pub upstream_timeout: Duration,
     /// Largest `application/json` response body (bytes) that is buffered to
     /// mask fields; a larger one is refused with 502, never passed unmasked.
     #[serde(default = "defaults::json_mask_max_bytes")]
@@ -279,6 +286,9 @@ mod defaults {
     }
     pub fn approval_timeout() -> Duration {
         Duration::from_secs(300)
+    }
+    pub fn upstream_timeout() -> Duration {
+        Duration::from_secs(60)
     }
     pub fn json_mask_max_bytes() -> usize {
         8 << 20

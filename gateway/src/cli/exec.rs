@@ -71,6 +71,18 @@ pub fn run(cfg: &Config, args: ExecArgs) -> Result<(), CliError> {
     unsafe {
         cmd.pre_exec(move || {
             cgroup::join_self(&join_dir)?;
+            // No socket opened outside the cgroup may reach the agent: every
+            // inherited descriptor above stderr closes at exec
+            // (close_range(2) with CLOSE_RANGE_CLOEXEC).
+            if libc::syscall(
+                libc::SYS_close_range,
+                3u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
             if let Some(u) = &user {
                 drop_privileges(u)?;
             }

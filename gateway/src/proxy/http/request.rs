@@ -251,12 +251,37 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Proxy
             "no HTTP client for service",
         );
     };
-    if !service.mask.is_empty() {
-        // Masking needs the body as sent: ask for no content coding.
+    if !service.mask.is_empty() || service.echo_guard {
+        // Masking and echo_guard read the body as sent: ask for no content coding.
         parts.headers.remove(header::ACCEPT_ENCODING);
     }
     let sent = std::time::Instant::now();
-    let response = client.request(Request::from_parts(parts, body)).await;
+    let timeout = gateway_cfg.upstream_timeout;
+    let response =
+        match tokio::time::timeout(timeout, client.request(Request::from_parts(parts, body))).await
+        {
+            Ok(r) => r,
+            Err(_) => {
+                let msg = format!(
+                    "upstream {}:{} sent no response within {} s (gateway.upstream_timeout)",
+                    service.host,
+                    service.port,
+                    timeout.as_secs()
+                );
+                ctx.record(Event::Request {
+                    method,
+                    path,
+                    status: 504,
+                });
+                return fail(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    Event::Error {
+                        message: msg.clone(),
+                    },
+                    &msg,
+                );
+            }
+        };
     gw.metrics.upstream_latency(&service.name, sent.elapsed());
     match response {
         Ok(resp) => {
@@ -264,6 +289,21 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Proxy
             upstream::strip_hop_by_hop(&mut rparts.headers);
             let mut rbody = rbody.boxed();
             if let Some(secret) = &guard {
+                let coding = rparts
+                    .headers
+                    .get(header::CONTENT_ENCODING)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("identity");
+                if !coding.eq_ignore_ascii_case("identity") {
+                    let msg = format!("upstream sent a {coding}-encoded body that echo_guard cannot scan; refused");
+                    return fail(
+                        StatusCode::BAD_GATEWAY,
+                        Event::Error {
+                            message: msg.clone(),
+                        },
+                        &msg,
+                    );
+                }
                 echo_guard::redact_headers(&mut rparts.headers, secret.expose());
                 rbody = EchoGuard::wrap(rbody, secret.expose());
             }

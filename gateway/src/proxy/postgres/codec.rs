@@ -9,9 +9,13 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-/// Largest message accepted in either direction (PostgreSQL's own limit on
-/// a field value is 1 GB).
+/// Largest message accepted from an upstream server (PostgreSQL's own
+/// limit on a field value is 1 GB).
 pub const MAX_MESSAGE: usize = 1 << 30;
+/// Largest message accepted from an agent: one statement or bind of up to
+/// 64 MiB. A larger announced length is refused before anything is
+/// buffered, so no agent can make the gateway hold gigabytes.
+pub const MAX_FRONTEND_MESSAGE: usize = 64 << 20;
 /// Largest start-up packet accepted (PostgreSQL's backend uses 10000).
 pub const MAX_STARTUP: usize = 10_000;
 
@@ -49,12 +53,23 @@ impl Message {
 pub struct Reader<R> {
     io: R,
     buf: BytesMut,
+    max: usize,
 }
 
 impl<R: AsyncRead + Unpin> Reader<R> {
     /// Wraps `io`; `leftover` holds bytes already read past the start-up.
     pub fn new(io: R, leftover: BytesMut) -> Self {
-        Self { io, buf: leftover }
+        Self {
+            io,
+            buf: leftover,
+            max: MAX_MESSAGE,
+        }
+    }
+
+    /// The same reader refusing messages over `max` bytes.
+    pub fn with_limit(mut self, max: usize) -> Self {
+        self.max = max;
+        self
     }
 
     /// Takes the buffered bytes and the stream back (e.g. for a TLS upgrade).
@@ -64,7 +79,10 @@ impl<R: AsyncRead + Unpin> Reader<R> {
 
     async fn fill(&mut self, want: usize) -> Result<(), CodecError> {
         while self.buf.len() < want {
-            self.buf.reserve((want - self.buf.len()).max(8192));
+            // Grow with the data that actually arrives, not with the length a
+            // peer claims: a 5-byte header must not reserve a gigabyte.
+            self.buf
+                .reserve((want - self.buf.len()).clamp(8192, 256 * 1024));
             if self.io.read_buf(&mut self.buf).await? == 0 {
                 return Err(CodecError::Closed);
             }
@@ -93,11 +111,11 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     ///
     /// # Errors
     /// [`CodecError::Closed`] at EOF; [`CodecError::BadLength`] for a length
-    /// under 4 or over [`MAX_MESSAGE`].
+    /// under 4 or over the reader's limit ([`MAX_MESSAGE`] by default).
     pub async fn message(&mut self) -> Result<Message, CodecError> {
         self.fill(5).await?;
         let len = i32::from_be_bytes(self.buf[1..5].try_into().unwrap()) as i64;
-        if !(4..=MAX_MESSAGE as i64).contains(&len) {
+        if !(4..=self.max as i64).contains(&len) {
             return Err(CodecError::BadLength(len));
         }
         let total = 1 + len as usize;

@@ -29,6 +29,10 @@ pub mod startup;
 pub mod tracker;
 pub mod upstream;
 
+/// How long an agent may take from connecting to its StartupMessage
+/// (TLS included) before the connection is dropped.
+const STARTUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// How long the backend may drain after the agent's side ended.
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -45,7 +49,14 @@ pub async fn serve(
     stream: tokio::net::TcpStream,
     service: Arc<Service>,
 ) {
-    let opening = match startup::negotiate(&gw, &service.host, Box::new(stream)).await {
+    let negotiated = tokio::time::timeout(
+        STARTUP_TIMEOUT,
+        startup::negotiate(&gw, &service.host, Box::new(stream)),
+    )
+    .await;
+    let opening = match negotiated
+        .unwrap_or_else(|_| Err(startup::StartupError::Protocol("start-up timed out".into())))
+    {
         Ok(o) => o,
         Err(e) => {
             return debug!(agent = %conn.identity.agent, error = %e, "PostgreSQL start-up failed")
@@ -251,7 +262,7 @@ async fn run_relay(
     let result = {
         let front = relay::frontend(
             &session,
-            codec::Reader::new(agent_r, agent_buf),
+            codec::Reader::new(agent_r, agent_buf).with_limit(codec::MAX_FRONTEND_MESSAGE),
             &mut up_w,
             token,
         );

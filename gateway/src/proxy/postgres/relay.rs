@@ -527,9 +527,14 @@ where
                 s.tracker.skip_to_sync();
                 current = None;
                 let (code, message) = super::upstream::error_fields(&msg);
-                let _ = s.record.record(Event::Error {
-                    message: format!("{code}: {message}"),
-                });
+                // A server message can quote a value (e.g. a failed cast of a
+                // masked column): on masked services only the SQLSTATE is kept.
+                let message = if mask.is_empty() {
+                    format!("{code}: {message}")
+                } else {
+                    code
+                };
+                let _ = s.record.record(Event::Error { message });
                 msg.encode(&mut out);
             }
             b'Z' => match s.tracker.ready() {

@@ -74,7 +74,7 @@ pub enum StartupError {
 /// a failed TLS handshake (a FATAL `08P01` is sent first where the protocol
 /// allows).
 pub async fn negotiate(gw: &Gateway, host: &str, io: BoxIo) -> Result<Opening, StartupError> {
-    let mut reader = Reader::new(io, BytesMut::new());
+    let mut reader = Reader::new(io, BytesMut::new()).with_limit(codec::MAX_FRONTEND_MESSAGE);
     let (mut tls, mut gss_refused) = (false, false);
     loop {
         let packet = reader.startup_packet().await?;
@@ -99,13 +99,14 @@ pub async fn negotiate(gw: &Gateway, host: &str, io: BoxIo) -> Result<Opening, S
                     .accept(io)
                     .await
                     .map_err(|e| StartupError::Tls(e.to_string()))?;
-                reader = Reader::new(Box::new(stream) as BoxIo, BytesMut::new());
+                reader = Reader::new(Box::new(stream) as BoxIo, BytesMut::new())
+                    .with_limit(codec::MAX_FRONTEND_MESSAGE);
                 tls = true;
             }
             GSSENC_REQUEST if !gss_refused && !tls => {
                 let (mut io, rest) = reader.into_parts();
                 io.write_all(b"N").await.map_err(CodecError::Io)?;
-                reader = Reader::new(io, rest);
+                reader = Reader::new(io, rest).with_limit(codec::MAX_FRONTEND_MESSAGE);
                 gss_refused = true;
             }
             CANCEL_REQUEST if body.len() == 8 => {
