@@ -123,7 +123,9 @@ pub struct FourTuple {
 /// Returns the IPv4-mapped IPv6 form (`::ffff:a.b.c.d`) of an IPv4 address
 /// given in network byte order.
 pub const fn v4_mapped(v4: [u8; 4]) -> [u8; 16] {
-    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3]]
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3],
+    ]
 }
 
 /// True when `addr` is an IPv4-mapped IPv6 address.

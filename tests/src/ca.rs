@@ -8,7 +8,9 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
+};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 /// A CA whose certificate is written to `<dir>/upstream-ca.pem`.
@@ -29,13 +31,20 @@ impl TestCa {
     /// Generates a CA and writes its certificate (PEM) into `dir`.
     pub fn new(dir: &Path) -> Result<TestCa> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.distinguished_name.push(DnType::CommonName, "Sluice test upstream CA");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "Sluice test upstream CA");
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate()?)?;
         std::fs::create_dir_all(dir)?;
         let pem_path = dir.join("upstream-ca.pem");
-        std::fs::write(&pem_path, issuer.pem()).with_context(|| format!("write {}", pem_path.display()))?;
+        std::fs::write(&pem_path, issuer.pem())
+            .with_context(|| format!("write {}", pem_path.display()))?;
         Ok(TestCa { issuer, pem_path })
     }
 
@@ -51,8 +60,12 @@ impl TestCa {
 
     /// A leaf certificate for `names`, signed by this CA.
     pub fn leaf(&self, names: &[&str]) -> Result<Leaf> {
-        let mut params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
-        params.distinguished_name.push(DnType::CommonName, names.first().copied().unwrap_or("upstream"));
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
+        params.distinguished_name.push(
+            DnType::CommonName,
+            names.first().copied().unwrap_or("upstream"),
+        );
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(Leaf {
@@ -65,7 +78,11 @@ impl TestCa {
 
     /// A rustls server config presenting a leaf for `names`, offering
     /// `alpn` (e.g. `[b"h2", b"http/1.1"]`).
-    pub fn server_config(&self, names: &[&str], alpn: &[&[u8]]) -> Result<Arc<rustls::ServerConfig>> {
+    pub fn server_config(
+        &self,
+        names: &[&str],
+        alpn: &[&[u8]],
+    ) -> Result<Arc<rustls::ServerConfig>> {
         let leaf = self.leaf(names)?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ServerConfig::builder_with_provider(provider)

@@ -60,15 +60,20 @@ pub fn remove(cgroup: &Path, remove_parent: bool) -> Result<()> {
     }
     let emptied = poll("test cgroup to empty", Duration::from_secs(10), || {
         let pids = procs(cgroup);
-        pids.iter().for_each(|&pid| process::signal(pid, libc::SIGKILL));
+        pids.iter()
+            .for_each(|&pid| process::signal(pid, libc::SIGKILL));
         pids.is_empty().then_some(())
     });
     emptied?;
-    poll("rmdir of the test cgroup", Duration::from_secs(10), || match std::fs::remove_dir(cgroup) {
-        Ok(()) => Some(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(()),
-        Err(_) => None,
-    })?;
+    poll(
+        "rmdir of the test cgroup",
+        Duration::from_secs(10),
+        || match std::fs::remove_dir(cgroup) {
+            Ok(()) => Some(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(()),
+            Err(_) => None,
+        },
+    )?;
     if remove_parent {
         if let Some(parent) = cgroup.parent() {
             // Fails harmlessly while another test still has a cgroup there.
@@ -85,12 +90,19 @@ pub fn remove(cgroup: &Path, remove_parent: bool) -> Result<()> {
 /// cgroup (empty when none).
 pub fn attached_programs(cgroup: &Path) -> Result<String> {
     let out = process::output_with_timeout(
-        std::process::Command::new("bpftool").arg("cgroup").arg("show").arg(cgroup),
+        std::process::Command::new("bpftool")
+            .arg("cgroup")
+            .arg("show")
+            .arg(cgroup),
         None,
         Duration::from_secs(20),
     )?;
     if !out.status.success() {
-        bail!("bpftool cgroup show {}: {}", cgroup.display(), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "bpftool cgroup show {}: {}",
+            cgroup.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
@@ -104,9 +116,13 @@ pub fn links_for_cgroup_id(cgroup_id: u64) -> Result<Vec<u64>> {
         Duration::from_secs(20),
     )?;
     if !out.status.success() {
-        bail!("bpftool link show: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "bpftool link show: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
-    let links: serde_json::Value = serde_json::from_slice(&out.stdout).context("bpftool link show --json")?;
+    let links: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("bpftool link show --json")?;
     Ok(links
         .as_array()
         .into_iter()

@@ -11,8 +11,16 @@ use anyhow::{Context, Result};
 
 /// Environment variables that would send agent traffic to a proxy instead
 /// of the address it dials.
-pub const PROXY_VARS: &[&str] =
-    &["http_proxy", "https_proxy", "all_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"];
+pub const PROXY_VARS: &[&str] = &[
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+    "no_proxy",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "NO_PROXY",
+];
 
 /// Makes `cmd`'s child receive SIGKILL when the thread that spawned it
 /// exits, so a test binary that dies mid-test leaves no daemon behind.
@@ -30,7 +38,9 @@ pub fn die_with_parent(cmd: &mut Command) -> &mut Command {
 
 /// Sends `signal` to the process `pid` (one PID, never a group or a name).
 pub fn signal(pid: u32, signal: i32) {
-    let Ok(pid) = libc::pid_t::try_from(pid) else { return };
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return;
+    };
     if pid > 1 {
         // SAFETY: plain syscall on a positive PID.
         unsafe { libc::kill(pid, signal) };
@@ -65,12 +75,22 @@ pub fn stop(child: &mut Child, grace: Duration) {
 
 /// Runs `cmd` to completion with `stdin` as its input, killing it (by PID)
 /// when it outlives `timeout`.
-pub fn output_with_timeout(cmd: &mut Command, stdin: Option<&[u8]>, timeout: Duration) -> Result<Output> {
-    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+pub fn output_with_timeout(
+    cmd: &mut Command,
+    stdin: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<Output> {
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     let shown = format!("{:?}", cmd);
-    let mut child = die_with_parent(cmd).spawn().with_context(|| format!("cannot start {shown}"))?;
+    let mut child = die_with_parent(cmd)
+        .spawn()
+        .with_context(|| format!("cannot start {shown}"))?;
     if let Some(input) = stdin {
         use std::io::Write;
         let mut pipe = child.stdin.take().expect("piped");
@@ -96,7 +116,11 @@ pub fn output_with_timeout(cmd: &mut Command, stdin: Option<&[u8]>, timeout: Dur
             anyhow::bail!("{shown} did not finish within {timeout:?}; killed it");
         }
     };
-    Ok(Output { status, stdout: out_reader.join().unwrap_or_default(), stderr: err_reader.join().unwrap_or_default() })
+    Ok(Output {
+        status,
+        stdout: out_reader.join().unwrap_or_default(),
+        stderr: err_reader.join().unwrap_or_default(),
+    })
 }
 
 /// Whether something accepts TCP connections at `addr` (from this process,

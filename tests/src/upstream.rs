@@ -39,7 +39,10 @@ impl RecordedRequest {
     /// The first value of header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
         let name = name.to_ascii_lowercase();
-        self.headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// The path without the query.
@@ -49,7 +52,9 @@ impl RecordedRequest {
 
     /// The query parameters, in order, undecoded.
     pub fn query_params(&self) -> Vec<(String, String)> {
-        let Some((_, q)) = self.target.split_once('?') else { return Vec::new() };
+        let Some((_, q)) = self.target.split_once('?') else {
+            return Vec::new();
+        };
         q.split('&')
             .filter(|p| !p.is_empty())
             .map(|p| match p.split_once('=') {
@@ -61,7 +66,10 @@ impl RecordedRequest {
 
     /// The first value of query parameter `name`.
     pub fn query(&self, name: &str) -> Option<String> {
-        self.query_params().into_iter().find(|(k, _)| k == name).map(|(_, v)| v)
+        self.query_params()
+            .into_iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v)
     }
 
     /// Everything the request carried that could hold a credential: the
@@ -122,8 +130,21 @@ impl Upstream {
         let requests = Arc::new(Mutex::new(Vec::new()));
         let answer = Arc::new(Mutex::new(None));
         let is_tls = tls.is_some();
-        runtime.spawn(accept_loop(listener, tls, host.to_string(), requests.clone(), answer.clone()));
-        Ok(Upstream { host: host.to_string(), addr, tls: is_tls, requests, answer, runtime: Some(runtime) })
+        runtime.spawn(accept_loop(
+            listener,
+            tls,
+            host.to_string(),
+            requests.clone(),
+            answer.clone(),
+        ));
+        Ok(Upstream {
+            host: host.to_string(),
+            addr,
+            tls: is_tls,
+            requests,
+            answer,
+            runtime: Some(runtime),
+        })
     }
 
     /// The host name agents dial.
@@ -138,12 +159,22 @@ impl Upstream {
 
     /// `https` or `http`.
     pub fn scheme(&self) -> &'static str {
-        if self.tls { "https" } else { "http" }
+        if self.tls {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     /// `<scheme>://<host>:<port><path>`.
     pub fn url(&self, path: &str) -> String {
-        format!("{}://{}:{}{}", self.scheme(), self.host, self.addr.port(), path)
+        format!(
+            "{}://{}:{}{}",
+            self.scheme(),
+            self.host,
+            self.addr.port(),
+            path
+        )
     }
 
     /// Every request received so far.
@@ -163,16 +194,23 @@ impl Upstream {
 
     /// Waits until at least `n` requests arrived.
     pub fn wait_for(&self, n: usize, timeout: Duration) -> Result<Vec<RecordedRequest>> {
-        poll(&format!("{n} request(s) at upstream {}", self.host), timeout, || {
-            let r = self.requests();
-            (r.len() >= n).then_some(r)
-        })
+        poll(
+            &format!("{n} request(s) at upstream {}", self.host),
+            timeout,
+            || {
+                let r = self.requests();
+                (r.len() >= n).then_some(r)
+            },
+        )
     }
 
     /// Answers every later request with `status` and `body` instead of the
     /// default `200 {"ok":true,…}`.
     pub fn respond_with(&self, status: u16, body: &str) {
-        *self.answer.lock().unwrap() = Some(Answer { status, body: body.to_string() });
+        *self.answer.lock().unwrap() = Some(Answer {
+            status,
+            body: body.to_string(),
+        });
     }
 }
 
@@ -192,8 +230,11 @@ async fn accept_loop(
     answer: Arc<Mutex<Option<Answer>>>,
 ) {
     loop {
-        let Ok((tcp, peer)) = listener.accept().await else { continue };
-        let (tls, host, requests, answer) = (tls.clone(), host.clone(), requests.clone(), answer.clone());
+        let Ok((tcp, peer)) = listener.accept().await else {
+            continue;
+        };
+        let (tls, host, requests, answer) =
+            (tls.clone(), host.clone(), requests.clone(), answer.clone());
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 handle(req, peer, host.clone(), requests.clone(), answer.clone())
@@ -201,8 +242,12 @@ async fn accept_loop(
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             match tls {
                 Some(acceptor) => {
-                    let Ok(stream) = acceptor.accept(tcp).await else { return };
-                    let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+                    let Ok(stream) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let _ = builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
                 }
                 None => {
                     let _ = builder.serve_connection(TokioIo::new(tcp), service).await;
@@ -220,8 +265,16 @@ async fn handle(
     answer: Arc<Mutex<Option<Answer>>>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = req.into_parts();
-    let body_len = body.collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
-    let target = parts.uri.path_and_query().map(|pq| pq.as_str().to_string()).unwrap_or_else(|| "/".into());
+    let body_len = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes().len())
+        .unwrap_or(0);
+    let target = parts
+        .uri
+        .path_and_query()
+        .map(|pq| pq.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
     let record = RecordedRequest {
         method: parts.method.to_string(),
         target: target.clone(),
@@ -229,7 +282,12 @@ async fn handle(
         headers: parts
             .headers
             .iter()
-            .map(|(n, v)| (n.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .map(|(n, v)| {
+                (
+                    n.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
             .collect(),
         body_len,
         peer,
@@ -239,7 +297,8 @@ async fn handle(
     requests.lock().unwrap().push(record);
     let answer = answer.lock().unwrap().clone().unwrap_or_else(|| Answer {
         status: 200,
-        body: json!({"ok": true, "upstream": host, "method": parts.method.as_str(), "path": path}).to_string(),
+        body: json!({"ok": true, "upstream": host, "method": parts.method.as_str(), "path": path})
+            .to_string(),
     });
     let response = Response::builder()
         .status(answer.status)

@@ -15,7 +15,14 @@ pub fn run() -> Result<()> {
     sh::run(
         Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
             .current_dir(sh::workspace_root())
-            .args(["run", "--quiet", "--package", "sluice-tests", "--bin", "demo"])
+            .args([
+                "run",
+                "--quiet",
+                "--package",
+                "sluice-tests",
+                "--bin",
+                "demo",
+            ])
             .env("SLUICE_BIN", &bin)
             .env("PATH", sh::path_with_cargo_bin()),
     )

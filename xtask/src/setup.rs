@@ -46,37 +46,54 @@ fn setup(verbose: bool) -> Result<()> {
     apt_packages(verbose)?;
     nightly(verbose)?;
     bpf_linker(verbose)?;
+    cargo_deb(verbose)?;
     bpffs(verbose)?;
     Ok(())
 }
 
-/// The packages of [`APT_PACKAGES`] that are not installed.
-fn missing_packages() -> Vec<&'static str> {
+/// The packages of `packages` that are not installed.
+fn missing_packages(packages: &[&'static str]) -> Vec<&'static str> {
     let out = Command::new("dpkg-query")
         .args(["-W", "-f=${Package} ${db:Status-Status}\\n"])
-        .args(APT_PACKAGES)
+        .args(packages)
         .stderr(std::process::Stdio::null())
         .output();
     let installed: Vec<String> = match out {
         Ok(out) => String::from_utf8_lossy(&out.stdout)
             .lines()
-            .filter_map(|l| l.strip_suffix(" installed").map(|p| p.split(':').next().unwrap_or(p).to_string()))
+            .filter_map(|l| {
+                l.strip_suffix(" installed")
+                    .map(|p| p.split(':').next().unwrap_or(p).to_string())
+            })
             .collect(),
         Err(_) => Vec::new(),
     };
-    APT_PACKAGES.iter().copied().filter(|p| !installed.iter().any(|i| i == p)).collect()
+    packages
+        .iter()
+        .copied()
+        .filter(|p| !installed.iter().any(|i| i == p))
+        .collect()
 }
 
 fn apt_packages(verbose: bool) -> Result<()> {
-    let missing = missing_packages();
+    apt_install(APT_PACKAGES, verbose)
+}
+
+/// Installs those of `packages` that are missing (`cargo xtask bench` uses
+/// it for its peers), without letting apt start them as services.
+pub fn apt_install(packages: &[&'static str], verbose: bool) -> Result<()> {
+    let missing = missing_packages(packages);
     if missing.is_empty() {
         if verbose {
-            println!("setup: apt packages present ({})", APT_PACKAGES.join(" "));
+            println!("setup: apt packages present ({})", packages.join(" "));
         }
         return Ok(());
     }
     if !sh::is_root() {
-        bail!("apt packages missing: {}; run `cargo xtask setup` as root", missing.join(" "));
+        bail!(
+            "apt packages missing: {}; run `cargo xtask setup` as root",
+            missing.join(" ")
+        );
     }
     println!("setup: installing apt packages: {}", missing.join(" "));
     // Package installation must not leave redis-server or postgresql running
@@ -89,7 +106,11 @@ fn apt_packages(verbose: bool) -> Result<()> {
         set_mode(POLICY_RC_D, 0o755)?;
     }
     let result = (|| {
-        sh::run(Command::new("apt-get").arg("update").env("DEBIAN_FRONTEND", "noninteractive"))?;
+        sh::run(
+            Command::new("apt-get")
+                .arg("update")
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
         sh::run(
             Command::new("apt-get")
                 .args(["install", "-y", "--no-install-recommends"])
@@ -101,16 +122,20 @@ fn apt_packages(verbose: bool) -> Result<()> {
         let _ = fs::remove_file(POLICY_RC_D);
     }
     result?;
-    let still = missing_packages();
+    let still = missing_packages(packages);
     if !still.is_empty() {
-        bail!("apt-get install finished but these are still missing: {}", still.join(" "));
+        bail!(
+            "apt-get install finished but these are still missing: {}",
+            still.join(" ")
+        );
     }
     Ok(())
 }
 
 fn set_mode(path: &str, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode)).with_context(|| format!("chmod {path}"))
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod {path}"))
 }
 
 fn nightly(verbose: bool) -> Result<()> {
@@ -120,12 +145,30 @@ fn nightly(verbose: bool) -> Result<()> {
     let toolchains = sh::output("rustup", &["toolchain", "list"]).unwrap_or_default();
     if !toolchains.lines().any(|l| l.starts_with("nightly")) {
         println!("setup: installing the nightly toolchain with rust-src (for the eBPF programs)");
-        return sh::run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal", "--component", "rust-src"]));
+        return sh::run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+        ]));
     }
-    let components = sh::output("rustup", &["component", "list", "--toolchain", "nightly", "--installed"]).unwrap_or_default();
+    let components = sh::output(
+        "rustup",
+        &["component", "list", "--toolchain", "nightly", "--installed"],
+    )
+    .unwrap_or_default();
     if !components.lines().any(|l| l.starts_with("rust-src")) {
         println!("setup: adding rust-src to nightly");
-        return sh::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]));
+        return sh::run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]));
     }
     if verbose {
         println!("setup: nightly toolchain with rust-src present");
@@ -146,10 +189,42 @@ fn bpf_linker(verbose: bool) -> Result<()> {
     dirs.extend(std::env::split_paths(&path));
     sh::run(
         Command::new("cargo")
-            .args(["install", "--locked", "--no-default-features", "--features", "llvm-22", "bpf-linker"])
+            .args([
+                "install",
+                "--locked",
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+                "bpf-linker",
+            ])
             .env("PATH", std::env::join_paths(dirs)?)
             .env("LLVM_SYS_221_PREFIX", LLVM_PREFIX)
             // Run from / so the workspace's .cargo/config.toml does not apply.
+            .current_dir("/"),
+    )
+}
+
+/// cargo-deb, which `cargo xtask dist` (and the package test) uses.
+fn cargo_deb(verbose: bool) -> Result<()> {
+    if let Some(path) = sh::find_program("cargo-deb") {
+        if verbose {
+            println!("setup: cargo-deb present ({})", path.display());
+        }
+        return Ok(());
+    }
+    println!(
+        "setup: installing cargo-deb {} (about a minute)",
+        crate::dist::CARGO_DEB_VERSION
+    );
+    sh::run(
+        Command::new("cargo")
+            .args([
+                "install",
+                "--locked",
+                "--version",
+                crate::dist::CARGO_DEB_VERSION,
+                "cargo-deb",
+            ])
             .current_dir("/"),
     )
 }

@@ -9,7 +9,10 @@ use anyhow::{bail, Context, Result};
 
 /// The workspace root (the parent of `xtask/`).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
 }
 
 /// `~/.cargo/bin`, where rustup and `cargo install` put binaries.
@@ -43,7 +46,9 @@ pub fn find_program(name: &str) -> Option<PathBuf> {
 /// Prints and runs a command, failing unless it exits 0.
 pub fn run(cmd: &mut Command) -> Result<()> {
     println!("  $ {}", display(cmd));
-    let status = cmd.status().with_context(|| format!("cannot start {}", display(cmd)))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {}", display(cmd)))?;
     if !status.success() {
         bail!("`{}` failed with {status}", display(cmd));
     }
@@ -52,8 +57,15 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 
 /// Runs a command quietly and returns its stdout, if it exited 0.
 pub fn output<S: AsRef<OsStr>>(program: &str, args: &[S]) -> Option<String> {
-    let out = Command::new(program).args(args).stdin(Stdio::null()).stderr(Stdio::null()).output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Whether we run as root (the end-to-end tests and the demo need it).

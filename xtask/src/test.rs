@@ -3,6 +3,9 @@
 //! The end-to-end tests in `tests/` run as root against the binary built
 //! here (`SLUICE_BIN`). Each one owns its ports, cgroup, bpffs directory and
 //! temp dir, so two run in parallel (`--test-threads=2`, one per core).
+//!
+//! The package test installs a `.deb` of that same binary (`SLUICE_DEB`,
+//! made here by `cargo xtask dist --dev`'s packaging step in seconds).
 use std::{
     io::{BufRead, BufReader},
     process::{Command, Stdio},
@@ -11,7 +14,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::{build, setup, sh};
+use crate::{build, dist, setup, sh};
 
 /// Test threads per test binary.
 const TEST_THREADS: &str = "2";
@@ -32,7 +35,9 @@ impl Summary {
             self.binaries += 1;
             for part in rest.split(';') {
                 let mut words = part.split_whitespace().rev();
-                let (Some(what), Some(n)) = (words.next(), words.next()) else { continue };
+                let (Some(what), Some(n)) = (words.next(), words.next()) else {
+                    continue;
+                };
                 let Ok(n) = n.parse::<u64>() else { continue };
                 match what {
                     "passed" => self.passed += n,
@@ -41,7 +46,10 @@ impl Summary {
                     _ => {}
                 }
             }
-        } else if let Some(name) = line.strip_prefix("test ").and_then(|l| l.strip_suffix(" ... FAILED")) {
+        } else if let Some(name) = line
+            .strip_prefix("test ")
+            .and_then(|l| l.strip_suffix(" ... FAILED"))
+        {
             self.failures.push(name.to_string());
         }
     }
@@ -53,16 +61,26 @@ pub fn run(extra: &[String]) -> Result<()> {
     }
     setup::check()?;
     let bin = build::run(false)?;
+    let deb = dist::package(true)?;
     let started = Instant::now();
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(sh::workspace_root())
-        .args(["test", "--workspace", "--no-fail-fast", "--", "--test-threads", TEST_THREADS])
+        .args([
+            "test",
+            "--workspace",
+            "--no-fail-fast",
+            "--",
+            "--test-threads",
+            TEST_THREADS,
+        ])
         .args(extra)
         .env("SLUICE_BIN", &bin)
+        .env("SLUICE_DEB", &deb)
         .env("PATH", sh::path_with_cargo_bin())
         .stdin(Stdio::null())
         .stdout(Stdio::piped());
     println!("test: SLUICE_BIN={}", bin.display());
+    println!("test: SLUICE_DEB={}", deb.display());
     println!("  $ {}", sh::display(&cmd));
     let mut child = cmd.spawn().context("cannot start cargo test")?;
     let mut summary = Summary::default();

@@ -12,13 +12,18 @@ use crate::{assert_sluice_error_body, assert_status, bearer, Lines, WAIT};
 const SERVICE: &str = "payments-api";
 
 fn payments_stack(label: &str) -> Stack {
-    Stack::builder(label).service(ServiceSpec::https(SERVICE, "api.payments.test")).start().expect("start the stack")
+    Stack::builder(label)
+        .service(ServiceSpec::https(SERVICE, "api.payments.test"))
+        .start()
+        .expect("start the stack")
 }
 
 /// Sends the request with `token` and asserts 401 + error body.
 #[track_caller]
 fn assert_rejected(stack: &Stack, service: &str, token: &str) {
-    let res = stack.curl(&["-H", &bearer(token), &stack.url(service, "/v1/charges")]).unwrap();
+    let res = stack
+        .curl(&["-H", &bearer(token), &stack.url(service, "/v1/charges")])
+        .unwrap();
     assert_status(&res, 401);
     assert_sluice_error_body(&res);
 }
@@ -28,10 +33,15 @@ fn assert_rejected(stack: &Stack, service: &str, token: &str) {
 #[track_caller]
 fn assert_only_the_good_request_arrives(stack: &Stack) {
     let token = stack.token(SERVICE).unwrap();
-    let res = stack.curl(&["-H", &bearer(&token), &stack.url(SERVICE, "/v1/good")]).unwrap();
+    let res = stack
+        .curl(&["-H", &bearer(&token), &stack.url(SERVICE, "/v1/good")])
+        .unwrap();
     assert_status(&res, 200);
     let reqs = stack.upstream(SERVICE).wait_for(1, WAIT).unwrap();
-    assert_eq!(reqs.iter().map(|r| r.path()).collect::<Vec<_>>(), ["/v1/good"]);
+    assert_eq!(
+        reqs.iter().map(|r| r.path()).collect::<Vec<_>>(),
+        ["/v1/good"]
+    );
 }
 
 #[test]
@@ -45,7 +55,9 @@ fn unknown_or_missing_token_gets_401_and_the_upstream_sees_nothing() {
     assert_eq!(stack.upstream(SERVICE).count(), 0);
     stack
         .sluice
-        .wait_for_event("an auth_fail event", WAIT, |e| e["event"] == "auth_fail" && e["service"] == SERVICE)
+        .wait_for_event("an auth_fail event", WAIT, |e| {
+            e["event"] == "auth_fail" && e["service"] == SERVICE
+        })
         .unwrap();
     assert_only_the_good_request_arrives(&stack);
     stack.assert_no_secret_leaked();
@@ -63,7 +75,13 @@ fn another_services_token_gets_401() {
     assert_eq!(stack.upstream(SERVICE).count(), 0);
     assert_eq!(stack.upstream("billing-api").count(), 0);
     // The token itself is fine for its own service.
-    let res = stack.curl(&["-H", &bearer(&billing_token), &stack.url("billing-api", "/v1/invoices")]).unwrap();
+    let res = stack
+        .curl(&[
+            "-H",
+            &bearer(&billing_token),
+            &stack.url("billing-api", "/v1/invoices"),
+        ])
+        .unwrap();
     assert_status(&res, 200);
     assert_only_the_good_request_arrives(&stack);
     stack.assert_no_secret_leaked();
@@ -72,11 +90,17 @@ fn another_services_token_gets_401() {
 #[test]
 fn expired_token_gets_401() {
     let stack = payments_stack("expired-token");
-    let token = stack.sluice.token_issue(stack.agent(), SERVICE, "1s").unwrap();
+    let token = stack
+        .sluice
+        .token_issue(stack.agent(), SERVICE, "1s")
+        .unwrap();
     let issued = Instant::now();
     // Wait for the clock, not for a process: the token's whole lifetime
     // plus a margin for second granularity.
-    poll("the 1s token to expire", WAIT, || (issued.elapsed() >= Duration::from_millis(2200)).then_some(())).unwrap();
+    poll("the 1s token to expire", WAIT, || {
+        (issued.elapsed() >= Duration::from_millis(2200)).then_some(())
+    })
+    .unwrap();
     assert_rejected(&stack, SERVICE, &token);
     assert_eq!(stack.upstream(SERVICE).count(), 0);
     assert_only_the_good_request_arrives(&stack);
@@ -107,7 +131,18 @@ fn revoked_token_mid_keep_alive_gets_401_on_the_next_request() {
     let ca = stack.sluice.ca_cert_path().unwrap();
     let port = up.addr().port().to_string();
     let mut agent = stack
-        .spawn_agent_with_hosts(&[], &["python3", "-c", KEEP_ALIVE_AGENT, up.host(), &port, &token, ca.to_str().unwrap()])
+        .spawn_agent_with_hosts(
+            &[],
+            &[
+                "python3",
+                "-c",
+                KEEP_ALIVE_AGENT,
+                up.host(),
+                &port,
+                &token,
+                ca.to_str().unwrap(),
+            ],
+        )
         .unwrap();
     let mut stdin = agent.stdin.take().unwrap();
     let lines = Lines::new(agent.stdout.take().unwrap());
@@ -121,13 +156,27 @@ fn revoked_token_mid_keep_alive_gets_401_on_the_next_request() {
     stdin.write_all(b"go\n").unwrap();
     let second = lines.next("the second response");
     let (status, local_port_2) = second.split_once(' ').unwrap();
-    assert_eq!(local_port_2, local_port, "both requests on one kept-alive connection");
+    assert_eq!(
+        local_port_2, local_port,
+        "both requests on one kept-alive connection"
+    );
     assert_eq!(status, "401", "the request right after revocation");
-    assert_eq!(process::wait_timeout(&mut agent, WAIT).unwrap().map(|s| s.success()), Some(true));
-    stack.sluice.capture_text("keep-alive agent stdout", &format!("{first}\n{second}"));
+    assert_eq!(
+        process::wait_timeout(&mut agent, WAIT)
+            .unwrap()
+            .map(|s| s.success()),
+        Some(true)
+    );
+    stack
+        .sluice
+        .capture_text("keep-alive agent stdout", &format!("{first}\n{second}"));
 
     let reqs = up.requests();
-    assert_eq!(reqs.len(), 1, "the upstream received only the request before revocation");
+    assert_eq!(
+        reqs.len(),
+        1,
+        "the upstream received only the request before revocation"
+    );
     assert_eq!(reqs[0].target, "/v1/charges?n=0");
     stack.assert_no_secret_leaked();
 }

@@ -1,16 +1,32 @@
-//! End-to-end tests for issue #2: real eBPF, real curl, Python, redis-server
-//! and HTTPS upstreams, `sluice run` as a daemon, agents via `sluice exec`.
+//! End-to-end tests: real eBPF, real curl, Python, psql, pgbench,
+//! tokio-postgres, redis-server, HTTPS upstreams and PostgreSQL servers,
+//! `sluice run` as a daemon, agents via `sluice exec`.
 //!
 //! Run as root with `cargo xtask test` (which builds `sluice` and sets
 //! `SLUICE_BIN`). Each test owns its ports, cgroup, pins and temp dir.
 
+mod approvals;
+mod attack_bypass;
+mod attack_malformed;
+mod attack_secrets;
 mod bad_tokens;
 mod cleanup;
 mod egress;
+mod faults;
 mod harness;
 mod https_swap;
+mod install_package;
+mod install_readiness;
+mod install_units;
+mod load;
+mod operate;
+mod pg_logins;
+mod pg_statements;
+mod records;
+mod redis_down;
 mod restart;
 mod token_placement;
+mod two_gateways;
 
 use std::{
     io::{BufRead, BufReader},
@@ -18,7 +34,8 @@ use std::{
     time::Duration,
 };
 
-use sluice_tests::{CurlResult, RecordedRequest};
+use serde_json::Value;
+use sluice_tests::{CurlResult, RecordedRequest, ServiceSpec, Stack};
 
 /// How long to wait for anything asynchronous (a request at the upstream,
 /// a session record line).
@@ -48,14 +65,26 @@ pub fn assert_status(res: &CurlResult, status: u16) {
 #[track_caller]
 pub fn assert_sluice_error_body(res: &CurlResult) {
     let body = res.json().expect("error body is JSON");
-    assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()), "no \"error\" in {body}");
-    assert!(body["sluice"]["session"].as_str().is_some_and(|s| !s.is_empty()), "no sluice.session in {body}");
+    assert!(
+        body["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "no \"error\" in {body}"
+    );
+    assert!(
+        body["sluice"]["session"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty()),
+        "no sluice.session in {body}"
+    );
 }
 
 /// Asserts no trace of a placeholder token reached the upstream.
 #[track_caller]
 pub fn assert_no_token(req: &RecordedRequest) {
-    assert!(!req.all_text().contains("slt_"), "a slt_ token reached the upstream: {:?}", req.headers);
+    assert!(
+        !req.all_text().contains("slt_"),
+        "a slt_ token reached the upstream: {:?}",
+        req.headers
+    );
 }
 
 /// Lines of a child's stdout, readable with a deadline.
@@ -77,6 +106,71 @@ impl Lines {
     /// The next line, or a panic naming `what` after [`WAIT`].
     #[track_caller]
     pub fn next(&self, what: &str) -> String {
-        self.0.recv_timeout(WAIT).unwrap_or_else(|_| panic!("no line from the agent: {what}"))
+        self.0
+            .recv_timeout(WAIT)
+            .unwrap_or_else(|_| panic!("no line from the agent: {what}"))
     }
+}
+
+/// The tokio-postgres agent (`src/bin/pg_client.rs`).
+pub const PG_CLIENT: &str = env!("CARGO_BIN_EXE_pg_client");
+/// The PostgreSQL service of the `pg_*` tests and the name agents dial.
+pub const DB: &str = "billing-db";
+pub const DB_HOST: &str = "db.internal";
+/// The guardrails of the PostgreSQL service.
+pub const DB_DENY: &str = r#"deny = ["DROP", "TRUNCATE", "ALTER", "GRANT", "DELETE_WITHOUT_WHERE", "UPDATE_WITHOUT_WHERE", "COPY_TO_PROGRAM", "DO"]"#;
+
+/// `billing-db` on `db.internal`: deny [`DB_DENY`], mask `ssn`.
+pub fn billing_db() -> ServiceSpec {
+    ServiceSpec::postgres(DB, DB_HOST)
+        .extra(DB_DENY)
+        .extra(r#"mask = ["ssn"]"#)
+}
+
+/// A stack with [`billing_db`] alone.
+pub fn billing_stack(label: &str) -> Stack {
+    Stack::builder(label)
+        .service(billing_db())
+        .start()
+        .expect("start the stack")
+}
+
+/// Runs [`PG_CLIENT`] as the agent with `steps`; its JSON lines.
+pub fn pg_client(stack: &Stack, conninfo: &str, steps: &[&str]) -> Vec<Value> {
+    let mut argv = vec![PG_CLIENT, conninfo];
+    argv.extend_from_slice(steps);
+    let out = stack.sluice.exec(stack.agent(), &argv).unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout
+        .lines()
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| {
+                panic!(
+                    "pg_client printed {l:?}: {e}; stderr: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            })
+        })
+        .collect()
+}
+
+/// The events of every session whose `open` the audit log holds, for
+/// `service`, in order: one `Vec` per session.
+pub fn sessions_of(stack: &Stack, service: &str) -> Vec<Vec<Value>> {
+    let audit = stack.sluice.audit_events().unwrap();
+    audit
+        .iter()
+        .filter(|e| e["event"] == "open" && e["service"] == service)
+        .map(|e| {
+            stack
+                .sluice
+                .session_events(e["session"].as_str().unwrap())
+                .unwrap()
+        })
+        .collect()
+}
+
+/// The events named `event` among `events`.
+pub fn events<'a>(events: &'a [Value], event: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["event"] == event).collect()
 }

@@ -1,0 +1,278 @@
+//! Everything the scenarios run against, started once per bench run from
+//! the e2e harness's parts (`sluice-tests`): redis-server, a PostgreSQL
+//! server with a pgbench database, nginx as upstream and as the peer proxy,
+//! pgbouncer, and two `sluice run` daemons on loopback.
+//!
+//! | address       | what                                                    |
+//! |---------------|---------------------------------------------------------|
+//! | 127.0.0.201   | PostgreSQL (`db.bench.test`)                            |
+//! | 127.0.0.202   | nginx, the HTTPS upstream (`api.bench.test`): one port HTTP/1.1 only (the service's), one also HTTP/2 (direct runs) |
+//! | 127.0.0.203   | nginx, the peer proxy (`proxy.bench.test`), same two ports |
+//! | 127.0.0.204   | pgbouncer                                               |
+//! | 127.0.0.205   | a plain listener for the redirect microbenchmark        |
+//!
+//! Both gateways proxy the same database, with policy, masking and
+//! recording on. The second one also masks `abalance`, the column
+//! `pgbench -S` reads, and serves only the masked scenario. Each gateway's
+//! agent cgroup and pin directory are its own and go away on drop.
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    process::Command,
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+use sluice_tests::{
+    process,
+    sluice::{toml_str, SluiceOptions},
+    Postgres, Redis, Sluice, TestCa,
+};
+
+use crate::peers::{free_addr, Nginx, NginxRole, PgBouncer};
+
+pub const DB_HOST: &str = "db.bench.test";
+pub const API_HOST: &str = "api.bench.test";
+pub const PROXY_HOST: &str = "proxy.bench.test";
+/// The agent of the main gateway and of the masking one.
+pub const AGENT: &str = "bench";
+pub const AGENT_MASKED: &str = "bench-masked";
+pub const DB_SERVICE: &str = "bench-db";
+pub const API_SERVICE: &str = "bench-api";
+/// PostgreSQL role and database (the harness's).
+pub const ROLE: &str = sluice_tests::postgres::ROLE;
+
+fn ip(last: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
+}
+
+/// The running bench environment. Fields drop in order: the gateways
+/// first, so no agent stays redirected, then the peers and servers.
+pub struct Rig {
+    pub sluice: Sluice,
+    pub sluice_masked: Sluice,
+    pub proxy: Nginx,
+    pub upstream: Nginx,
+    pub pgbouncer: PgBouncer,
+    pub pg: Postgres,
+    pub redis: Redis,
+    /// Agent tokens: (main gateway db, masking gateway db, main gateway api).
+    pub db_token: String,
+    pub db_token_masked: String,
+    pub api_token: String,
+    /// The real API key (what the upstream checks, and what the peer sets).
+    pub api_key: String,
+    /// The CA of the upstream's and the peer's certificates.
+    pub upstream_ca: PathBuf,
+    /// `/etc/hosts` for the load generators (bind-mounted privately).
+    pub hosts: PathBuf,
+    /// The redirect microbenchmark's listener, outside every agent cgroup
+    /// and listed in the main gateway's `egress_allow`.
+    pub plain_listener: SocketAddr,
+    pub dir: tempfile::TempDir,
+}
+
+impl Rig {
+    /// Starts everything; `scale` is the pgbench scale factor.
+    pub fn start(scale: u32) -> Result<Rig> {
+        let dir = tempfile::Builder::new().prefix("sluice-bench-").tempdir()?;
+        let d = dir.path();
+        let ca = TestCa::new(&d.join("upstream-ca"))?;
+        println!("  redis-server, PostgreSQL (pgbench scale {scale}), nginx ×2, pgbouncer, sluice ×2 under {}", d.display());
+        let redis = Redis::start(&d.join("redis"))?;
+        let db_password = sluice_tests::random_secret();
+        let pg = Postgres::start(ip(201), &db_password, None)?;
+        pgbench_init(&pg, scale)?;
+        let api_key = sluice_tests::random_secret();
+        // Every proxy, Sluice included, talks HTTP/1.1 to the upstream
+        // (nginx cannot proxy HTTP/2); `h2_addr` serves direct HTTP/2 runs.
+        let upstream = Nginx::start(
+            &d.join("nginx-upstream"),
+            free_addr(ip(202))?,
+            Some(free_addr(ip(202))?),
+            API_HOST,
+            &ca.leaf(&[API_HOST])?,
+            NginxRole::Upstream { key: &api_key },
+        )?;
+        let proxy = Nginx::start(
+            &d.join("nginx-proxy"),
+            free_addr(ip(203))?,
+            Some(free_addr(ip(203))?),
+            PROXY_HOST,
+            &ca.leaf(&[PROXY_HOST])?,
+            NginxRole::Proxy {
+                upstream: upstream.addr,
+                upstream_host: API_HOST,
+                upstream_ca: ca.pem_path(),
+                key: &api_key,
+            },
+        )?;
+        let pgbouncer = PgBouncer::start(
+            &d.join("pgbouncer"),
+            free_addr(ip(204))?,
+            pg.addr(),
+            ROLE,
+            ROLE,
+            &db_password,
+        )?;
+        let plain_listener = crate::redirect::spawn_listener(ip(205))?;
+
+        let policy = r#"deny = ["DROP", "TRUNCATE", "ALTER", "DELETE_WITHOUT_WHERE"]
+approve = ["DELETE", "UPDATE"]
+"#;
+        let db_service = |mask: &str| {
+            format!(
+                "\n[[service]]\nname = {}\nprotocol = \"postgres\"\nupstream = {}\nresolve = [{}]\nupstream_tls = \"disable\"\ncredential = {{ secret = \"db-key\", user = {} }}\n{policy}mask = [{mask}]\n",
+                toml_str(DB_SERVICE),
+                toml_str(format!("{DB_HOST}:{}", pg.addr().port())),
+                toml_str(pg.addr().ip().to_string()),
+                toml_str(ROLE),
+            )
+        };
+        let api_service = format!(
+            "\n[[service]]\nname = {}\nprotocol = \"https\"\nupstream = {}\nresolve = [{}]\nupstream_ca = {}\ncredential = {{ secret = \"api-key\", header = \"Authorization\", format = \"Bearer {{}}\" }}\ndeny = [{{ method = \"DELETE\", path = \"/v1/customers/*\" }}]\napprove = [{{ method = \"POST\", path = \"/v1/refunds*\" }}]\nmask = [\"card.number\", \"ssn\"]\n",
+            toml_str(API_SERVICE),
+            toml_str(format!("{API_HOST}:{}", upstream.addr.port())),
+            toml_str(upstream.addr.ip().to_string()),
+            toml_str(ca.pem_path().to_str().context("utf-8 path")?),
+        );
+        let gateway =
+            |name: &str, agent: &str, services: String, gateway_toml: String| -> Result<Sluice> {
+                let gw_dir = d.join(name);
+                std::fs::create_dir_all(&gw_dir)?;
+                let mut sluice = Sluice::new(SluiceOptions {
+                    label: sluice_tests::unique_name(name),
+                    dir: gw_dir,
+                    redis_url: redis.url(),
+                    agents: vec![agent.to_string()],
+                    cgroup_prefix: "sluice-bench".into(),
+                    egress: "deny".into(),
+                    gateway_toml,
+                    services_toml: services,
+                })?;
+                sluice.secret_put("db-key", &db_password)?;
+                sluice.secret_put("api-key", &api_key)?;
+                sluice.start()?;
+                Ok(sluice)
+            };
+        let sluice = gateway(
+            "gw",
+            AGENT,
+            format!("{}{api_service}", db_service("\"ssn\"")),
+            format!(
+                "egress_allow = [{}]\n",
+                toml_str(plain_listener.to_string())
+            ),
+        )?;
+        let sluice_masked = gateway(
+            "gw-masked",
+            AGENT_MASKED,
+            db_service("\"ssn\", \"abalance\""),
+            String::new(),
+        )?;
+        let db_token = sluice.token_issue(AGENT, DB_SERVICE, "6h")?;
+        let db_token_masked = sluice_masked.token_issue(AGENT_MASKED, DB_SERVICE, "6h")?;
+        let api_token = sluice.token_issue(AGENT, API_SERVICE, "6h")?;
+
+        let hosts = d.join("hosts");
+        std::fs::write(
+            &hosts,
+            format!(
+                "127.0.0.1 localhost\n{} {DB_HOST}\n{} {API_HOST}\n{} {PROXY_HOST}\n",
+                pg.addr().ip(),
+                upstream.addr.ip(),
+                proxy.addr.ip()
+            ),
+        )?;
+        Ok(Rig {
+            sluice,
+            sluice_masked,
+            proxy,
+            upstream,
+            pgbouncer,
+            pg,
+            redis,
+            db_token,
+            db_token_masked,
+            api_token,
+            api_key,
+            upstream_ca: ca.pem_path().to_path_buf(),
+            hosts,
+            plain_listener,
+            dir,
+        })
+    }
+
+    /// The main gateway's daemon PID.
+    pub fn sluice_pid(&self) -> Result<u32> {
+        self.sluice.pid().context("sluice run is not running")
+    }
+
+    /// Fails if a gateway's daemon died (a crash), with its log's tail.
+    pub fn check_alive(&mut self) -> Result<()> {
+        for (name, gw) in [
+            ("sluice", &mut self.sluice),
+            ("sluice (masking)", &mut self.sluice_masked),
+        ] {
+            if !gw.is_running() {
+                bail!(
+                    "{name} run died:\n{}",
+                    sluice_tests::sluice::tail(&gw.daemon_log(), 40)
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Everything needed to drive the rig by hand (`--hold`), tokens
+    /// included (they die with the rig).
+    pub fn hold_info(&self) -> serde_json::Value {
+        let mut v = self.describe();
+        v["dir"] = self.dir.path().display().to_string().into();
+        v["sluice_pid"] = self.sluice.pid().into();
+        v["sluice_config"] = self.sluice.config_path.display().to_string().into();
+        v["agent"] = AGENT.into();
+        v["agent_cgroup"] = self.sluice.agent(AGENT).path.display().to_string().into();
+        v["plain_listener"] = self.plain_listener.to_string().into();
+        v["hosts"] = self.hosts.display().to_string().into();
+        v["db_token"] = self.db_token.clone().into();
+        v["api_token"] = self.api_token.clone().into();
+        v
+    }
+
+    /// A shareable description of the setup for the JSON.
+    pub fn describe(&self) -> serde_json::Value {
+        serde_json::json!({
+            "redis": self.redis.addr().to_string(),
+            "postgres": self.pg.addr().to_string(),
+            "pgbouncer": self.pgbouncer.addr.to_string(),
+            "nginx_upstream": self.upstream.addr.to_string(),
+            "nginx_proxy": self.proxy.addr.to_string(),
+            "sluice_listen": self.sluice.listen.to_string(),
+        })
+    }
+}
+
+/// `pgbench -i -s SCALE` into database `billing` as the superuser over the
+/// unix socket, then SELECT on the tables `pgbench -S` reads for `billing`.
+fn pgbench_init(pg: &Postgres, scale: u32) -> Result<()> {
+    let mut cmd = Command::new("pgbench");
+    cmd.args(["-i", "-q", "-s", &scale.to_string(), "-h"])
+        .arg(pg.socket_dir())
+        .args(["-p", &pg.addr().port().to_string(), "-U", "postgres", ROLE]);
+    for var in sluice_tests::postgres::PG_ENV {
+        cmd.env_remove(var);
+    }
+    let out = process::output_with_timeout(&mut cmd, None, Duration::from_secs(300))?;
+    if !out.status.success() {
+        bail!(
+            "pgbench -i failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    pg.superuser_psql(
+        ROLE,
+        &format!("GRANT SELECT ON pgbench_accounts, pgbench_branches TO {ROLE}"),
+    )
+    .map(drop)
+}

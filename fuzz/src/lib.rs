@@ -1,0 +1,2 @@
+//! Sluice's fuzzing entry points; see `entries.rs` and `../README.md`.
+pub mod entries;
