@@ -85,23 +85,13 @@ pub fn pg_frontend(data: &[u8]) {
                 80877103 | 80877104 => continue, // SSL / GSSENC: another packet follows
                 80877102 => return,              // CancelRequest
                 v if v >> 16 == 3 => {
-                    // name\0value\0…\0, `user` required (startup.rs).
-                    let mut user = None;
-                    loop {
-                        let Ok(name) = codec::cstr(&mut body, "StartupMessage") else {
-                            return;
-                        };
-                        if name.is_empty() {
-                            break;
-                        }
-                        let Ok(value) = codec::cstr(&mut body, "StartupMessage") else {
-                            return;
-                        };
-                        if name == "user" {
-                            user = Some(value.to_string());
-                        }
-                    }
-                    if user.is_none_or(|u| u.is_empty()) {
+                    // The gateway's own StartupMessage parser; `user` required.
+                    let Ok(startup) =
+                        sluice::proxy::postgres::startup::parse_startup(body, (v & 0xffff) as u16)
+                    else {
+                        return;
+                    };
+                    if startup.get("user").is_none_or(str::is_empty) {
                         return;
                     }
                     logged_in = true;
@@ -164,7 +154,7 @@ fn frontend_message(tag: u8, body: &[u8]) {
             }
         }
         b'B' => {
-            let _ = bind(b);
+            let _ = sluice::proxy::postgres::relay::parse_bind(b);
         }
         b'D' | b'C' => {
             if let Some((_, mut rest)) = b.split_first() {
@@ -178,35 +168,6 @@ fn frontend_message(tag: u8, body: &[u8]) {
         // relayed as framed.
         _ => {}
     }
-}
-
-/// A `Bind` body as `relay::parse_bind` walks it (that function is private;
-/// this mirrors it): portal, statement, formats, parameters, result formats.
-fn bind(body: &[u8]) -> Result<(String, String, Vec<i16>), CodecError> {
-    let mut b = body;
-    let portal = codec::cstr(&mut b, "Bind")?.to_string();
-    let statement = codec::cstr(&mut b, "Bind")?.to_string();
-    let n_formats = codec::i16_at(&mut b, "Bind")?.max(0) as usize;
-    if b.len() < n_formats * 2 {
-        return Err(CodecError::Malformed("Bind"));
-    }
-    b = &b[n_formats * 2..];
-    let n_params = codec::i16_at(&mut b, "Bind")?.max(0);
-    for _ in 0..n_params {
-        let len = codec::i32_at(&mut b, "Bind")?;
-        if len > 0 {
-            if b.len() < len as usize {
-                return Err(CodecError::Malformed("Bind"));
-            }
-            b = &b[len as usize..];
-        }
-    }
-    let n_results = codec::i16_at(&mut b, "Bind")?.max(0);
-    let mut formats = Vec::with_capacity(n_results as usize);
-    for _ in 0..n_results {
-        formats.push(codec::i16_at(&mut b, "Bind")?);
-    }
-    Ok((portal, statement, formats))
 }
 
 fn classify_bounded(text: &str) {

@@ -396,7 +396,7 @@ async fn held<R: AsyncRead + Unpin>(
 
 /// Parses a `Bind` body: (portal, statement, result-format codes). Parameter
 /// values are skipped, never copied.
-fn parse_bind(body: &[u8]) -> Result<(String, String, Vec<i16>), CodecError> {
+pub fn parse_bind(body: &[u8]) -> Result<(String, String, Vec<i16>), CodecError> {
     let mut b = body;
     let portal = codec::cstr(&mut b, "Bind")?.to_string();
     let statement = codec::cstr(&mut b, "Bind")?.to_string();

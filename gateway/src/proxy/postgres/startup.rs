@@ -157,7 +157,7 @@ pub async fn negotiate(gw: &Gateway, host: &str, io: BoxIo) -> Result<Opening, S
 }
 
 /// Parses `name\0value\0…\0` after the version.
-fn parse_startup(mut body: &[u8], minor: u16) -> Result<StartupMessage, CodecError> {
+pub fn parse_startup(mut body: &[u8], minor: u16) -> Result<StartupMessage, CodecError> {
     let mut params = Vec::new();
     loop {
         let name = codec::cstr(&mut body, "StartupMessage")?;
