@@ -18,6 +18,7 @@ use anyhow::{bail, Context, Result};
 use sluice_tests::process;
 
 use crate::{
+    cpu,
     peers::UPSTREAM_BODY,
     rig::{Rig, AGENT, API_HOST, PROXY_HOST},
     stats::{interleave, Better, Run, Table},
@@ -84,170 +85,218 @@ fn client(
     tools::stdout_of(&format!("{what} ({system})"), &out)
 }
 
-/// HTTP/1.1 keep-alive: requests/s and p99 latency.
+/// What one load generator run reported.
+struct Report {
+    rate: f64,
+    requests: f64,
+    p99_ms: Option<f64>,
+}
+
+fn wrk_report(text: &str) -> Result<Report> {
+    let r = tools::wrk(text)?;
+    Ok(Report {
+        rate: r.requests_per_sec,
+        requests: r.requests,
+        p99_ms: r.p99_ms,
+    })
+}
+
+fn h2load_report(text: &str) -> Result<Report> {
+    let (rate, requests) = tools::h2load(text)?;
+    Ok(Report {
+        rate,
+        requests,
+        p99_ms: None,
+    })
+}
+
+/// A load generator's argv for (URL, `Authorization` value).
+type Argv<'a> = dyn Fn(&str, &str) -> Vec<String> + 'a;
+
+/// Runs `argv` on every system, interleaved. Tables: the rate, the proxy's
+/// CPU per request (nginx: master and workers; not for direct), and with
+/// `p99` the p99 latency.
+fn measure(
+    rig: &Rig,
+    mode: &Mode,
+    t: &Targets,
+    secs: u64,
+    argv: &Argv<'_>,
+    parse: fn(&str) -> Result<Report>,
+    mut tables: Vec<Table>,
+) -> Result<Vec<Table>> {
+    let timeout = Duration::from_secs(secs + 60);
+    let with_p99 = tables.len() > 2;
+    let sluice_pid = rig.sluice.pid().context("sluice run is not running")?;
+    let run = |system: &'static str| -> Run<'_> {
+        Box::new(move || {
+            let pids = match system {
+                "nginx" => rig.proxy.pids(),
+                "sluice" => vec![sluice_pid],
+                _ => Vec::new(),
+            };
+            let mut p99 = None;
+            let (rate, cpu) = cpu::per_request(&pids, || {
+                let r = parse(&client(rig, t, system, timeout, argv)?)?;
+                p99 = r.p99_ms;
+                Ok((r.rate, r.requests))
+            })?;
+            let mut values = vec![rate, if pids.is_empty() { f64::NAN } else { cpu }];
+            if with_p99 {
+                values.push(p99.context("the load generator printed no p99")?);
+            }
+            Ok(values)
+        })
+    };
+    {
+        let mut systems: Vec<(&str, Run<'_>)> = SYSTEMS.iter().map(|&s| (s, run(s))).collect();
+        let mut refs: Vec<&mut Table> = tables.iter_mut().collect();
+        interleave(mode.rounds, &mut refs, &mut systems)?;
+    }
+    Ok(tables)
+}
+
+/// The CPU table that goes with a rate table.
+fn cpu_table(id: &str, title: &str, command: &str) -> Table {
+    Table::new(
+        id,
+        &format!("{title}: the proxy's CPU per request"),
+        "µs/req",
+        Better::Lower,
+        command,
+        &SYSTEMS[1..],
+    )
+}
+
+fn args(fixed: &[&str], auth: &str, url: &str) -> Vec<String> {
+    let mut v: Vec<String> = fixed.iter().map(|s| s.to_string()).collect();
+    v.push(format!("Authorization: {auth}"));
+    v.push(url.to_string());
+    v
+}
+
+/// HTTP/1.1 keep-alive: requests/s, CPU per request and p99 latency.
 pub fn keepalive(rig: &mut Rig, mode: &Mode) -> Result<Vec<Table>> {
     let t = Targets::new(rig, false)?;
     check_swap_and_mask(rig, &t)?;
     let secs = mode.http_seconds;
-    let argv = move |url: &str, auth: &str| -> Vec<String> {
-        let mut v: Vec<String> = [
-            "wrk",
-            "-c",
-            "64",
-            "-t",
-            "2",
-            "-d",
-            &format!("{secs}s"),
-            "--latency",
-            "-H",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        v.push(format!("Authorization: {auth}"));
-        v.push(url.to_string());
-        v
+    let duration = format!("{secs}s");
+    let argv = |url: &str, auth: &str| {
+        args(
+            &[
+                "wrk",
+                "-c",
+                "64",
+                "-t",
+                "2",
+                "-d",
+                &duration,
+                "--latency",
+                "-H",
+            ],
+            auth,
+            url,
+        )
     };
     let command =
         format!("wrk -c 64 -t 2 -d {secs}s --latency -H 'Authorization: Bearer …' https://…{PATH}");
-    let mut rps = Table::new(
-        "https-h1.rps",
-        "HTTPS keep-alive, HTTP/1.1",
-        "req/s",
-        Better::Higher,
-        &command,
-        &SYSTEMS,
-    );
-    let mut p99 = Table::new(
-        "https-h1.p99",
-        "HTTPS keep-alive, HTTP/1.1, p99 latency",
-        "ms",
-        Better::Lower,
-        &command,
-        &SYSTEMS,
-    );
-    let timeout = Duration::from_secs(secs + 60);
-    {
-        let rig = &*rig;
-        let run = |system: &'static str| -> Run<'_> {
-            let t = &t;
-            Box::new(move || {
-                let r = tools::wrk(&client(rig, t, system, timeout, &argv)?)?;
-                Ok(vec![
-                    r.requests_per_sec,
-                    r.p99_ms
-                        .ok_or_else(|| anyhow::anyhow!("wrk printed no p99"))?,
-                ])
-            })
-        };
-        let mut systems: Vec<(&str, Run<'_>)> = SYSTEMS.iter().map(|&s| (s, run(s))).collect();
-        interleave(mode.rounds, &mut [&mut rps, &mut p99], &mut systems)?;
-    }
+    let title = "HTTPS keep-alive, HTTP/1.1";
+    let tables = vec![
+        Table::new(
+            "https-h1.rps",
+            title,
+            "req/s",
+            Better::Higher,
+            &command,
+            &SYSTEMS,
+        ),
+        cpu_table("https-h1.cpu", title, &command),
+        Table::new(
+            "https-h1.p99",
+            &format!("{title}, p99 latency"),
+            "ms",
+            Better::Lower,
+            &command,
+            &SYSTEMS,
+        ),
+    ];
+    let tables = measure(rig, mode, &t, secs, &argv, wrk_report, tables)?;
     rig.check_alive()?;
-    Ok(vec![rps, p99])
+    Ok(tables)
 }
 
-/// HTTP/2 with `h2load`: requests/s.
-pub fn h2(rig: &mut Rig, mode: &Mode) -> Result<Table> {
+/// HTTP/2 with `h2load`: requests/s and CPU per request.
+pub fn h2(rig: &mut Rig, mode: &Mode) -> Result<Vec<Table>> {
     let t = Targets::new(rig, true)?;
     let secs = mode.http_seconds;
-    let argv = move |url: &str, auth: &str| -> Vec<String> {
-        let mut v: Vec<String> = [
-            "h2load",
-            "-c",
-            "16",
-            "-m",
-            "10",
-            "-t",
-            "2",
-            "-D",
-            &secs.to_string(),
-            "-H",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        v.push(format!("authorization: {auth}"));
-        v.push(url.to_string());
-        v
+    let duration = secs.to_string();
+    let argv = |url: &str, auth: &str| {
+        args(
+            &[
+                "h2load", "-c", "16", "-m", "10", "-t", "2", "-D", &duration, "-H",
+            ],
+            auth,
+            url,
+        )
     };
     let command =
-        format!("h2load -c 16 -m 10 -t 2 -D {secs} -H 'authorization: Bearer …' https://…{PATH}");
-    let mut rps = Table::new(
-        "https-h2.rps",
-        "HTTPS, HTTP/2",
-        "req/s",
-        Better::Higher,
-        &command,
-        &SYSTEMS,
-    );
-    let timeout = Duration::from_secs(secs + 60);
-    {
-        let rig = &*rig;
-        let run = |system: &'static str| -> Run<'_> {
-            let t = &t;
-            Box::new(move || {
-                Ok(vec![tools::h2load_rps(&client(
-                    rig, t, system, timeout, &argv,
-                )?)?])
-            })
-        };
-        let mut systems: Vec<(&str, Run<'_>)> = SYSTEMS.iter().map(|&s| (s, run(s))).collect();
-        interleave(mode.rounds, &mut [&mut rps], &mut systems)?;
-    }
+        format!("h2load -c 16 -m 10 -t 2 -D {secs} -H 'Authorization: Bearer …' https://…{PATH}");
+    let title = "HTTPS, HTTP/2";
+    let tables = vec![
+        Table::new(
+            "https-h2.rps",
+            title,
+            "req/s",
+            Better::Higher,
+            &command,
+            &SYSTEMS,
+        ),
+        cpu_table("https-h2.cpu", title, &command),
+    ];
+    let tables = measure(rig, mode, &t, secs, &argv, h2load_report, tables)?;
     rig.check_alive()?;
-    Ok(rps)
+    Ok(tables)
 }
 
-/// New connections: full TLS handshakes per second.
-pub fn handshakes(rig: &mut Rig, mode: &Mode) -> Result<Table> {
+/// New connections: full TLS handshakes per second and CPU per connection.
+pub fn handshakes(rig: &mut Rig, mode: &Mode) -> Result<Vec<Table>> {
     let t = Targets::new(rig, false)?;
     let secs = mode.handshake_seconds;
-    let argv = move |url: &str, auth: &str| -> Vec<String> {
-        let mut v: Vec<String> = [
-            "wrk",
-            "-c",
-            "16",
-            "-t",
-            "2",
-            "-d",
-            &format!("{secs}s"),
-            "-H",
-            "Connection: close",
-            "-H",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        v.push(format!("Authorization: {auth}"));
-        v.push(url.to_string());
-        v
+    let duration = format!("{secs}s");
+    let argv = |url: &str, auth: &str| {
+        args(
+            &[
+                "wrk",
+                "-c",
+                "16",
+                "-t",
+                "2",
+                "-d",
+                &duration,
+                "-H",
+                "Connection: close",
+                "-H",
+            ],
+            auth,
+            url,
+        )
     };
     let command = format!("wrk -c 16 -t 2 -d {secs}s -H 'Connection: close' -H 'Authorization: Bearer …' https://…{PATH}");
-    let mut hs = Table::new(
-        "tls-handshakes.rate",
-        "New TLS connections (one request each)",
-        "conn/s",
-        Better::Higher,
-        &command,
-        &SYSTEMS,
-    );
-    let timeout = Duration::from_secs(secs + 60);
-    {
-        let rig = &*rig;
-        let run = |system: &'static str| -> Run<'_> {
-            let t = &t;
-            Box::new(move || {
-                Ok(vec![
-                    tools::wrk(&client(rig, t, system, timeout, &argv)?)?.requests_per_sec,
-                ])
-            })
-        };
-        let mut systems: Vec<(&str, Run<'_>)> = SYSTEMS.iter().map(|&s| (s, run(s))).collect();
-        interleave(mode.rounds, &mut [&mut hs], &mut systems)?;
-    }
+    let title = "New TLS connections (one request each)";
+    let tables = vec![
+        Table::new(
+            "tls-handshakes.rate",
+            title,
+            "conn/s",
+            Better::Higher,
+            &command,
+            &SYSTEMS,
+        ),
+        cpu_table("tls-handshakes.cpu", title, &command),
+    ];
+    let tables = measure(rig, mode, &t, secs, &argv, wrk_report, tables)?;
     rig.check_alive()?;
-    Ok(hs)
+    Ok(tables)
 }
 
 /// One curl per system first: each answers 200 with the upstream's JSON,

@@ -15,6 +15,7 @@ use std::{path::PathBuf, time::Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
+mod cpu;
 mod http;
 mod peers;
 mod pg;
@@ -272,11 +273,11 @@ fn run() -> Result<()> {
         println!("\n== {scenario}");
         let produced = (|| -> Result<Vec<Table>> {
             Ok(match scenario {
-                "pg-prepared" => vec![pg::run(&mut rig, &mode, "prepared")?],
-                "pg-simple" => vec![pg::run(&mut rig, &mode, "simple")?],
+                "pg-prepared" => pg::run(&mut rig, &mode, "prepared")?,
+                "pg-simple" => pg::run(&mut rig, &mode, "simple")?,
                 "https" => http::keepalive(&mut rig, &mode)?,
-                "h2" => vec![http::h2(&mut rig, &mode)?],
-                "handshakes" => vec![http::handshakes(&mut rig, &mode)?],
+                "h2" => http::h2(&mut rig, &mode)?,
+                "handshakes" => http::handshakes(&mut rig, &mode)?,
                 "redirect" => redirect::run(&mut rig, &mode)?,
                 "scale" => scale::run(&mut rig, &mode)?,
                 _ => unreachable!("checked in parse_args"),

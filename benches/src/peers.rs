@@ -310,6 +310,13 @@ pidfile = {d}/pgbouncer.pid
     }
 }
 
+impl PgBouncer {
+    /// Its PID, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
 impl Drop for PgBouncer {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {

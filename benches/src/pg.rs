@@ -8,10 +8,11 @@
 //! password.
 use std::{process::Command, time::Duration};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use sluice_tests::{postgres::conninfo_value, process, Sluice};
 
 use crate::{
+    cpu,
     rig::{Rig, AGENT, AGENT_MASKED, DB_HOST, ROLE},
     stats::{interleave, Better, Run, Table},
     tools, Mode,
@@ -19,8 +20,9 @@ use crate::{
 
 pub const SYSTEMS: [&str; 4] = ["direct", "pgbouncer", "sluice", "sluice+mask"];
 
-/// Runs `pgbench -S -M <protocol>` on every system, interleaved.
-pub fn run(rig: &mut Rig, mode: &Mode, protocol: &str) -> Result<Table> {
+/// Runs `pgbench -S -M <protocol>` on every system, interleaved: the
+/// transaction rate, and the proxy's CPU time per transaction.
+pub fn run(rig: &mut Rig, mode: &Mode, protocol: &str) -> Result<Vec<Table>> {
     let secs = mode.pg_seconds.to_string();
     let args: Vec<String> = [
         "-n", "-S", "-M", protocol, "-c", "8", "-j", "2", "-T", &secs,
@@ -28,7 +30,8 @@ pub fn run(rig: &mut Rig, mode: &Mode, protocol: &str) -> Result<Table> {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let mut table = Table::new(
+    let command = format!("pgbench {} <conninfo>", args.join(" "));
+    let mut tps = Table::new(
         &format!("pg-{protocol}.tps"),
         &format!(
             "PostgreSQL, pgbench -S -M {protocol} (scale {})",
@@ -36,8 +39,16 @@ pub fn run(rig: &mut Rig, mode: &Mode, protocol: &str) -> Result<Table> {
         ),
         "tx/s",
         Better::Higher,
-        &format!("pgbench {} <conninfo>", args.join(" ")),
+        &command,
         &SYSTEMS,
+    );
+    let mut cpu = Table::new(
+        &format!("pg-{protocol}.cpu"),
+        &format!("PostgreSQL, pgbench -S -M {protocol}: the proxy's CPU per transaction"),
+        "µs/tx",
+        Better::Lower,
+        &command,
+        &SYSTEMS[1..],
     );
     let timeout = Duration::from_secs(mode.pg_seconds + 60);
     let pg_addr = rig.pg.addr();
@@ -58,7 +69,7 @@ pub fn run(rig: &mut Rig, mode: &Mode, protocol: &str) -> Result<Table> {
             conninfo_value(token)
         )
     };
-    let direct = |conninfo: String| -> Result<Vec<f64>> {
+    let direct = |conninfo: String| -> Result<(f64, f64)> {
         let mut cmd = Command::new("pgbench");
         cmd.args(&args).arg(conninfo).env("PGPASSWORD", &password);
         for var in sluice_tests::postgres::PG_ENV
@@ -68,19 +79,14 @@ pub fn run(rig: &mut Rig, mode: &Mode, protocol: &str) -> Result<Table> {
             cmd.env_remove(var);
         }
         let out = process::output_with_timeout(&mut cmd, None, timeout)?;
-        Ok(vec![tools::pgbench_tps(&tools::stdout_of(
-            "pgbench", &out,
-        )?)?])
+        tools::pgbench(&tools::stdout_of("pgbench", &out)?)
     };
-    let through = |sluice: &Sluice, agent: &str, conninfo: String| -> Result<Vec<f64>> {
+    let through = |sluice: &Sluice, agent: &str, conninfo: String| -> Result<(f64, f64)> {
         let mut argv = vec!["pgbench".to_string()];
         argv.extend(args.iter().cloned());
         argv.push(conninfo);
         let out = sluice.exec_with_timeout(agent, &argv, timeout)?;
-        Ok(vec![tools::pgbench_tps(&tools::stdout_of(
-            "pgbench (agent)",
-            &out,
-        )?)?])
+        tools::pgbench(&tools::stdout_of("pgbench (agent)", &out)?)
     };
     let (main_conninfo, masked_conninfo) = (
         agent_conninfo(&rig.db_token),
@@ -88,27 +94,49 @@ pub fn run(rig: &mut Rig, mode: &Mode, protocol: &str) -> Result<Table> {
     );
     check_masking(&rig.sluice, AGENT, &main_conninfo, false)?;
     check_masking(&rig.sluice_masked, AGENT_MASKED, &masked_conninfo, true)?;
+    let bouncer_pid = rig.pgbouncer.pid().context("pgbouncer is not running")?;
+    let sluice_pid = rig.sluice.pid().context("sluice run is not running")?;
+    let masked_pid = rig
+        .sluice_masked
+        .pid()
+        .context("sluice run (masking) is not running")?;
     {
         let (sluice, sluice_masked) = (&rig.sluice, &rig.sluice_masked);
+        let both = |r: (f64, f64)| vec![r.0, r.1];
         let mut systems: Vec<(&str, Run<'_>)> = vec![
-            ("direct", Box::new(|| direct(direct_conninfo(pg_addr)))),
+            (
+                "direct",
+                Box::new(|| Ok(vec![direct(direct_conninfo(pg_addr))?.0, f64::NAN])),
+            ),
             (
                 "pgbouncer",
-                Box::new(|| direct(direct_conninfo(bouncer_addr))),
+                Box::new(|| {
+                    Ok(both(cpu::per_request(&[bouncer_pid], || {
+                        direct(direct_conninfo(bouncer_addr))
+                    })?))
+                }),
             ),
             (
                 "sluice",
-                Box::new(|| through(sluice, AGENT, main_conninfo.clone())),
+                Box::new(|| {
+                    Ok(both(cpu::per_request(&[sluice_pid], || {
+                        through(sluice, AGENT, main_conninfo.clone())
+                    })?))
+                }),
             ),
             (
                 "sluice+mask",
-                Box::new(|| through(sluice_masked, AGENT_MASKED, masked_conninfo.clone())),
+                Box::new(|| {
+                    Ok(both(cpu::per_request(&[masked_pid], || {
+                        through(sluice_masked, AGENT_MASKED, masked_conninfo.clone())
+                    })?))
+                }),
             ),
         ];
-        interleave(mode.rounds, &mut [&mut table], &mut systems)?;
+        interleave(mode.rounds, &mut [&mut tps, &mut cpu], &mut systems)?;
     }
     rig.check_alive()?;
-    Ok(table)
+    Ok(vec![tps, cpu])
 }
 
 /// Reads one `abalance` through a gateway: `****` where it is masked, the

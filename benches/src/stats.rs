@@ -84,11 +84,12 @@ impl Table {
 
     /// Median over rounds of `system[r] / other[r]`.
     pub fn ratio(&self, system: &str, other: &str) -> Option<f64> {
-        self.paired(
-            system,
-            other,
-            |a, b| if b == 0.0 { None } else { Some(a / b) },
-        )
+        // Undefined when the baseline was 0 in any round (e.g. a count).
+        let zero = self.samples[self.index(other)?].iter().any(|&b| b == 0.0);
+        if zero {
+            return None;
+        }
+        self.paired(system, other, |a, b| Some(a / b))
     }
 
     /// Median over rounds of `system[r] − other[r]`.
@@ -248,6 +249,7 @@ pub fn interleave(
             let shown: Vec<String> = values
                 .iter()
                 .zip(tables.iter())
+                .filter(|(v, _)| !v.is_nan())
                 .map(|(v, t)| format!("{} {}", fmt(*v), t.unit))
                 .collect();
             println!(
@@ -255,7 +257,8 @@ pub fn interleave(
                 round + 1,
                 shown.join(", ")
             );
-            for (t, v) in tables.iter_mut().zip(values) {
+            // NaN: this metric does not apply to this system.
+            for (t, v) in tables.iter_mut().zip(values).filter(|(_, v)| !v.is_nan()) {
                 t.push(name, v);
             }
         }

@@ -40,6 +40,19 @@ pub fn stdout_of(what: &str, out: &Output) -> Result<String> {
     Ok(stdout)
 }
 
+/// pgbench's `tps = N (without initial connection time)` and the
+/// transactions it processed.
+pub fn pgbench(report: &str) -> Result<(f64, f64)> {
+    let tps = pgbench_tps(report)?;
+    let done = report
+        .lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed:"))
+        .and_then(|v| v.trim().split(['/', ' ']).next())
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("no transaction count in pgbench's report:\n{report}"))?;
+    Ok((tps, done))
+}
+
 /// pgbench's `tps = N (without initial connection time)`.
 pub fn pgbench_tps(report: &str) -> Result<f64> {
     if let Some(line) = report
@@ -68,6 +81,8 @@ pub fn pgbench_tps(report: &str) -> Result<f64> {
 #[derive(Debug, Clone, Copy)]
 pub struct WrkReport {
     pub requests_per_sec: f64,
+    /// Requests completed.
+    pub requests: f64,
     /// 99th percentile latency, ms (needs `--latency`).
     pub p99_ms: Option<f64>,
 }
@@ -96,8 +111,14 @@ pub fn wrk(report: &str) -> Result<WrkReport> {
         .map(str::trim)
         .find_map(|l| l.strip_prefix("99%").or_else(|| l.strip_prefix("99.000%")))
         .and_then(|v| duration_ms(v.trim()));
+    let requests = report
+        .lines()
+        .find_map(|l| l.trim().split_once(" requests in "))
+        .and_then(|(n, _)| n.trim().parse().ok())
+        .with_context(|| format!("no `N requests in` line in wrk's report:\n{report}"))?;
     Ok(WrkReport {
         requests_per_sec: rps,
+        requests,
         p99_ms: p99,
     })
 }
@@ -116,9 +137,9 @@ pub fn duration_ms(s: &str) -> Option<f64> {
     })
 }
 
-/// h2load's `finished in …, N req/s, …`; failed, errored or non-2xx
-/// requests fail.
-pub fn h2load_rps(report: &str) -> Result<f64> {
+/// h2load's `finished in …, N req/s, …` and the requests that succeeded;
+/// failed, errored or non-2xx requests fail.
+pub fn h2load(report: &str) -> Result<(f64, f64)> {
     let requests = report
         .lines()
         .find(|l| l.starts_with("requests:"))
@@ -137,13 +158,16 @@ pub fn h2load_rps(report: &str) -> Result<f64> {
             bail!("h2load: {codes}\n{report}");
         }
     }
-    report
+    let rps = report
         .lines()
         .find(|l| l.starts_with("finished in"))
         .and_then(|l| l.split(',').nth(1))
         .and_then(|p| p.trim().strip_suffix("req/s"))
         .and_then(|n| n.trim().parse().ok())
-        .with_context(|| format!("no req/s in h2load's report:\n{report}"))
+        .with_context(|| format!("no req/s in h2load's report:\n{report}"))?;
+    let done =
+        count_before(requests, "succeeded").context("succeeded requests in h2load's report")?;
+    Ok((rps, done as f64))
 }
 
 /// In `…, 12 failed, …`, the number before `word`.
@@ -167,6 +191,7 @@ mod tests {
         let report = "Running 10s test @ https://a:1/\n  2 threads and 64 connections\n  Latency Distribution\n     50%  850.00us\n     75%    1.20ms\n     90%    2.00ms\n     99%    4.56ms\n  100 requests in 10.00s, 1.00MB read\nRequests/sec:  12345.67\nTransfer/sec:      1.00MB\n";
         let r = wrk(report).unwrap();
         assert_eq!(r.requests_per_sec, 12345.67);
+        assert_eq!(r.requests, 100.0);
         assert_eq!(r.p99_ms, Some(4.56));
         assert!(wrk(&format!("{report}  Non-2xx or 3xx responses: 3\n")).is_err());
     }
@@ -174,15 +199,15 @@ mod tests {
     #[test]
     fn reads_h2load_totals() {
         let report = "finished in 10.00s, 45678.90 req/s, 2.34MB/s\nrequests: 456789 total, 456789 started, 456789 done, 456789 succeeded, 0 failed, 0 errored, 0 timeout\nstatus codes: 456789 2xx, 0 3xx, 0 4xx, 0 5xx\n";
-        assert_eq!(h2load_rps(report).unwrap(), 45678.90);
-        assert!(h2load_rps(&report.replace("0 4xx", "7 4xx")).is_err());
-        assert!(h2load_rps(&report.replace("0 failed", "2 failed")).is_err());
+        assert_eq!(h2load(report).unwrap(), (45678.90, 456789.0));
+        assert!(h2load(&report.replace("0 4xx", "7 4xx")).is_err());
+        assert!(h2load(&report.replace("0 failed", "2 failed")).is_err());
     }
 
     #[test]
     fn reads_pgbench_tps() {
-        let report = "number of failed transactions: 0 (0.000%)\nlatency average = 0.5 ms\ntps = 15432.123456 (without initial connection time)\n";
-        assert_eq!(pgbench_tps(report).unwrap(), 15432.123456);
+        let report = "number of transactions actually processed: 154321\nnumber of failed transactions: 0 (0.000%)\nlatency average = 0.5 ms\ntps = 15432.123456 (without initial connection time)\n";
+        assert_eq!(pgbench(report).unwrap(), (15432.123456, 154321.0));
         assert!(
             pgbench_tps(&report.replace("failed transactions: 0", "failed transactions: 4"))
                 .is_err()

@@ -34,8 +34,11 @@ pub fn run(quick: bool, extra: &[String]) -> Result<()> {
     // features with the drivers').
     let sluice = build::run(true)?;
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    // The same PATH as `build::run`, so build scripts that watch it do not
+    // rerun on every switch between the two builds.
     cmd.current_dir(&root)
-        .args(["build", "--release", "--package", "sluice-benches"]);
+        .args(["build", "--release", "--package", "sluice-benches"])
+        .env("PATH", sh::path_with_cargo_bin());
     println!("bench: building the bench drivers (release)");
     sh::run(&mut cmd)?;
     let release = build::target_dir().join("release");
