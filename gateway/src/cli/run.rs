@@ -37,8 +37,13 @@ pub fn run(cfg: Config, args: RunArgs) -> Result<(), CliError> {
         .enable_all()
         .build()
         .map_err(CliError::runtime)?;
-    rt.block_on(crate::daemon::run(cfg))
-        .map_err(CliError::runtime)
+    let result = rt.block_on(crate::daemon::run(cfg));
+    // Ends every task: open sessions queue their close lines.
+    rt.shutdown_timeout(std::time::Duration::from_secs(5));
+    let recorder = result.map_err(CliError::runtime)?;
+    recorder
+        .flush_blocking()
+        .map_err(|e| CliError::Runtime(format!("writing the last session records: {e}")))
 }
 
 fn init_logging(format: LogFormat) {

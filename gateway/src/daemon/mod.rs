@@ -49,13 +49,15 @@ fn setup<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> StartError + '_ 
     move |e| StartError::Setup(format!("{what}: {e}"))
 }
 
-/// Runs the daemon until SIGTERM/SIGINT.
+/// Runs the daemon until SIGTERM/SIGINT. Returns the recorder: the caller
+/// shuts the runtime down (which ends every session, queueing its `close`
+/// line) and then flushes it, so no record line is lost on a clean stop.
 ///
 /// # Errors
 /// [`StartError`] when any start-up step fails; nothing is left half
 /// attached except links pinned by a previous run, which keep agents
 /// failing closed.
-pub async fn run(cfg: Config) -> Result<(), StartError> {
+pub async fn run(cfg: Config) -> Result<Arc<Recorder>, StartError> {
     let cfg = Arc::new(cfg);
     let gwc = &cfg.gateway;
     let vault = VaultCache::new(Vault::open(gwc).map_err(setup("vault"))?);
@@ -105,7 +107,7 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
         ca,
         vault,
         state: state.clone(),
-        recorder,
+        recorder: recorder.clone(),
         metrics,
     };
     let gateway = Arc::new(Gateway::new(fixed, snapshot, SQL_CACHE_ENTRIES));
@@ -139,7 +141,7 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
         _ = int.recv() => {}
     }
     info!("shutting down; pinned links keep agents failing closed until the next start");
-    Ok(())
+    Ok(recorder)
 }
 
 /// Approvals this instance held before a restart can never be released:

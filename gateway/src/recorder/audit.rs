@@ -77,13 +77,14 @@ impl AuditLog {
         })
     }
 
-    /// Appends `line` (one JSON line with its newline), rotating first when
-    /// it would not fit.
+    /// Appends `lines` (whole JSON lines, each with its newline) under one
+    /// lock, in as few `write(2)` calls as rotation allows: one when they
+    /// fit, else one per file, rotating before the line that would not fit.
     ///
     /// # Errors
     /// I/O errors locking, reopening or writing; a failed rotation is only
     /// logged.
-    pub fn append(&self, line: &[u8]) -> io::Result<()> {
+    pub fn append(&self, lines: &[u8]) -> io::Result<()> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let State { file, lock } = &mut *state;
         let _flock = ExclusiveLock::take(lock, &self.dir.join(LOCK_FILE))?;
@@ -91,16 +92,37 @@ impl AuditLog {
             // Rotated by another writer, or by hand: follow the name.
             *file = open_append(&self.path, self.group, false)?;
         }
-        let size = file.metadata()?.len();
-        if size > 0 && size.saturating_add(line.len() as u64) > self.rotate_bytes {
-            match self.rotate() {
-                Ok(new) => *file = new,
-                Err(e) => {
-                    tracing::warn!(path = %self.path.display(), error = %e, "cannot rotate the audit log; appending to it instead");
+        let mut size = file.metadata()?.len();
+        let mut rest = lines;
+        while !rest.is_empty() {
+            // The longest run of whole lines that fits; at least one line.
+            let mut take = 0;
+            for line in rest.split_inclusive(|&b| b == b'\n') {
+                let fits = size.saturating_add((take + line.len()) as u64) <= self.rotate_bytes;
+                if !fits && (take > 0 || size > 0) {
+                    break;
+                }
+                take += line.len();
+            }
+            if take == 0 {
+                // Not even one line fits after what the file holds.
+                match self.rotate() {
+                    Ok(new) => *file = new,
+                    Err(e) => {
+                        tracing::warn!(path = %self.path.display(), error = %e, "cannot rotate the audit log; appending to it instead");
+                        take = rest.len();
+                    }
+                }
+                size = 0;
+                if take == 0 {
+                    continue;
                 }
             }
+            write_line(file, &self.path, &rest[..take])?;
+            size += take as u64;
+            rest = &rest[take..];
         }
-        write_line(file, &self.path, line)
+        Ok(())
     }
 
     /// Renames `audit.jsonl` to its rotated name and opens a new one.

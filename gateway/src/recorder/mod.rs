@@ -12,9 +12,12 @@
 //!
 //! Files:
 //! - created 0640 (directories 0750), with the group `sluice-audit` when
-//!   that group exists, and opened `O_APPEND`; each line goes out in a
-//!   single unbuffered `write(2)`, so concurrent sessions interleave whole
-//!   lines in `audit.jsonl` and an acknowledged line is in the kernel;
+//!   that group exists, and opened `O_APPEND`;
+//! - lines are queued by the handlers and written by one writer thread in
+//!   batches ([`writer`]): whole lines only, one `write(2)` per session
+//!   file and one to `audit.jsonl` per batch. A handler flushes its
+//!   session before forwarding what it recorded, so an acknowledged line
+//!   is in the kernel;
 //! - a session file is never rewritten. While the session is open and the
 //!   daemon runs as root it also carries the append-only inode flag
 //!   ([`append_only`]), cleared when the session closes;
@@ -30,17 +33,22 @@ use std::{
     io::{self, Write},
     os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc, Arc, Mutex,
+    },
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
 use rand::{rngs::OsRng, RngCore};
-use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 pub mod append_only;
 pub mod audit;
 pub mod chain;
+mod writer;
+
+use writer::{Done, Job};
 
 pub use audit::{AuditLog, DEFAULT_ROTATE_BYTES};
 
@@ -128,12 +136,15 @@ impl From<&crate::config::Gateway> for RecorderOptions {
 }
 
 /// The daemon's record writer; one per daemon, shared by all sessions.
+/// Lines are written by its writer thread ([`writer`]); dropping the last
+/// handle writes everything still queued and ends the thread.
 #[derive(Debug)]
 pub struct Recorder {
     sessions_dir: PathBuf,
-    audit: AuditLog,
     group: Option<u32>,
-    observer: std::sync::OnceLock<Observer>,
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    observer: Arc<writer::ObserverSlot>,
 }
 
 /// Called with (service, event) after each line is written (metrics).
@@ -170,12 +181,13 @@ impl Recorder {
     }
 
     /// Creates `log_dir` and `log_dir/sessions` (0750) if needed, opens
-    /// `log_dir/audit.jsonl` for appending and, as root, clears the
-    /// append-only flag that a previous, crashed daemon left on the files
-    /// of sessions it never closed.
+    /// `log_dir/audit.jsonl` for appending, as root clears the append-only
+    /// flag that a previous, crashed daemon left on the files of sessions
+    /// it never closed, and starts the writer thread.
     ///
     /// # Errors
-    /// I/O errors creating the directories or opening the audit log.
+    /// I/O errors creating the directories, opening the audit log or
+    /// starting the thread.
     pub fn open_with(log_dir: &Path, options: RecorderOptions) -> io::Result<Arc<Recorder>> {
         let group = nix::unistd::Group::from_name(AUDIT_GROUP)
             .ok()
@@ -202,17 +214,27 @@ impl Recorder {
             }
         }
         append_only::clear_stale(&sessions_dir);
-        let audit = AuditLog::open(log_dir, options.audit_rotate_bytes, group)?;
+        let audit = Arc::new(AuditLog::open(log_dir, options.audit_rotate_bytes, group)?);
+        let observer = Arc::new(writer::ObserverSlot::new());
+        let (tx, rx) = mpsc::channel();
+        let thread = {
+            let observer = observer.clone();
+            std::thread::Builder::new()
+                .name("sluice-recorder".into())
+                .spawn(move || writer::run(rx, audit, observer))?
+        };
         Ok(Arc::new(Recorder {
             sessions_dir,
-            audit,
             group,
-            observer: std::sync::OnceLock::new(),
+            jobs: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+            observer,
         }))
     }
 
     /// Starts a session: creates `sessions/<id>.jsonl` with a fresh id and
     /// marks it append-only (as root, where the filesystem supports it).
+    /// Nothing is written until the first [`SessionRecord::record`].
     ///
     /// # Errors
     /// I/O errors creating the session file.
@@ -223,20 +245,65 @@ impl Recorder {
         let append_only = append_only::set(&file, &path, true);
         Ok(SessionRecord {
             recorder: Arc::clone(self),
-            id,
-            meta,
-            started: Instant::now(),
-            chain: Mutex::new(Chain {
+            file: Arc::new(SessionFile {
+                id,
+                meta,
                 file,
                 path,
-                seq: 0,
-                prev: String::new(),
-                head: Sha256::new(),
-                closed: false,
-                append_only,
+                chain: Mutex::new(Chain {
+                    seq: 0,
+                    prev: String::new(),
+                    head: Sha256::new(),
+                    append_only,
+                }),
+                error: Mutex::new(None),
             }),
+            started: Instant::now(),
+            closed: Mutex::new(false),
+            unflushed: AtomicBool::new(false),
         })
     }
+
+    /// Blocks until every line queued so far, by any session, is written.
+    ///
+    /// # Errors
+    /// [`io::ErrorKind::BrokenPipe`] when the writer thread is gone.
+    pub fn flush_blocking(&self) -> io::Result<()> {
+        let (tx, rx) = mpsc::channel();
+        self.send(Job::Flush {
+            session: None,
+            done: Done::Blocking(tx),
+        })?;
+        rx.recv().map_err(|_| writer_gone())?
+    }
+
+    fn send(&self, job: Job) -> io::Result<()> {
+        let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        jobs.as_ref()
+            .ok_or_else(writer_gone)?
+            .send(job)
+            .map_err(|_| writer_gone())
+    }
+}
+
+impl Drop for Recorder {
+    /// Ends the writer thread after it has written everything queued.
+    fn drop(&mut self) {
+        drop(self.jobs.get_mut().unwrap_or_else(|p| p.into_inner()).take());
+        let thread = self.thread.get_mut().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(thread) = thread {
+            if thread.join().is_err() {
+                tracing::error!("the record writer thread panicked");
+            }
+        }
+    }
+}
+
+fn writer_gone() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::BrokenPipe,
+        "the session record writer has stopped",
+    )
 }
 
 /// `s-` + 12 hex digits of unix milliseconds + `-` + 8 random hex digits:
@@ -248,108 +315,126 @@ fn new_session_id() -> String {
     format!("s-{ms:012x}-{:08x}", OsRng.next_u32())
 }
 
-/// The hash-chain state of one session file.
+/// The hash-chain state of one session file, owned by the writer thread.
 #[derive(Debug)]
 struct Chain {
-    file: File,
-    path: PathBuf,
     /// `seq` of the next line.
     seq: u64,
     /// `prev` of the next line.
     prev: String,
     /// SHA-256 over every byte written so far, newlines included.
     head: Sha256,
-    /// `close` was written; nothing more is.
-    closed: bool,
     /// The append-only inode flag is set and must be cleared at close.
     append_only: bool,
 }
 
-/// One session's record. `Send + Sync`; lines are serialised by a mutex.
+/// One session's file, shared by its handle and the writer thread.
+#[derive(Debug)]
+struct SessionFile {
+    id: String,
+    meta: SessionMeta,
+    file: File,
+    path: PathBuf,
+    chain: Mutex<Chain>,
+    /// The first write error since the last flush.
+    error: Mutex<Option<io::Error>>,
+}
+
+impl SessionFile {
+    fn fail(&self, e: io::Error) {
+        self.error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(e);
+    }
+
+    fn take_error(&self) -> io::Result<()> {
+        match self.error.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+/// One session's record. `Send + Sync`.
 #[derive(Debug)]
 pub struct SessionRecord {
     recorder: Arc<Recorder>,
-    id: String,
-    meta: SessionMeta,
+    file: Arc<SessionFile>,
     started: Instant,
-    chain: Mutex<Chain>,
-}
-
-#[derive(Serialize)]
-struct Line<'a> {
-    ts: String,
-    session: &'a str,
-    agent: &'a str,
-    pid: u32,
-    uid: u32,
-    service: &'a str,
-    #[serde(flatten)]
-    event: &'a Event,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    lines: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    head: Option<String>,
-    seq: u64,
-    prev: &'a str,
+    /// `close` was queued; nothing more is.
+    closed: Mutex<bool>,
+    /// A line was queued since the last flush.
+    unflushed: AtomicBool,
 }
 
 impl SessionRecord {
     /// The session id, e.g. `s-019a2b3c4d5e-1f2e3d4c`.
     pub fn id(&self) -> &str {
-        &self.id
+        &self.file.id
     }
 
-    /// Appends `event` to the session file, then to `audit.jsonl`. A
-    /// [`Event::Close`] line gets the chain head and ends the record: the
-    /// append-only flag is cleared and later events are refused.
+    /// Queues `event` for the session file and `audit.jsonl`, stamped with
+    /// the current time; [`SessionRecord::flush`] waits until it is
+    /// written. A [`Event::Close`] line gets the chain head and ends the
+    /// record: the append-only flag is cleared and later events are
+    /// refused.
     ///
     /// # Errors
-    /// I/O errors, including a short write (the chain does not advance when
-    /// the session file write fails), and [`io::ErrorKind::Other`] for an
-    /// event after `close`.
+    /// [`io::ErrorKind::Other`] for an event after `close`;
+    /// [`io::ErrorKind::BrokenPipe`] when the writer thread is gone.
     pub fn record(&self, event: Event) -> io::Result<()> {
-        let mut chain = self.chain.lock().unwrap_or_else(|p| p.into_inner());
-        if chain.closed {
-            tracing::warn!(session = %self.id, "event after close not recorded");
+        let is_close = matches!(event, Event::Close { .. });
+        // Held while queueing, so nothing is queued after `close`.
+        let mut closed = self.closed.lock().unwrap_or_else(|p| p.into_inner());
+        if *closed {
+            tracing::warn!(session = %self.file.id, "event after close not recorded");
             return Err(io::Error::other(format!(
                 "session {} is closed; nothing is recorded after close",
-                self.id
+                self.file.id
             )));
         }
-        let is_close = matches!(event, Event::Close { .. });
-        let line = Line {
-            ts: chrono::Utc::now()
-                .format("%Y-%m-%dT%H:%M:%S%.6fZ")
-                .to_string(),
-            session: &self.id,
-            agent: &self.meta.agent,
-            pid: self.meta.pid,
-            uid: self.meta.uid,
-            service: &self.meta.service,
-            event: &event,
-            lines: is_close.then_some(chain.seq),
-            head: is_close.then(|| hex::encode(chain.head.clone().finalize())),
-            seq: chain.seq,
-            prev: &chain.prev,
-        };
-        let mut bytes = serde_json::to_vec(&line).map_err(io::Error::other)?;
-        let hash = hex::encode(Sha256::digest(&bytes));
-        bytes.push(b'\n');
-        write_line(&chain.file, &chain.path, &bytes)?;
-        if let Some(observe) = self.recorder.observer.get() {
-            (observe.0)(&self.meta.service, &event);
+        *closed = is_close;
+        self.unflushed.store(true, Ordering::Release);
+        self.recorder.send(Job::Line {
+            session: self.file.clone(),
+            at: SystemTime::now(),
+            event,
+        })
+    }
+
+    /// Waits until every line this session queued is written to its file
+    /// and `audit.jsonl` (in the kernel, not fsynced). Returns at once when
+    /// nothing was queued since the last flush.
+    ///
+    /// # Errors
+    /// The first write error since the last flush (the lines it concerns
+    /// are not in the file; the chain continues without them), or
+    /// [`io::ErrorKind::BrokenPipe`] when the writer thread is gone.
+    pub async fn flush(&self) -> io::Result<()> {
+        if !self.unflushed.swap(false, Ordering::AcqRel) {
+            return Ok(());
         }
-        chain.seq += 1;
-        chain.prev = hash;
-        chain.head.update(&bytes);
-        if is_close {
-            chain.closed = true;
-            if chain.append_only {
-                chain.append_only = !append_only::set(&chain.file, &chain.path, false);
-            }
-        }
-        drop(chain);
-        self.recorder.audit.append(&bytes)
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.recorder.send(Job::Flush {
+            session: Some(self.file.clone()),
+            done: Done::Async(tx),
+        })?;
+        rx.await.map_err(|_| writer_gone())?
+    }
+
+    /// [`SessionRecord::flush`] for synchronous callers; blocks the thread.
+    ///
+    /// # Errors
+    /// As [`SessionRecord::flush`].
+    pub fn flush_blocking(&self) -> io::Result<()> {
+        self.unflushed.store(false, Ordering::Release);
+        let (tx, rx) = mpsc::channel();
+        self.recorder.send(Job::Flush {
+            session: Some(self.file.clone()),
+            done: Done::Blocking(tx),
+        })?;
+        rx.recv().map_err(|_| writer_gone())?
     }
 }
 
@@ -358,11 +443,11 @@ impl Drop for SessionRecord {
     /// shutting down) with a `close` line, so the file is complete and loses
     /// its append-only flag.
     fn drop(&mut self) {
-        let closed = self.chain.lock().map_or(true, |c| c.closed);
+        let closed = *self.closed.lock().unwrap_or_else(|p| p.into_inner());
         if !closed {
             let duration_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
             if let Err(e) = self.record(Event::Close { duration_ms }) {
-                tracing::warn!(session = %self.id, error = %e, "cannot write the close line");
+                tracing::warn!(session = %self.file.id, error = %e, "cannot queue the close line");
             }
         }
     }

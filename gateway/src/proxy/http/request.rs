@@ -28,8 +28,22 @@ use crate::{
     tokens,
 };
 
-/// Serves one request; never fails (errors become JSON responses).
+/// Serves one request; never fails (errors become JSON responses). The
+/// response goes out only once the lines recorded for it are written.
 pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<ProxyBody> {
+    let response = respond(&ctx, req).await;
+    if ctx.flush().await {
+        response
+    } else {
+        reply::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "session record cannot be written; refusing unaudited access",
+            None,
+        )
+    }
+}
+
+async fn respond(ctx: &Arc<ConnCtx>, req: Request<Incoming>) -> Response<ProxyBody> {
     let (mut parts, body) = req.into_parts();
     let host = authority_host(&parts);
     let routed = match ctx.service_for(host.as_deref()) {
@@ -254,6 +268,13 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Proxy
     if !service.mask.is_empty() || service.echo_guard {
         // Masking and echo_guard read the body as sent: ask for no content coding.
         parts.headers.remove(header::ACCEPT_ENCODING);
+    }
+    if !ctx.opened().await {
+        return reply::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "session record cannot be written; refusing unaudited access",
+            Some(&sid),
+        );
     }
     let sent = std::time::Instant::now();
     let timeout = gateway_cfg.upstream_timeout;

@@ -47,6 +47,8 @@ pub struct ConnCtx {
     tls: bool,
     service: OnceLock<String>,
     session: OnceLock<Option<SessionRecord>>,
+    /// The session's `open` line is written (`true`) or could not be.
+    open_written: tokio::sync::OnceCell<bool>,
     /// The last token that passed, re-checked cheaply on each request.
     live: tokio::sync::Mutex<Option<LiveToken>>,
 }
@@ -66,6 +68,7 @@ impl ConnCtx {
             tls,
             service: OnceLock::new(),
             session: OnceLock::new(),
+            open_written: tokio::sync::OnceCell::new(),
             live: tokio::sync::Mutex::new(None),
         };
         if let (true, Some(name)) = (tls, default) {
@@ -147,15 +150,38 @@ impl ConnCtx {
                     peer: self.conn.peer.to_string(),
                 };
                 rec.record(open)
-                    .map_err(|e| warn!(error = %e, "cannot write session record"))
+                    .map_err(|e| warn!(error = %e, "cannot queue the session record"))
                     .ok()?;
                 Some(rec)
             })
             .as_ref()
     }
 
-    /// Records `event` in the open session; `false` when it could not be
-    /// written (the caller refuses the operation: nothing goes unaudited).
+    /// Whether the session's first lines (`open`, …) are written; waits
+    /// for them the first time. `false`: refuse to forward anything.
+    pub async fn opened(&self) -> bool {
+        *self
+            .open_written
+            .get_or_init(|| async { self.flush().await })
+            .await
+    }
+
+    /// Waits until every line this connection queued is written; `false`
+    /// when one could not be (the caller refuses: nothing goes unaudited).
+    /// `true` when no session was opened: nothing was queued.
+    pub async fn flush(&self) -> bool {
+        match self.session.get().and_then(Option::as_ref) {
+            Some(rec) => rec
+                .flush()
+                .await
+                .map_err(|e| warn!(error = %e, "session record write failed"))
+                .is_ok(),
+            None => true,
+        }
+    }
+
+    /// Queues `event` in the open session ([`ConnCtx::flush`] waits for
+    /// it); `false` when the session is closed or has no record.
     pub fn record(&self, event: Event) -> bool {
         match self.session.get().and_then(Option::as_ref) {
             Some(rec) => rec

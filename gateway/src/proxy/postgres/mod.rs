@@ -91,10 +91,14 @@ pub async fn serve(
         original_dst: conn.original_dst.to_string(),
         peer: conn.peer.to_string(),
     };
-    let opened = gw
-        .recorder
-        .start(meta)
-        .and_then(|r| r.record(open).map(|()| Arc::new(r)));
+    let opened = match gw.recorder.start(meta) {
+        Ok(r) => match r.record(open) {
+            // Nothing is relayed before the open line is written.
+            Ok(()) => r.flush().await.map(|()| Arc::new(r)),
+            Err(e) => Err(e),
+        },
+        Err(e) => Err(e),
+    };
     let record = match opened {
         Ok(r) => r,
         Err(e) => {

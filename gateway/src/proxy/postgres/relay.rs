@@ -142,7 +142,7 @@ where
                     Judgement::Allow => None,
                     Judgement::Deny(err) => Some(err),
                     Judgement::Approve => {
-                        flush(&mut upstream, &mut out).await?;
+                        forward(s, &mut upstream, &mut out).await?;
                         held(s, sql, &mut agent).await?
                     }
                 };
@@ -231,13 +231,13 @@ where
                     })
                     .map_err(RelayError::Record)?;
                 if portal.statement.needs_approval {
-                    flush(&mut upstream, &mut out).await?;
+                    forward(s, &mut upstream, &mut out).await?;
                     if let Some(err) = held(s, &portal.statement.sql, &mut agent).await? {
                         // Parse and Bind already went up: close that batch
                         // with our own Sync, then skip to the agent's.
                         s.tracker.push(Expect::Sync(SyncAction::ErrorInstead(err)));
                         postgres_protocol::message::frontend::sync(&mut out);
-                        flush(&mut upstream, &mut out).await?;
+                        forward(s, &mut upstream, &mut out).await?;
                         discard_until_sync = true;
                         continue;
                     }
@@ -296,9 +296,19 @@ where
             _ => msg.encode(&mut out),
         }
         if !agent.has_buffered_message() || out.len() > 64 * 1024 {
-            flush(&mut upstream, &mut out).await?;
+            forward(s, &mut upstream, &mut out).await?;
         }
     }
+}
+
+/// Sends `out` upstream once the lines recorded for it are written.
+async fn forward<W: AsyncWrite + Unpin>(
+    s: &Session,
+    w: &mut W,
+    out: &mut BytesMut,
+) -> Result<(), RelayError> {
+    s.record.flush().await.map_err(RelayError::Record)?;
+    Ok(flush(w, out).await?)
 }
 
 async fn flush<W: AsyncWrite + Unpin>(w: &mut W, out: &mut BytesMut) -> std::io::Result<()> {
