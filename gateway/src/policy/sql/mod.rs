@@ -270,8 +270,11 @@ const MAX_CACHED_TEXT: usize = 64 * 1024;
 
 type Cached = Arc<Result<Classification, SqlError>>;
 
-/// Classifications keyed by SQL text, so a statement sent again and again
-/// (pgbench `-M simple`, an ORM's fixed queries) is parsed once.
+/// Classifications keyed by the statement's shape ([`shape`]: its text
+/// with numeric constants blanked), so a statement sent again and again
+/// with other numbers (pgbench `-M simple`, an ORM's fixed queries with
+/// inlined ids) is parsed once. Texts PostgreSQL's parser rejects are not
+/// kept: their error message quotes the text.
 ///
 /// Bounded to `capacity` entries in two generations: a hit in the older one
 /// moves the entry to the current one. When the current one is full it
@@ -302,14 +305,15 @@ impl ClassifyCache {
         }
     }
 
-    /// [`classify`], cached.
+    /// [`classify`], cached by [`shape`].
     pub fn classify(&self, sql: &str) -> Arc<Result<Classification, SqlError>> {
-        if let Some(hit) = self.lock().get(sql) {
+        let key = (sql.len() <= MAX_CACHED_TEXT).then(|| shape(sql)).flatten();
+        if let Some(hit) = key.as_deref().and_then(|k| self.lock().get(k)) {
             return hit;
         }
         let classified = Arc::new(classify(sql));
-        if sql.len() <= MAX_CACHED_TEXT {
-            self.lock().insert(sql.into(), Arc::clone(&classified));
+        if let (Some(key), Ok(_)) = (key, classified.as_ref()) {
+            self.lock().insert(key.into(), Arc::clone(&classified));
         }
         classified
     }
@@ -333,6 +337,28 @@ impl ClassifyCache {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// The cache key of `sql`: the text with every numeric constant (the
+/// `ICONST` and `FCONST` tokens of PostgreSQL's own scanner) replaced by a
+/// NUL character, which no Query or Parse text can contain. A number never
+/// changes what kind of statement a text is (string constants, which can
+/// hold PL/pgSQL, are kept), so `… WHERE aid = 1` and `… WHERE aid = 2`
+/// share an entry. `None` when the scanner rejects the text.
+fn shape(sql: &str) -> Option<String> {
+    use pg_query::protobuf::Token;
+    let mut key = String::with_capacity(sql.len());
+    let mut copied = 0;
+    for t in pg_query::scan_tokens(sql).ok()? {
+        if t.token == Token::Iconst as i32 || t.token == Token::Fconst as i32 {
+            let (start, end) = (usize::try_from(t.start).ok()?, usize::try_from(t.end).ok()?);
+            key.push_str(sql.get(copied..start)?);
+            key.push('\0');
+            copied = end;
+        }
+    }
+    key.push_str(sql.get(copied..)?);
+    Some(key)
 }
 
 /// The statement kinds among a service's rules.
@@ -471,13 +497,38 @@ mod tests {
     }
 
     #[test]
+    fn statements_differing_only_in_numbers_share_an_entry_and_strings_do_not() {
+        let cache = ClassifyCache::new(4096);
+        let one = cache.classify("SELECT abalance FROM pgbench_accounts WHERE aid = 17");
+        let other = cache.classify("SELECT abalance FROM pgbench_accounts WHERE aid = 9.5e3");
+        assert!(Arc::ptr_eq(&one, &other), "same shape, one parse");
+        assert_eq!(
+            shape("SELECT 1 /* 2 */, '3', $4, 5.0"),
+            Some("SELECT \0 /* 2 */, '3', $4, \0".into())
+        );
+        // A string constant can be code: never blanked.
+        let allowed = cache.decide("DO $$ BEGIN EXECUTE 'SELECT 1'; END $$", &[], &[], false);
+        let denied = cache.decide(
+            "DO $$ BEGIN EXECUTE 'DROP TABLE t'; END $$",
+            &[Rule::Sql("DROP".into())],
+            &[],
+            false,
+        );
+        assert_eq!(allowed, SqlVerdict::Allow);
+        assert!(matches!(denied, SqlVerdict::Deny { .. }));
+        // A parse error quotes the text: not cached.
+        let bad = cache.classify("SELECT 1 1");
+        assert!(!Arc::ptr_eq(&bad, &cache.classify("SELECT 2 2")));
+    }
+
+    #[test]
     fn cache_stays_bounded_and_keeps_what_is_used() {
         let cache = ClassifyCache::new(4);
-        let hot = cache.classify("SELECT 0");
+        let hot = cache.classify("SELECT c0");
         for i in 1..50 {
-            cache.classify(&format!("SELECT {i}"));
+            cache.classify(&format!("SELECT c{i}"));
             // Touching the hot entry keeps it alive across generations.
-            assert!(Arc::ptr_eq(&hot, &cache.classify("SELECT 0")));
+            assert!(Arc::ptr_eq(&hot, &cache.classify("SELECT c0")));
             let g = cache.lock();
             assert!(g.current.len() + g.previous.len() <= 4);
         }
