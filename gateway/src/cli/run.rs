@@ -40,10 +40,8 @@ pub fn run(cfg: Config, args: RunArgs) -> Result<(), CliError> {
     let result = rt.block_on(crate::daemon::run(cfg));
     // Ends every task: open sessions queue their close lines.
     rt.shutdown_timeout(std::time::Duration::from_secs(5));
-    let recorder = result.map_err(CliError::runtime)?;
-    recorder
-        .flush_blocking()
-        .map_err(|e| CliError::Runtime(format!("writing the last session records: {e}")))
+    result.map_err(CliError::runtime)?.flush_all();
+    Ok(())
 }
 
 fn init_logging(format: LogFormat) {

@@ -93,6 +93,9 @@ impl AuditLog {
             *file = open_append(&self.path, self.group, false)?;
         }
         let mut size = file.metadata()?.len();
+        if size.saturating_add(lines.len() as u64) <= self.rotate_bytes {
+            return write_line(file, &self.path, lines);
+        }
         let mut rest = lines;
         while !rest.is_empty() {
             // The longest run of whole lines that fits; at least one line.

@@ -13,8 +13,8 @@
 //! Files:
 //! - created 0640 (directories 0750), with the group `sluice-audit` when
 //!   that group exists, and opened `O_APPEND`;
-//! - lines are queued by the handlers and written by one writer thread in
-//!   batches ([`writer`]): whole lines only, one `write(2)` per session
+//! - lines are queued by the handlers and written in batches by group
+//!   commit ([`writer`]): whole lines only, one `write(2)` per session
 //!   file and one to `audit.jsonl` per batch. A handler flushes its
 //!   session before forwarding what it recorded, so an acknowledged line
 //!   is in the kernel;
@@ -34,8 +34,8 @@ use std::{
     os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
     sync::{
-        atomic::{AtomicBool, Ordering},
-        mpsc, Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
     },
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
@@ -48,7 +48,7 @@ pub mod audit;
 pub mod chain;
 mod writer;
 
-use writer::{Done, Job};
+use writer::Writer;
 
 pub use audit::{AuditLog, DEFAULT_ROTATE_BYTES};
 
@@ -136,15 +136,15 @@ impl From<&crate::config::Gateway> for RecorderOptions {
 }
 
 /// The daemon's record writer; one per daemon, shared by all sessions.
-/// Lines are written by its writer thread ([`writer`]); dropping the last
-/// handle writes everything still queued and ends the thread.
+/// Lines are written by group commit ([`writer`]) and by a sweeper thread
+/// for lines nobody flushes; dropping the last handle writes everything
+/// still queued and ends the thread.
 #[derive(Debug)]
 pub struct Recorder {
     sessions_dir: PathBuf,
     group: Option<u32>,
-    jobs: Mutex<Option<mpsc::Sender<Job>>>,
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
-    observer: Arc<writer::ObserverSlot>,
+    writer: Arc<Writer>,
+    sweeper: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// Called with (service, event) after each line is written (metrics).
@@ -168,7 +168,7 @@ impl Recorder {
     /// Sets the function told about every written event (once; later
     /// calls are ignored).
     pub fn observe_with(&self, observer: Observer) {
-        let _ = self.observer.set(observer);
+        let _ = self.writer.observer.set(observer);
     }
 
     /// [`Recorder::open_with`] with the `[gateway]` settings: `log_dir` and
@@ -183,7 +183,7 @@ impl Recorder {
     /// Creates `log_dir` and `log_dir/sessions` (0750) if needed, opens
     /// `log_dir/audit.jsonl` for appending, as root clears the append-only
     /// flag that a previous, crashed daemon left on the files of sessions
-    /// it never closed, and starts the writer thread.
+    /// it never closed, and starts the sweeper thread.
     ///
     /// # Errors
     /// I/O errors creating the directories, opening the audit log or
@@ -214,21 +214,19 @@ impl Recorder {
             }
         }
         append_only::clear_stale(&sessions_dir);
-        let audit = Arc::new(AuditLog::open(log_dir, options.audit_rotate_bytes, group)?);
-        let observer = Arc::new(writer::ObserverSlot::new());
-        let (tx, rx) = mpsc::channel();
-        let thread = {
-            let observer = observer.clone();
+        let audit = AuditLog::open(log_dir, options.audit_rotate_bytes, group)?;
+        let writer = Arc::new(Writer::new(audit));
+        let sweeper = {
+            let writer = writer.clone();
             std::thread::Builder::new()
                 .name("sluice-recorder".into())
-                .spawn(move || writer::run(rx, audit, observer))?
+                .spawn(move || writer.sweep())?
         };
         Ok(Arc::new(Recorder {
             sessions_dir,
             group,
-            jobs: Mutex::new(Some(tx)),
-            thread: Mutex::new(Some(thread)),
-            observer,
+            writer,
+            sweeper: Mutex::new(Some(sweeper)),
         }))
     }
 
@@ -260,50 +258,26 @@ impl Recorder {
             }),
             started: Instant::now(),
             closed: Mutex::new(false),
-            unflushed: AtomicBool::new(false),
+            ticket: AtomicU64::new(0),
         })
     }
 
-    /// Blocks until every line queued so far, by any session, is written.
-    ///
-    /// # Errors
-    /// [`io::ErrorKind::BrokenPipe`] when the writer thread is gone.
-    pub fn flush_blocking(&self) -> io::Result<()> {
-        let (tx, rx) = mpsc::channel();
-        self.send(Job::Flush {
-            session: None,
-            done: Done::Blocking(tx),
-        })?;
-        rx.recv().map_err(|_| writer_gone())?
-    }
-
-    fn send(&self, job: Job) -> io::Result<()> {
-        let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
-        jobs.as_ref()
-            .ok_or_else(writer_gone)?
-            .send(job)
-            .map_err(|_| writer_gone())
+    /// Writes every line queued so far, by any session.
+    pub fn flush_all(&self) {
+        self.writer.write_all();
     }
 }
 
 impl Drop for Recorder {
-    /// Ends the writer thread after it has written everything queued.
+    /// Stops the sweeper, which writes everything still queued.
     fn drop(&mut self) {
-        drop(self.jobs.get_mut().unwrap_or_else(|p| p.into_inner()).take());
-        let thread = self.thread.get_mut().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(thread) = thread {
-            if thread.join().is_err() {
-                tracing::error!("the record writer thread panicked");
-            }
+        self.writer.stop();
+        let sweeper = self.sweeper.get_mut().unwrap_or_else(|p| p.into_inner()).take();
+        if sweeper.is_some_and(|t| t.join().is_err()) {
+            tracing::error!("the record sweeper thread panicked");
         }
+        self.writer.write_all();
     }
-}
-
-fn writer_gone() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::BrokenPipe,
-        "the session record writer has stopped",
-    )
 }
 
 /// `s-` + 12 hex digits of unix milliseconds + `-` + 8 random hex digits:
@@ -315,7 +289,7 @@ fn new_session_id() -> String {
     format!("s-{ms:012x}-{:08x}", OsRng.next_u32())
 }
 
-/// The hash-chain state of one session file, owned by the writer thread.
+/// The hash-chain state of one session file, advanced by the writer.
 #[derive(Debug)]
 struct Chain {
     /// `seq` of the next line.
@@ -328,7 +302,7 @@ struct Chain {
     append_only: bool,
 }
 
-/// One session's file, shared by its handle and the writer thread.
+/// One session's file, shared by its handle and the writer.
 #[derive(Debug)]
 struct SessionFile {
     id: String,
@@ -364,8 +338,8 @@ pub struct SessionRecord {
     started: Instant,
     /// `close` was queued; nothing more is.
     closed: Mutex<bool>,
-    /// A line was queued since the last flush.
-    unflushed: AtomicBool,
+    /// The ticket of the session's last queued line.
+    ticket: AtomicU64,
 }
 
 impl SessionRecord {
@@ -375,14 +349,12 @@ impl SessionRecord {
     }
 
     /// Queues `event` for the session file and `audit.jsonl`, stamped with
-    /// the current time; [`SessionRecord::flush`] waits until it is
-    /// written. A [`Event::Close`] line gets the chain head and ends the
-    /// record: the append-only flag is cleared and later events are
-    /// refused.
+    /// the current time; [`SessionRecord::flush`] writes it. A
+    /// [`Event::Close`] line gets the chain head and ends the record: the
+    /// append-only flag is cleared and later events are refused.
     ///
     /// # Errors
-    /// [`io::ErrorKind::Other`] for an event after `close`;
-    /// [`io::ErrorKind::BrokenPipe`] when the writer thread is gone.
+    /// [`io::ErrorKind::Other`] for an event after `close`.
     pub fn record(&self, event: Event) -> io::Result<()> {
         let is_close = matches!(event, Event::Close { .. });
         // Held while queueing, so nothing is queued after `close`.
@@ -395,46 +367,27 @@ impl SessionRecord {
             )));
         }
         *closed = is_close;
-        self.unflushed.store(true, Ordering::Release);
-        self.recorder.send(Job::Line {
-            session: self.file.clone(),
-            at: SystemTime::now(),
-            event,
-        })
+        let ticket = self
+            .recorder
+            .writer
+            .push(self.file.clone(), SystemTime::now(), event);
+        self.ticket.store(ticket, Ordering::Release);
+        Ok(())
     }
 
-    /// Waits until every line this session queued is written to its file
-    /// and `audit.jsonl` (in the kernel, not fsynced). Returns at once when
-    /// nothing was queued since the last flush.
+    /// Returns once every line this session queued is written to its file
+    /// and `audit.jsonl` (in the kernel, not fsynced), writing the queue
+    /// when no one else already has. Blocks the calling thread for at most
+    /// one batch of writes.
     ///
     /// # Errors
-    /// The first write error since the last flush (the lines it concerns
-    /// are not in the file; the chain continues without them), or
-    /// [`io::ErrorKind::BrokenPipe`] when the writer thread is gone.
-    pub async fn flush(&self) -> io::Result<()> {
-        if !self.unflushed.swap(false, Ordering::AcqRel) {
-            return Ok(());
-        }
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.recorder.send(Job::Flush {
-            session: Some(self.file.clone()),
-            done: Done::Async(tx),
-        })?;
-        rx.await.map_err(|_| writer_gone())?
-    }
-
-    /// [`SessionRecord::flush`] for synchronous callers; blocks the thread.
-    ///
-    /// # Errors
-    /// As [`SessionRecord::flush`].
-    pub fn flush_blocking(&self) -> io::Result<()> {
-        self.unflushed.store(false, Ordering::Release);
-        let (tx, rx) = mpsc::channel();
-        self.recorder.send(Job::Flush {
-            session: Some(self.file.clone()),
-            done: Done::Blocking(tx),
-        })?;
-        rx.recv().map_err(|_| writer_gone())?
+    /// The first write error since the last flush: the lines it concerns
+    /// are not in the file, and the chain continues without them.
+    pub fn flush(&self) -> io::Result<()> {
+        self.recorder
+            .writer
+            .write_through(self.ticket.load(Ordering::Acquire));
+        self.file.take_error()
     }
 }
 

@@ -62,7 +62,7 @@ fn every_line_carries_the_contract_fields() {
         count: 3,
     })
     .unwrap();
-    s.flush_blocking().unwrap();
+    s.flush().unwrap();
     let line: Value = serde_json::from_str(&lines(&dir.path().join("audit.jsonl"))[0]).unwrap();
     assert_eq!(line["session"], s.id());
     assert_eq!(line["agent"], "ci-bot");
@@ -98,7 +98,7 @@ fn session_file_is_hash_chained_and_the_close_line_carries_the_head() {
     })
     .unwrap();
     s.record(Event::Close { duration_ms: 5 }).unwrap();
-    s.flush_blocking().unwrap();
+    s.flush().unwrap();
     let path = session_path(dir.path(), &s);
     let lines = lines(&path);
     let first: Value = serde_json::from_str(&lines[0]).unwrap();
@@ -129,17 +129,17 @@ fn nothing_is_recorded_after_close_and_a_dropped_session_is_closed() {
     let s = rec.start(meta("ci-bot")).unwrap();
     s.record(Event::Close { duration_ms: 1 }).unwrap();
     assert!(s.record(request("/late")).is_err());
-    s.flush_blocking().unwrap();
+    s.flush().unwrap();
     let closed = session_path(dir.path(), &s);
     assert_eq!(lines(&closed).len(), 1);
 
     let t = rec.start(meta("ci-bot")).unwrap();
     t.record(request("/v1/x")).unwrap();
-    t.flush_blocking().unwrap();
+    t.flush().unwrap();
     let dropped = session_path(dir.path(), &t);
     assert_eq!(verify_file(&dropped), Verdict::Open { lines: 1 });
     drop(t);
-    rec.flush_blocking().unwrap();
+    rec.flush_all();
     assert_eq!(verify_file(&dropped), Verdict::Closed { lines: 2 });
     assert_eq!(lines(&dir.path().join("audit.jsonl")).len(), 3);
 }
@@ -153,7 +153,7 @@ fn verify_passes_recorder_output_and_names_an_edited_or_deleted_line() {
         s.record(request(path)).unwrap();
     }
     s.record(Event::Close { duration_ms: 9 }).unwrap();
-    s.flush_blocking().unwrap();
+    s.flush().unwrap();
     let path = session_path(dir.path(), &s);
     assert_eq!(verify_file(&path), Verdict::Closed { lines: 5 });
     let original = fs::read(&path).unwrap();
@@ -219,7 +219,7 @@ fn concurrent_sessions_interleave_whole_lines() {
             });
         }
     });
-    rec.flush_blocking().unwrap();
+    rec.flush_all();
     let audit = lines(&dir.path().join("audit.jsonl"));
     assert_eq!(audit.len(), 804);
     let mut per_session = std::collections::HashMap::<String, u64>::new();
@@ -248,7 +248,7 @@ fn audit_log_rotates_at_the_configured_size() {
     for i in 0..100 {
         s.record(request(&format!("/v1/items/{i}"))).unwrap();
     }
-    s.flush_blocking().unwrap();
+    s.flush().unwrap();
     let rotated = audit::rotated_files(dir.path()).unwrap();
     assert!(rotated.len() >= 3, "{rotated:?}");
     let mut all = Vec::new();
@@ -291,7 +291,7 @@ fn session_file_is_append_only_while_the_session_is_open() {
     let rec = Recorder::open(dir.path()).unwrap();
     let s = rec.start(meta("ci-bot")).unwrap();
     s.record(request("/v1/x")).unwrap();
-    s.flush_blocking().unwrap();
+    s.flush().unwrap();
     let path = session_path(dir.path(), &s);
     let flagged = append_only::is_set(&path);
     if nix::unistd::geteuid().is_root() && !flagged {
@@ -310,7 +310,7 @@ fn session_file_is_append_only_while_the_session_is_open() {
         assert!(fs::rename(&path, dir.path().join("moved")).is_err());
     }
     s.record(Event::Close { duration_ms: 3 }).unwrap();
-    s.flush_blocking().unwrap();
+    s.flush().unwrap();
     assert!(!append_only::is_set(&path), "cleared at close");
     assert_eq!(verify_file(&path), Verdict::Closed { lines: 2 });
     fs::remove_file(&path).unwrap();
@@ -322,7 +322,7 @@ fn a_restarted_recorder_clears_flags_left_by_a_crashed_one() {
     let rec = Recorder::open(dir.path()).unwrap();
     let s = rec.start(meta("ci-bot")).unwrap();
     s.record(request("/v1/x")).unwrap();
-    s.flush_blocking().unwrap();
+    s.flush().unwrap();
     let path = session_path(dir.path(), &s);
     // A crash: the record is never dropped, so no close line is written.
     std::mem::forget(s);

@@ -1,27 +1,33 @@
-//! The record writer thread: group commit of session lines.
+//! Group commit of session lines.
 //!
-//! Sessions queue events ([`Job::Line`]) without touching the disk. One
-//! thread per [`super::Recorder`] takes everything queued so far as a batch
-//! and, for each session in the batch, serialises its lines (timestamp
-//! taken at queue time, hash chain of [`super::chain`]) and appends them to
-//! the session file in one `write(2)`; then it appends every line it wrote
-//! to `audit.jsonl` in one more. Under load a batch holds many requests'
-//! lines, so the cost per line falls to a fraction of a system call.
+//! Sessions queue events ([`Writer::push`]) without touching the disk; each
+//! gets a ticket. Whoever needs lines written ([`Writer::write_through`]: a
+//! handler about to forward what it recorded, the sweeper thread every
+//! [`SWEEP`], a clean stop) takes the write lock and writes *everything*
+//! queued so far as one batch: for each session in it, its lines
+//! serialised onto its hash chain ([`super::chain`]; timestamp taken at
+//! queue time) in one `write(2)` to the session file, then all of them in
+//! one more to `audit.jsonl`. Concurrent handlers find their lines already
+//! written by the one before them, so under load the cost per line falls to
+//! a fraction of a system call, with no thread hand-off on the way.
 //!
-//! A [`Job::Flush`] is answered once every line queued before it is in the
-//! kernel (written, not fsynced), or with the error that kept one of that
-//! session's lines out. Handlers flush before they forward what they
-//! recorded, so an acknowledged line survives `kill -9` of the daemon.
+//! A line is acknowledged once it is in the kernel (written, not fsynced):
+//! handlers flush before they forward what they recorded, so an
+//! acknowledged line survives `kill -9` of the daemon. Lines nobody waits
+//! for (`response`, `close`) are written by the next batch, at most
+//! [`SWEEP`] later.
 //!
 //! A failed write leaves the chain where it was: the session's next line
-//! continues from its last written one, so the file stays verifiable.
-//! The thread ends, after writing everything queued, when the
-//! [`super::Recorder`] is dropped.
+//! continues from its last written one, so the file stays verifiable, and
+//! the error is reported to the session's next flush.
 use std::{
     collections::HashMap,
     io,
-    sync::{mpsc, Arc},
-    time::SystemTime,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Condvar, Mutex, MutexGuard, OnceLock,
+    },
+    time::{Duration, SystemTime},
 };
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -30,38 +36,97 @@ use sha2::{Digest, Sha256};
 
 use super::{append_only, audit::AuditLog, write_line, Event, Observer, SessionFile};
 
-/// Most jobs taken into one batch.
-const MAX_BATCH: usize = 4096;
+/// How long a line nobody flushes may wait in the queue.
+pub const SWEEP: Duration = Duration::from_millis(20);
 
-/// Work for the writer thread.
-pub(super) enum Job {
-    /// One event of `session`, at `at` (wall clock when queued).
-    Line {
-        session: Arc<SessionFile>,
-        at: SystemTime,
-        event: Event,
-    },
-    /// Answer `done` once every earlier job is written: with the first
-    /// error `session` met since its last flush (with `None`, `Ok`).
-    Flush {
-        session: Option<Arc<SessionFile>>,
-        done: Done,
-    },
+/// The queue and the write lock of one recorder.
+#[derive(Debug)]
+pub(super) struct Writer {
+    queue: Mutex<Queue>,
+    /// Held while a batch is written, so batches go out in queue order.
+    audit: Mutex<AuditLog>,
+    /// Every ticket up to this one is written (or failed).
+    written: AtomicU64,
+    pub(super) observer: OnceLock<Observer>,
+    /// Set to stop the sweeper.
+    stop: (Mutex<bool>, Condvar),
 }
 
-/// Where a flush is answered.
-pub(super) enum Done {
-    Async(tokio::sync::oneshot::Sender<io::Result<()>>),
-    Blocking(mpsc::Sender<io::Result<()>>),
+#[derive(Debug, Default)]
+struct Queue {
+    /// The last ticket handed out (0: none yet).
+    last: u64,
+    lines: Vec<(Arc<SessionFile>, SystemTime, Event)>,
 }
 
-impl Done {
-    fn send(self, result: io::Result<()>) {
-        // A waiter that went away no longer needs the answer.
-        let _ = match self {
-            Done::Async(tx) => tx.send(result).map_err(drop),
-            Done::Blocking(tx) => tx.send(result).map_err(drop),
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing panics while these locks are held; the data stays whole.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Writer {
+    pub(super) fn new(audit: AuditLog) -> Writer {
+        Writer {
+            queue: Mutex::new(Queue::default()),
+            audit: Mutex::new(audit),
+            written: AtomicU64::new(0),
+            observer: OnceLock::new(),
+            stop: (Mutex::new(false), Condvar::new()),
+        }
+    }
+
+    /// Queues `event` of `session`, stamped `at`; returns its ticket.
+    pub(super) fn push(&self, session: Arc<SessionFile>, at: SystemTime, event: Event) -> u64 {
+        let mut q = lock(&self.queue);
+        q.last += 1;
+        q.lines.push((session, at, event));
+        q.last
+    }
+
+    /// Returns once every line up to `ticket` is written (or failed),
+    /// writing the queue itself unless another caller already did.
+    pub(super) fn write_through(&self, ticket: u64) {
+        if self.written.load(Ordering::Acquire) >= ticket {
+            return;
+        }
+        let audit = lock(&self.audit);
+        if self.written.load(Ordering::Acquire) >= ticket {
+            return;
+        }
+        let (lines, last) = {
+            let mut q = lock(&self.queue);
+            (std::mem::take(&mut q.lines), q.last)
         };
+        write_batch(lines, &audit, &self.observer);
+        self.written.store(last, Ordering::Release);
+    }
+
+    /// Writes everything queued so far.
+    pub(super) fn write_all(&self) {
+        let last = lock(&self.queue).last;
+        self.write_through(last);
+    }
+
+    /// The sweeper: writes what nobody flushed, every [`SWEEP`], until
+    /// [`Writer::stop`]; then writes the rest.
+    pub(super) fn sweep(&self) {
+        let (stopped, wake) = &self.stop;
+        let mut stop = lock(stopped);
+        while !*stop {
+            stop = wake
+                .wait_timeout(stop, SWEEP)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+            drop(stop);
+            self.write_all();
+            stop = lock(stopped);
+        }
+    }
+
+    /// Ends [`Writer::sweep`] after a last batch.
+    pub(super) fn stop(&self) {
+        *lock(&self.stop.0) = true;
+        self.stop.1.notify_all();
     }
 }
 
@@ -83,56 +148,35 @@ struct Line<'a> {
     prev: &'a str,
 }
 
-/// Runs the writer until every sender of `jobs` is gone and the queue is
-/// empty.
-pub(super) fn run(jobs: mpsc::Receiver<Job>, audit: Arc<AuditLog>, observer: Arc<ObserverSlot>) {
-    let mut batch = Vec::new();
-    while let Ok(first) = jobs.recv() {
-        batch.push(first);
-        batch.extend(jobs.try_iter().take(MAX_BATCH - 1));
-        write_batch(&mut batch, &audit, &observer);
+fn write_batch(
+    lines: Vec<(Arc<SessionFile>, SystemTime, Event)>,
+    audit: &AuditLog,
+    observer: &OnceLock<Observer>,
+) {
+    if lines.is_empty() {
+        return;
     }
-}
-
-/// The metrics hook, set once after the writer started.
-pub(super) type ObserverSlot = std::sync::OnceLock<Observer>;
-
-/// Lines of one session in a batch, in queue order.
-struct Pending {
-    session: Arc<SessionFile>,
-    events: Vec<(SystemTime, Event)>,
-}
-
-fn write_batch(batch: &mut Vec<Job>, audit: &AuditLog, observer: &ObserverSlot) {
-    let mut order: Vec<Pending> = Vec::new();
+    // Per session, in queue order.
+    let mut order: Vec<(Arc<SessionFile>, Vec<(SystemTime, Event)>)> = Vec::new();
     let mut index: HashMap<*const SessionFile, usize> = HashMap::new();
-    let mut flushes = Vec::new();
-    for job in batch.drain(..) {
-        match job {
-            Job::Line { session, at, event } => {
-                let i = *index.entry(Arc::as_ptr(&session)).or_insert_with(|| {
-                    order.push(Pending {
-                        session: session.clone(),
-                        events: Vec::new(),
-                    });
-                    order.len() - 1
-                });
-                order[i].events.push((at, event));
-            }
-            Job::Flush { session, done } => flushes.push((session, done)),
-        }
+    for (session, at, event) in lines {
+        let i = *index.entry(Arc::as_ptr(&session)).or_insert_with(|| {
+            order.push((session, Vec::new()));
+            order.len() - 1
+        });
+        order[i].1.push((at, event));
     }
     let mut audit_bytes = Vec::new();
-    let mut written: Vec<(Arc<SessionFile>, Vec<Event>)> = Vec::new();
-    for p in order {
-        match write_session(&p.session, &p.events) {
+    let mut written = Vec::new();
+    for (session, events) in order {
+        match write_session(&session, &events) {
             Ok(bytes) => {
                 audit_bytes.extend_from_slice(&bytes);
-                written.push((p.session, p.events.into_iter().map(|(_, e)| e).collect()));
+                written.push((session, events));
             }
             Err(e) => {
-                tracing::warn!(session = %p.session.id, error = %e, "session record write failed");
-                p.session.fail(e);
+                tracing::warn!(session = %session.id, error = %e, "session record write failed");
+                session.fail(e);
             }
         }
     }
@@ -146,13 +190,10 @@ fn write_batch(batch: &mut Vec<Job>, audit: &AuditLog, observer: &ObserverSlot) 
     }
     if let Some(observe) = observer.get() {
         for (session, events) in &written {
-            for event in events {
+            for (_, event) in events {
                 (observe.0)(&session.meta.service, event);
             }
         }
-    }
-    for (session, done) in flushes {
-        done.send(session.map_or(Ok(()), |s| s.take_error()));
     }
 }
 

@@ -243,7 +243,7 @@ mod tests {
         ] {
             s.record(event).unwrap();
         }
-        s.flush_blocking().unwrap();
+        s.flush().unwrap();
         let records = super::super::read_session(dir.path(), s.id()).unwrap();
         let row = SessionSummary::of(s.id().to_string(), &records)
             .unwrap()

@@ -147,7 +147,7 @@ mod tests {
                 s.record(Event::Close { duration_ms: 1 }).unwrap();
             }
         }
-        rec.flush_blocking().unwrap();
+        rec.flush_all();
         let sessions = dir.path().join("sessions");
         assert!(all(&sessions, false).is_ok());
         assert_eq!(check(&paths[2]).unwrap(), Verdict::Open { lines: 2 });

@@ -94,7 +94,7 @@ pub async fn serve(
     let opened = match gw.recorder.start(meta) {
         Ok(r) => match r.record(open) {
             // Nothing is relayed before the open line is written.
-            Ok(()) => r.flush().await.map(|()| Arc::new(r)),
+            Ok(()) => r.flush().map(|()| Arc::new(r)),
             Err(e) => Err(e),
         },
         Err(e) => Err(e),

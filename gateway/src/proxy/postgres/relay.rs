@@ -307,7 +307,7 @@ async fn forward<W: AsyncWrite + Unpin>(
     w: &mut W,
     out: &mut BytesMut,
 ) -> Result<(), RelayError> {
-    s.record.flush().await.map_err(RelayError::Record)?;
+    s.record.flush().map_err(RelayError::Record)?;
     Ok(flush(w, out).await?)
 }
 

@@ -266,7 +266,7 @@ fn two_hundred_thousand_events_across_rotations_lose_no_line_and_tail_f_sees_the
             });
         }
     });
-    rec.flush_blocking().unwrap();
+    rec.flush_all();
     done.store(true, Ordering::SeqCst);
 
     // On disk: every line once, whole, in files no larger than the limit.
