@@ -292,7 +292,6 @@ fn udp_to_a_service_port_or_anywhere_else_gets_eperm() {
 }
 
 #[test]
-#[ignore = "hole: UDP-Lite connect()+send() skips cgroup/connect4|6 and sendmsg4|6 (egress deny bypass)"]
 fn udp_lite_to_a_service_port_or_anywhere_else_gets_eperm() {
     let user = AgentUser::create().unwrap();
     let stack = Stack::builder("bypass-udplite")
