@@ -884,7 +884,6 @@ out({'sni_b': https(ip_b, port, 'api.b.test', '/b', h),
 }
 
 #[test]
-#[ignore = "hole: the body of CREATE FUNCTION/PROCEDURE (plpgsql or a quoted sql body) is not classified: a denied DROP runs through SELECT f()"]
 fn a_denied_drop_cannot_be_run_through_a_function_the_agent_creates() {
     let user = AgentUser::create().unwrap();
     let stack = Stack::builder("bypass-function")

@@ -7,13 +7,17 @@
 //! kinds come only from the parse tree, never from the text. So case,
 //! comments (`drop/**/table`), quoting and dollar-quoting cannot hide a
 //! statement. Neither can nesting: CTEs (`WITH d AS (DELETE …)`),
-//! sub-selects, `EXPLAIN`, `PREPARE`, `COPY (query)`, `CREATE RULE` actions
-//! and `DO` blocks are all looked into. Kind names follow the command names
-//! in the PostgreSQL documentation, Part VI "Reference", "SQL Commands".
+//! sub-selects, `EXPLAIN`, `PREPARE`, `COPY (query)`, `CREATE RULE` actions,
+//! `DO` blocks and the bodies of `CREATE FUNCTION`/`PROCEDURE` are all
+//! looked into. Kind names follow the command names in the PostgreSQL
+//! documentation, Part VI "Reference", "SQL Commands".
 //!
-//! Out of reach by design: what a called function does (`SELECT f()`), and
-//! dynamic SQL built at run time (`EXECUTE format(…)` in a `DO` block, which
-//! shows as `DO` only).
+//! Out of reach by design: what an existing function does (`SELECT f()`),
+//! and dynamic SQL built at run time (`EXECUTE format(…)` in a `DO` block,
+//! which shows as `DO` only). Code in a language other than `sql` and
+//! `plpgsql` (`DO LANGUAGE plperl`, `CREATE FUNCTION … LANGUAGE plpython3u`)
+//! is a [`SqlError`]: denied under [`UNPARSEABLE`] on a service with deny
+//! rules.
 //!
 //! ```
 //! use sluice::policy::sql::{classify, decide, SqlVerdict, StatementKind};
@@ -181,12 +185,14 @@ impl From<pg_query::Error> for SqlError {
 ///
 /// Nested statements are classified too: CTEs, sub-selects, `EXPLAIN
 /// [ANALYZE] stmt`, `PREPARE p AS stmt`, `COPY (query) TO`, `CREATE RULE`
-/// actions, `CREATE TABLE AS`, SQL-standard function bodies, and the SQL of
-/// PL/pgSQL `DO` blocks (static statements, and `EXECUTE` of a string
-/// literal). Bind parameters (`$1`) parse like any expression.
+/// actions, `CREATE TABLE AS`, the bodies of `CREATE FUNCTION`/`PROCEDURE`
+/// (SQL-standard, quoted `LANGUAGE sql`, `LANGUAGE plpgsql`), and the SQL of
+/// PL/pgSQL `DO` blocks and functions (static statements, and `EXECUTE` of a
+/// string literal). Bind parameters (`$1`) parse like any expression.
 ///
 /// # Errors
-/// [`SqlError::Parse`] when PostgreSQL's grammar rejects the text.
+/// [`SqlError::Parse`] when PostgreSQL's grammar rejects the text, a body
+/// inside it, or when a body is in a language other than `sql`/`plpgsql`.
 pub fn classify(sql: &str) -> Result<Classification, SqlError> {
     let mut kinds = Vec::new();
     let statements = walk::statements(sql, &mut kinds)?;
