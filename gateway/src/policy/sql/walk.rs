@@ -23,22 +23,36 @@ use pg_query::protobuf::{
 use pg_query::ParserOptions;
 use serde_json::Value;
 
-use super::{SqlError, StatementKind};
+use super::{
+    masked::{self, Exposures},
+    SqlError, StatementKind,
+};
 
 /// How deep `DO` blocks (and literal `EXECUTE`s inside them) are followed.
 /// Deeper nesting makes the text unclassifiable, which denies it on a
 /// service with deny rules.
 const MAX_NESTING: u8 = 4;
 
-/// Classifies every statement of `sql` into `out` (a set) and returns the
-/// number of top-level statements.
-pub(super) fn statements(sql: &str, out: &mut Vec<StatementKind>) -> Result<usize, SqlError> {
-    Walk { out, nesting: 0 }.sql(sql)
+/// Classifies every statement of `sql` into `out` (a set), notes where
+/// columns are read in ways masking cannot follow into `exposures`, and
+/// returns the number of top-level statements.
+pub(super) fn statements(
+    sql: &str,
+    out: &mut Vec<StatementKind>,
+    exposures: &mut Exposures,
+) -> Result<usize, SqlError> {
+    Walk {
+        out,
+        exposures,
+        nesting: 0,
+    }
+    .sql(sql)
 }
 
 struct Walk<'o> {
     out: &'o mut Vec<StatementKind>,
-    /// `DO` blocks entered so far.
+    exposures: &'o mut Exposures,
+    /// `DO` blocks and routine bodies entered so far.
     nesting: u8,
 }
 
@@ -63,9 +77,11 @@ impl Walk<'_> {
             else {
                 continue;
             };
+            masked::scan(&json, self.nesting > 0, self.exposures);
             let mut kinds = Vec::new();
             let mut statement = Walk {
                 out: &mut kinds,
+                exposures: &mut *self.exposures,
                 nesting: self.nesting,
             };
             statement.node(name, node, true)?;
@@ -242,6 +258,7 @@ impl Walk<'_> {
         }
         Ok(Walk {
             out: &mut *self.out,
+            exposures: &mut *self.exposures,
             nesting: self.nesting + 1,
         })
     }
@@ -265,8 +282,11 @@ impl Walk<'_> {
                 match key.as_str() {
                     "PLpgSQL_expr" => {
                         let mode = child.get("parseMode").and_then(Value::as_i64).unwrap_or(0);
+                        let query = child["query"].as_str().unwrap_or_default();
                         if mode == i64::from(ParserOptions::DEFAULT.bits()) {
-                            self.sql(child["query"].as_str().unwrap_or_default())?;
+                            self.sql(query)?;
+                        } else {
+                            self.expression(query, mode);
                         }
                     }
                     "PLpgSQL_stmt_dynexecute" | "PLpgSQL_stmt_dynfors" => {
@@ -284,14 +304,39 @@ impl Walk<'_> {
     }
 
     /// Dynamic SQL (`EXECUTE expr`): classified when `expr` is a constant
-    /// string. Anything else is only known when it runs.
+    /// string. Anything else is only known when it runs, which masking
+    /// notes as an exposure.
     fn dynamic(&mut self, stmt: &Value, field: &str) -> Result<(), SqlError> {
         let expr = stmt
             .pointer(&format!("{field}/PLpgSQL_expr/query"))
             .and_then(Value::as_str);
-        match expr.and_then(literal_string) {
-            Some(sql) => self.sql(&sql).map(drop),
+        match expr.map(|e| (e, literal_string(e))) {
+            Some((_, Some(sql))) => self.sql(&sql).map(drop),
+            Some((_, None)) => {
+                self.exposures.dynamic_sql();
+                Ok(())
+            }
             None => Ok(()),
+        }
+    }
+
+    /// A PL/pgSQL expression (`x := …`, `IF …`, `RAISE … , …`), parsed in
+    /// its own mode: it runs no statement of its own kind, but may read a
+    /// masked column. One that cannot be parsed is an exposure.
+    fn expression(&mut self, text: &str, mode: i64) {
+        let parsed = i32::try_from(mode)
+            .ok()
+            .and_then(|m| pg_query::parse(text, ParserOptions::from(m)).ok());
+        match parsed {
+            Some(tree) => {
+                for raw in &tree.protobuf.stmts {
+                    match serde_json::to_value(&raw.stmt) {
+                        Ok(json) => masked::scan(&json, true, self.exposures),
+                        Err(_) => self.exposures.unreadable_expression(),
+                    }
+                }
+            }
+            None => self.exposures.unreadable_expression(),
         }
     }
 }
