@@ -17,6 +17,11 @@
 //!   `TCP_CLOSE` both entries are deleted.
 //! - `cgroup/getpeername4`, `cgroup/getpeername6` (kernel ≥ 5.8): the agent
 //!   sees the peer it dialled, not the listener.
+//! - `cgroup/sock_create` (kernel ≥ 4.10): an IPv4/IPv6 socket may be created
+//!   only for TCP, MPTCP or UDP, the protocols whose `connect()`/`sendmsg()`
+//!   run the hooks above. UDP-Lite, ICMP "ping" sockets, SCTP and raw IP
+//!   sockets never reach `cgroup/connect*` or `cgroup/sendmsg*`, so they get
+//!   `EPERM` at `socket()`.
 //!
 //! See bpf(2), `Documentation/bpf/prog_cgroup_sockopt.rst` and
 //! `include/uapi/linux/bpf.h` (`struct bpf_sock_addr`, `struct bpf_sock_ops`).
@@ -32,9 +37,9 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         generated::{bpf_get_current_cgroup_id, bpf_get_socket_cookie},
     },
-    macros::{cgroup_sock_addr, map, sock_ops},
+    macros::{cgroup_sock, cgroup_sock_addr, map, sock_ops},
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap},
-    programs::{SockAddrContext, SockOpsContext},
+    programs::{SockAddrContext, SockContext, SockOpsContext},
     EbpfContext,
 };
 use aya_log_ebpf::debug;
@@ -47,6 +52,12 @@ use sluice_common::{
 const ALLOW: i32 = 1;
 const REFUSE: i32 = 0;
 const SOCK_STREAM: u32 = 1;
+const SOCK_DGRAM: u32 = 2;
+const AF_INET: u32 = 2;
+const AF_INET6: u32 = 10;
+const IPPROTO_TCP: u32 = 6;
+const IPPROTO_UDP: u32 = 17;
+const IPPROTO_MPTCP: u32 = 262;
 
 #[map(name = "SLUICE_GATEWAY")]
 static GATEWAY: Array<GatewayConfig> = Array::pinned(1, 0);
@@ -61,8 +72,7 @@ static PORT_RULES: HashMap<u16, u8> = HashMap::pinned(1024, 0);
 static EGRESS_ALLOW: LpmTrie<EgressKey, u8> = LpmTrie::pinned(MAX_EGRESS_ENTRIES, 0);
 
 #[map(name = "SLUICE_COOKIE_DST")]
-static COOKIE_DST: LruHashMap<u64, OriginalDst> =
-    LruHashMap::pinned(MAX_TRACKED_CONNECTIONS, 0);
+static COOKIE_DST: LruHashMap<u64, OriginalDst> = LruHashMap::pinned(MAX_TRACKED_CONNECTIONS, 0);
 
 #[map(name = "SLUICE_TUPLE_DST")]
 static TUPLE_DST: LruHashMap<FourTuple, OriginalDst> =
@@ -86,26 +96,46 @@ fn gateway() -> Option<&'static GatewayConfig> {
 #[inline(always)]
 fn egress_allowed(addr: &[u8; 16], port: u16) -> bool {
     let full = EGRESS_PORT_BITS + 128;
-    let exact = Key::new(full, EgressKey { port_be: port.to_be_bytes(), addr: *addr });
+    let exact = Key::new(
+        full,
+        EgressKey {
+            port_be: port.to_be_bytes(),
+            addr: *addr,
+        },
+    );
     if EGRESS_ALLOW.get(&exact).is_some() {
         return true;
     }
-    let any_port = Key::new(full, EgressKey { port_be: [0, 0], addr: *addr });
+    let any_port = Key::new(
+        full,
+        EgressKey {
+            port_be: [0, 0],
+            addr: *addr,
+        },
+    );
     EGRESS_ALLOW.get(&any_port).is_some()
 }
 
 #[inline(always)]
 fn decide(gw: &GatewayConfig, addr: &[u8; 16], port: u16, is_stream: bool) -> Decision {
-    let at_listener = port == gw.listen_port
-        && (*addr == v4_mapped(gw.listen4) || *addr == gw.listen6);
+    let at_listener =
+        port == gw.listen_port && (*addr == v4_mapped(gw.listen4) || *addr == gw.listen6);
     if at_listener {
         return Decision::Pass;
     }
-    let key = ServiceKey { addr: *addr, port, _pad: [0; 2] };
+    let key = ServiceKey {
+        addr: *addr,
+        port,
+        _pad: [0; 2],
+    };
     let intercepted = unsafe { SERVICES.get(&key).is_some() || PORT_RULES.get(&port).is_some() };
     if intercepted {
         // Sluice proxies TCP only; a datagram to a service never leaves.
-        return if is_stream { Decision::Redirect } else { Decision::Refuse };
+        return if is_stream {
+            Decision::Redirect
+        } else {
+            Decision::Refuse
+        };
     }
     // DNS resolvers are put in the allow list by userspace.
     if gw.egress != EGRESS_DENY || egress_allowed(addr, port) {
@@ -137,7 +167,12 @@ fn remember(ctx: &SockAddrContext, addr: [u8; 16], port: u16) -> bool {
 fn read_ip6(ctx: &SockAddrContext) -> [u8; 16] {
     let words = unsafe {
         let sa = &*ctx.sock_addr;
-        [sa.user_ip6[0], sa.user_ip6[1], sa.user_ip6[2], sa.user_ip6[3]]
+        [
+            sa.user_ip6[0],
+            sa.user_ip6[1],
+            sa.user_ip6[2],
+            sa.user_ip6[3],
+        ]
     };
     let mut out = [0u8; 16];
     let mut i = 0;
@@ -187,7 +222,10 @@ fn handle4(ctx: &SockAddrContext, redirect: bool) -> i32 {
     match decide(gw, &addr, port, is_stream(ctx) && redirect) {
         Decision::Pass => ALLOW,
         Decision::Refuse => {
-            debug!(ctx, "sluice: refused {}.{}.{}.{}:{}", ip[0], ip[1], ip[2], ip[3], port);
+            debug!(
+                ctx,
+                "sluice: refused {}.{}.{}.{}:{}", ip[0], ip[1], ip[2], ip[3], port
+            );
             REFUSE
         }
         Decision::Redirect => {
@@ -219,7 +257,11 @@ fn handle6(ctx: &SockAddrContext, redirect: bool) -> i32 {
             }
             // A dual-stack socket dialling a v4 service goes to the v4
             // listener through its mapped form; native v6 goes to listen6.
-            let target = if is_v4_mapped(&addr) { v4_mapped(gw.listen4) } else { gw.listen6 };
+            let target = if is_v4_mapped(&addr) {
+                v4_mapped(gw.listen4)
+            } else {
+                gw.listen6
+            };
             write_ip6(ctx, &target);
             set_user_port(ctx, gw.listen_port);
             ALLOW
@@ -276,6 +318,31 @@ pub fn sluice_getpeername6(ctx: SockAddrContext) -> i32 {
     ALLOW
 }
 
+/// `socket(AF_INET | AF_INET6, …)` in an agent cgroup: allowed only for the
+/// protocols the connect/sendmsg hooks see. The kernel runs this hook from
+/// `inet_create`/`inet6_create` after resolving protocol 0 to the type's
+/// default (`SOCK_STREAM` → TCP, `SOCK_DGRAM` → UDP), so `protocol` is
+/// never 0 here for a socket that could send anything. Sockets the kernel
+/// creates for itself (MPTCP subflows) do not run it. Other families
+/// (`AF_UNIX`, `AF_NETLINK`, `AF_PACKET` which needs `CAP_NET_RAW`) pass.
+#[cgroup_sock(sock_create)]
+pub fn sluice_sock_create(ctx: SockContext) -> i32 {
+    let (family, kind, protocol) = unsafe {
+        (
+            core::ptr::read_volatile(core::ptr::addr_of!((*ctx.sock).family)),
+            core::ptr::read_volatile(core::ptr::addr_of!((*ctx.sock).type_)),
+            core::ptr::read_volatile(core::ptr::addr_of!((*ctx.sock).protocol)),
+        )
+    };
+    if family != AF_INET && family != AF_INET6 {
+        return ALLOW;
+    }
+    match (kind, protocol) {
+        (SOCK_STREAM, IPPROTO_TCP | IPPROTO_MPTCP) | (SOCK_DGRAM, IPPROTO_UDP) => ALLOW,
+        _ => REFUSE,
+    }
+}
+
 /// Reads one `u32` field of `struct bpf_sock_ops` with a single load at a
 /// constant offset: the verifier rejects loads through a modified context
 /// pointer, which the optimiser would otherwise produce when branches share
@@ -313,11 +380,19 @@ fn tuple_of(ctx: &SockOpsContext) -> FourTuple {
         u16::from_be(raw_remote as u16)
     };
     let (src_addr, dst_addr) = if family == 2 {
-        (v4_mapped(local4.to_ne_bytes()), v4_mapped(remote4.to_ne_bytes()))
+        (
+            v4_mapped(local4.to_ne_bytes()),
+            v4_mapped(remote4.to_ne_bytes()),
+        )
     } else {
         (words_to_bytes(local6), words_to_bytes(remote6))
     };
-    FourTuple { src_addr, dst_addr, src_port, dst_port }
+    FourTuple {
+        src_addr,
+        dst_addr,
+        src_port,
+        dst_port,
+    }
 }
 
 #[inline(always)]

@@ -21,7 +21,7 @@ use std::{
 use aya::{
     programs::{
         links::{FdLink, PinnedLink},
-        CgroupAttachMode, CgroupSockAddr, SockOps,
+        CgroupAttachMode, CgroupSock, CgroupSockAddr, SockOps,
     },
     Ebpf, EbpfLoader,
 };
@@ -39,6 +39,10 @@ pub const SOCK_ADDR_PROGRAMS: [&str; 6] = [
 ];
 /// The `sockops` program.
 pub const SOCK_OPS_PROGRAM: &str = "sluice_sockops";
+/// The `cgroup/sock_create` program: IPv4/IPv6 sockets other than TCP,
+/// MPTCP and UDP (UDP-Lite, ICMP, SCTP, raw) get `EPERM` at `socket()`,
+/// since the connect and sendmsg hooks never see them.
+pub const SOCK_CREATE_PROGRAM: &str = "sluice_sock_create";
 
 /// Errors from loading, attaching and pinning.
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +124,11 @@ pub fn load(bpf_dir: &Path) -> Result<Ebpf, InterceptError> {
         name: SOCK_OPS_PROGRAM,
         source,
     })?;
+    let prog: &mut CgroupSock = program(&mut ebpf, SOCK_CREATE_PROGRAM)?;
+    prog.load().map_err(|source| InterceptError::Program {
+        name: SOCK_CREATE_PROGRAM,
+        source,
+    })?;
     Ok(ebpf)
 }
 
@@ -161,7 +170,12 @@ pub fn attach_agent(
     let attached = prog
         .attach(cgroup.as_fd(), CgroupAttachMode::Single)
         .and_then(|id| prog.take_link(id));
-    pin_link(SOCK_OPS_PROGRAM, attached.map(FdLink::try_from), &links)
+    pin_link(SOCK_OPS_PROGRAM, attached.map(FdLink::try_from), &links)?;
+    let prog: &mut CgroupSock = program(ebpf, SOCK_CREATE_PROGRAM)?;
+    let attached = prog
+        .attach(cgroup.as_fd(), CgroupAttachMode::Single)
+        .and_then(|id| prog.take_link(id));
+    pin_link(SOCK_CREATE_PROGRAM, attached.map(FdLink::try_from), &links)
 }
 
 /// Pins the link of a just-attached program `name` under `links/`.

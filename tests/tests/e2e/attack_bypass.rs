@@ -292,7 +292,6 @@ fn udp_to_a_service_port_or_anywhere_else_gets_eperm() {
 }
 
 #[test]
-#[ignore = "hole: UDP-Lite connect()+send() skips cgroup/connect4|6 and sendmsg4|6 (egress deny bypass)"]
 fn udp_lite_to_a_service_port_or_anywhere_else_gets_eperm() {
     let user = AgentUser::create().unwrap();
     let stack = Stack::builder("bypass-udplite")
@@ -885,7 +884,6 @@ out({'sni_b': https(ip_b, port, 'api.b.test', '/b', h),
 }
 
 #[test]
-#[ignore = "hole: the body of CREATE FUNCTION/PROCEDURE (plpgsql or a quoted sql body) is not classified: a denied DROP runs through SELECT f()"]
 fn a_denied_drop_cannot_be_run_through_a_function_the_agent_creates() {
     let user = AgentUser::create().unwrap();
     let stack = Stack::builder("bypass-function")

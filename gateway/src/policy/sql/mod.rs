@@ -7,13 +7,17 @@
 //! kinds come only from the parse tree, never from the text. So case,
 //! comments (`drop/**/table`), quoting and dollar-quoting cannot hide a
 //! statement. Neither can nesting: CTEs (`WITH d AS (DELETE …)`),
-//! sub-selects, `EXPLAIN`, `PREPARE`, `COPY (query)`, `CREATE RULE` actions
-//! and `DO` blocks are all looked into. Kind names follow the command names
-//! in the PostgreSQL documentation, Part VI "Reference", "SQL Commands".
+//! sub-selects, `EXPLAIN`, `PREPARE`, `COPY (query)`, `CREATE RULE` actions,
+//! `DO` blocks and the bodies of `CREATE FUNCTION`/`PROCEDURE` are all
+//! looked into. Kind names follow the command names in the PostgreSQL
+//! documentation, Part VI "Reference", "SQL Commands".
 //!
-//! Out of reach by design: what a called function does (`SELECT f()`), and
-//! dynamic SQL built at run time (`EXECUTE format(…)` in a `DO` block, which
-//! shows as `DO` only).
+//! Out of reach by design: what an existing function does (`SELECT f()`),
+//! and dynamic SQL built at run time (`EXECUTE format(…)` in a `DO` block,
+//! which shows as `DO` only). Code in a language other than `sql` and
+//! `plpgsql` (`DO LANGUAGE plperl`, `CREATE FUNCTION … LANGUAGE plpython3u`)
+//! is a [`SqlError`]: denied under [`UNPARSEABLE`] on a service with deny
+//! rules.
 //!
 //! ```
 //! use sluice::policy::sql::{classify, decide, SqlVerdict, StatementKind};
@@ -30,7 +34,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::config::Rule;
 
+mod masked;
 mod walk;
+
+pub use masked::Exposures;
 
 macro_rules! statement_kinds {
     ($($(#[doc = $doc:literal])* $variant:ident = $name:literal,)*) => {
@@ -154,6 +161,9 @@ pub struct Classification {
     /// Top-level statements: 2 for `SELECT 1; DROP TABLE t`, 0 for an empty
     /// or comment-only text.
     pub statements: usize,
+    /// Where the text reads columns in ways masking by output name cannot
+    /// follow, checked against a service's `mask`.
+    pub exposures: Exposures,
 }
 
 /// Why a SQL text could not be classified.
@@ -181,17 +191,24 @@ impl From<pg_query::Error> for SqlError {
 ///
 /// Nested statements are classified too: CTEs, sub-selects, `EXPLAIN
 /// [ANALYZE] stmt`, `PREPARE p AS stmt`, `COPY (query) TO`, `CREATE RULE`
-/// actions, `CREATE TABLE AS`, SQL-standard function bodies, and the SQL of
-/// PL/pgSQL `DO` blocks (static statements, and `EXECUTE` of a string
-/// literal). Bind parameters (`$1`) parse like any expression.
+/// actions, `CREATE TABLE AS`, the bodies of `CREATE FUNCTION`/`PROCEDURE`
+/// (SQL-standard, quoted `LANGUAGE sql`, `LANGUAGE plpgsql`), and the SQL of
+/// PL/pgSQL `DO` blocks and functions (static statements, and `EXECUTE` of a
+/// string literal). Bind parameters (`$1`) parse like any expression.
 ///
 /// # Errors
-/// [`SqlError::Parse`] when PostgreSQL's grammar rejects the text.
+/// [`SqlError::Parse`] when PostgreSQL's grammar rejects the text, a body
+/// inside it, or when a body is in a language other than `sql`/`plpgsql`.
 pub fn classify(sql: &str) -> Result<Classification, SqlError> {
     let mut kinds = Vec::new();
-    let statements = walk::statements(sql, &mut kinds)?;
+    let mut exposures = Exposures::default();
+    let statements = walk::statements(sql, &mut kinds, &mut exposures)?;
     kinds.sort_unstable();
-    Ok(Classification { kinds, statements })
+    Ok(Classification {
+        kinds,
+        statements,
+        exposures,
+    })
 }
 
 /// What to do with a SQL text.
@@ -200,8 +217,8 @@ pub enum SqlVerdict {
     /// No rule matched.
     Allow,
     /// Refused. `rule` is the matching config entry as written (or
-    /// [`UNPARSEABLE`], or `COPY_TO` for masked services). `reason` is a
-    /// sentence for the agent's ErrorResponse and the record.
+    /// [`UNPARSEABLE`], or `COPY_TO` or [`MASK`] for masked services).
+    /// `reason` is a sentence for the agent's ErrorResponse and the record.
     Deny { rule: String, reason: String },
     /// Held until a human approves it (JIT approval), under `rule`.
     Approve { rule: String },
@@ -209,6 +226,10 @@ pub enum SqlVerdict {
 
 /// The `rule` of a [`SqlVerdict::Deny`] for text the parser rejects.
 pub const UNPARSEABLE: &str = "UNPARSEABLE";
+
+/// The `rule` of a [`SqlVerdict::Deny`] for a statement that reads a masked
+/// column in a way masking cannot follow (see [`Exposures::check`]).
+pub const MASK: &str = "MASK";
 
 /// Decides `sql` against a service's `deny` and then `approve` kinds (config
 /// strings, compared case-insensitively). Deny wins over approve.
@@ -219,23 +240,25 @@ pub const UNPARSEABLE: &str = "UNPARSEABLE";
 pub fn decide(sql: &str, deny: &[String], approve: &[String]) -> SqlVerdict {
     let deny: Vec<&str> = deny.iter().map(String::as_str).collect();
     let approve: Vec<&str> = approve.iter().map(String::as_str).collect();
-    verdict(&classify(sql), &deny, &approve, false)
+    verdict(&classify(sql), &deny, &approve, &[])
 }
 
+/// `mask` is the service's masked column names (empty: no masking).
 fn verdict(
     result: &Result<Classification, SqlError>,
     deny: &[&str],
     approve: &[&str],
-    masked: bool,
+    mask: &[&str],
 ) -> SqlVerdict {
+    let masked = !mask.is_empty();
     let classification = match result {
         Ok(classification) => classification,
-        Err(_) if deny.is_empty() => return SqlVerdict::Allow,
+        Err(_) if deny.is_empty() && !masked => return SqlVerdict::Allow,
         Err(SqlError::Parse(message)) => {
             return SqlVerdict::Deny {
                 rule: UNPARSEABLE.into(),
                 reason: format!(
-                    "the statement could not be parsed ({message}); unparseable SQL is refused on a service with deny rules"
+                    "the statement could not be parsed ({message}); unparseable SQL is refused on a service with deny rules or masked columns"
                 ),
             }
         }
@@ -257,6 +280,12 @@ fn verdict(
         return SqlVerdict::Deny {
             rule: StatementKind::CopyTo.as_str().into(),
             reason: "COPY … TO is denied on a service with masked columns: its output would not be masked".into(),
+        };
+    }
+    if let Err(reason) = classification.exposures.check(mask) {
+        return SqlVerdict::Deny {
+            rule: MASK.into(),
+            reason,
         };
     }
     match first_match(approve) {
@@ -319,15 +348,24 @@ impl ClassifyCache {
     }
 
     /// [`decide`] with the cache, taking the service's config rules
-    /// ([`Rule::Sql`] kinds; HTTP rules are ignored). When `masked` is true
-    /// (the service masks columns), `COPY … TO` is denied as well, since
-    /// COPY output bypasses DataRow masking.
-    pub fn decide(&self, sql: &str, deny: &[Rule], approve: &[Rule], masked: bool) -> SqlVerdict {
+    /// ([`Rule::Sql`] kinds; HTTP rules are ignored) and its `mask` column
+    /// names. On a service that masks columns, `COPY … TO` is denied as
+    /// well, since COPY output bypasses DataRow masking, and so is a
+    /// statement that reads a masked column in a way masking cannot follow
+    /// (rule [`MASK`], see [`Exposures`]) or that cannot be parsed.
+    pub fn decide(
+        &self,
+        sql: &str,
+        deny: &[Rule],
+        approve: &[Rule],
+        mask: &[String],
+    ) -> SqlVerdict {
+        let mask: Vec<&str> = mask.iter().map(String::as_str).collect();
         verdict(
             &self.classify(sql),
             &sql_kinds(deny),
             &sql_kinds(approve),
-            masked,
+            &mask,
         )
     }
 
@@ -507,12 +545,12 @@ mod tests {
             Some("SELECT \0 /* 2 */, '3', $4, \0".into())
         );
         // A string constant can be code: never blanked.
-        let allowed = cache.decide("DO $$ BEGIN EXECUTE 'SELECT 1'; END $$", &[], &[], false);
+        let allowed = cache.decide("DO $$ BEGIN EXECUTE 'SELECT 1'; END $$", &[], &[], &[]);
         let denied = cache.decide(
             "DO $$ BEGIN EXECUTE 'DROP TABLE t'; END $$",
             &[Rule::Sql("DROP".into())],
             &[],
-            false,
+            &[],
         );
         assert_eq!(allowed, SqlVerdict::Allow);
         assert!(matches!(denied, SqlVerdict::Deny { .. }));
@@ -542,6 +580,7 @@ mod tests {
     #[test]
     fn cache_decides_on_config_rules_and_masking() {
         let cache = ClassifyCache::new(16);
+        let mask = ["ssn".to_string()];
         let deny = [
             Rule::Sql("DROP".into()),
             Rule::Http {
@@ -551,26 +590,46 @@ mod tests {
         ];
         let approve = [Rule::Sql("delete".into())];
         assert!(matches!(
-            cache.decide("DROP TABLE t", &deny, &approve, false),
+            cache.decide("DROP TABLE t", &deny, &approve, &[]),
             SqlVerdict::Deny { .. }
         ));
         assert_eq!(
-            cache.decide("DELETE FROM t WHERE id = 1", &deny, &approve, false),
+            cache.decide("DELETE FROM t WHERE id = 1", &deny, &approve, &[]),
             SqlVerdict::Approve {
                 rule: "delete".into()
             }
         );
         // COPY output bypasses DataRow masking.
         assert_eq!(
-            cache.decide("COPY customers TO STDOUT", &deny, &approve, false),
+            cache.decide("COPY customers TO STDOUT", &deny, &approve, &[]),
             SqlVerdict::Allow
         );
         assert!(
-            matches!(cache.decide("COPY customers TO STDOUT", &deny, &approve, true), SqlVerdict::Deny { rule, .. } if rule == "COPY_TO")
+            matches!(cache.decide("COPY customers TO STDOUT", &deny, &approve, &mask), SqlVerdict::Deny { rule, .. } if rule == "COPY_TO")
         );
         assert_eq!(
-            cache.decide("COPY customers FROM STDIN", &deny, &approve, true),
+            cache.decide("COPY customers FROM STDIN", &deny, &approve, &mask),
             SqlVerdict::Allow
+        );
+        // Masked columns read around masking: refused; the shape is cached
+        // once and checked against each service's mask.
+        let sql = "SELECT ssn AS x FROM customers WHERE id = 1";
+        assert!(
+            matches!(cache.decide(sql, &[], &[], &mask), SqlVerdict::Deny { rule, reason } if rule == MASK && reason.contains("masked column ssn"))
+        );
+        assert_eq!(cache.decide(sql, &[], &[], &[]), SqlVerdict::Allow);
+        assert_eq!(
+            cache.decide(
+                "SELECT ssn AS x FROM customers WHERE id = 2",
+                &[],
+                &[],
+                &["card".into()]
+            ),
+            SqlVerdict::Allow
+        );
+        // Unparseable text is refused on a masked service even without deny rules.
+        assert!(
+            matches!(cache.decide("selec ssn", &[], &[], &mask), SqlVerdict::Deny { rule, .. } if rule == UNPARSEABLE)
         );
     }
 }

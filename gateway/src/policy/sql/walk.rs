@@ -23,22 +23,36 @@ use pg_query::protobuf::{
 use pg_query::ParserOptions;
 use serde_json::Value;
 
-use super::{SqlError, StatementKind};
+use super::{
+    masked::{self, Exposures},
+    SqlError, StatementKind,
+};
 
 /// How deep `DO` blocks (and literal `EXECUTE`s inside them) are followed.
 /// Deeper nesting makes the text unclassifiable, which denies it on a
 /// service with deny rules.
 const MAX_NESTING: u8 = 4;
 
-/// Classifies every statement of `sql` into `out` (a set) and returns the
-/// number of top-level statements.
-pub(super) fn statements(sql: &str, out: &mut Vec<StatementKind>) -> Result<usize, SqlError> {
-    Walk { out, nesting: 0 }.sql(sql)
+/// Classifies every statement of `sql` into `out` (a set), notes where
+/// columns are read in ways masking cannot follow into `exposures`, and
+/// returns the number of top-level statements.
+pub(super) fn statements(
+    sql: &str,
+    out: &mut Vec<StatementKind>,
+    exposures: &mut Exposures,
+) -> Result<usize, SqlError> {
+    Walk {
+        out,
+        exposures,
+        nesting: 0,
+    }
+    .sql(sql)
 }
 
 struct Walk<'o> {
     out: &'o mut Vec<StatementKind>,
-    /// `DO` blocks entered so far.
+    exposures: &'o mut Exposures,
+    /// `DO` blocks and routine bodies entered so far.
     nesting: u8,
 }
 
@@ -63,12 +77,17 @@ impl Walk<'_> {
             else {
                 continue;
             };
+            masked::scan(&json, self.nesting > 0, self.exposures);
             let mut kinds = Vec::new();
             let mut statement = Walk {
                 out: &mut kinds,
+                exposures: &mut *self.exposures,
                 nesting: self.nesting,
             };
             statement.node(name, node, true)?;
+            if name == "CreateFunctionStmt" {
+                statement.routine(node, statement_text(sql, raw))?;
+            }
             statement.tree(node)?;
             if kinds.is_empty() {
                 kinds.push(StatementKind::Other);
@@ -168,38 +187,88 @@ impl Walk<'_> {
 
     /// `DO [LANGUAGE l] 'body'`: the `args` are `DefElem`s named `as` and
     /// `language`. Only PL/pgSQL (the default) bodies can be looked into;
-    /// one that cannot be parsed is an error, as it would be on the server.
+    /// one that cannot be parsed is an error, as it would be on the server,
+    /// and so is a body in any other language (`plperl`, `plpython3u`…),
+    /// whose SQL Sluice cannot see.
     fn do_block(&mut self, node: &Value) -> Result<(), SqlError> {
-        let (mut body, mut language) = (None, "plpgsql");
-        for arg in node["args"].as_array().into_iter().flatten() {
-            let Some(def) = arg.pointer("/node/DefElem") else {
-                continue;
-            };
-            let value = def.pointer("/arg/node/String/sval").and_then(Value::as_str);
-            match def["defname"].as_str() {
-                Some("as") => body = value,
-                Some("language") => language = value.unwrap_or_default(),
-                _ => {}
-            }
-        }
-        let Some(body) = body.filter(|_| language == "plpgsql") else {
+        let (body, language) = definition(&node["args"], "/arg/node/String/sval");
+        let Some(body) = body else {
             return Ok(());
         };
+        match language.unwrap_or("plpgsql") {
+            l if l.eq_ignore_ascii_case("plpgsql") => self
+                .nested("DO block")?
+                .plpgsql_text(&plpgsql_function(body, "void"), "DO block"),
+            other => Err(unreadable("a DO block", other)),
+        }
+    }
+
+    /// `CREATE [OR REPLACE] FUNCTION | PROCEDURE` (`text` is the whole
+    /// statement): besides `CREATE`, the kinds of what the body runs.
+    /// - a SQL-standard body (`BEGIN ATOMIC … END`, `RETURN expr`) is a
+    ///   parse tree in `sql_body`, which [`Walk::tree`] visits anyway;
+    /// - `LANGUAGE sql AS 'text'`: the text is parsed and classified;
+    /// - `LANGUAGE plpgsql AS 'text'`: like a `DO` block, through
+    ///   libpg_query's PL/pgSQL parser, which takes the whole statement so
+    ///   that parameters and the return type are known;
+    /// - any other language (`c`, `internal`, `plperl`, `plpython3u`…) is
+    ///   an error: what it runs cannot be seen, so a service with deny rules
+    ///   refuses it under [`super::UNPARSEABLE`].
+    ///
+    /// See PostgreSQL docs "CREATE FUNCTION" and §36.5 "Query Language (SQL)
+    /// Functions".
+    fn routine(&mut self, node: &Value, text: &str) -> Result<(), SqlError> {
+        if !is_absent(node, "sql_body") {
+            return Ok(());
+        }
+        let (body, language) =
+            definition(&node["options"], "/arg/node/List/items/0/node/String/sval");
+        let (Some(body), Some(language)) = (body, language) else {
+            // The server refuses a routine without a body or a language.
+            return Ok(());
+        };
+        const WHAT: &str = "function body";
+        match language {
+            l if l.eq_ignore_ascii_case("sql") => self
+                .nested(WHAT)?
+                .sql(body)
+                .map(drop)
+                .map_err(|e| in_body(e, WHAT)),
+            l if l.eq_ignore_ascii_case("plpgsql") => {
+                // libpg_query writes broken JSON for a trigger function's
+                // tree; a trigger function has no parameters, so its body
+                // parses the same in a plain function returning a value.
+                let text = match returns_trigger(node) {
+                    true => std::borrow::Cow::Owned(plpgsql_function(body, "int")),
+                    false => std::borrow::Cow::Borrowed(text),
+                };
+                self.nested(WHAT)?.plpgsql_text(&text, WHAT)
+            }
+            other => Err(unreadable("a function body", other)),
+        }
+    }
+
+    /// A walk one `DO` block or routine body deeper, writing to the same
+    /// set; an error beyond [`MAX_NESTING`].
+    fn nested(&mut self, what: &str) -> Result<Walk<'_>, SqlError> {
         if self.nesting >= MAX_NESTING {
             return Err(SqlError::Parse(format!(
-                "DO blocks nested more than {MAX_NESTING} deep are not classified"
+                "a {what} nested more than {MAX_NESTING} deep is not classified"
             )));
         }
-        let functions = pg_query::parse_plpgsql(&inline_function(body)).map_err(|e| {
-            match SqlError::from(e) {
-                SqlError::Parse(message) => SqlError::Parse(format!("in DO block: {message}")),
-            }
-        })?;
-        Walk {
+        Ok(Walk {
             out: &mut *self.out,
+            exposures: &mut *self.exposures,
             nesting: self.nesting + 1,
-        }
-        .plpgsql(&functions)
+        })
+    }
+
+    /// Parses `function` (a `CREATE FUNCTION … LANGUAGE plpgsql` text) with
+    /// the PL/pgSQL parser and classifies the SQL inside.
+    fn plpgsql_text(&mut self, function: &str, what: &str) -> Result<(), SqlError> {
+        let functions =
+            pg_query::parse_plpgsql(function).map_err(|e| in_body(SqlError::from(e), what))?;
+        self.plpgsql(&functions)
     }
 
     /// Visits a PL/pgSQL tree (libpg_query's JSON): every `PLpgSQL_expr`
@@ -213,8 +282,11 @@ impl Walk<'_> {
                 match key.as_str() {
                     "PLpgSQL_expr" => {
                         let mode = child.get("parseMode").and_then(Value::as_i64).unwrap_or(0);
+                        let query = child["query"].as_str().unwrap_or_default();
                         if mode == i64::from(ParserOptions::DEFAULT.bits()) {
-                            self.sql(child["query"].as_str().unwrap_or_default())?;
+                            self.sql(query)?;
+                        } else {
+                            self.expression(query, mode);
                         }
                     }
                     "PLpgSQL_stmt_dynexecute" | "PLpgSQL_stmt_dynfors" => {
@@ -232,16 +304,88 @@ impl Walk<'_> {
     }
 
     /// Dynamic SQL (`EXECUTE expr`): classified when `expr` is a constant
-    /// string. Anything else is only known when it runs.
+    /// string. Anything else is only known when it runs, which masking
+    /// notes as an exposure.
     fn dynamic(&mut self, stmt: &Value, field: &str) -> Result<(), SqlError> {
         let expr = stmt
             .pointer(&format!("{field}/PLpgSQL_expr/query"))
             .and_then(Value::as_str);
-        match expr.and_then(literal_string) {
-            Some(sql) => self.sql(&sql).map(drop),
+        match expr.map(|e| (e, literal_string(e))) {
+            Some((_, Some(sql))) => self.sql(&sql).map(drop),
+            Some((_, None)) => {
+                self.exposures.dynamic_sql();
+                Ok(())
+            }
             None => Ok(()),
         }
     }
+
+    /// A PL/pgSQL expression (`x := …`, `IF …`, `RAISE … , …`), parsed in
+    /// its own mode: it runs no statement of its own kind, but may read a
+    /// masked column. One that cannot be parsed is an exposure.
+    fn expression(&mut self, text: &str, mode: i64) {
+        let parsed = i32::try_from(mode)
+            .ok()
+            .and_then(|m| pg_query::parse(text, ParserOptions::from(m)).ok());
+        match parsed {
+            Some(tree) => {
+                for raw in &tree.protobuf.stmts {
+                    match serde_json::to_value(&raw.stmt) {
+                        Ok(json) => masked::scan(&json, true, self.exposures),
+                        Err(_) => self.exposures.unreadable_expression(),
+                    }
+                }
+            }
+            None => self.exposures.unreadable_expression(),
+        }
+    }
+}
+
+/// The `as` (body) and `language` of a `DO` or `CREATE FUNCTION` option
+/// list (`DefElem`s); `body_at` points at the body string inside the
+/// `DefElem` (a `String` for `DO`, the first item of a `List` for
+/// functions, whose second item is a C symbol name).
+fn definition<'v>(options: &'v Value, body_at: &str) -> (Option<&'v str>, Option<&'v str>) {
+    let (mut body, mut language) = (None, None);
+    for option in options.as_array().into_iter().flatten() {
+        let Some(def) = option.pointer("/node/DefElem") else {
+            continue;
+        };
+        match def["defname"].as_str() {
+            Some("as") => body = def.pointer(body_at).and_then(Value::as_str),
+            Some("language") => {
+                language = def.pointer("/arg/node/String/sval").and_then(Value::as_str)
+            }
+            _ => {}
+        }
+    }
+    (body, language)
+}
+
+/// The error for code in a language whose SQL cannot be seen.
+fn unreadable(what: &str, language: &str) -> SqlError {
+    SqlError::Parse(format!(
+        "{what} in LANGUAGE {language} cannot be classified: only sql and plpgsql bodies can be read"
+    ))
+}
+
+/// A parse error inside a body, prefixed with where it is.
+fn in_body(e: SqlError, what: &str) -> SqlError {
+    match e {
+        SqlError::Parse(message) if message.starts_with("in ") => SqlError::Parse(message),
+        SqlError::Parse(message) => SqlError::Parse(format!("in {what}: {message}")),
+    }
+}
+
+/// The text of one top-level statement of `sql` (its `RawStmt` location
+/// and length, in bytes; a length of 0 means "to the end").
+fn statement_text<'s>(sql: &'s str, raw: &pg_query::protobuf::RawStmt) -> &'s str {
+    let start = usize::try_from(raw.stmt_location).unwrap_or(0);
+    let end = match usize::try_from(raw.stmt_len) {
+        Ok(0) | Err(_) => sql.len(),
+        Ok(len) => start.saturating_add(len),
+    };
+    sql.get(start..end).unwrap_or(sql)
 }
 
 /// Statement kinds decided by the node type alone.
@@ -278,17 +422,29 @@ fn kind_by_name(name: &str) -> Option<StatementKind> {
     })
 }
 
-/// `DO` runs its body as an anonymous `void` function, which is what the
-/// PL/pgSQL parser takes. The body is dollar-quoted with a tag it does not
-/// contain, so it is carried byte for byte.
-fn inline_function(body: &str) -> String {
+/// A PL/pgSQL function returning `returns` with `body`, for the PL/pgSQL
+/// parser: `DO` runs its body as an anonymous `void` function. The body is
+/// dollar-quoted with a tag it does not contain, so it is carried byte for
+/// byte.
+fn plpgsql_function(body: &str, returns: &str) -> String {
     let mut tag = String::from("$sluice_do$");
     let mut n = 0;
     while body.contains(&tag) {
         n += 1;
         tag = format!("$sluice_do{n}$");
     }
-    format!("CREATE FUNCTION sluice_do() RETURNS void LANGUAGE plpgsql AS {tag}{body}{tag}")
+    format!("CREATE FUNCTION sluice_do() RETURNS {returns} LANGUAGE plpgsql AS {tag}{body}{tag}")
+}
+
+/// A `CreateFunctionStmt` whose return type is `trigger` or
+/// `event_trigger` (schema-qualified or not).
+fn returns_trigger(node: &Value) -> bool {
+    let names = node.pointer("/return_type/names").and_then(Value::as_array);
+    let last = names
+        .and_then(|n| n.last())
+        .and_then(|n| n.pointer("/node/String/sval"))
+        .and_then(Value::as_str);
+    matches!(last, Some("trigger" | "event_trigger"))
 }
 
 /// The value of a PL/pgSQL expression that is a string constant: a literal
@@ -615,10 +771,94 @@ mod tests {
             kinds("DO $$ DECLARE q text := 'DROP TABLE t'; BEGIN EXECUTE q; END $$"),
             ["DO"]
         );
+    }
+
+    #[test]
+    fn code_in_a_language_sluice_cannot_read_is_unclassifiable() {
+        for sql in [
+            "DO LANGUAGE plpython3u $$ plpy.execute('DROP TABLE t') $$",
+            "DO LANGUAGE plperl $$ spi_exec_query('DROP TABLE t') $$",
+            "CREATE FUNCTION f() RETURNS void LANGUAGE plpython3u AS $$ plpy.execute('DROP TABLE t') $$",
+            "CREATE FUNCTION f() RETURNS int LANGUAGE c AS 'lib.so', 'f'",
+        ] {
+            let Err(SqlError::Parse(message)) = classify(sql) else {
+                panic!("{sql}: classified")
+            };
+            assert!(message.contains("cannot be classified"), "{message}");
+        }
+    }
+
+    #[test]
+    fn a_function_or_procedure_reports_create_and_what_its_body_runs() {
+        for (sql, expected) in [
+            (
+                "CREATE FUNCTION f() RETURNS void LANGUAGE plpgsql AS $$ BEGIN DROP TABLE t; END $$",
+                &["DROP", "CREATE"][..],
+            ),
+            (
+                "create or replace function f(a int, b text) returns setof customers language plpgsql as $f$ begin delete from t where id = a; return query select * from customers; end $f$",
+                &["SELECT", "DELETE", "CREATE"],
+            ),
+            (
+                "CREATE FUNCTION g() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN EXECUTE 'TRUNCATE t'; RETURN NEW; END $$",
+                &["TRUNCATE", "CREATE"],
+            ),
+            (
+                "CREATE FUNCTION f() RETURNS void LANGUAGE sql AS 'DROP TABLE customers'",
+                &["DROP", "CREATE"],
+            ),
+            (
+                "CREATE FUNCTION f(int) RETURNS int AS $$ DELETE FROM t WHERE id = $1; SELECT 1 $$ LANGUAGE SQL",
+                &["SELECT", "DELETE", "CREATE"],
+            ),
+            (
+                "CREATE PROCEDURE p() LANGUAGE sql AS $$ TRUNCATE t $$",
+                &["TRUNCATE", "CREATE"],
+            ),
+            (
+                "CREATE PROCEDURE p() LANGUAGE plpgsql AS $$ BEGIN ALTER TABLE t ADD c int; COMMIT; END $$",
+                &["ALTER", "CREATE"],
+            ),
+            (
+                "CREATE PROCEDURE p() BEGIN ATOMIC DROP TABLE t; END",
+                &["DROP", "CREATE"],
+            ),
+            (
+                "CREATE FUNCTION f() RETURNS int LANGUAGE sql RETURN (SELECT count(*) FROM t)",
+                &["SELECT", "CREATE"],
+            ),
+            // A function body that creates a function: followed too.
+            (
+                "CREATE FUNCTION f() RETURNS void LANGUAGE sql AS $a$ CREATE FUNCTION g() RETURNS void LANGUAGE plpgsql AS $b$ BEGIN DROP TABLE t; END $b$ $a$",
+                &["DROP", "CREATE"],
+            ),
+            // A DO block that creates a function.
+            (
+                "DO $$ BEGIN EXECUTE $f$ CREATE FUNCTION g() RETURNS void LANGUAGE sql AS 'DROP TABLE t' $f$; END $$",
+                &["DROP", "CREATE", "DO"],
+            ),
+        ] {
+            assert_eq!(kinds(sql), expected, "{sql}");
+        }
+        // Only the statement that is the function is handed to the
+        // PL/pgSQL parser.
         assert_eq!(
-            kinds("DO LANGUAGE plpython3u $$ plpy.execute('DROP TABLE t') $$"),
-            ["DO"]
+            kinds("SELECT 1; CREATE FUNCTION f() RETURNS void LANGUAGE plpgsql AS $$ BEGIN DROP TABLE t; END $$; SELECT 2"),
+            ["SELECT", "DROP", "CREATE"]
         );
+    }
+
+    #[test]
+    fn a_function_body_that_cannot_be_parsed_is_unclassifiable() {
+        for sql in [
+            "CREATE FUNCTION f() RETURNS void LANGUAGE sql AS 'DROPP TABLE t'",
+            "CREATE FUNCTION f() RETURNS void LANGUAGE plpgsql AS $$ BEGIN not plpgsql END $$",
+        ] {
+            let Err(SqlError::Parse(message)) = classify(sql) else {
+                panic!("{sql}: classified")
+            };
+            assert!(message.starts_with("in function body: "), "{message}");
+        }
     }
 
     #[test]

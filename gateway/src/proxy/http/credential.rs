@@ -24,7 +24,7 @@ use zeroize::Zeroizing;
 use crate::{config::Credential, tokens};
 
 /// Characters left unescaped in query values: RFC 3986 unreserved.
-const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+pub(crate) const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'-')
     .remove(b'.')
     .remove(b'_')

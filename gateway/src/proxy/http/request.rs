@@ -325,8 +325,9 @@ async fn respond(ctx: &Arc<ConnCtx>, req: Request<Incoming>) -> Response<ProxyBo
                         &msg,
                     );
                 }
-                echo_guard::redact_headers(&mut rparts.headers, secret.expose());
-                rbody = EchoGuard::wrap(rbody, secret.expose());
+                let redactor = echo_guard::Redactor::new(secret.expose());
+                echo_guard::redact_headers(&mut rparts.headers, &redactor);
+                rbody = EchoGuard::wrap(rbody, redactor);
             }
             ctx.record(Event::Request {
                 method,

@@ -274,8 +274,8 @@ where
                 s.tracker.push(Expect::Sync(SyncAction::Forward));
                 msg.encode(&mut out);
             }
-            b'F' if !s.current().0.deny.is_empty() => {
-                let text = "function calls bypass SQL classification and are refused while the service has deny rules";
+            b'F' if !s.current().0.deny.is_empty() || !s.service.mask.is_empty() => {
+                let text = "function calls bypass SQL classification and masking and are refused while the service has deny rules or masked columns";
                 s.record
                     .record(Event::Denied {
                         reason: text.into(),
@@ -334,7 +334,7 @@ fn judge(s: &Session, sql: &str) -> Judgement {
     match s
         .gw
         .sql
-        .decide(sql, &rules.deny, &rules.approve, !s.service.mask.is_empty())
+        .decide(sql, &rules.deny, &rules.approve, &s.service.mask)
     {
         SqlVerdict::Allow => Judgement::Allow,
         SqlVerdict::Approve { .. } => Judgement::Approve,
