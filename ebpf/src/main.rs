@@ -20,8 +20,8 @@
 //! - `cgroup/sock_create` (kernel ≥ 4.10): an IPv4/IPv6 socket may be created
 //!   only for TCP, MPTCP or UDP, the protocols whose `connect()`/`sendmsg()`
 //!   run the hooks above. UDP-Lite, ICMP "ping" sockets, SCTP and raw IP
-//!   sockets never reach `cgroup/connect*` or `cgroup/sendmsg*`, so they get
-//!   `EPERM` at `socket()`.
+//!   sockets never reach `cgroup/connect*` or `cgroup/sendmsg*`, so under
+//!   `egress = "deny"` they get `EPERM` at `socket()`.
 //!
 //! See bpf(2), `Documentation/bpf/prog_cgroup_sockopt.rst` and
 //! `include/uapi/linux/bpf.h` (`struct bpf_sock_addr`, `struct bpf_sock_ops`).
@@ -339,6 +339,9 @@ pub fn sluice_sock_create(ctx: SockContext) -> i32 {
     }
     match (kind, protocol) {
         (SOCK_STREAM, IPPROTO_TCP | IPPROTO_MPTCP) | (SOCK_DGRAM, IPPROTO_UDP) => ALLOW,
+        // With `egress = "allow"` nothing but services is fenced, and no
+        // service speaks these protocols. Without the config: fail closed.
+        _ if gateway().is_some_and(|gw| gw.egress != EGRESS_DENY) => ALLOW,
         _ => REFUSE,
     }
 }

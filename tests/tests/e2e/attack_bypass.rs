@@ -323,6 +323,30 @@ fn udp_lite_to_a_service_port_or_anywhere_else_gets_eperm() {
     assert!(got.is_empty(), "UDP-Lite datagrams got through: {got:?}");
 }
 
+/// The refusal above is egress policy: with `egress = "allow"` an agent's
+/// UDP-Lite (or ping) socket works like any other non-service traffic.
+#[test]
+fn under_egress_allow_udp_lite_to_a_non_service_address_is_left_alone() {
+    let user = AgentUser::create().unwrap();
+    let stack = Stack::builder("bypass-udplite-allow")
+        .service(ServiceSpec::https(SERVICE, HOST))
+        .egress("allow")
+        .start()
+        .unwrap();
+    let rt = RedTeam::new(&stack, &user).unwrap();
+    let https = stack.upstream(SERVICE).addr();
+    // A port of its own: the service's port is fenced on every address.
+    let nets = catchers(
+        libc::IPPROTO_UDPLITE,
+        &[SocketAddr::new(other_loopback(https.ip()), 0)],
+    );
+    let target = nets[0].local_addr().unwrap().to_string();
+    let r = rt.probe(stack.agent(), DATAGRAMS, &["136", &target]);
+    let mut payloads: Vec<String> = caught(&nets).into_iter().map(|(_, p)| p).collect();
+    payloads.sort();
+    assert_eq!(payloads, ["connected-send", "sendto"], "probe said {r}");
+}
+
 #[test]
 fn sockets_of_a_thread_a_forked_child_and_a_grandchild_after_setsid_are_all_redirected() {
     let user = AgentUser::create().unwrap();
