@@ -452,7 +452,7 @@ where
         let msg = match upstream.message().await {
             Ok(m) => m,
             Err(CodecError::Closed) => {
-                agent.write_all(&out).await?;
+                deliver(s, &mut agent, &mut out).await?;
                 return Ok(());
             }
             Err(e) => return Err(e.into()),
@@ -556,7 +556,7 @@ where
                 SyncAction::ErrorInstead(err) => out.put_slice(&err),
                 SyncAction::FatalInstead(err) => {
                     out.put_slice(&err);
-                    agent.write_all(&out).await?;
+                    deliver(s, &mut agent, &mut out).await?;
                     let _ = agent.shutdown().await;
                     return Ok(());
                 }
@@ -564,10 +564,22 @@ where
             _ => msg.encode(&mut out),
         }
         if !upstream.has_buffered_message() || out.len() > 256 * 1024 {
-            agent.write_all(&out).await?;
-            out.clear();
+            deliver(s, &mut agent, &mut out).await?;
         }
     }
+}
+
+/// Sends `out` to the agent once the lines recorded for it (`masked`,
+/// `error`) are written.
+async fn deliver<W: AsyncWrite + Unpin>(
+    s: &Session,
+    agent: &mut W,
+    out: &mut BytesMut,
+) -> Result<(), RelayError> {
+    s.record.flush().map_err(RelayError::Record)?;
+    agent.write_all(out).await?;
+    out.clear();
+    Ok(())
 }
 
 /// Writes `msg` to `w` immediately (used before the relay starts).
