@@ -40,14 +40,12 @@ fn main() {
     // Do not leak the host build's compiler settings into the BPF build.
     for (key, _) in env::vars_os() {
         let key = key.to_string_lossy().into_owned();
-        if key.starts_with("CARGO_")
+        let compiler_setting = key.starts_with("CARGO_")
             || key.starts_with("RUSTC")
             || key == "RUSTFLAGS"
-            || key == "RUSTUP_TOOLCHAIN"
-        {
-            if key != "CARGO_HOME" && key != "CARGO_ENCODED_RUSTFLAGS" {
-                cmd.env_remove(&key);
-            }
+            || key == "RUSTUP_TOOLCHAIN";
+        if compiler_setting && key != "CARGO_HOME" && key != "CARGO_ENCODED_RUSTFLAGS" {
+            cmd.env_remove(&key);
         }
     }
     let status = cmd.status().unwrap_or_else(|e| {

@@ -272,7 +272,11 @@ impl Drop for Recorder {
     /// Stops the sweeper, which writes everything still queued.
     fn drop(&mut self) {
         self.writer.stop();
-        let sweeper = self.sweeper.get_mut().unwrap_or_else(|p| p.into_inner()).take();
+        let sweeper = self
+            .sweeper
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         if sweeper.is_some_and(|t| t.join().is_err()) {
             tracing::error!("the record sweeper thread panicked");
         }

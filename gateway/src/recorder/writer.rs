@@ -148,6 +148,9 @@ struct Line<'a> {
     prev: &'a str,
 }
 
+/// An event and the wall-clock time it was queued.
+type Stamped = (SystemTime, Event);
+
 fn write_batch(
     lines: Vec<(Arc<SessionFile>, SystemTime, Event)>,
     audit: &AuditLog,
@@ -157,7 +160,7 @@ fn write_batch(
         return;
     }
     // Per session, in queue order.
-    let mut order: Vec<(Arc<SessionFile>, Vec<(SystemTime, Event)>)> = Vec::new();
+    let mut order: Vec<(Arc<SessionFile>, Vec<Stamped>)> = Vec::new();
     let mut index: HashMap<*const SessionFile, usize> = HashMap::new();
     for (session, at, event) in lines {
         let i = *index.entry(Arc::as_ptr(&session)).or_insert_with(|| {
@@ -199,7 +202,7 @@ fn write_batch(
 
 /// Serialises `events` onto the session's chain and appends them in one
 /// write. The chain advances only when the write succeeds.
-fn write_session(session: &SessionFile, events: &[(SystemTime, Event)]) -> io::Result<Vec<u8>> {
+fn write_session(session: &SessionFile, events: &[Stamped]) -> io::Result<Vec<u8>> {
     let mut chain = session.chain.lock().unwrap_or_else(|p| p.into_inner());
     let (mut seq, mut prev, mut head) = (chain.seq, chain.prev.clone(), chain.head.clone());
     let mut bytes = Vec::with_capacity(256 * events.len());

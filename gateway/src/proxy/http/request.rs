@@ -345,7 +345,7 @@ async fn respond(ctx: &Arc<ConnCtx>, req: Request<Incoming>) -> Response<ProxyBo
                 return Response::from_parts(rparts, Counted::wrap(rbody, ctx.clone(), status));
             }
             match mask_body(
-                &ctx,
+                ctx,
                 &service.mask,
                 gateway_cfg.json_mask_max_bytes,
                 &rparts.headers,
