@@ -149,8 +149,11 @@ async fn login_and_relay(
             "too many failed token checks from this agent; retry in {} ms",
             wait.as_millis().max(1)
         );
+        let _ = record.record(Event::AuthFail {
+            reason: msg.clone(),
+        });
+        let _ = record.flush();
         startup::refuse(&mut reader, "28P01", &msg).await;
-        let _ = record.record(Event::AuthFail { reason: msg });
         return Ok(());
     }
     let authed = match auth::authenticate(
@@ -175,7 +178,10 @@ async fn login_and_relay(
                 }
                 _ => e.to_string(),
             };
+            // The agent already has its ErrorResponse: write the line now,
+            // not with the next batch.
             let _ = record.record(Event::AuthFail { reason });
+            let _ = record.flush();
             return Ok(());
         }
     };
