@@ -134,3 +134,16 @@ pub fn free_port(ip: std::net::IpAddr) -> Result<u16> {
     let l = std::net::TcpListener::bind((ip, 0)).context("bind a free port")?;
     Ok(l.local_addr()?.port())
 }
+
+/// A `kB` field of `/proc/<pid>/status` (`"VmRSS:"`, `"VmSize:"`), in KiB.
+///
+/// # Panics
+/// When the process or the field does not exist.
+pub fn status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"))
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
