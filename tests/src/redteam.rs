@@ -161,6 +161,24 @@ impl<'a> RedTeam<'a> {
         cmd
     }
 
+    /// `psql -X -w -At -d <conninfo> -c <sql>` as [`RedTeam::run`] runs it.
+    ///
+    /// # Errors
+    /// As [`RedTeam::run`].
+    pub fn psql(
+        &self,
+        agent: &str,
+        conninfo: &str,
+        sql: &str,
+        timeout: Duration,
+    ) -> Result<Output> {
+        self.run(
+            agent,
+            &["psql", "-X", "-w", "-At", "-d", conninfo, "-c", sql],
+            timeout,
+        )
+    }
+
     /// Runs argv as the agent user in `agent`'s cgroup; the output is
     /// captured for the secret scans.
     pub fn run<S: AsRef<OsStr>>(

@@ -126,20 +126,7 @@ fn a_postgres_service_on_another_loopback_ip_or_v6_is_refused_and_its_mapped_for
         &format!("hostaddr=::ffff:{}", pg.ip()),
     );
     let out = rt
-        .run(
-            stack.agent(),
-            &[
-                "psql",
-                "-X",
-                "-w",
-                "-At",
-                "-d",
-                &conninfo,
-                "-c",
-                "SELECT current_user",
-            ],
-            WAIT * 3,
-        )
+        .psql(stack.agent(), &conninfo, "SELECT current_user", WAIT * 3)
         .unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
@@ -754,20 +741,7 @@ fn a_token_presented_from_another_agents_cgroup_gets_401_and_28p01() {
     assert_eq!(stolen["status"], 401, "{stolen}");
     let conninfo = stack.pg_conninfo(DB, &pg_token, "sslmode=disable");
     let out = rt
-        .run(
-            "other",
-            &[
-                "psql",
-                "-X",
-                "-w",
-                "-At",
-                "-d",
-                &conninfo,
-                "-c",
-                "SELECT current_user",
-            ],
-            WAIT * 3,
-        )
+        .psql("other", &conninfo, "SELECT current_user", WAIT * 3)
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -793,20 +767,7 @@ fn a_token_presented_from_another_agents_cgroup_gets_401_and_28p01() {
     let own = rt.probe(stack.agent(), script, &args);
     assert_eq!(own["status"], 200, "{own}");
     let out = rt
-        .run(
-            stack.agent(),
-            &[
-                "psql",
-                "-X",
-                "-w",
-                "-At",
-                "-d",
-                &conninfo,
-                "-c",
-                "SELECT current_user",
-            ],
-            WAIT * 3,
-        )
+        .psql(stack.agent(), &conninfo, "SELECT current_user", WAIT * 3)
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), ROLE);
     stack.assert_no_secret_leaked();

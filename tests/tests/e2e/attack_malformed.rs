@@ -146,18 +146,10 @@ fn assert_psql_works(rt: &RedTeam, stack: &Stack) {
     let token = stack.token(DB).unwrap();
     let conninfo = stack.pg_conninfo(DB, &token, "sslmode=disable");
     let out = rt
-        .run(
+        .psql(
             stack.agent(),
-            &[
-                "psql",
-                "-X",
-                "-w",
-                "-At",
-                "-d",
-                &conninfo,
-                "-c",
-                "SELECT count(*) FROM customers",
-            ],
+            &conninfo,
+            "SELECT count(*) FROM customers",
             WAIT * 3,
         )
         .unwrap();

@@ -552,11 +552,7 @@ out(statuses)
     // login is refused before the token is looked at.
     let conninfo = stack.pg_conninfo(DB, &format!("slt_{}", "q".repeat(40)), "sslmode=disable");
     let out = rt
-        .run(
-            stack.agent(),
-            &["psql", "-X", "-w", "-At", "-d", &conninfo, "-c", "SELECT 1"],
-            WAIT * 2,
-        )
+        .psql(stack.agent(), &conninfo, "SELECT 1", WAIT * 2)
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
@@ -668,18 +664,10 @@ fn records_never_hold_a_masked_value_even_from_an_upstream_error_message() {
     let token = stack.token(DB).unwrap();
     let conninfo = stack.pg_conninfo(DB, &token, "sslmode=disable");
     let out = rt
-        .run(
+        .psql(
             stack.agent(),
-            &[
-                "psql",
-                "-X",
-                "-w",
-                "-At",
-                "-d",
-                &conninfo,
-                "-c",
-                "SELECT ssn::int FROM customers WHERE id = 1",
-            ],
+            &conninfo,
+            "SELECT ssn::int FROM customers WHERE id = 1",
             WAIT * 3,
         )
         .unwrap();
@@ -721,12 +709,8 @@ fn the_agent_user_can_read_no_file_sluice_keeps_but_the_ca_certificate() {
     // A session, so there are records too.
     let token = stack.token(DB).unwrap();
     let conninfo = stack.pg_conninfo(DB, &token, "sslmode=disable");
-    rt.run(
-        stack.agent(),
-        &["psql", "-X", "-w", "-At", "-d", &conninfo, "-c", "SELECT 1"],
-        WAIT * 3,
-    )
-    .unwrap();
+    rt.psql(stack.agent(), &conninfo, "SELECT 1", WAIT * 3)
+        .unwrap();
     // The test's temp dir is 0700 (which would hide everything anyway):
     // open it up so only Sluice's own modes stand between the agent and
     // its files.

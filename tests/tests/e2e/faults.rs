@@ -374,18 +374,10 @@ fn a_postgres_backend_terminated_mid_statement_fails_that_session_only() {
     assert!(!status.success());
     assert!(started.elapsed() < Duration::from_secs(5));
     let out = rt
-        .run(
+        .psql(
             stack.agent(),
-            &[
-                "psql",
-                "-X",
-                "-w",
-                "-At",
-                "-d",
-                &conninfo,
-                "-c",
-                "SELECT count(*) FROM customers",
-            ],
+            &conninfo,
+            "SELECT count(*) FROM customers",
             WAIT * 3,
         )
         .unwrap();
