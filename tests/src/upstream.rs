@@ -90,6 +90,8 @@ impl RecordedRequest {
 #[derive(Clone)]
 struct Answer {
     status: u16,
+    /// `Content-Type` of the answer; `None` sends none.
+    content_type: Option<String>,
     body: String,
 }
 
@@ -207,8 +209,15 @@ impl Upstream {
     /// Answers every later request with `status` and `body` instead of the
     /// default `200 {"ok":true,…}`.
     pub fn respond_with(&self, status: u16, body: &str) {
+        self.respond_with_type(status, Some("application/json"), body);
+    }
+
+    /// Like [`Upstream::respond_with`] with `content_type` (`None`: no
+    /// `Content-Type` header at all).
+    pub fn respond_with_type(&self, status: u16, content_type: Option<&str>, body: &str) {
         *self.answer.lock().unwrap() = Some(Answer {
             status,
+            content_type: content_type.map(str::to_string),
             body: body.to_string(),
         });
     }
@@ -297,12 +306,15 @@ async fn handle(
     requests.lock().unwrap().push(record);
     let answer = answer.lock().unwrap().clone().unwrap_or_else(|| Answer {
         status: 200,
+        content_type: Some("application/json".into()),
         body: json!({"ok": true, "upstream": host, "method": parts.method.as_str(), "path": path})
             .to_string(),
     });
-    let response = Response::builder()
-        .status(answer.status)
-        .header("content-type", "application/json")
+    let mut response = Response::builder().status(answer.status);
+    if let Some(ct) = &answer.content_type {
+        response = response.header("content-type", ct);
+    }
+    let response = response
         .body(Full::new(Bytes::from(answer.body)))
         .expect("valid response");
     Ok(response)

@@ -4,7 +4,15 @@
 
 /// True when `path` matches `pattern`.
 pub fn matches(pattern: &str, path: &str) -> bool {
-    let (p, s) = (pattern.as_bytes(), path.as_bytes());
+    matches_bytes(pattern.as_bytes(), path.as_bytes())
+}
+
+/// [`matches`], ignoring case (Unicode lower case of both sides).
+pub fn matches_ignore_case(pattern: &str, path: &str) -> bool {
+    matches(&pattern.to_lowercase(), &path.to_lowercase())
+}
+
+fn matches_bytes(p: &[u8], s: &[u8]) -> bool {
     let (mut pi, mut si) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while si < s.len() {
@@ -27,7 +35,7 @@ pub fn matches(pattern: &str, path: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::matches;
+    use super::{matches, matches_ignore_case};
 
     #[test]
     fn stars_and_literals() {
@@ -38,5 +46,7 @@ mod tests {
         assert!(matches("*", ""));
         assert!(matches("/a/*/c", "/a/b/x/c"));
         assert!(!matches("/a/*/c", "/a/b/x/d"));
+        assert!(matches_ignore_case("/v1/Customers/*", "/V1/customers/42"));
+        assert!(!matches("/v1/Customers/*", "/V1/customers/42"));
     }
 }

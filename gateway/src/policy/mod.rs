@@ -7,13 +7,16 @@ use crate::config::Rule;
 pub mod glob;
 pub mod sql;
 
-/// An HTTP request as policy sees it.
+/// An HTTP request as policy sees it: every method and path reading a
+/// backend may act on (see `proxy::http::operation`).
 #[derive(Debug, Clone, Copy)]
 pub struct HttpOperation<'a> {
-    /// Request method, e.g. `DELETE` (RFC 9110 §9).
-    pub method: &'a str,
-    /// Request path without the query, e.g. `/v1/customers/42`.
-    pub path: &'a str,
+    /// The request method, then every method an override names, e.g.
+    /// `["POST", "DELETE"]` (RFC 9110 §9).
+    pub methods: &'a [String],
+    /// Readings of the request path without the query, e.g.
+    /// `["/v1/customers/42"]`.
+    pub paths: &'a [String],
 }
 
 /// What to do with an operation.
@@ -31,8 +34,10 @@ pub enum Verdict {
 }
 
 /// Decides an HTTP operation against a service's `deny` then `approve`
-/// rules. A rule without a method matches every method; methods compare
-/// case-insensitively, paths by [`glob::matches`].
+/// rules: a rule matches when it matches any of the operation's methods
+/// together with any of its path readings. A rule without a method matches
+/// every method; methods and paths compare case-insensitively (paths by
+/// [`glob::matches_ignore_case`]), since some backends route that way.
 pub fn decide_http(deny: &[Rule], approve: &[Rule], op: HttpOperation<'_>) -> Verdict {
     if let Some(rule) = first_match(deny, op) {
         return Verdict::Deny { rule };
@@ -48,9 +53,9 @@ fn first_match(rules: &[Rule], op: HttpOperation<'_>) -> Option<String> {
         Rule::Http { method, path } => {
             let method_ok = method
                 .as_deref()
-                .is_none_or(|m| m == "*" || m.eq_ignore_ascii_case(op.method));
-            (method_ok && glob::matches(path, op.path))
-                .then(|| format!("{} {}", method.as_deref().unwrap_or("*"), path))
+                .is_none_or(|m| m == "*" || op.methods.iter().any(|om| m.eq_ignore_ascii_case(om)));
+            let path_ok = op.paths.iter().any(|p| glob::matches_ignore_case(path, p));
+            (method_ok && path_ok).then(|| format!("{} {}", method.as_deref().unwrap_or("*"), path))
         }
         Rule::Sql(_) => None,
     })
@@ -67,13 +72,18 @@ mod tests {
         }
     }
 
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
     #[test]
     fn deny_wins_over_approve() {
         let deny = [http("DELETE", "/v1/customers/*")];
         let approve = [http("POST", "/v1/refunds*"), http("DELETE", "/v1/*")];
+        let (methods, paths) = (strings(&["delete"]), strings(&["/v1/customers/42"]));
         let op = HttpOperation {
-            method: "delete",
-            path: "/v1/customers/42",
+            methods: &methods,
+            paths: &paths,
         };
         assert_eq!(
             decide_http(&deny, &approve, op),
@@ -81,18 +91,40 @@ mod tests {
                 rule: "DELETE /v1/customers/*".into()
             }
         );
+        let (methods, paths) = (strings(&["POST"]), strings(&["/v1/refunds/9"]));
         let op = HttpOperation {
-            method: "POST",
-            path: "/v1/refunds/9",
+            methods: &methods,
+            paths: &paths,
         };
         assert!(matches!(
             decide_http(&deny, &approve, op),
             Verdict::Approve { .. }
         ));
+        let (methods, paths) = (strings(&["GET"]), strings(&["/v1/customers/42"]));
         let op = HttpOperation {
-            method: "GET",
-            path: "/v1/customers/42",
+            methods: &methods,
+            paths: &paths,
         };
         assert_eq!(decide_http(&deny, &approve, op), Verdict::Allow);
+    }
+
+    #[test]
+    fn any_method_override_or_path_reading_and_any_case_matches() {
+        let deny = [http("DELETE", "/v1/customers/*")];
+        let (methods, paths) = (strings(&["POST", "DELETE"]), strings(&["/V1/Customers/42"]));
+        let op = HttpOperation {
+            methods: &methods,
+            paths: &paths,
+        };
+        assert!(matches!(decide_http(&deny, &[], op), Verdict::Deny { .. }));
+        let (methods, paths) = (
+            strings(&["DELETE"]),
+            strings(&["/v1/customers", "/v1/customers%2F42"]),
+        );
+        let op = HttpOperation {
+            methods: &methods,
+            paths: &paths,
+        };
+        assert_eq!(decide_http(&deny, &[], op), Verdict::Allow);
     }
 }

@@ -166,6 +166,18 @@ impl LiveToken {
         })
     }
 
+    /// The re-check that needs no Redis read: `Some(Ok)` when the token
+    /// has not expired and no revocation happened since it was checked,
+    /// `Some(Err)` when it expired, `None` when Redis must be asked
+    /// ([`LiveToken::recheck`]).
+    pub fn settled(&self, handle: &StateHandle) -> Option<Result<(), TokenCheckError>> {
+        if now() >= self.record.expires {
+            return Some(Err(Rejection::Expired.into()));
+        }
+        let epoch = handle.revocation_epoch();
+        (epoch.is_some() && epoch == self.epoch).then_some(Ok(()))
+    }
+
     /// Re-checks expiry locally and revocation via the epoch; reads Redis
     /// only when a revocation happened since the last check. While Redis is
     /// unreachable the token stays good for [`OFFLINE_GRACE`] after its last
@@ -174,12 +186,8 @@ impl LiveToken {
     /// # Errors
     /// [`TokenCheckError`].
     pub async fn recheck(&mut self, handle: &StateHandle) -> Result<(), TokenCheckError> {
-        if now() >= self.record.expires {
-            return Err(Rejection::Expired.into());
-        }
-        let epoch = handle.revocation_epoch();
-        if epoch.is_some() && epoch == self.epoch {
-            return Ok(());
+        if let Some(settled) = self.settled(handle) {
+            return settled;
         }
         let (agent, service) = (self.record.agent.clone(), self.record.service.clone());
         match LiveToken::check(handle, &self.digest, &agent, &service).await {

@@ -7,6 +7,7 @@
 
 mod approvals;
 mod attack_bypass;
+mod attack_http_policy;
 mod attack_malformed;
 mod attack_secrets;
 mod bad_tokens;

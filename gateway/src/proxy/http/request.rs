@@ -14,7 +14,7 @@ use super::{
     counted::Counted,
     credential,
     echo_guard::{self, EchoGuard},
-    json_mask,
+    json_mask, operation,
     reply::{self, ProxyBody},
     session::ConnCtx,
     upstream,
@@ -27,6 +27,10 @@ use crate::{
     state::TokenCheckError,
     tokens,
 };
+
+/// The `rule` of a denial for a request whose reading is ambiguous
+/// ([`operation::Ambiguity`]) or whose form body cannot be read.
+pub const AMBIGUOUS_PATH: &str = "AMBIGUOUS_REQUEST";
 
 /// Serves one request; never fails (errors become JSON responses). The
 /// response goes out only once the lines recorded for it are written.
@@ -62,7 +66,12 @@ async fn respond(ctx: &Arc<ConnCtx>, req: Request<Incoming>) -> Response<ProxyBo
     let gw = ctx.gw.clone();
     let gateway_cfg = &routed.snap.cfg.gateway;
     let method = parts.method.as_str().to_string();
-    let path = normalize_path(parts.uri.path());
+    let ruled = !service.deny.is_empty() || !service.approve.is_empty();
+    let readings = operation::read_path(parts.uri.path(), ruled);
+    let path = match &readings {
+        Ok(r) => r.display.clone(),
+        Err(_) => operation::lenient(parts.uri.path()),
+    };
     let fail = |status: StatusCode, event: Event, message: &str| {
         ctx.record(event);
         reply::error(status, message, Some(&sid))
@@ -130,13 +139,61 @@ async fn respond(ctx: &Arc<ConnCtx>, req: Request<Incoming>) -> Response<ProxyBo
         }
     }
 
-    // Policy, on the normalised path.
+    // Policy, on every reading of the request a backend may act on.
+    let readings = match readings {
+        Ok(r) => r.readings,
+        Err(why) => {
+            let reason = format!(
+                "ambiguous request path: it contains {why}; send the path in its plain form"
+            );
+            return fail(
+                StatusCode::BAD_REQUEST,
+                Event::Denied {
+                    reason: reason.clone(),
+                    rule: AMBIGUOUS_PATH.into(),
+                },
+                &reason,
+            );
+        }
+    };
+    let mut methods = operation::methods(&parts);
+    let mut body = body.boxed();
+    if let Some(kind) = ruled
+        .then(|| operation::form_body(&parts.headers))
+        .flatten()
+    {
+        let limit = gateway_cfg.json_mask_max_bytes;
+        let read = match http_body_util::Limited::new(body, limit).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) => {
+                let msg = format!("form body cannot be read for method overrides ({e}; limit {limit} bytes, gateway.json_mask_max_bytes)");
+                return fail(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    Event::Error {
+                        message: msg.clone(),
+                    },
+                    &msg,
+                );
+            }
+        };
+        if let Err(msg) = operation::form_methods(&kind, read.clone(), &mut methods).await {
+            return fail(
+                StatusCode::BAD_REQUEST,
+                Event::Denied {
+                    reason: msg.clone(),
+                    rule: AMBIGUOUS_PATH.into(),
+                },
+                &msg,
+            );
+        }
+        body = reply::full(read);
+    }
     match policy::decide_http(
         &service.deny,
         &service.approve,
         HttpOperation {
-            method: &method,
-            path: &path,
+            methods: &methods,
+            paths: &readings,
         },
     ) {
         Verdict::Allow => {}
@@ -158,7 +215,7 @@ async fn respond(ctx: &Arc<ConnCtx>, req: Request<Incoming>) -> Response<ProxyBo
                 pid: id.pid,
                 uid: id.uid,
                 service: service.name.clone(),
-                summary: format!("{method} {path}"),
+                summary: format!("{} {path}", methods.join("|")),
             };
             let outcome = approvals::hold(
                 &gw.state,
@@ -334,13 +391,7 @@ async fn respond(ctx: &Arc<ConnCtx>, req: Request<Incoming>) -> Response<ProxyBo
                 path,
                 status: rparts.status.as_u16(),
             });
-            let masked = !service.mask.is_empty()
-                && rparts
-                    .headers
-                    .get(header::CONTENT_TYPE)
-                    .and_then(|v| v.to_str().ok())
-                    .is_some_and(json_mask::is_json);
-            if !masked {
+            if service.mask.is_empty() {
                 let status = rparts.status.as_u16();
                 return Response::from_parts(rparts, Counted::wrap(rbody, ctx.clone(), status));
             }
@@ -391,9 +442,12 @@ async fn respond(ctx: &Arc<ConnCtx>, req: Request<Incoming>) -> Response<ProxyBo
     }
 }
 
-/// Buffers a JSON response (at most `limit` bytes), masks it and records
-/// what was masked. Errors are messages for a 502: the body is never passed
-/// on unmasked.
+/// Buffers a response of a service with `mask` (at most `limit` bytes),
+/// masks it when it is JSON or NDJSON, whatever its `Content-Type`
+/// ([`json_mask::mask_document`]), and records what was masked. A body
+/// declared JSON that does not parse, an encoded body, an event stream and
+/// a body over the limit are refused. Errors are messages for a 502: a body
+/// that may hold JSON is never passed on unmasked.
 async fn mask_body(
     ctx: &ConnCtx,
     masks: &[String],
@@ -401,22 +455,34 @@ async fn mask_body(
     headers: &hyper::HeaderMap,
     body: ProxyBody,
 ) -> Result<ProxyBody, String> {
-    let coding = headers
-        .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("identity");
+    let header = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &header::HeaderValue| v.to_str().ok())
+    };
+    let coding = header(header::CONTENT_ENCODING).unwrap_or("identity");
     if !coding.eq_ignore_ascii_case("identity") {
         return Err(format!(
-            "upstream sent a {coding}-encoded JSON body that Sluice cannot mask; refused"
+            "upstream sent a {coding}-encoded body that Sluice cannot mask; refused"
         ));
+    }
+    let content_type = header(header::CONTENT_TYPE).unwrap_or("");
+    if json_mask::is_event_stream(content_type) {
+        return Err("upstream sent an event stream on a service with masked fields, which Sluice cannot mask event by event; refused".into());
     }
     let bytes = http_body_util::Limited::new(body, limit)
         .collect()
         .await
-        .map_err(|e| format!("JSON response cannot be masked ({e}; limit {limit} bytes, gateway.json_mask_max_bytes); refused"))?
+        .map_err(|e| format!("response cannot be masked ({e}; limit {limit} bytes, gateway.json_mask_max_bytes); refused"))?
         .to_bytes();
-    let (masked, report) = json_mask::mask_json(&bytes, masks)
-        .map_err(|e| format!("upstream sent invalid JSON ({e}); refusing to pass it unmasked"))?;
+    let masked = json_mask::mask_document(&bytes, masks)
+        .map_err(|e| format!("masked JSON cannot be written ({e}); refused"))?;
+    let Some((masked, report)) = masked else {
+        if json_mask::is_json(content_type) {
+            return Err("upstream sent invalid JSON; refusing to pass it unmasked".into());
+        }
+        return Ok(reply::full(bytes));
+    };
     if report.count > 0
         && !ctx.record(Event::Masked {
             fields: report.fields,
@@ -447,32 +513,6 @@ fn authority_host(parts: &hyper::http::request::Parts) -> Option<String> {
     )
 }
 
-/// The path as policy and records see it: percent-decoded, with `.`/`..`
-/// segments resolved and empty segments dropped (RFC 3986 §5.2.4), so
-/// `/v1/%63ustomers//./42` matches a rule on `/v1/customers/*`.
-pub fn normalize_path(raw: &str) -> String {
-    let decoded = percent_encoding::percent_decode_str(raw).decode_utf8_lossy();
-    let mut segments: Vec<&str> = Vec::new();
-    for seg in decoded.split('/') {
-        match seg {
-            "" | "." => {}
-            ".." => {
-                segments.pop();
-            }
-            s => segments.push(s),
-        }
-    }
-    let mut out = String::with_capacity(decoded.len() + 1);
-    for s in &segments {
-        out.push('/');
-        out.push_str(s);
-    }
-    if out.is_empty() || (decoded.ends_with('/') && !segments.is_empty()) {
-        out.push('/');
-    }
-    out
-}
-
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut msg = e.to_string();
     let mut src = e.source();
@@ -482,18 +522,4 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         src = s.source();
     }
     msg
-}
-
-#[cfg(test)]
-mod tests {
-    use super::normalize_path;
-
-    #[test]
-    fn paths_normalise_before_policy() {
-        assert_eq!(normalize_path("/v1/%63ustomers//./42"), "/v1/customers/42");
-        assert_eq!(normalize_path("/v1/x/../customers/1"), "/v1/customers/1");
-        assert_eq!(normalize_path("/"), "/");
-        assert_eq!(normalize_path("/a/"), "/a/");
-        assert_eq!(normalize_path("/../.."), "/");
-    }
 }

@@ -49,8 +49,10 @@ pub struct ConnCtx {
     session: OnceLock<Option<SessionRecord>>,
     /// The session's `open` line is written (`true`) or could not be.
     open_written: OnceLock<bool>,
-    /// The last token that passed, re-checked cheaply on each request.
-    live: tokio::sync::Mutex<Option<LiveToken>>,
+    /// The last token that passed, re-checked cheaply on each request. The
+    /// lock is never held across an `.await`, so the streams of an HTTP/2
+    /// connection do not queue behind one Redis read.
+    live: std::sync::Mutex<Option<LiveToken>>,
 }
 
 impl ConnCtx {
@@ -69,7 +71,7 @@ impl ConnCtx {
             service: OnceLock::new(),
             session: OnceLock::new(),
             open_written: OnceLock::new(),
-            live: tokio::sync::Mutex::new(None),
+            live: std::sync::Mutex::new(None),
         };
         if let (true, Some(name)) = (tls, default) {
             let _ = ctx.service.set(name);
@@ -196,19 +198,32 @@ impl ConnCtx {
     /// [`TokenCheckError`] when the token is not (or no longer) valid or the
     /// token store is unreachable.
     pub async fn check_token(&self, digest: &str, service: &str) -> Result<(), TokenCheckError> {
-        let mut live = self.live.lock().await;
-        if let Some(t) = live
-            .as_mut()
-            .filter(|t| t.digest == digest && t.record.service == service)
-        {
-            return t.recheck(&self.gw.state).await;
-        }
-        let fresh =
-            LiveToken::check(&self.gw.state, digest, &self.conn.identity.agent, service).await?;
-        self.record(Event::AuthOk {
-            token_id: fresh.record.id.clone(),
-        });
-        *live = Some(fresh);
+        let known = {
+            let live = self.live.lock().unwrap();
+            match live
+                .as_ref()
+                .filter(|t| t.digest == digest && t.record.service == service)
+            {
+                Some(t) => match t.settled(&self.gw.state) {
+                    Some(settled) => return settled,
+                    None => Some(t.clone()),
+                },
+                None => None,
+            }
+        };
+        let fresh = match known {
+            Some(mut t) => t.recheck(&self.gw.state).await.map(|()| t)?,
+            None => {
+                let fresh =
+                    LiveToken::check(&self.gw.state, digest, &self.conn.identity.agent, service)
+                        .await?;
+                self.record(Event::AuthOk {
+                    token_id: fresh.record.id.clone(),
+                });
+                fresh
+            }
+        };
+        *self.live.lock().unwrap() = Some(fresh);
         Ok(())
     }
 

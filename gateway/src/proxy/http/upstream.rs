@@ -12,7 +12,6 @@ use std::{
 };
 
 use hyper::{
-    body::Incoming,
     header::{self, HeaderMap, HeaderName},
     http::request::Parts,
     Uri, Version,
@@ -61,7 +60,8 @@ impl tower_service::Service<Name> for ServiceResolver {
 }
 
 /// A pooled client for one service.
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector<ServiceResolver>>, Incoming>;
+pub type UpstreamClient =
+    Client<HttpsConnector<HttpConnector<ServiceResolver>>, super::reply::ProxyBody>;
 
 /// Clients indexed like `Config::services` (`None` for non-HTTP services).
 pub struct UpstreamClients(Vec<Option<UpstreamClient>>);
