@@ -48,7 +48,46 @@ fn setup(verbose: bool) -> Result<()> {
     bpf_linker(verbose)?;
     cargo_deb(verbose)?;
     bpffs(verbose)?;
+    python_packages(verbose)?;
     Ok(())
+}
+
+/// PyPI packages the end-to-end tests drive as agents: (import name,
+/// requirement). psycopg's binary wheel bundles its own libpq (≥ 17, which
+/// Debian 12 lacks), the client for PostgreSQL direct TLS.
+pub const PYTHON_PACKAGES: &[(&str, &str)] = &[("psycopg", "psycopg[binary]>=3.2")];
+
+/// Installs the missing [`PYTHON_PACKAGES`] for the `python3` on `PATH`.
+fn python_packages(verbose: bool) -> Result<()> {
+    let missing: Vec<&str> = PYTHON_PACKAGES
+        .iter()
+        .filter(|(module, _)| {
+            !Command::new("python3")
+                .args(["-c", &format!("import {module}")])
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .map(|(_, requirement)| *requirement)
+        .collect();
+    if missing.is_empty() {
+        if verbose {
+            println!("setup: python packages present");
+        }
+        return Ok(());
+    }
+    println!("setup: installing python packages: {}", missing.join(" "));
+    sh::run(
+        Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args(&missing),
+    )
 }
 
 /// The packages of `packages` that are not installed.

@@ -21,6 +21,7 @@ mod install_readiness;
 mod install_units;
 mod load;
 mod operate;
+mod pg_clients;
 mod pg_logins;
 mod pg_statements;
 mod records;

@@ -49,10 +49,16 @@ pub async fn serve(
     stream: tokio::net::TcpStream,
     service: Arc<Service>,
 ) {
-    let negotiated = tokio::time::timeout(
-        STARTUP_TIMEOUT,
-        startup::negotiate(&gw, &service.host, Box::new(stream)),
-    )
+    let negotiated = tokio::time::timeout(STARTUP_TIMEOUT, async {
+        let mut first = [0u8; 1];
+        match stream.peek(&mut first).await {
+            Ok(1) => {}
+            Ok(_) => return Err(codec::CodecError::Closed.into()),
+            Err(e) => return Err(codec::CodecError::Io(e).into()),
+        }
+        let opener = startup::Opener::from_first_byte(first[0]);
+        startup::negotiate(&gw, &service.host, Box::new(stream), opener).await
+    })
     .await;
     let opening = match negotiated
         .unwrap_or_else(|_| Err(startup::StartupError::Protocol("start-up timed out".into())))

@@ -7,6 +7,10 @@
 //!   host minted by the local CA (so `sslmode=verify-full` with Sluice's CA
 //!   works); bytes pipelined after the SSLRequest are refused (they would
 //!   bypass TLS, cf. CVE-2021-23214).
+//! - Direct TLS (PostgreSQL 17, §55.2.10, libpq `sslnegotiation=direct`):
+//!   the connection opens with a TLS ClientHello instead of an SSLRequest.
+//!   As the server does, Sluice then requires the ALPN protocol
+//!   `postgresql` and presents the same certificate.
 //! - GSSENCRequest: `N`, then the client carries on.
 //! - CancelRequest: returned to the caller to route.
 //! - StartupMessage 3.x: parameters parsed; `user` is required.
@@ -24,6 +28,32 @@ const SSL_REQUEST: i32 = 80877103;
 const GSSENC_REQUEST: i32 = 80877104;
 const CANCEL_REQUEST: i32 = 80877102;
 const PROTOCOL_3: i32 = 3 << 16;
+
+/// The ALPN protocol id of PostgreSQL over TLS (§55.2.10).
+pub const ALPN_POSTGRESQL: &[u8] = b"postgresql";
+
+/// How a connection opened, before any start-up packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opener {
+    /// A start-up packet (SSLRequest, StartupMessage, …) comes first.
+    Packet,
+    /// A TLS ClientHello comes first (`sslnegotiation=direct`).
+    DirectTls,
+}
+
+impl Opener {
+    /// Tells the two apart by the first byte the agent sent: a TLS
+    /// handshake record is `0x16` (RFC 8446 §5.1); a start-up packet
+    /// begins with its length, whose first byte is 0 for any length Sluice
+    /// accepts.
+    pub fn from_first_byte(byte: u8) -> Opener {
+        if byte == 0x16 {
+            Opener::DirectTls
+        } else {
+            Opener::Packet
+        }
+    }
+}
 
 /// A parsed StartupMessage.
 #[derive(Debug, Clone)]
@@ -73,9 +103,18 @@ pub enum StartupError {
 /// [`StartupError`] for malformed packets, unsupported protocol versions or
 /// a failed TLS handshake (a FATAL `08P01` is sent first where the protocol
 /// allows).
-pub async fn negotiate(gw: &Gateway, host: &str, io: BoxIo) -> Result<Opening, StartupError> {
+pub async fn negotiate(
+    gw: &Gateway,
+    host: &str,
+    io: BoxIo,
+    opener: Opener,
+) -> Result<Opening, StartupError> {
+    let (io, mut tls) = match opener {
+        Opener::Packet => (io, false),
+        Opener::DirectTls => (accept_tls(gw, host, io, Alpn::Required).await?, true),
+    };
     let mut reader = Reader::new(io, BytesMut::new()).with_limit(codec::MAX_FRONTEND_MESSAGE);
-    let (mut tls, mut gss_refused) = (false, false);
+    let mut gss_refused = false;
     loop {
         let packet = reader.startup_packet().await?;
         let mut body = &packet[..];
@@ -89,18 +128,8 @@ pub async fn negotiate(gw: &Gateway, host: &str, io: BoxIo) -> Result<Opening, S
                 }
                 let (mut io, _) = reader.into_parts();
                 io.write_all(b"S").await.map_err(CodecError::Io)?;
-                let cert = gw
-                    .ca
-                    .certified_key(host)
-                    .map_err(|e| StartupError::Tls(e.to_string()))?;
-                let config =
-                    agent_server_config(cert, &[]).map_err(|e| StartupError::Tls(e.to_string()))?;
-                let stream = TlsAcceptor::from(config)
-                    .accept(io)
-                    .await
-                    .map_err(|e| StartupError::Tls(e.to_string()))?;
-                reader = Reader::new(Box::new(stream) as BoxIo, BytesMut::new())
-                    .with_limit(codec::MAX_FRONTEND_MESSAGE);
+                let io = accept_tls(gw, host, io, Alpn::Optional).await?;
+                reader = Reader::new(io, BytesMut::new()).with_limit(codec::MAX_FRONTEND_MESSAGE);
                 tls = true;
             }
             GSSENC_REQUEST if !gss_refused && !tls => {
@@ -154,6 +183,40 @@ pub async fn negotiate(gw: &Gateway, host: &str, io: BoxIo) -> Result<Opening, S
             }
         }
     }
+}
+
+/// Whether the agent must negotiate ALPN `postgresql`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Alpn {
+    /// Direct TLS: a handshake without it is refused (§55.2.10).
+    Required,
+    /// After SSLRequest: offered, and a client that names another protocol
+    /// is refused, but older clients that send no ALPN are served.
+    Optional,
+}
+
+/// The TLS handshake with the agent, presenting a certificate for `host`
+/// minted by the local CA (the same for both openers).
+async fn accept_tls(
+    gw: &Gateway,
+    host: &str,
+    io: BoxIo,
+    alpn: Alpn,
+) -> Result<BoxIo, StartupError> {
+    let tls_error = |e: &dyn std::fmt::Display| StartupError::Tls(e.to_string());
+    let cert = gw.ca.certified_key(host).map_err(|e| tls_error(&e))?;
+    let mut config = (*agent_server_config(cert, &[]).map_err(|e| tls_error(&e))?).clone();
+    config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
+    let stream = TlsAcceptor::from(std::sync::Arc::new(config))
+        .accept(io)
+        .await
+        .map_err(|e| tls_error(&e))?;
+    if alpn == Alpn::Required && stream.get_ref().1.alpn_protocol() != Some(ALPN_POSTGRESQL) {
+        return Err(StartupError::Tls(
+            "direct TLS without the ALPN protocol \"postgresql\"".into(),
+        ));
+    }
+    Ok(Box::new(stream))
 }
 
 /// Parses `name\0value\0…\0` after the version.
