@@ -54,8 +54,13 @@ fn setup(verbose: bool) -> Result<()> {
 
 /// PyPI packages the end-to-end tests drive as agents: (import name,
 /// requirement). psycopg's binary wheel bundles its own libpq (≥ 17, which
-/// Debian 12 lacks), the client for PostgreSQL direct TLS.
-pub const PYTHON_PACKAGES: &[(&str, &str)] = &[("psycopg", "psycopg[binary]>=3.2")];
+/// Debian 12 lacks), the client for PostgreSQL direct TLS; grpcio and
+/// websockets are the gRPC and WebSocket clients and servers.
+pub const PYTHON_PACKAGES: &[(&str, &str)] = &[
+    ("psycopg", "psycopg[binary]>=3.2"),
+    ("grpc", "grpcio>=1.60"),
+    ("websockets", "websockets>=12"),
+];
 
 /// Installs the missing [`PYTHON_PACKAGES`] for the `python3` on `PATH`.
 fn python_packages(verbose: bool) -> Result<()> {

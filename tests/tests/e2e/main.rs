@@ -15,6 +15,7 @@ mod cleanup;
 mod egress;
 mod faults;
 mod harness;
+mod http_clients;
 mod https_swap;
 mod install_package;
 mod install_readiness;

@@ -25,3 +25,39 @@ pub fn error(status: StatusCode, message: &str, session: Option<&str>) -> Respon
 pub fn full(bytes: Bytes) -> ProxyBody {
     Full::new(bytes).map_err(|never| match never {}).boxed()
 }
+
+/// gRPC status `PERMISSION_DENIED` (gRPC "Status codes and their use").
+pub const GRPC_PERMISSION_DENIED: u8 = 7;
+
+/// True when the request is a gRPC call (`Content-Type: application/grpc`,
+/// with or without a `+proto`-style suffix).
+pub fn is_grpc(headers: &header::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            let ct = ct.trim().to_ascii_lowercase();
+            ct == "application/grpc"
+                || ct.starts_with("application/grpc+")
+                || ct.starts_with("application/grpc;")
+        })
+}
+
+/// A gRPC "Trailers-Only" error response (gRPC over HTTP/2, "Responses"):
+/// HTTP 200 with `grpc-status` and the percent-encoded `grpc-message` in
+/// the headers, so gRPC clients show the status and message.
+pub fn grpc_error(code: u8, message: &str) -> Response<ProxyBody> {
+    const RESERVED: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');
+    let encoded = percent_encoding::utf8_percent_encode(message, RESERVED).to_string();
+    let mut resp = Response::new(full(Bytes::new()));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/grpc"),
+    );
+    h.insert("grpc-status", header::HeaderValue::from(u16::from(code)));
+    if let Ok(v) = header::HeaderValue::from_str(&encoded) {
+        h.insert("grpc-message", v);
+    }
+    resp
+}

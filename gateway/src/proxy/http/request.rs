@@ -263,6 +263,17 @@ async fn respond(ctx: &Arc<ConnCtx>, req: Request<Incoming>) -> Response<ProxyBo
         }
     }
 
+    if !service.mask.is_empty() && reply::is_grpc(&parts.headers) {
+        // Protobuf bodies cannot be masked by field name.
+        let reason =
+            "gRPC is refused on a service with masked fields: Sluice cannot mask protobuf messages";
+        ctx.record(Event::Denied {
+            reason: reason.into(),
+            rule: "MASK".into(),
+        });
+        return reply::grpc_error(reply::GRPC_PERMISSION_DENIED, reason);
+    }
+
     // The swap.
     let secret = match gw.vault.get(&service.credential.secret) {
         Ok(Some(secret)) => secret,

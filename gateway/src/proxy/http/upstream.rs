@@ -161,7 +161,21 @@ pub fn retarget(parts: &mut Parts, service: &Service) -> Result<(), hyper::http:
         .path_and_query(pq)
         .build()?;
     parts.version = Version::HTTP_11;
+    // `TE: trailers` is the one hop-by-hop value that must travel on: it
+    // says the client reads trailers (gRPC requires it; RFC 9113 §8.2.2
+    // allows exactly this value in HTTP/2).
+    let trailers = parts.headers.get_all(header::TE).iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
+    });
     strip_hop_by_hop(&mut parts.headers);
+    if trailers {
+        parts
+            .headers
+            .insert(header::TE, header::HeaderValue::from_static("trailers"));
+    }
     parts
         .headers
         .insert(header::HOST, header::HeaderValue::from_str(&authority)?);

@@ -1,0 +1,214 @@
+//! HTTPS clients in the wild (issue 20): gRPC (HTTP/2 with `te: trailers`,
+//! binary bodies and trailers, streaming both ways) through an HTTPS
+//! service, against a real grpcio server with TLS. The test upstreams are
+//! Python servers started by the test, outside the agent's cgroup.
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+};
+
+use sluice_tests::{process, redteam, stack::next_upstream_ip, Stack};
+
+const HOST: &str = "grpc.api.test";
+const SERVICE: &str = "grpc-api";
+
+/// A Python server (script `script`, then `args`) that prints its port on
+/// its first stdout line; killed by PID when dropped.
+struct PyServer {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl PyServer {
+    fn start(script: &str, ip: std::net::IpAddr, args: &[&str]) -> PyServer {
+        let mut cmd = Command::new("python3");
+        cmd.args(["-c", script, &ip.to_string()])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = process::die_with_parent(&mut cmd)
+            .spawn()
+            .expect("start the python server");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("piped"))
+            .read_line(&mut line)
+            .expect("server prints its port");
+        let port: u16 = line
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("server printed {line:?} instead of its port"));
+        PyServer {
+            child,
+            addr: SocketAddr::new(ip, port),
+        }
+    }
+}
+
+impl Drop for PyServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A stack whose service `SERVICE` on `HOST` is `server`, credential
+/// `Authorization: Bearer <secret>`, plus `extra` config lines.
+fn stack_for(
+    label: &str,
+    start: impl FnOnce(&Stack) -> PyServer,
+    extra: &str,
+) -> (Stack, PyServer, String) {
+    let mut stack = Stack::builder(label).prepare().unwrap();
+    let server = start(&stack);
+    let toml = redteam::https_service_toml(
+        SERVICE,
+        HOST,
+        server.addr,
+        stack.ca.pem_path(),
+        "api-key",
+        r#"header = "Authorization", format = "Bearer {}""#,
+        extra,
+    );
+    redteam::append_config(&stack, &toml).unwrap();
+    let secret = format!("sk_test_{}", sluice_tests::random_hex(16));
+    stack.sluice.secret_put("api-key", &secret).unwrap();
+    stack.sluice.start().unwrap();
+    (stack, server, secret)
+}
+
+/// Writes the leaf certificate and key for `HOST` into the stack's dir.
+fn leaf_files(stack: &Stack) -> (PathBuf, PathBuf) {
+    let leaf = stack.ca.leaf(&[HOST]).unwrap();
+    let (cert, key) = (stack.dir().join("leaf.pem"), stack.dir().join("leaf.key"));
+    std::fs::write(&cert, &leaf.cert_pem).unwrap();
+    std::fs::write(&key, &leaf.key_pem).unwrap();
+    (cert, key)
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("utf-8")
+}
+
+/// grpcio server: `Say` (unary, sets a trailer) and `Chat` (bidirectional
+/// stream); each call's `authorization` metadata is appended to argv[4].
+const GRPC_SERVER: &str = r#"
+import grpc, json, sys
+from concurrent import futures
+ip, cert, key, log = sys.argv[1:5]
+def record(ctx):
+    md = dict(ctx.invocation_metadata())
+    with open(log, "a") as f:
+        f.write(json.dumps({"authorization": md.get("authorization", "")}) + "\n")
+def say(req, ctx):
+    record(ctx)
+    ctx.set_trailing_metadata((("x-echo-trailer", "yes"),))
+    return b"hello " + req
+def chat(requests, ctx):
+    record(ctx)
+    for m in requests:
+        yield b"echo " + m
+handler = grpc.method_handlers_generic_handler("echo.Echo", {
+    "Say": grpc.unary_unary_rpc_method_handler(say),
+    "Chat": grpc.stream_stream_rpc_method_handler(chat)})
+server = grpc.server(futures.ThreadPoolExecutor(4))
+server.add_generic_rpc_handlers((handler,))
+creds = grpc.ssl_server_credentials([(open(key, "rb").read(), open(cert, "rb").read())])
+port = server.add_secure_port(ip + ":0", creds)
+server.start()
+print(port, flush=True)
+server.wait_for_termination()
+"#;
+
+/// grpcio client (the agent): a unary call, then a bidirectional stream;
+/// prints the reply, the trailer, and the joined stream replies, or the
+/// status code and details of a failed call.
+const GRPC_CLIENT: &str = r#"
+import grpc, sys
+target, host, ca, token = sys.argv[1:5]
+creds = grpc.ssl_channel_credentials(open(ca, "rb").read())
+channel = grpc.secure_channel(target, creds, options=(("grpc.ssl_target_name_override", host),))
+md = (("authorization", "Bearer " + token),)
+try:
+    reply, call = channel.unary_unary("/echo.Echo/Say").with_call(b"agent", metadata=md, timeout=20)
+    print(reply.decode())
+    print(dict(call.trailing_metadata()).get("x-echo-trailer"))
+    chat = channel.stream_stream("/echo.Echo/Chat")
+    print(",".join(m.decode() for m in chat(iter([b"a", b"b", b"c"]), metadata=md, timeout=20)))
+except grpc.RpcError as e:
+    print("error", e.code().name, e.details())
+"#;
+
+fn grpc_stack(label: &str, extra: &str) -> (Stack, PyServer, String, PathBuf) {
+    let mut log = PathBuf::new();
+    let (stack, server, secret) = stack_for(
+        label,
+        |stack| {
+            let (cert, key) = leaf_files(stack);
+            log = stack.dir().join("grpc-calls.jsonl");
+            PyServer::start(
+                GRPC_SERVER,
+                next_upstream_ip(),
+                &[path_str(&cert), path_str(&key), path_str(&log)],
+            )
+        },
+        extra,
+    );
+    (stack, server, secret, log)
+}
+
+fn grpc_client(stack: &Stack, server: &PyServer) -> Vec<String> {
+    let token = stack.token(SERVICE).unwrap();
+    let ca = stack.sluice.ca_cert_path().unwrap();
+    let out = stack
+        .python(
+            &[("GRPC_DNS_RESOLVER", "native")],
+            GRPC_CLIENT,
+            &[&server.addr.to_string(), HOST, path_str(&ca), &token],
+        )
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "grpc client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn grpcio_unary_and_bidirectional_streaming_calls_get_the_real_key_upstream() {
+    let (stack, server, secret, log) = grpc_stack("grpc-calls", "");
+    let lines = grpc_client(&stack, &server);
+    assert_eq!(lines, ["hello agent", "yes", "echo a,echo b,echo c"]);
+    let calls = std::fs::read_to_string(&log).unwrap();
+    let seen: Vec<serde_json::Value> = calls
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(seen.len(), 2, "{calls}");
+    for call in &seen {
+        assert_eq!(call["authorization"], format!("Bearer {secret}"));
+    }
+    let texts = stack.sluice.all_output_text();
+    sluice_tests::assert_no_secret(&secret, &texts);
+}
+
+#[test]
+fn grpc_on_a_service_with_masked_fields_is_refused_with_a_clear_status() {
+    let (stack, server, _secret, log) = grpc_stack("grpc-masked", r#"mask = ["ssn"]"#);
+    let lines = grpc_client(&stack, &server);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].starts_with("error PERMISSION_DENIED") && lines[0].contains("mask"),
+        "{lines:?}"
+    );
+    assert!(
+        std::fs::read_to_string(&log).unwrap_or_default().is_empty(),
+        "the call reached the upstream"
+    );
+}
