@@ -49,7 +49,54 @@ fn setup(verbose: bool) -> Result<()> {
     cargo_deb(verbose)?;
     bpffs(verbose)?;
     python_packages(verbose)?;
+    node_packages(verbose)?;
     Ok(())
+}
+
+/// npm packages the end-to-end tests drive as agents, installed into
+/// [`node_modules_dir`]: Node's `ws` WebSocket client.
+pub const NODE_PACKAGES: &[&str] = &["ws@8"];
+
+/// Where [`NODE_PACKAGES`] are installed: `target/node-clients`, beside the
+/// build, never committed (the tests set `NODE_PATH` to its `node_modules`).
+pub fn node_modules_dir() -> std::path::PathBuf {
+    sh::workspace_root().join("target/node-clients")
+}
+
+fn node_packages(verbose: bool) -> Result<()> {
+    let dir = node_modules_dir();
+    let missing: Vec<&str> = NODE_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            let name = p.rsplit_once('@').map_or(*p, |(n, _)| n);
+            !dir.join("node_modules")
+                .join(name)
+                .join("package.json")
+                .exists()
+        })
+        .collect();
+    if missing.is_empty() {
+        if verbose {
+            println!("setup: node packages present in {}", dir.display());
+        }
+        return Ok(());
+    }
+    if sh::find_program("npm").is_none() {
+        bail!("npm not found; install Node.js and npm (Debian: apt-get install nodejs npm)");
+    }
+    println!(
+        "setup: installing node packages into {}: {}",
+        dir.display(),
+        missing.join(" ")
+    );
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    sh::run(
+        Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--prefix"])
+            .arg(&dir)
+            .args(&missing),
+    )
 }
 
 /// PyPI packages the end-to-end tests drive as agents: (import name,

@@ -81,8 +81,15 @@ pub enum Event {
         path: String,
         status: u16,
     },
-    /// An upstream response: status and body bytes.
-    Response { status: u16, bytes: u64 },
+    /// An upstream response: status and body bytes. After a protocol
+    /// upgrade (status 101), `bytes` went to the agent and `bytes_up` to
+    /// the upstream.
+    Response {
+        status: u16,
+        bytes: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        bytes_up: Option<u64>,
+    },
     /// Refused by policy `rule`.
     Denied { reason: String, rule: String },
     /// Held for a JIT approval.

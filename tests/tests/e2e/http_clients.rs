@@ -212,3 +212,175 @@ fn grpc_on_a_service_with_masked_fields_is_refused_with_a_clear_status() {
         "the call reached the upstream"
     );
 }
+
+/// websockets server: echoes each text message as `echo <message>`; the
+/// `Authorization` header of each handshake is appended to argv[4].
+const WS_SERVER: &str = r#"
+import asyncio, json, ssl, sys
+from websockets.asyncio.server import serve
+ip, cert, key, log = sys.argv[1:5]
+async def echo(ws):
+    with open(log, "a") as f:
+        f.write(json.dumps({"authorization": ws.request.headers.get("Authorization", "")}) + "\n")
+    async for message in ws:
+        await ws.send("echo " + message)
+async def main():
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    async with serve(echo, ip, 0, ssl=ctx) as server:
+        print(server.sockets[0].getsockname()[1], flush=True)
+        await asyncio.Future()
+asyncio.run(main())
+"#;
+
+/// websockets client (the agent): sends two messages and prints the
+/// replies, or `refused <status>` when the handshake is refused.
+const WS_CLIENT: &str = r#"
+import ssl, sys
+from websockets.sync.client import connect
+from websockets.exceptions import InvalidStatus
+uri, host, ca, token = sys.argv[1:5]
+ctx = ssl.create_default_context(cafile=ca)
+try:
+    with connect(uri, ssl=ctx, server_hostname=host,
+                 additional_headers={"Authorization": "Bearer " + token}) as ws:
+        for m in ["one", "two"]:
+            ws.send(m)
+            print(ws.recv())
+except InvalidStatus as e:
+    print("refused", e.response.status_code)
+"#;
+
+fn ws_stack(label: &str, extra: &str) -> (Stack, PyServer, String, PathBuf) {
+    let mut log = PathBuf::new();
+    let (stack, server, secret) = stack_for(
+        label,
+        |stack| {
+            let (cert, key) = leaf_files(stack);
+            log = stack.dir().join("ws-handshakes.jsonl");
+            PyServer::start(
+                WS_SERVER,
+                next_upstream_ip(),
+                &[path_str(&cert), path_str(&key), path_str(&log)],
+            )
+        },
+        extra,
+    );
+    (stack, server, secret, log)
+}
+
+fn ws_client(stack: &Stack, server: &PyServer) -> Vec<String> {
+    let token = stack.token(SERVICE).unwrap();
+    let ca = stack.sluice.ca_cert_path().unwrap();
+    let uri = format!("wss://{}/chat", server.addr);
+    let out = stack
+        .python(&[], WS_CLIENT, &[&uri, HOST, path_str(&ca), &token])
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "websocket client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn a_websocket_upgrade_gets_the_real_key_and_relays_both_ways_with_its_bytes_recorded() {
+    let (stack, server, secret, log) = ws_stack("ws-upgrade", "");
+    assert_eq!(ws_client(&stack, &server), ["echo one", "echo two"]);
+    let handshakes = std::fs::read_to_string(&log).unwrap();
+    let first: serde_json::Value =
+        serde_json::from_str(handshakes.lines().next().expect("a handshake")).unwrap();
+    assert_eq!(first["authorization"], format!("Bearer {secret}"));
+
+    let events = sluice_tests::poll("the upgrade's response line", crate::WAIT, || {
+        let events = stack.sluice.audit_events().unwrap();
+        events
+            .iter()
+            .any(|e| e["event"] == "response" && e["status"] == 101)
+            .then_some(events)
+    })
+    .unwrap();
+    let request = events.iter().find(|e| e["event"] == "request").unwrap();
+    assert_eq!(
+        (request["method"].as_str(), request["status"].as_u64()),
+        (Some("GET"), Some(101))
+    );
+    let response = events.iter().find(|e| e["event"] == "response").unwrap();
+    assert!(
+        response["bytes"].as_u64().unwrap() > 0 && response["bytes_up"].as_u64().unwrap() > 0,
+        "{response}"
+    );
+    let texts = stack.sluice.all_output_text();
+    sluice_tests::assert_no_secret(&secret, &texts);
+}
+
+#[test]
+fn a_websocket_upgrade_on_a_service_with_masked_fields_is_refused() {
+    let (stack, server, _secret, log) = ws_stack("ws-masked", r#"mask = ["ssn"]"#);
+    assert_eq!(ws_client(&stack, &server), ["refused 403"]);
+    assert!(std::fs::read_to_string(&log).unwrap_or_default().is_empty());
+}
+
+/// Node's `ws` client (the agent): the same exchange as [`WS_CLIENT`].
+const NODE_WS_CLIENT: &str = r#"
+const WebSocket = require('ws');
+const fs = require('fs');
+const [uri, host, ca, token] = process.argv.slice(1);
+const ws = new WebSocket(uri, { ca: fs.readFileSync(ca), servername: host,
+                                headers: { Authorization: 'Bearer ' + token } });
+const replies = [];
+ws.on('open', () => ws.send('one'));
+ws.on('message', (m) => {
+  replies.push(m.toString());
+  if (replies.length === 1) { ws.send('two'); return; }
+  console.log(replies.join('\n'));
+  ws.close();
+});
+ws.on('unexpected-response', (req, res) => { console.log('refused ' + res.statusCode); process.exit(0); });
+ws.on('error', (e) => { console.error(e.message); process.exit(1); });
+"#;
+
+#[test]
+fn nodes_ws_client_upgrades_through_sluice_too() {
+    let (stack, server, secret, log) = ws_stack("ws-node", "");
+    let token = stack.token(SERVICE).unwrap();
+    let ca = stack.sluice.ca_cert_path().unwrap();
+    let uri = format!("wss://{}/chat", server.addr);
+    let node_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/node-clients/node_modules");
+    let out = stack
+        .agent_with_hosts(
+            &[("NODE_PATH", path_str(&node_path))],
+            &[
+                "node",
+                "-e",
+                NODE_WS_CLIENT,
+                &uri,
+                HOST,
+                path_str(&ca),
+                &token,
+            ],
+        )
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "node ws client failed (run `cargo xtask setup` for the ws package): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .collect::<Vec<_>>(),
+        ["echo one", "echo two"]
+    );
+    let handshakes = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        handshakes.contains(&format!("Bearer {secret}")),
+        "{handshakes}"
+    );
+    sluice_tests::assert_no_secret(&secret, &stack.sluice.all_output_text());
+}

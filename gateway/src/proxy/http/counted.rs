@@ -42,6 +42,7 @@ impl Counted {
             self.ctx.record(Event::Response {
                 status: self.status,
                 bytes: self.bytes,
+                bytes_up: None,
             });
         }
     }

@@ -30,6 +30,7 @@ pub mod operation;
 pub mod reply;
 pub mod request;
 pub mod session;
+pub mod upgrade;
 pub mod upstream;
 
 /// How long an agent may take to send its first bytes or a request head.
@@ -146,8 +147,12 @@ where
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(256);
-    if let Err(e) = builder.serve_connection(TokioIo::new(io), svc).await {
+    if let Err(e) = builder
+        .serve_connection_with_upgrades(TokioIo::new(io), svc)
+        .await
+    {
         debug!(error = %e, "agent connection ended with an error");
     }
+    ctx.relays_done().await;
     ctx.close(started.elapsed());
 }

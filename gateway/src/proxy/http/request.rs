@@ -17,7 +17,7 @@ use super::{
     json_mask, operation,
     reply::{self, ProxyBody},
     session::ConnCtx,
-    upstream,
+    upgrade, upstream,
 };
 use crate::{
     approvals::{self, HoldRequest, Outcome},
@@ -47,7 +47,13 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Proxy
     }
 }
 
-async fn respond(ctx: &Arc<ConnCtx>, req: Request<Incoming>) -> Response<ProxyBody> {
+async fn respond(ctx: &Arc<ConnCtx>, mut req: Request<Incoming>) -> Response<ProxyBody> {
+    // The agent's side of a protocol upgrade, taken before the request is
+    // consumed; with it, the `Upgrade` value to send upstream.
+    let upgrading = upgrade::requested(req.headers())
+        .then(|| req.headers().get(header::UPGRADE).cloned())
+        .flatten()
+        .map(|value| (hyper::upgrade::on(&mut req), value));
     let (mut parts, body) = req.into_parts();
     let host = authority_host(&parts);
     let routed = match ctx.service_for(host.as_deref()) {
@@ -263,6 +269,17 @@ async fn respond(ctx: &Arc<ConnCtx>, req: Request<Incoming>) -> Response<ProxyBo
         }
     }
 
+    if upgrading.is_some() && (!service.mask.is_empty() || service.echo_guard) {
+        let reason = "protocol upgrades (WebSocket) are refused on a service with mask or echo_guard: Sluice cannot mask or scan their frames";
+        return fail(
+            StatusCode::FORBIDDEN,
+            Event::Denied {
+                reason: reason.into(),
+                rule: "MASK".into(),
+            },
+            reason,
+        );
+    }
     if !service.mask.is_empty() && reply::is_grpc(&parts.headers) {
         // Protobuf bodies cannot be masked by field name.
         let reason =
@@ -324,7 +341,14 @@ async fn respond(ctx: &Arc<ConnCtx>, req: Request<Incoming>) -> Response<ProxyBo
             &msg,
         );
     }
-    let Some(client) = routed.snap.http.get(routed.idx) else {
+    let (agent_upgrade, upgrade_value) = match upgrading {
+        Some((on, value)) => (Some(on), Some(value)),
+        None => (None, None),
+    };
+    if let Some(value) = upgrade_value {
+        upgrade::restore_request_headers(&mut parts.headers, value);
+    }
+    let Some(client) = routed.snap.http.get(routed.idx, agent_upgrade.is_some()) else {
         return fail(
             StatusCode::BAD_GATEWAY,
             Event::Error {
@@ -373,9 +397,28 @@ async fn respond(ctx: &Arc<ConnCtx>, req: Request<Incoming>) -> Response<ProxyBo
         };
     gw.metrics.upstream_latency(&service.name, sent.elapsed());
     match response {
-        Ok(resp) => {
+        Ok(mut resp) => {
+            let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+            let upstream_upgrade = resp.headers().get(header::UPGRADE).cloned();
+            match agent_upgrade {
+                Some(agent) if switching => upgrade::relay(ctx.clone(), agent, &mut resp),
+                _ if switching => {
+                    let msg = "upstream switched protocols without being asked to";
+                    return fail(
+                        StatusCode::BAD_GATEWAY,
+                        Event::Error {
+                            message: msg.into(),
+                        },
+                        msg,
+                    );
+                }
+                _ => {}
+            }
             let (mut rparts, rbody) = resp.into_parts();
             upstream::strip_hop_by_hop(&mut rparts.headers);
+            if switching {
+                upgrade::restore_response_headers(&mut rparts.headers, upstream_upgrade);
+            }
             let mut rbody = rbody.boxed();
             if let Some(secret) = &guard {
                 let coding = rparts
@@ -402,6 +445,10 @@ async fn respond(ctx: &Arc<ConnCtx>, req: Request<Incoming>) -> Response<ProxyBo
                 path,
                 status: rparts.status.as_u16(),
             });
+            if switching {
+                // The relay records the `response` line when it ends.
+                return Response::from_parts(rparts, rbody);
+            }
             if service.mask.is_empty() {
                 let status = rparts.status.as_u16();
                 return Response::from_parts(rparts, Counted::wrap(rbody, ctx.clone(), status));

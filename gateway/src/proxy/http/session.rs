@@ -49,6 +49,9 @@ pub struct ConnCtx {
     session: OnceLock<Option<SessionRecord>>,
     /// The session's `open` line is written (`true`) or could not be.
     open_written: OnceLock<bool>,
+    /// Held (read) by each upgraded connection's relay; `close` waits for
+    /// the write lock, so it comes after their `response` lines.
+    relays: Arc<tokio::sync::RwLock<()>>,
     /// The last token that passed, re-checked cheaply on each request. The
     /// lock is never held across an `.await`, so the streams of an HTTP/2
     /// connection do not queue behind one Redis read.
@@ -71,6 +74,7 @@ impl ConnCtx {
             service: OnceLock::new(),
             session: OnceLock::new(),
             open_written: OnceLock::new(),
+            relays: Arc::default(),
             live: std::sync::Mutex::new(None),
         };
         if let (true, Some(name)) = (tls, default) {
@@ -225,6 +229,16 @@ impl ConnCtx {
         };
         *self.live.lock().unwrap() = Some(fresh);
         Ok(())
+    }
+
+    /// A guard an upgraded connection's relay holds while it runs.
+    pub fn relay_guard(&self) -> impl Send + 'static {
+        self.relays.clone().try_read_owned().ok()
+    }
+
+    /// Waits until every upgraded connection's relay has ended.
+    pub async fn relays_done(&self) {
+        drop(self.relays.write().await);
     }
 
     /// Writes the `close` event if a session was opened.

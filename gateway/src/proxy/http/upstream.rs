@@ -63,8 +63,10 @@ impl tower_service::Service<Name> for ServiceResolver {
 pub type UpstreamClient =
     Client<HttpsConnector<HttpConnector<ServiceResolver>>, super::reply::ProxyBody>;
 
-/// Clients indexed like `Config::services` (`None` for non-HTTP services).
-pub struct UpstreamClients(Vec<Option<UpstreamClient>>);
+/// Clients indexed like `Config::services` (`None` for non-HTTP services):
+/// a pooled HTTP/1.1 + HTTP/2 client, and an HTTP/1.1-only one for
+/// protocol upgrades.
+pub struct UpstreamClients(Vec<Option<(UpstreamClient, UpstreamClient)>>);
 
 impl UpstreamClients {
     /// Builds a client for every HTTP service.
@@ -85,20 +87,28 @@ impl UpstreamClients {
             http.enforce_http(false);
             http.set_nodelay(true);
             http.set_connect_timeout(Some(std::time::Duration::from_secs(10)));
-            let connector = HttpsConnectorBuilder::new()
-                .with_tls_config(tls)
+            let both = HttpsConnectorBuilder::new()
+                .with_tls_config(tls.clone())
                 .https_or_http()
                 .enable_http1()
                 .enable_http2()
+                .wrap_connector(http.clone());
+            let h1 = HttpsConnectorBuilder::new()
+                .with_tls_config(tls)
+                .https_or_http()
+                .enable_http1()
                 .wrap_connector(http);
-            out.push(Some(Client::builder(TokioExecutor::new()).build(connector)));
+            let client = |c| Client::builder(TokioExecutor::new()).build(c);
+            out.push(Some((client(both), client(h1))));
         }
         Ok(Self(out))
     }
 
-    /// The client of service `idx`.
-    pub fn get(&self, idx: usize) -> Option<&UpstreamClient> {
-        self.0.get(idx).and_then(Option::as_ref)
+    /// The client of service `idx`: HTTP/1.1-only when `upgrade` (a
+    /// protocol upgrade cannot run over HTTP/2).
+    pub fn get(&self, idx: usize, upgrade: bool) -> Option<&UpstreamClient> {
+        let (pooled, h1) = self.0.get(idx)?.as_ref()?;
+        Some(if upgrade { h1 } else { pooled })
     }
 }
 
