@@ -22,6 +22,7 @@ mod load;
 mod operate;
 mod pg_logins;
 mod pg_statements;
+mod pg_upstream_trust;
 mod records;
 mod redis_down;
 mod restart;
