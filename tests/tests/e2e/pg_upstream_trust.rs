@@ -76,8 +76,8 @@ fn rogue_server_asking_for_a_cleartext_or_md5_password_under_prefer_and_require_
             let what = format!("upstream_tls = {mode}, rogue asks {auth:?}");
             let rogue = rogue(&stack, tls, auth);
             let res = agent_psql(&stack);
-            assert_refused(&res, "upstream_tls", &what);
             assert_rogue_got_no_password(&stack, &rogue, &what);
+            assert_refused(&res, "upstream_tls", &what);
         }
         poll("Sluice to log the refusals", WAIT, || {
             let log = stack.sluice.daemon_log();
@@ -143,13 +143,13 @@ fn default_upstream_tls_trusts_upstream_ca_and_refuses_an_untrusted_certificate(
     stack.postgres_mut(DB).stop();
     let rogue = rogue(&stack, true, RogueAuth::Cleartext);
     let res = agent_psql(&stack);
-    assert_refused(&res, "upstream TLS", "untrusted certificate");
     let received = String::from_utf8_lossy(&rogue.received()).into_owned();
     assert!(
         !received.contains(stack.secret(DB)),
         "the rogue received the password"
     );
     assert_eq!(rogue.received_after_request(), b"", "nothing after TLS");
+    assert_refused(&res, "upstream TLS", "untrusted certificate");
     stack.assert_no_secret_leaked();
 }
 
