@@ -171,14 +171,15 @@ impl Protocol {
     }
 }
 
-/// `upstream_tls = …` for PostgreSQL services.
+/// `upstream_tls = …` for PostgreSQL services; `verify-full` by default
+/// (DESIGN.md §4 "TLS").
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum UpstreamTls {
     Disable,
-    #[default]
     Prefer,
     Require,
+    #[default]
     VerifyFull,
 }
 
@@ -466,7 +467,7 @@ impl Config {
                     }
                 }
             }
-            if s.upstream_tls == UpstreamTls::VerifyFull && s.protocol != Protocol::Postgres {
+            if s.upstream_tls != UpstreamTls::VerifyFull && s.protocol != Protocol::Postgres {
                 return Err(err(
                     &format!("{key}.upstream_tls"),
                     "only applies to postgres services".into(),

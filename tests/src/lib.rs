@@ -30,6 +30,7 @@ pub mod postgres;
 pub mod process;
 pub mod redis;
 pub mod redteam;
+pub mod rogue_postgres;
 pub mod second_gateway;
 pub mod sluice;
 pub mod stack;

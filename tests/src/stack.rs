@@ -128,8 +128,9 @@ pub struct ServiceSpec {
     pub name: String,
     pub host: String,
     pub protocol: Protocol,
-    /// PostgreSQL: `upstream_tls`; `verify-full` and `require` also make
-    /// the server accept TLS with a certificate from the stack's test CA.
+    /// PostgreSQL: `upstream_tls`; `verify-full`, `require` and `None` (the
+    /// default, `verify-full`) also make the server accept TLS with a
+    /// certificate from the stack's test CA.
     pub upstream_tls: Option<String>,
     pub credential: Credential,
     /// Extra TOML lines for the table, e.g. `deny = [...]`.
@@ -168,6 +169,13 @@ impl ServiceSpec {
             credential: Credential::PgUser(crate::postgres::ROLE.into()),
             ..ServiceSpec::https(name, host)
         }
+    }
+
+    /// No `upstream_tls` key (PostgreSQL): Sluice's default, `verify-full`;
+    /// the server gets TLS and `upstream_ca` is set as for `verify-full`.
+    pub fn default_upstream_tls(mut self) -> ServiceSpec {
+        self.upstream_tls = None;
+        self
     }
 
     /// `upstream_tls = MODE` (PostgreSQL).
@@ -288,10 +296,11 @@ impl StackBuilder {
         for spec in self.services {
             let ip = next_upstream_ip();
             let secret = crate::random_secret();
-            let pg_tls = matches!(
-                spec.upstream_tls.as_deref(),
-                Some("require" | "verify-full")
-            );
+            let pg_tls = spec.protocol == Protocol::Postgres
+                && matches!(
+                    spec.upstream_tls.as_deref(),
+                    None | Some("require" | "verify-full")
+                );
             let backend = match spec.protocol {
                 Protocol::Https => Backend::Http(Upstream::https(&ca, &spec.host, ip)?),
                 Protocol::Http => Backend::Http(Upstream::http(&spec.host, ip)?),

@@ -25,6 +25,7 @@ mod operate;
 mod pg_clients;
 mod pg_logins;
 mod pg_statements;
+mod pg_upstream_trust;
 mod records;
 mod redis_down;
 mod restart;

@@ -28,6 +28,7 @@ pub mod scram;
 pub mod startup;
 pub mod tracker;
 pub mod upstream;
+pub mod upstream_auth;
 
 /// How long an agent may take from connecting to its StartupMessage
 /// (TLS included) before the connection is dropped.

@@ -1,14 +1,12 @@
 //! Logging in to the real PostgreSQL server with the real credential
-//! (protocol §55.2.1, §55.3): TLS per `upstream_tls`, then whatever the
-//! server asks — SCRAM-SHA-256 (postgres-protocol's client), md5 or
-//! cleartext — and the messages up to the first `ReadyForQuery`.
+//! (protocol §55.2.1, §55.3): TLS per `upstream_tls` (DESIGN.md §4 "TLS"),
+//! then the authentication exchange of [`super::upstream_auth`], then the
+//! messages up to the first `ReadyForQuery`. Key data, parameters and
+//! `ReadyForQuery` count only after `AuthenticationOk`.
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::BytesMut;
-use postgres_protocol::{
-    authentication::{md5_hash, sasl},
-    message::{backend::Message as Backend, frontend},
-};
+use postgres_protocol::message::{backend::Message as Backend, frontend};
 use rustls::pki_types::ServerName;
 use tokio::{io::AsyncWriteExt, net::TcpStream};
 use tokio_rustls::TlsConnector;
@@ -16,6 +14,7 @@ use tokio_rustls::TlsConnector;
 use super::{
     codec::{CodecError, Message, Reader},
     startup::StartupMessage,
+    upstream_auth::{Auth, Channel, Login},
     BoxIo,
 };
 use crate::{
@@ -52,6 +51,10 @@ pub enum UpstreamError {
     Server(String, String),
     #[error("upstream protocol error: {0}")]
     Protocol(String),
+    /// Sluice will not answer the server's authentication request (a
+    /// password without verified TLS); the message says why.
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl UpstreamError {
@@ -60,6 +63,7 @@ impl UpstreamError {
         match self {
             UpstreamError::Server(code, _) => code,
             UpstreamError::Protocol(_) => "08P01",
+            UpstreamError::Refused(_) => "28000",
             _ => "08006",
         }
     }
@@ -112,9 +116,10 @@ async fn dial(service: &Service) -> Result<(TcpStream, SocketAddr), UpstreamErro
     )))
 }
 
-async fn secure(service: &Service, mut tcp: TcpStream) -> Result<BoxIo, UpstreamError> {
+/// Asks for TLS per `upstream_tls` and says what the connection proved.
+async fn secure(service: &Service, mut tcp: TcpStream) -> Result<(BoxIo, Channel), UpstreamError> {
     if service.upstream_tls == UpstreamTls::Disable {
-        return Ok(Box::new(tcp));
+        return Ok((Box::new(tcp), Channel::Plain { explicit: true }));
     }
     let mut buf = BytesMut::new();
     frontend::ssl_request(&mut buf);
@@ -126,7 +131,9 @@ async fn secure(service: &Service, mut tcp: TcpStream) -> Result<BoxIo, Upstream
         .await
         .map_err(|e| UpstreamError::Unreachable(e.to_string()))?;
     match (answer[0], service.upstream_tls) {
-        (b'N', UpstreamTls::Prefer) => return Ok(Box::new(tcp)),
+        (b'N', UpstreamTls::Prefer) => {
+            return Ok((Box::new(tcp), Channel::Plain { explicit: false }))
+        }
         (b'N', _) => {
             return Err(UpstreamError::Tls(
                 "server does not support TLS, and upstream_tls requires it".into(),
@@ -139,7 +146,8 @@ async fn secure(service: &Service, mut tcp: TcpStream) -> Result<BoxIo, Upstream
             ))
         }
     }
-    let config = if service.upstream_tls == UpstreamTls::VerifyFull {
+    let verified = service.upstream_tls == UpstreamTls::VerifyFull;
+    let config = if verified {
         upstream_client_config(service.upstream_ca.as_deref())
             .map_err(|e| UpstreamError::Tls(e.to_string()))?
     } else {
@@ -151,7 +159,14 @@ async fn secure(service: &Service, mut tcp: TcpStream) -> Result<BoxIo, Upstream
         .connect(name, tcp)
         .await
         .map_err(|e| UpstreamError::Tls(e.to_string()))?;
-    Ok(Box::new(tls))
+    let cert = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(|c| c.as_ref());
+    let channel = Channel::tls(verified, cert);
+    Ok((Box::new(tls), channel))
 }
 
 async fn login(
@@ -160,7 +175,7 @@ async fn login(
     secret: &Secret,
 ) -> Result<Upstream, UpstreamError> {
     let (tcp, addr) = dial(service).await?;
-    let io = secure(service, tcp).await?;
+    let (io, channel) = secure(service, tcp).await?;
     let mut reader = Reader::new(io, BytesMut::new());
     let user = service.credential.user.as_deref().unwrap_or_default();
     let mut params: Vec<(&str, &str)> = vec![("user", user)];
@@ -180,65 +195,39 @@ async fn login(
         .map_err(|e| UpstreamError::Protocol(e.to_string()))?;
     send(&mut reader, &mut out).await?;
 
-    let mut scram: Option<sasl::ScramSha256> = None;
+    let upstream = format!("{}:{}", service.host, service.port);
+    let login = Login {
+        channel: &channel,
+        user,
+        secret: secret.expose(),
+        upstream: &upstream,
+    };
+    let mut auth = Auth::Start;
     let mut backend_key = (0, 0);
     let mut parameter_status = Vec::new();
     loop {
         let msg = reader.message().await?;
+        let authenticated = matches!(auth, Auth::Done);
         match msg.tag {
             b'R' => {
-                let parsed = parse_backend(&msg)?;
-                match parsed {
-                    Backend::AuthenticationOk => {}
-                    Backend::AuthenticationCleartextPassword => {
-                        frontend::password_message(secret.expose(), &mut out).map_err(|e| UpstreamError::Protocol(e.to_string()))?;
-                        send(&mut reader, &mut out).await?;
-                    }
-                    Backend::AuthenticationMd5Password(body) => {
-                        let hashed = md5_hash(user.as_bytes(), secret.expose(), body.salt());
-                        frontend::password_message(hashed.as_bytes(), &mut out).map_err(|e| UpstreamError::Protocol(e.to_string()))?;
-                        send(&mut reader, &mut out).await?;
-                    }
-                    Backend::AuthenticationSasl(body) => {
-                        let mut mechanisms = body.mechanisms();
-                        let mut has_scram = false;
-                        while let Some(m) = fallible_next(&mut mechanisms)? {
-                            has_scram |= m == sasl::SCRAM_SHA_256;
-                        }
-                        if !has_scram {
-                            return Err(UpstreamError::Protocol("server offers no SCRAM-SHA-256".into()));
-                        }
-                        let s = sasl::ScramSha256::new(secret.expose(), sasl::ChannelBinding::unsupported());
-                        frontend::sasl_initial_response(sasl::SCRAM_SHA_256, s.message(), &mut out)
-                            .map_err(|e| UpstreamError::Protocol(e.to_string()))?;
-                        send(&mut reader, &mut out).await?;
-                        scram = Some(s);
-                    }
-                    Backend::AuthenticationSaslContinue(body) => {
-                        let s = scram.as_mut().ok_or_else(|| UpstreamError::Protocol("unexpected SASLContinue".into()))?;
-                        s.update(body.data()).map_err(|e| UpstreamError::Protocol(e.to_string()))?;
-                        frontend::sasl_response(s.message(), &mut out).map_err(|e| UpstreamError::Protocol(e.to_string()))?;
-                        send(&mut reader, &mut out).await?;
-                    }
-                    Backend::AuthenticationSaslFinal(body) => {
-                        let s = scram.as_mut().ok_or_else(|| UpstreamError::Protocol("unexpected SASLFinal".into()))?;
-                        s.finish(body.data()).map_err(|_| UpstreamError::Protocol("server SCRAM signature invalid".into()))?;
-                    }
-                    _ => return Err(UpstreamError::Protocol("server asks for an authentication method Sluice does not speak (use scram-sha-256, md5 or password)".into())),
+                let (next, mut reply) = auth.step(parse_backend(&msg)?, &login)?;
+                auth = next;
+                if !reply.is_empty() {
+                    send(&mut reader, &mut reply).await?;
                 }
             }
-            b'K' => {
+            b'K' if authenticated => {
                 if let Backend::BackendKeyData(body) = parse_backend(&msg)? {
                     backend_key = (body.process_id(), body.secret_key());
                 }
             }
-            b'S' => parameter_status.push(msg),
+            b'S' if authenticated => parameter_status.push(msg),
             b'N' => {}
             b'E' => {
                 let (code, message) = error_fields(&msg);
                 return Err(UpstreamError::Server(code, message));
             }
-            b'Z' => {
+            b'Z' if authenticated => {
                 let tx_status = msg.body.first().copied().unwrap_or(b'I');
                 return Ok(Upstream {
                     reader,
@@ -274,13 +263,6 @@ fn parse_backend(msg: &Message) -> Result<Backend, UpstreamError> {
     Backend::parse(&mut buf)
         .map_err(|e| UpstreamError::Protocol(e.to_string()))?
         .ok_or_else(|| UpstreamError::Protocol("truncated message".into()))
-}
-
-fn fallible_next<I: fallible_iterator::FallibleIterator<Error = std::io::Error>>(
-    it: &mut I,
-) -> Result<Option<I::Item>, UpstreamError> {
-    it.next()
-        .map_err(|e| UpstreamError::Protocol(e.to_string()))
 }
 
 /// SQLSTATE (`C`) and message (`M`) fields of an ErrorResponse body.
