@@ -35,6 +35,8 @@ pub struct Config {
     pub gateway: Gateway,
     pub agents: Vec<Agent>,
     pub services: Vec<Service>,
+    /// `[[notify]]` targets (DESIGN.md §9).
+    pub notify: Vec<crate::notify::Target>,
 }
 
 /// `[gateway]`.
@@ -266,6 +268,8 @@ struct RawConfig {
     agents: Vec<Agent>,
     #[serde(default, rename = "service")]
     services: Vec<RawService>,
+    #[serde(default, rename = "notify")]
+    notify: Vec<crate::notify::RawTarget>,
 }
 
 mod defaults {
@@ -514,11 +518,18 @@ impl Config {
                 ));
             }
         }
+        let mut notify = Vec::with_capacity(raw.notify.len());
+        for (i, t) in raw.notify.into_iter().enumerate() {
+            notify.push(t.validate().map_err(|(field, message)| {
+                err(&format!("notify[{i}].{field}"), message)
+            })?);
+        }
         Ok(Config {
             path: path.to_path_buf(),
             gateway: raw.gateway,
             agents: raw.agents,
             services,
+            notify,
         })
     }
 

@@ -13,6 +13,7 @@ pub mod config;
 pub mod daemon;
 pub mod intercept;
 pub mod metrics;
+pub mod notify;
 pub mod policy;
 pub mod proxy;
 pub mod recorder;

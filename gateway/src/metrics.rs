@@ -46,6 +46,12 @@ pub struct Metrics {
     errors: Family<ServiceLabels, Counter>,
     upstream_seconds: Family<ServiceLabels, Histogram>,
     tracked_connections: Gauge,
+    notifications_dropped: Family<TargetLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TargetLabels {
+    target: String,
 }
 
 impl Default for Metrics {
@@ -72,6 +78,12 @@ impl Metrics {
             ])
         });
         let tracked_connections = Gauge::default();
+        let notifications_dropped = Family::<TargetLabels, Counter>::default();
+        registry.register(
+            "notifications_dropped",
+            "Notifications dropped (queue full or every retry failed), by target host",
+            notifications_dropped.clone(),
+        );
         registry.register("sessions", "Agent sessions opened", sessions.clone());
         registry.register(
             "requests",
@@ -110,7 +122,17 @@ impl Metrics {
             errors,
             upstream_seconds,
             tracked_connections,
+            notifications_dropped,
         }
+    }
+
+    /// Counts a notification dropped for `target` (a host name).
+    pub fn notification_dropped(&self, target: &str) {
+        self.notifications_dropped
+            .get_or_create(&TargetLabels {
+                target: target.to_string(),
+            })
+            .inc();
     }
 
     /// Counts one recorded session event of `service`.

@@ -191,11 +191,12 @@ async fn handle(
     requests: Arc<Mutex<Vec<RecordedRequest>>>,
 ) -> Result<Response<Body>, Infallible> {
     let (parts, body) = req.into_parts();
-    let body_len = body
+    let body = body
         .collect()
         .await
-        .map(|b| b.to_bytes().len())
-        .unwrap_or(0);
+        .map(|b| b.to_bytes().to_vec())
+        .unwrap_or_default();
+    let body_len = body.len();
     let target = parts
         .uri
         .path_and_query()
@@ -217,6 +218,7 @@ async fn handle(
         version: format!("{:?}", parts.version),
         headers: headers.clone(),
         body_len,
+        body,
         peer,
     };
     let path = record.path().to_string();

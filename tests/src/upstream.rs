@@ -31,6 +31,8 @@ pub struct RecordedRequest {
     /// Every header, in order, names lower-case.
     pub headers: Vec<(String, String)>,
     pub body_len: usize,
+    /// The request body as received.
+    pub body: Vec<u8>,
     /// The TCP peer (Sluice's upstream socket).
     pub peer: SocketAddr,
 }
@@ -274,11 +276,12 @@ async fn handle(
     answer: Arc<Mutex<Option<Answer>>>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = req.into_parts();
-    let body_len = body
+    let body = body
         .collect()
         .await
-        .map(|b| b.to_bytes().len())
-        .unwrap_or(0);
+        .map(|b| b.to_bytes().to_vec())
+        .unwrap_or_default();
+    let body_len = body.len();
     let target = parts
         .uri
         .path_and_query()
@@ -299,6 +302,7 @@ async fn handle(
             })
             .collect(),
         body_len,
+        body,
         peer,
     };
     // Never echo headers or the query back: they carry the real key.

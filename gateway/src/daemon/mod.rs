@@ -23,6 +23,7 @@ use crate::{
     config::Config,
     intercept::{cgroup, maps::InterceptMaps, programs, resolver},
     metrics::{self, Metrics},
+    notify::Notifier,
     proxy::{self, Fixed, Gateway},
     recorder::{Observer, Recorder},
     state::StateHandle,
@@ -98,8 +99,12 @@ pub async fn run(cfg: Config) -> Result<Arc<Recorder>, StartError> {
     abandon_stale_approvals(state.clone(), instance.clone());
     let metrics = Arc::new(Metrics::new());
     let observer = metrics.clone();
-    recorder.observe_with(Observer(Box::new(move |service, event| {
-        observer.observe(service, event)
+    // The notifier reads signing secrets through its own view of the vault.
+    let notify_vault = VaultCache::new(Vault::open(gwc).map_err(setup("vault"))?);
+    let notifier = Notifier::start(&cfg.notify, notify_vault, metrics.clone());
+    recorder.observe_with(Observer(Box::new(move |line| {
+        observer.observe(&line.meta.service, line.event);
+        notifier.offer(line);
     })));
     let fixed = Fixed {
         instance,

@@ -92,8 +92,8 @@ pub enum Event {
     },
     /// Refused by policy `rule`.
     Denied { reason: String, rule: String },
-    /// Held for a JIT approval.
-    ApprovalWait { approval: String },
+    /// Held for a JIT approval of `summary` (the SQL, or `METHOD path`).
+    ApprovalWait { approval: String, summary: String },
     /// Released by `by`.
     Approved { approval: String, by: String },
     /// Approval denied or timed out.
@@ -155,7 +155,18 @@ pub struct Recorder {
 }
 
 /// Called with (service, event) after each line is written (metrics).
-pub struct Observer(pub Box<dyn Fn(&str, &Event) + Send + Sync>);
+pub struct Observer(pub Box<dyn Fn(&Observed<'_>) + Send + Sync>);
+
+/// A line as written, handed to the [`Observer`] (metrics, notifications).
+#[derive(Debug, Clone, Copy)]
+pub struct Observed<'a> {
+    /// The session id.
+    pub session: &'a str,
+    pub meta: &'a SessionMeta,
+    /// When the line was stamped.
+    pub at: SystemTime,
+    pub event: &'a Event,
+}
 
 impl std::fmt::Debug for Observer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -193,8 +193,13 @@ fn write_batch(
     }
     if let Some(observe) = observer.get() {
         for (session, events) in &written {
-            for (_, event) in events {
-                (observe.0)(&session.meta.service, event);
+            for (at, event) in events {
+                (observe.0)(&super::Observed {
+                    session: &session.id,
+                    meta: &session.meta,
+                    at: *at,
+                    event,
+                });
             }
         }
     }

@@ -232,6 +232,7 @@ mod tests {
             },
             Event::ApprovalWait {
                 approval: "ap-1".into(),
+                summary: "DELETE FROM t WHERE id = 1".into(),
             },
             Event::Approved {
                 approval: "ap-1".into(),

@@ -216,12 +216,13 @@ async fn respond(ctx: &Arc<ConnCtx>, mut req: Request<Incoming>) -> Response<Pro
         }
         Verdict::Approve { rule } => {
             let id = &ctx.conn.identity;
+            let summary = format!("{} {path}", methods.join("|"));
             let req = HoldRequest {
                 agent: id.agent.clone(),
                 pid: id.pid,
                 uid: id.uid,
                 service: service.name.clone(),
-                summary: format!("{} {path}", methods.join("|")),
+                summary: summary.clone(),
             };
             let outcome = approvals::hold(
                 &gw.state,
@@ -231,6 +232,7 @@ async fn respond(ctx: &Arc<ConnCtx>, mut req: Request<Incoming>) -> Response<Pro
                 |approval| {
                     ctx.record(Event::ApprovalWait {
                         approval: approval.to_string(),
+                        summary,
                     });
                 },
             )

@@ -368,6 +368,7 @@ async fn approval(s: &Session, sql: &str) -> Option<Bytes> {
     let outcome = approvals::hold(&s.gw.state, &s.gw.instance, req, timeout, |id| {
         let _ = s.record.record(Event::ApprovalWait {
             approval: id.to_string(),
+            summary: sql.to_string(),
         });
     })
     .await;
