@@ -25,7 +25,7 @@ use crate::{
     metrics::{self, Metrics},
     proxy::{self, Fixed, Gateway},
     recorder::{Observer, Recorder},
-    state::StateHandle,
+    state::{StateHandle, StateKeys},
     tls::LocalCa,
     vault::{Vault, VaultCache},
 };
@@ -90,7 +90,8 @@ pub async fn run(cfg: Config) -> Result<Arc<Recorder>, StartError> {
     control::attach_agents(&mut ctl, &cfg, None).map_err(StartError::Setup)?;
     let snapshot = control::snapshot(cfg.clone(), &ctl.mount, routes).map_err(StartError::Setup)?;
 
-    let state = Arc::new(StateHandle::new(&redis_url));
+    let keys = StateKeys::load(gwc).map_err(|e| StartError::Setup(e.to_string()))?;
+    let state = Arc::new(StateHandle::new(&redis_url, Arc::new(keys)));
     let host = nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_default();
