@@ -24,6 +24,7 @@ mod pg_logins;
 mod pg_statements;
 mod records;
 mod redis_down;
+mod redis_tamper;
 mod restart;
 mod token_placement;
 mod two_gateways;
