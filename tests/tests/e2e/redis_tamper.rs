@@ -176,3 +176,43 @@ fn a_revocation_is_not_lifted_by_rewriting_the_token_record_in_redis() {
     assert_logged_tampered(&stack, &key);
     assert_eq!(stack.upstream(API).count(), 1);
 }
+
+/// `sluice doctor`'s output and whether it passed.
+fn doctor(stack: &Stack) -> (bool, String) {
+    let out = stack.sluice.cli_output(&["doctor"], None).unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn doctor_fails_naming_redis_authentication_when_redis_accepts_unauthenticated_writes() {
+    let open = Stack::builder("doctor-open-redis")
+        .service(ServiceSpec::https(API, "api.payments.test"))
+        .start()
+        .unwrap();
+    let (passed, report) = doctor(&open);
+    assert!(!passed, "{report}");
+    let fail: Vec<&str> = report.lines().filter(|l| l.starts_with("FAIL")).collect();
+    assert_eq!(fail.len(), 1, "{report}");
+    assert!(
+        fail[0].contains("redis auth") && fail[0].contains("without authentication"),
+        "{report}"
+    );
+    // The probe it wrote is gone.
+    assert_eq!(
+        redis_cli(&open, &["EXISTS", "sluice:doctor:probe"]).trim(),
+        "0"
+    );
+
+    let closed = payments_stack("doctor-redis-password");
+    let (passed, report) = doctor(&closed);
+    assert!(
+        report
+            .lines()
+            .any(|l| l.starts_with("ok") && l.contains("redis auth")),
+        "{report}"
+    );
+    assert!(passed, "{report}");
+}
