@@ -6,8 +6,8 @@
 //! key derived from the vault key (every gateway sharing Redis shares the
 //! vault key) with [`crate::vault::derive_key`] and a fixed label:
 //! - the *token key* ([`TOKENS_LABEL`]) signs token records (bound to the
-//!   token digest, so a record cannot be moved to another token) and
-//!   revocation entries. Only root (the daemon, `sluice token`) has it.
+//!   token digest, so a record cannot be moved to another token), SCRAM
+//!   verifiers and revocation entries. Only root (the daemon, `sluice token`) has it.
 //! - the *approval key* ([`APPROVALS_LABEL`]) signs approvals. Root derives
 //!   it; members of `sluice-admin`, who cannot read the vault key, read it
 //!   from [`approval_key_path`] (0640 root:sluice-admin), which
@@ -120,6 +120,27 @@ impl StateKeys {
                 r.created.to_string().as_bytes(),
                 r.expires.to_string().as_bytes(),
                 revoked.as_bytes(),
+            ],
+        ))
+    }
+
+    /// The MAC (hex) of the SCRAM verifier `entry` of the token `digest`
+    /// of (`agent`, `service`).
+    pub(super) fn verifier_mac(
+        &self,
+        agent: &str,
+        service: &str,
+        digest: &str,
+        entry: &str,
+    ) -> Result<String, StateError> {
+        Ok(mac(
+            self.key("tokens")?,
+            &[
+                b"scram",
+                agent.as_bytes(),
+                service.as_bytes(),
+                digest.as_bytes(),
+                entry.as_bytes(),
             ],
         ))
     }

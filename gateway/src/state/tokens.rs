@@ -510,6 +510,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_scram_verifier_planted_for_an_issued_token_is_ignored() {
+        let (_server, state) = state().await;
+        let (token, _) = state
+            .issue("ci-bot", "billing-db", Duration::from_secs(600))
+            .await
+            .unwrap();
+        let digest = tokens::digest(&token);
+        let key = "sluice:scram:ci-bot:billing-db";
+        let mut conn = state.conn();
+        let issued: String = conn.hget(key, &digest).await.unwrap();
+        let (entry, _) = issued.rsplit_once(':').unwrap();
+        let listed = state.scram_verifiers("ci-bot", "billing-db").await.unwrap();
+        assert_eq!(listed.len(), 1);
+        // The attacker's password's verifier under the issued token's digest.
+        let salt = state.scram_salt("ci-bot", "billing-db").await.unwrap();
+        let v = crate::proxy::postgres::scram::verifier(b"attacker", &salt);
+        let expires = entry.rsplit_once(':').unwrap().1;
+        let planted = format!(
+            "{}:{}:{expires}:{}",
+            hex::encode(v.stored_key),
+            hex::encode(v.server_key),
+            "0".repeat(64)
+        );
+        let _: () = conn.hset(key, &digest, planted).await.unwrap();
+        assert!(state
+            .scram_verifiers("ci-bot", "billing-db")
+            .await
+            .unwrap()
+            .is_empty());
+    }
+
+    #[tokio::test]
     async fn unreachable_redis_error_names_host_port_but_not_password() {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
