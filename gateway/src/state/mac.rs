@@ -16,21 +16,20 @@
 //! A record whose MAC fails is refused and logged with its key. Revocation
 //! cannot be lifted by rewriting a record: a revoked token also has a MAC'd
 //! entry in `sluice:revoked`, and every gateway remembers each revocation it
-//! has seen (in memory, until the token expires), so replaying the older
-//! `revoked=0` record and deleting the entry does not revive it there.
+//! has seen until the token expires (in memory and in `state_dir/revoked`,
+//! see [`super::seen`]), so replaying the older `revoked=0` record and
+//! deleting the entry does not revive it there, even after a restart.
 use std::{
-    collections::HashMap,
     io::Write,
     os::unix::fs::{OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
-    sync::Mutex,
 };
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
-use super::StateError;
+use super::{seen::SeenRevocations, StateError};
 use crate::{config::Gateway, vault};
 
 /// Label deriving the key of token records and revocations.
@@ -48,8 +47,7 @@ type Key = Zeroizing<[u8; vault::KEY_LEN]>;
 pub struct StateKeys {
     tokens: Option<Key>,
     approvals: Option<Key>,
-    /// Token id → expiry (unix s) of every revocation seen.
-    revoked: Mutex<HashMap<String, i64>>,
+    revoked: SeenRevocations,
 }
 
 /// Where the approval key is kept: `approvals.key` beside `gw.vault_key`.
@@ -63,7 +61,7 @@ impl StateKeys {
         StateKeys {
             tokens: tokens.map(Zeroizing::new),
             approvals: approvals.map(Zeroizing::new),
-            revoked: Mutex::new(HashMap::new()),
+            revoked: SeenRevocations::default(),
         }
     }
 
@@ -179,18 +177,25 @@ impl StateKeys {
         ))
     }
 
+    /// These keys, keeping the revocations seen in `file` as well (the
+    /// daemon: `state_dir/revoked`), so a restart does not forget them.
+    ///
+    /// # Errors
+    /// [`StateError::Keys`] naming the file when it cannot be read or
+    /// written.
+    pub fn keep_revocations_in(mut self, file: &Path) -> Result<Self, StateError> {
+        self.revoked = SeenRevocations::persisted(file).map_err(StateError::Keys)?;
+        Ok(self)
+    }
+
     /// Remembers that token `id` (valid until `expires`) is revoked.
     pub(super) fn remember_revoked(&self, id: &str, expires: i64) {
-        let mut revoked = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
-        let now = chrono::Utc::now().timestamp();
-        revoked.retain(|_, e| *e > now);
-        revoked.insert(id.to_string(), expires);
+        self.revoked.remember(id, expires);
     }
 
     /// Whether a revocation of token `id` was seen.
     pub(super) fn seen_revoked(&self, id: &str) -> bool {
-        let revoked = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
-        revoked.contains_key(id)
+        self.revoked.contains(id)
     }
 }
 

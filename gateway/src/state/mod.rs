@@ -26,6 +26,7 @@ mod approvals;
 mod handle;
 mod mac;
 mod scram;
+mod seen;
 mod tokens;
 
 pub use approvals::{Approval, ApprovalStatus, Decided, APPROVALS_CHANNEL};

@@ -162,9 +162,12 @@ fn a_revocation_is_not_lifted_by_rewriting_the_token_record_in_redis() {
     // A restarted gateway reads the signed revocation list.
     stack.sluice.restart().unwrap();
     charge(&stack, &token, 401);
-    // Deleting the list too: this gateway has seen the revocation.
+    // Deleting the list too: this gateway has seen the revocation, and
+    // keeps it across a restart.
     redis_cli(&stack, &["DEL", "sluice:revoked"]);
     redis_cli(&stack, &["PUBLISH", "sluice:revocations", &id]);
+    charge(&stack, &token, 401);
+    stack.sluice.restart().unwrap();
     charge(&stack, &token, 401);
     // Any edit without a valid MAC (here a later expiry) is refused.
     hset(
