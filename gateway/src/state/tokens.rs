@@ -305,6 +305,12 @@ impl State {
         let Some(mut record) = self.verified(&key, &digest, fields)? else {
             return Err(StateError::Tampered { key });
         };
+        // `sluice:tokid:<id>` is not signed: it must lead to that id's record.
+        if !is_token && record.id != token_or_id {
+            return Err(StateError::Tampered {
+                key: id_key(token_or_id),
+            });
+        }
         record.revoked = true;
         let entry = format!(
             "{}:{}",
@@ -439,6 +445,18 @@ mod tests {
 
         assert!(state.lookup(&t1).await.unwrap().unwrap().revoked);
         assert!(state.lookup(&t2).await.unwrap().unwrap().revoked);
+        // An id pointed at another token's record revokes nothing.
+        let (t3, r3) = state
+            .issue("ci-bot", "billing-db", Duration::from_secs(60))
+            .await
+            .unwrap();
+        let mut conn = state.conn();
+        let _: () = conn.set(id_key(&r3.id), tokens::digest(&t1)).await.unwrap();
+        assert!(matches!(
+            state.revoke(&r3.id).await,
+            Err(StateError::Tampered { .. })
+        ));
+        assert!(!state.lookup(&t3).await.unwrap().unwrap().revoked);
         let published: Vec<String> = (0..2)
             .map(|_| pubsub.get_message().unwrap().get_payload().unwrap())
             .collect();
