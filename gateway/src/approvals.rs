@@ -12,7 +12,7 @@ use std::{sync::Arc, time::Duration};
 use rand::{distributions::Alphanumeric, Rng};
 use tokio::time::Instant;
 
-use crate::state::{Approval, ApprovalStatus, Decided, StateHandle};
+use crate::state::{Approval, ApprovalStatus, Decided, StateError, StateHandle};
 
 /// Poll interval of the fallback re-read.
 pub const POLL: Duration = Duration::from_secs(1);
@@ -170,6 +170,13 @@ pub async fn hold(
                 break Outcome::Rejected {
                     id: id.clone(),
                     reason: "the approval record disappeared".into(),
+                }
+            }
+            // Logged by approval_get with the key.
+            Err(StateError::Tampered { .. }) => {
+                break Outcome::Rejected {
+                    id: id.clone(),
+                    reason: "the approval record failed its integrity check".into(),
                 }
             }
             // Redis blipped: keep waiting until the deadline.

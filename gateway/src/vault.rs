@@ -397,6 +397,25 @@ fn key_path(gw: &Gateway, credentials_directory: Option<std::ffi::OsString>) -> 
         .unwrap_or_else(|| gw.vault_key.clone())
 }
 
+/// A 32-byte key for another purpose, derived from the vault key as
+/// HMAC-SHA256(vault key, `label`), so the vault key itself is never used
+/// outside the vault. Reads the key like [`Vault::open`] but never creates
+/// it.
+///
+/// # Errors
+/// As reading the key in [`Vault::open`]; [`VaultError::Io`] (not found)
+/// when there is no key file.
+pub fn derive_key(gw: &Gateway, label: &[u8]) -> Result<Zeroizing<[u8; KEY_LEN]>, VaultError> {
+    use hmac::{Hmac, Mac};
+    let path = key_path(gw, std::env::var_os("CREDENTIALS_DIRECTORY"));
+    let key = read_key(&path)?
+        .ok_or_else(|| io_err("read vault key", &path)(io::ErrorKind::NotFound.into()))?;
+    let mut mac =
+        <Hmac<sha2::Sha256> as Mac>::new_from_slice(&key[..]).expect("HMAC takes any key");
+    mac.update(label);
+    Ok(Zeroizing::new(mac.finalize().into_bytes().into()))
+}
+
 /// Reads the key at `path`; `None` when the file does not exist.
 fn read_key(path: &Path) -> Result<Option<Zeroizing<[u8; KEY_LEN]>>, VaultError> {
     let mut file = match File::open(path) {

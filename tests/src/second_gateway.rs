@@ -1,6 +1,7 @@
 //! A second `sluice run` sharing a [`Stack`]'s Redis and services
 //! (DESIGN.md §5 "Scale out"): its own config, listener, bpffs directory,
-//! vault, CA, logs, and its own agent with its own cgroup v2 directory.
+//! vault (sealed with the same vault key), CA, logs, and its own agent
+//! with its own cgroup v2 directory.
 //!
 //! ```no_run
 //! use sluice_tests::{ServiceSpec, Stack};
@@ -60,6 +61,13 @@ impl Stack {
             gateway_toml: parts.gateway_toml,
             services_toml: parts.services_toml,
         })?;
+        // Gateways sharing Redis share the vault key: records in Redis are
+        // signed with keys derived from it.
+        std::fs::copy(
+            self.sluice.dir.join("vault.key"),
+            sluice.dir.join("vault.key"),
+        )
+        .context("share the first gateway's vault key")?;
         for s in &self.services {
             sluice.secret_put(&s.spec.secret_name(), &s.secret)?;
         }

@@ -6,8 +6,9 @@
 //!   binary;
 //! - the example config to `/etc/sluice/sluice.toml.example`;
 //! - then the package's own `packaging/debian/postinst configure`, so the
-//!   groups, directories, vault key, CA and config come from the same
-//!   script as with `dpkg -i`.
+//!   groups, directories, vault key, approval key, Redis authentication
+//!   (README "Redis authentication"; `SLUICE_REDIS_SETUP=no` leaves Redis
+//!   alone), CA and config come from the same script as with `dpkg -i`.
 //!
 //! Nothing is enabled or started. Undo it with `sluice uninstall`, then
 //! removing those files (the postinst leaves secrets in /etc/sluice and

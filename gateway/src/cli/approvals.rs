@@ -12,7 +12,9 @@ use super::{
 };
 use crate::{
     config::Config,
-    state::{Approval, ApprovalStatus, Decided, State},
+    state::{
+        approval_key_path, write_approval_key, Approval, ApprovalStatus, Decided, State, StateKeys,
+    },
 };
 
 /// Members of this group may approve or deny.
@@ -26,6 +28,11 @@ pub enum ApprovalsCmd {
         #[arg(long)]
         all: bool,
     },
+    /// Write the approval key (derived from the vault key) to approvals.key
+    /// beside the vault key, 0640 root:sluice-admin, so members of
+    /// sluice-admin can approve and deny (root only; run again after
+    /// replacing the vault key)
+    KeyFile,
 }
 
 #[derive(Args, Debug)]
@@ -37,8 +44,14 @@ pub struct DecideArgs {
     pub reason: Option<String>,
 }
 
+/// The Redis of `cfg` with the approval key: derived from the vault key
+/// as root, read from [`approval_key_path`] by `sluice-admin` members.
 async fn state(cfg: &Config) -> Result<State, CliError> {
-    State::open(&cfg.gateway).await.map_err(CliError::runtime)
+    let keys = StateKeys::load(&cfg.gateway).map_err(CliError::runtime)?;
+    Ok(State::open(&cfg.gateway)
+        .await
+        .map_err(CliError::runtime)?
+        .with_keys(std::sync::Arc::new(keys)))
 }
 
 fn time(unix: i64) -> String {
@@ -52,7 +65,10 @@ fn time(unix: i64) -> String {
 /// # Errors
 /// [`CliError::Runtime`] when Redis is unreachable.
 pub async fn list(cfg: &Config, cmd: ApprovalsCmd, json: bool) -> Result<(), CliError> {
-    let ApprovalsCmd::List { all } = cmd;
+    let all = match cmd {
+        ApprovalsCmd::List { all } => all,
+        ApprovalsCmd::KeyFile => return key_file(cfg),
+    };
     let approvals = state(cfg)
         .await?
         .approval_list(!all)
@@ -86,6 +102,18 @@ pub async fn list(cfg: &Config, cmd: ApprovalsCmd, json: bool) -> Result<(), Cli
         print_line(&line)?;
     }
     Ok(())
+}
+
+/// `sluice approvals key-file`: writes the approval key for
+/// `sluice-admin` and prints its path.
+fn key_file(cfg: &Config) -> Result<(), CliError> {
+    let path = write_approval_key(&cfg.gateway).map_err(|e| {
+        CliError::Runtime(format!(
+            "{e}; run as root ({} is derived from the vault key)",
+            approval_key_path(&cfg.gateway).display()
+        ))
+    })?;
+    print_line(&path.display().to_string())
 }
 
 fn row(a: &Approval) -> [String; 7] {

@@ -60,6 +60,10 @@ pub fn run(path: &Path) -> Result<(), CliError> {
                 result: redis(&cfg),
             });
             checks.push(Check {
+                name: "redis auth",
+                result: redis_auth(&cfg),
+            });
+            checks.push(Check {
                 name: "attached",
                 result: attached(&cfg),
             });
@@ -169,6 +173,46 @@ fn redis(cfg: &Config) -> Result<String, String> {
         .map(|_| "reachable".into())
         .map_err(|e| format!("{e}; start redis-server or fix gateway.redis_url"))
 }
+
+/// Whether Redis refuses a write from a client that did not authenticate:
+/// anything that can write there could otherwise forge state (a refused
+/// record is only refused; it still denies service). The probe is a
+/// `SET sluice:doctor:probe` that expires after one second.
+fn redis_auth(cfg: &Config) -> Result<String, String> {
+    let url = &cfg.gateway.redis_url;
+    let anonymous = match url.split_once("://") {
+        Some((scheme, rest)) => format!(
+            "{scheme}://{}",
+            rest.rsplit_once('@').map_or(rest, |(_, h)| h)
+        ),
+        None => url.clone(),
+    };
+    let client = redis::Client::open(anonymous).map_err(|e| format!("gateway.redis_url: {e}"))?;
+    let addr = client.get_connection_info().addr().to_string();
+    let mut conn = client
+        .get_connection_with_timeout(crate::state::CONNECT_TIMEOUT)
+        .map_err(|e| format!("cannot reach Redis at {addr}: {e}"))?;
+    let written: redis::RedisResult<()> = redis::cmd("SET")
+        .arg(PROBE_KEY)
+        .arg("1")
+        .arg("PX")
+        .arg(1000)
+        .query(&mut conn);
+    match written {
+        Ok(()) => {
+            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(PROBE_KEY).query(&mut conn);
+            Err(format!("Redis at {addr} accepts writes without authentication: set requirepass or an ACL user in redis.conf and its password in gateway.redis_password_file (the package's postinst does this)"))
+        }
+        Err(e) if matches!(e.code(), Some("NOAUTH" | "NOPERM")) => {
+            Ok(format!("Redis at {addr} refuses unauthenticated writes"))
+        }
+        Err(e) => Err(format!(
+            "Redis at {addr}: cannot tell whether it requires authentication: {e}"
+        )),
+    }
+}
+
+const PROBE_KEY: &str = "sluice:doctor:probe";
 
 fn attached(cfg: &Config) -> Result<String, String> {
     let missing: Vec<&str> = cfg

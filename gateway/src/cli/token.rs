@@ -1,14 +1,14 @@
 //! `sluice token issue | list | revoke` (DESIGN.md §4 "CLI", "Tokens").
 //! `issue` prints the token alone on stdout; nothing else ever prints a
 //! token or its digest.
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use clap::Subcommand;
 
 use super::{sessions::print_line, CliError};
 use crate::{
     config::Config,
-    state::{State, StateError},
+    state::{State, StateError, StateKeys},
     tokens::{TokenRecord, TOKEN_PREFIX},
 };
 
@@ -77,12 +77,12 @@ pub async fn run(cfg: &Config, cmd: TokenCmd, json: bool) -> Result<(), CliError
                     cfg.path.display()
                 )));
             }
-            let state = State::open(&cfg.gateway).await?;
+            let state = open(cfg).await?;
             let (token, _) = state.issue(&agent, &service, ttl).await?;
             print_line(&token)
         }
         TokenCmd::List => {
-            let state = State::open(&cfg.gateway).await?;
+            let state = open(cfg).await?;
             let records = state.list().await?;
             let now = chrono::Utc::now().timestamp();
             if json {
@@ -95,7 +95,7 @@ pub async fn run(cfg: &Config, cmd: TokenCmd, json: bool) -> Result<(), CliError
             }
         }
         TokenCmd::Revoke { token_or_id } => {
-            let state = State::open(&cfg.gateway).await?;
+            let state = open(cfg).await?;
             let given_token = token_or_id.starts_with(TOKEN_PREFIX);
             match (state.revoke(&token_or_id).await?, given_token) {
                 (true, _) => Ok(()),
@@ -110,6 +110,12 @@ pub async fn run(cfg: &Config, cmd: TokenCmd, json: bool) -> Result<(), CliError
             }
         }
     }
+}
+
+/// The Redis of `cfg` with the MAC keys derived from the vault key.
+async fn open(cfg: &Config) -> Result<State, StateError> {
+    let keys = StateKeys::load(&cfg.gateway)?;
+    Ok(State::open(&cfg.gateway).await?.with_keys(Arc::new(keys)))
 }
 
 /// Unix seconds as `2026-11-29T08:50:00Z`.

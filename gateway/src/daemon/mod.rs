@@ -26,7 +26,7 @@ use crate::{
     notify::Notifier,
     proxy::{self, Fixed, Gateway},
     recorder::{Observer, Recorder},
-    state::StateHandle,
+    state::{StateHandle, StateKeys},
     tls::LocalCa,
     vault::{Vault, VaultCache},
 };
@@ -91,7 +91,10 @@ pub async fn run(cfg: Config) -> Result<Arc<Recorder>, StartError> {
     control::attach_agents(&mut ctl, &cfg, None).map_err(StartError::Setup)?;
     let snapshot = control::snapshot(cfg.clone(), &ctl.mount, routes).map_err(StartError::Setup)?;
 
-    let state = Arc::new(StateHandle::new(&redis_url));
+    let keys = StateKeys::load(gwc)
+        .and_then(|k| k.keep_revocations_in(&gwc.state_dir.join("revoked")))
+        .map_err(|e| StartError::Setup(e.to_string()))?;
+    let state = Arc::new(StateHandle::new(&redis_url, Arc::new(keys)));
     let host = nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_default();

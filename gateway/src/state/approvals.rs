@@ -5,6 +5,10 @@
 //! creation time. Every decision is PUBLISHed (the id) on
 //! [`APPROVALS_CHANNEL`], so the gateway holding the operation wakes at
 //! once wherever the decision was made; holders also poll as a fallback.
+//!
+//! Each approval hash carries a `mac` over all its fields (see
+//! [`super::mac`]); an approval that fails it is refused ([`StateError::Tampered`])
+//! and never decided.
 use std::collections::HashMap;
 
 use redis::AsyncCommands;
@@ -125,13 +129,15 @@ impl Approval {
     }
 }
 
-/// Moves a pending approval to a final status, once. KEYS[1] = approval
-/// key; ARGV = status, by, reason, channel, id. Returns the status it had.
+/// Moves a pending approval to a final status, once, if its MAC is still
+/// the one read. KEYS[1] = approval key; ARGV = status, by, reason,
+/// channel, id, MAC read, new MAC. Returns the status it had, or `changed`.
 const DECIDE_SCRIPT: &str = r"
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return '' end
 if status ~= 'pending' then return status end
-redis.call('HSET', KEYS[1], 'status', ARGV[1])
+if redis.call('HGET', KEYS[1], 'mac') ~= ARGV[6] then return 'changed' end
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'mac', ARGV[7])
 if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'by', ARGV[2]) end
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'reason', ARGV[3]) end
 redis.call('PUBLISH', ARGV[4], ARGV[5])
@@ -156,9 +162,11 @@ impl State {
     /// [`StateError::Command`] when Redis fails.
     pub async fn approval_create(&self, a: &Approval) -> Result<(), StateError> {
         let k = key(&a.id);
+        let mut fields = a.fields();
+        fields.push(("mac", self.keys.approval_mac(a)?));
         redis::pipe()
             .atomic()
-            .hset_multiple(&k, &a.fields())
+            .hset_multiple(&k, &fields)
             .ignore()
             .cmd("EXPIREAT")
             .arg(&k)
@@ -174,15 +182,29 @@ impl State {
     /// The approval `id`, if known.
     ///
     /// # Errors
-    /// [`StateError`] when Redis fails or the record is damaged.
+    /// [`StateError`] when Redis fails or the record is damaged;
+    /// [`StateError::Tampered`] (also logged) when it fails its MAC.
     pub async fn approval_get(&self, id: &str) -> Result<Option<Approval>, StateError> {
+        Ok(self.approval_read(id).await?.map(|(a, _)| a))
+    }
+
+    /// The approval `id` with its stored MAC, checked.
+    async fn approval_read(&self, id: &str) -> Result<Option<(Approval, String)>, StateError> {
         let k = key(id);
-        let f: HashMap<String, String> = self
+        let mut f: HashMap<String, String> = self
             .conn()
             .hgetall(&k)
             .await
             .map_err(StateError::command("approval get"))?;
-        Approval::from_fields(&k, f)
+        let stored = f.remove("mac");
+        let Some(a) = Approval::from_fields(&k, f)? else {
+            return Ok(None);
+        };
+        if !super::mac::matches(&self.keys.approval_mac(&a)?, stored.as_deref()) {
+            tracing::warn!(key = k, "approval failed its integrity check; refused");
+            return Err(StateError::Tampered { key: k });
+        }
+        Ok(stored.map(|mac| (a, mac)))
     }
 
     /// Approvals still known, oldest first; `pending_only` filters.
@@ -197,7 +219,12 @@ impl State {
             .map_err(StateError::command("approval list"))?;
         let mut out = Vec::new();
         for id in ids {
-            match self.approval_get(&id).await? {
+            let approval = match self.approval_get(&id).await {
+                // Logged; not listed, so nobody decides it.
+                Err(StateError::Tampered { .. }) => continue,
+                other => other?,
+            };
+            match approval {
                 Some(a) if !pending_only || a.status == ApprovalStatus::Pending => out.push(a),
                 Some(_) => {}
                 None => {
@@ -208,10 +235,12 @@ impl State {
         Ok(out)
     }
 
-    /// Decides a pending approval and announces it on [`APPROVALS_CHANNEL`].
+    /// Decides a pending approval and announces it on [`APPROVALS_CHANNEL`],
+    /// signing the decided record.
     ///
     /// # Errors
-    /// [`StateError`] when Redis fails.
+    /// [`StateError`] when Redis fails; [`StateError::Tampered`] when the
+    /// approval fails its MAC or changed while being decided.
     pub async fn approval_decide(
         &self,
         id: &str,
@@ -219,6 +248,16 @@ impl State {
         by: &str,
         reason: &str,
     ) -> Result<Decided, StateError> {
+        let Some((mut decided, read_mac)) = self.approval_read(id).await? else {
+            return Ok(Decided::Unknown);
+        };
+        if decided.status != ApprovalStatus::Pending {
+            return Ok(Decided::Already(decided.status));
+        }
+        let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        decided.status = status;
+        decided.by = non_empty(by);
+        decided.reason = non_empty(reason);
         let had: String = redis::Script::new(DECIDE_SCRIPT)
             .key(key(id))
             .arg(status.as_str())
@@ -226,12 +265,15 @@ impl State {
             .arg(reason)
             .arg(APPROVALS_CHANNEL)
             .arg(id)
+            .arg(read_mac)
+            .arg(self.keys.approval_mac(&decided)?)
             .invoke_async(&mut self.conn())
             .await
             .map_err(StateError::command("approval decide"))?;
         Ok(match had.as_str() {
             "" => Decided::Unknown,
             "pending" => Decided::Done,
+            "changed" => return Err(StateError::Tampered { key: key(id) }),
             other => {
                 Decided::Already(ApprovalStatus::parse(other).unwrap_or(ApprovalStatus::Abandoned))
             }

@@ -16,7 +16,7 @@ use futures_util::StreamExt;
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 
-use super::{State, StateError, APPROVALS_CHANNEL, REVOCATIONS_CHANNEL};
+use super::{State, StateError, StateKeys, APPROVALS_CHANNEL, REVOCATIONS_CHANNEL};
 use crate::tokens::{self, Rejection, TokenRecord};
 
 /// How long an authenticated session keeps working on its last good check
@@ -26,6 +26,7 @@ pub const OFFLINE_GRACE: Duration = Duration::from_secs(30);
 /// Lazily connected, shared [`State`].
 pub struct StateHandle {
     url: zeroize::Zeroizing<String>,
+    keys: std::sync::Arc<StateKeys>,
     state: Mutex<Option<State>>,
     epoch: AtomicU64,
     watching: AtomicBool,
@@ -33,10 +34,12 @@ pub struct StateHandle {
 }
 
 impl StateHandle {
-    /// A handle for `url`; nothing is dialled yet.
-    pub fn new(url: &str) -> Self {
+    /// A handle for `url`, signing and checking records with `keys`;
+    /// nothing is dialled yet.
+    pub fn new(url: &str, keys: std::sync::Arc<StateKeys>) -> Self {
         Self {
             url: zeroize::Zeroizing::new(url.to_string()),
+            keys,
             state: Mutex::new(None),
             epoch: AtomicU64::new(0),
             watching: AtomicBool::new(false),
@@ -59,7 +62,9 @@ impl StateHandle {
         if let Some(s) = guard.as_ref() {
             return Ok(s.clone());
         }
-        let s = State::connect(&self.url).await?;
+        let s = State::connect(&self.url)
+            .await?
+            .with_keys(self.keys.clone());
         *guard = Some(s.clone());
         Ok(s)
     }
@@ -80,6 +85,7 @@ impl StateHandle {
                 Ok(mut pubsub) => {
                     // Anything revoked while we were not listening counts.
                     self.epoch.fetch_add(1, Ordering::AcqRel);
+                    self.remember_revocations().await;
                     self.watching.store(true, Ordering::Release);
                     info!("following token revocations");
                     let mut messages = pubsub.on_message();
@@ -89,6 +95,7 @@ impl StateHandle {
                                 .decisions
                                 .send(msg.get_payload::<String>().unwrap_or_default());
                         } else {
+                            self.remember_revocations().await;
                             self.epoch.fetch_add(1, Ordering::AcqRel);
                         }
                     }
@@ -100,6 +107,18 @@ impl StateHandle {
             }
             self.watching.store(false, Ordering::Release);
             tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// Remembers every valid revocation entry (see
+    /// [`State::remember_revocations`]); a failure is logged.
+    async fn remember_revocations(&self) {
+        let remembered = match self.get().await {
+            Ok(state) => state.remember_revocations().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = remembered {
+            warn!(error = %e, "cannot read the revocation list");
         }
     }
 

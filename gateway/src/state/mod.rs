@@ -7,11 +7,15 @@
 //!   revoked}` of one token, keyed by [`crate::tokens::digest`];
 //! - `sluice:tokid:<id>`: that digest, so list and revoke work by id;
 //! - `sluice:tokens`: sorted set of token ids scored by expiry;
+//! - `sluice:revoked`: hash of token id → `<expires>:<mac>` of every
+//!   revoked token;
 //! - channel `sluice:revocations`: the id of every revoked token.
+//!
+//! Records carry a `mac` field; see [`mac`] for what it binds and why.
 //!
 //! Token keys expire [`EXPIRED_GRACE`] after the token does, so for that
 //! long a late use is reported as expired rather than unknown.
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use redis::{
     aio::{ConnectionManager, ConnectionManagerConfig},
@@ -20,11 +24,14 @@ use redis::{
 
 mod approvals;
 mod handle;
+mod mac;
 mod scram;
+mod seen;
 mod tokens;
 
 pub use approvals::{Approval, ApprovalStatus, Decided, APPROVALS_CHANNEL};
 pub use handle::{LiveToken, StateHandle, TokenCheckError};
+pub use mac::{approval_key_path, write_approval_key, StateKeys};
 pub use tokens::{EXPIRED_GRACE, REVOCATIONS_CHANNEL};
 
 /// How long [`State::connect`] waits for Redis.
@@ -51,6 +58,10 @@ pub enum StateError {
         "Redis key {key} holds a malformed token record ({what}); delete it with redis-cli DEL"
     )]
     Malformed { key: String, what: String },
+    #[error("Redis key {key} failed its integrity check (not written by Sluice); refused")]
+    Tampered { key: String },
+    #[error("cannot sign or check shared state: {0}")]
+    Keys(String),
 }
 
 impl StateError {
@@ -63,6 +74,7 @@ impl StateError {
 #[derive(Clone)]
 pub struct State {
     conn: ConnectionManager,
+    keys: Arc<StateKeys>,
 }
 
 impl std::fmt::Debug for State {
@@ -117,7 +129,17 @@ impl State {
                 })
             }
         };
-        Ok(State { conn })
+        Ok(State {
+            conn,
+            keys: Arc::new(StateKeys::new(None, None)),
+        })
+    }
+
+    /// This state signing and checking records with `keys` (without keys
+    /// every record operation fails with [`StateError::Keys`]).
+    pub fn with_keys(mut self, keys: Arc<StateKeys>) -> State {
+        self.keys = keys;
+        self
     }
 
     /// Connects to the gateway's Redis with its password, if configured

@@ -5,7 +5,9 @@
 //!
 //! Keys: `sluice:scram_salt:<agent>:<service>` → 16 bytes, hex;
 //! `sluice:scram:<agent>:<service>` → hash of token digest →
-//! `<StoredKey hex>:<ServerKey hex>:<expires unix s>`.
+//! `<StoredKey hex>:<ServerKey hex>:<expires unix s>:<mac>`, the MAC (see
+//! [`super::mac`]) binding it to its agent, service and digest, so a
+//! verifier planted for a password of someone's choosing is ignored.
 use redis::AsyncCommands;
 
 use super::{State, StateError};
@@ -54,11 +56,13 @@ impl State {
         v: &Verifier,
         expires: i64,
     ) -> Result<(), StateError> {
-        let value = format!(
+        let entry = format!(
             "{}:{}:{expires}",
             hex::encode(v.stored_key),
             hex::encode(v.server_key)
         );
+        let mac = self.keys.verifier_mac(agent, service, digest, &entry)?;
+        let value = format!("{entry}:{mac}");
         let _: () = self
             .conn()
             .hset(verifiers_key(agent, service), digest, value)
@@ -71,7 +75,8 @@ impl State {
     /// digests; expired entries are pruned.
     ///
     /// # Errors
-    /// [`StateError::Command`] when Redis fails.
+    /// [`StateError::Command`] when Redis fails, [`StateError::Keys`]
+    /// without the token key.
     pub async fn scram_verifiers(
         &self,
         agent: &str,
@@ -87,7 +92,21 @@ impl State {
         let mut out = Vec::new();
         let mut stale = Vec::new();
         for (digest, value) in all {
-            match parse(&value) {
+            let Some((entry, mac)) = value.rsplit_once(':') else {
+                stale.push(digest);
+                continue;
+            };
+            let want = self.keys.verifier_mac(agent, service, &digest, entry)?;
+            if !super::mac::matches(&want, Some(mac)) {
+                tracing::warn!(
+                    key,
+                    field = digest,
+                    "SCRAM verifier failed its integrity check; ignored"
+                );
+                stale.push(digest);
+                continue;
+            }
+            match parse(entry) {
                 Some((v, expires)) if expires > now => out.push((digest, v)),
                 _ => stale.push(digest),
             }

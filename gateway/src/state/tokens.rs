@@ -15,6 +15,8 @@ pub const EXPIRED_GRACE: Duration = Duration::from_secs(24 * 3600);
 /// Pub/sub channel carrying the id of each revoked token.
 pub const REVOCATIONS_CHANNEL: &str = "sluice:revocations";
 const INDEX_KEY: &str = "sluice:tokens";
+/// Hash of token id → `<expires>:<mac>` of each revoked token.
+const REVOKED_KEY: &str = "sluice:revoked";
 
 fn token_key(digest: &str) -> String {
     format!("sluice:token:{digest}")
@@ -28,14 +30,18 @@ fn now_unix() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
-/// Marks a live token record revoked and announces its id, in one step so a
-/// record that just expired is not recreated. KEYS[1] = token key,
-/// ARGV[1] = channel. Returns 1 if revoked, 0 if there is no such record.
+/// Marks a live token record revoked (with its new MAC), adds its
+/// revocation entry and announces its id, in one step so a record that just
+/// expired is not recreated. KEYS[1] = token key, KEYS[2] = revocation hash;
+/// ARGV = channel, id, MAC read, new MAC, revocation entry. Returns 1 if
+/// revoked, 0 if there is no such record, -1 if it changed meanwhile.
 const REVOKE_SCRIPT: &str = r"
-local id = redis.call('HGET', KEYS[1], 'id')
-if not id then return 0 end
-redis.call('HSET', KEYS[1], 'revoked', '1')
-redis.call('PUBLISH', ARGV[1], id)
+local mac = redis.call('HGET', KEYS[1], 'mac')
+if not mac then return 0 end
+if mac ~= ARGV[3] then return -1 end
+redis.call('HSET', KEYS[1], 'revoked', '1', 'mac', ARGV[4])
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[5])
+redis.call('PUBLISH', ARGV[1], ARGV[2])
 return 1
 ";
 
@@ -68,6 +74,7 @@ impl State {
             .expires
             .saturating_add(EXPIRED_GRACE.as_secs() as i64);
         let key = token_key(&digest);
+        let mac = self.keys.token_mac(&digest, &record)?;
         redis::pipe()
             .atomic()
             .hset_multiple(
@@ -79,6 +86,7 @@ impl State {
                     ("created", record.created.to_string()),
                     ("expires", record.expires.to_string()),
                     ("revoked", "0".to_string()),
+                    ("mac", mac),
                 ],
             )
             .ignore()
@@ -116,7 +124,9 @@ impl State {
         self.lookup_digest(&tokens::digest(token)).await
     }
 
-    /// The record of the token whose [`tokens::digest`] is `digest`.
+    /// The record of the token whose [`tokens::digest`] is `digest`,
+    /// revoked when a valid revocation entry exists or one was seen. A
+    /// record failing its MAC is logged and treated as unknown (`None`).
     ///
     /// # Errors
     /// As [`State::lookup`].
@@ -127,7 +137,90 @@ impl State {
             .hgetall(&key)
             .await
             .map_err(StateError::command("token lookup"))?;
-        parse_record(&key, fields)
+        let Some(mut record) = self.verified(&key, digest, fields)? else {
+            return Ok(None);
+        };
+        if !record.revoked {
+            let entry: Option<String> = self
+                .conn()
+                .hget(REVOKED_KEY, &record.id)
+                .await
+                .map_err(StateError::command("token lookup"))?;
+            record.revoked = entry.is_some_and(|e| self.revocation_valid(&record.id, &e));
+        }
+        if record.revoked {
+            self.keys.remember_revoked(&record.id, record.expires);
+        }
+        record.revoked |= self.keys.seen_revoked(&record.id);
+        Ok(Some(record))
+    }
+
+    /// The record in `fields` (stored under `digest`) if its MAC holds;
+    /// `None` when absent or (logged) when the MAC fails.
+    fn verified(
+        &self,
+        key: &str,
+        digest: &str,
+        mut fields: HashMap<String, String>,
+    ) -> Result<Option<TokenRecord>, StateError> {
+        let stored = fields.remove("mac");
+        let Some(record) = parse_record(key, fields)? else {
+            return Ok(None);
+        };
+        if super::mac::matches(&self.keys.token_mac(digest, &record)?, stored.as_deref()) {
+            return Ok(Some(record));
+        }
+        tracing::warn!(key, "token record failed its integrity check; refused");
+        Ok(None)
+    }
+
+    /// Whether `entry` (`<expires>:<mac>`) is a valid revocation of `id`.
+    fn revocation_valid(&self, id: &str, entry: &str) -> bool {
+        let valid = entry.split_once(':').is_some_and(|(expires, mac)| {
+            expires.parse().ok().is_some_and(|expires| {
+                self.keys
+                    .revocation_mac(id, expires)
+                    .is_ok_and(|want| super::mac::matches(&want, Some(mac)))
+            })
+        });
+        if !valid {
+            tracing::warn!(
+                key = REVOKED_KEY,
+                field = id,
+                "revocation entry failed its integrity check; ignored"
+            );
+        }
+        valid
+    }
+
+    /// Reads every revocation entry and remembers the valid ones, so a
+    /// later rewrite of the record cannot lift them here; prunes entries of
+    /// tokens forgotten [`EXPIRED_GRACE`] after expiry.
+    ///
+    /// # Errors
+    /// [`StateError::Command`] when Redis fails.
+    pub async fn remember_revocations(&self) -> Result<(), StateError> {
+        let mut conn = self.conn();
+        let all: HashMap<String, String> = conn
+            .hgetall(REVOKED_KEY)
+            .await
+            .map_err(StateError::command("revocations"))?;
+        let forgotten_before = now_unix().saturating_sub(EXPIRED_GRACE.as_secs() as i64);
+        let mut stale = Vec::new();
+        for (id, entry) in all {
+            let expires = entry
+                .split_once(':')
+                .and_then(|(e, _)| e.parse::<i64>().ok());
+            match expires {
+                Some(e) if e < forgotten_before => stale.push(id),
+                Some(e) if self.revocation_valid(&id, &entry) => self.keys.remember_revoked(&id, e),
+                _ => {}
+            }
+        }
+        if !stale.is_empty() {
+            let _: Result<(), _> = conn.hdel(REVOKED_KEY, stale).await;
+        }
+        Ok(())
     }
 
     /// All tokens still known (active, revoked, or expired less than
@@ -157,11 +250,8 @@ impl State {
             .await
             .map_err(StateError::command("token list"))?;
         let mut pipe = redis::pipe();
-        let keys: Vec<String> = digests
-            .into_iter()
-            .flatten()
-            .map(|d| token_key(&d))
-            .collect();
+        let digests: Vec<String> = digests.into_iter().flatten().collect();
+        let keys: Vec<String> = digests.iter().map(|d| token_key(d)).collect();
         for key in &keys {
             pipe.hgetall(key);
         }
@@ -170,8 +260,11 @@ impl State {
             .await
             .map_err(StateError::command("token list"))?;
         let mut records = Vec::with_capacity(all.len());
-        for (key, fields) in keys.iter().zip(all) {
-            records.extend(parse_record(key, fields)?);
+        for ((key, digest), fields) in keys.iter().zip(&digests).zip(all) {
+            if let Some(mut r) = self.verified(key, digest, fields)? {
+                r.revoked |= self.keys.seen_revoked(&r.id);
+                records.push(r);
+            }
         }
         Ok(records)
     }
@@ -181,7 +274,9 @@ impl State {
     /// known.
     ///
     /// # Errors
-    /// [`StateError::Command`] when Redis fails.
+    /// [`StateError::Command`] when Redis fails, [`StateError::Tampered`]
+    /// when the record fails its MAC (it is refused anyway) or changed
+    /// while being revoked.
     pub async fn revoke(&self, token_or_id: &str) -> Result<bool, StateError> {
         let mut conn = self.conn();
         let is_token = token_or_id.starts_with(TOKEN_PREFIX)
@@ -198,13 +293,49 @@ impl State {
                 None => return Ok(false),
             }
         };
+        let key = token_key(&digest);
+        let fields: HashMap<String, String> = conn
+            .hgetall(&key)
+            .await
+            .map_err(StateError::command("token revoke"))?;
+        if fields.is_empty() {
+            return Ok(false);
+        }
+        let read_mac = fields.get("mac").cloned().unwrap_or_default();
+        let Some(mut record) = self.verified(&key, &digest, fields)? else {
+            return Err(StateError::Tampered { key });
+        };
+        // `sluice:tokid:<id>` is not signed: it must lead to that id's record.
+        if !is_token && record.id != token_or_id {
+            return Err(StateError::Tampered {
+                key: id_key(token_or_id),
+            });
+        }
+        record.revoked = true;
+        let entry = format!(
+            "{}:{}",
+            record.expires,
+            self.keys.revocation_mac(&record.id, record.expires)?
+        );
         let revoked: i64 = redis::Script::new(REVOKE_SCRIPT)
-            .key(token_key(&digest))
+            .key(&key)
+            .key(REVOKED_KEY)
             .arg(REVOCATIONS_CHANNEL)
+            .arg(&record.id)
+            .arg(read_mac)
+            .arg(self.keys.token_mac(&digest, &record)?)
+            .arg(entry)
             .invoke_async(&mut conn)
             .await
             .map_err(StateError::command("token revoke"))?;
-        Ok(revoked == 1)
+        match revoked {
+            1 => {
+                self.keys.remember_revoked(&record.id, record.expires);
+                Ok(true)
+            }
+            0 => Ok(false),
+            _ => Err(StateError::Tampered { key }),
+        }
     }
 }
 
@@ -245,11 +376,15 @@ fn parse_record(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::test_redis::RedisServer;
+    use crate::state::{test_redis::RedisServer, StateKeys};
 
     async fn state() -> (RedisServer, State) {
         let server = RedisServer::start();
-        let state = State::connect(&server.url()).await.unwrap();
+        let keys = StateKeys::new(Some([7; 32]), Some([8; 32]));
+        let state = State::connect(&server.url())
+            .await
+            .unwrap()
+            .with_keys(std::sync::Arc::new(keys));
         (server, state)
     }
 
@@ -310,6 +445,18 @@ mod tests {
 
         assert!(state.lookup(&t1).await.unwrap().unwrap().revoked);
         assert!(state.lookup(&t2).await.unwrap().unwrap().revoked);
+        // An id pointed at another token's record revokes nothing.
+        let (t3, r3) = state
+            .issue("ci-bot", "billing-db", Duration::from_secs(60))
+            .await
+            .unwrap();
+        let mut conn = state.conn();
+        let _: () = conn.set(id_key(&r3.id), tokens::digest(&t1)).await.unwrap();
+        assert!(matches!(
+            state.revoke(&r3.id).await,
+            Err(StateError::Tampered { .. })
+        ));
+        assert!(!state.lookup(&t3).await.unwrap().unwrap().revoked);
         let published: Vec<String> = (0..2)
             .map(|_| pubsub.get_message().unwrap().get_payload().unwrap())
             .collect();
@@ -339,6 +486,77 @@ mod tests {
         assert_eq!(ids, [sooner.id, later.id]);
         let members: Vec<String> = conn.zrange(INDEX_KEY, 0, -1).await.unwrap();
         assert!(!members.contains(&"tok_forgotten".to_string()));
+    }
+
+    #[tokio::test]
+    async fn a_forged_record_is_unknown_and_a_replayed_unrevoked_record_stays_revoked() {
+        let (_server, state) = state().await;
+        let (token, record) = state
+            .issue("ci-bot", "billing-db", Duration::from_secs(600))
+            .await
+            .unwrap();
+        let key = token_key(&tokens::digest(&token));
+        let mut conn = state.conn();
+        let before: HashMap<String, String> = conn.hgetall(&key).await.unwrap();
+
+        // Another agent's service, or an unsigned record: unknown.
+        let _: () = conn.hset(&key, "service", "payments-api").await.unwrap();
+        assert_eq!(state.lookup(&token).await.unwrap(), None);
+        let forged = tokens::generate();
+        let mut fields = before.clone();
+        fields.remove("mac");
+        let fields: Vec<(String, String)> = fields.into_iter().collect();
+        let _: () = conn
+            .hset_multiple(token_key(&tokens::digest(&forged)), &fields)
+            .await
+            .unwrap();
+        assert_eq!(state.lookup(&forged).await.unwrap(), None);
+
+        // Revoke, then put the signed revoked=0 record back and delete the
+        // revocation entry: still revoked.
+        let before: Vec<(String, String)> = before.into_iter().collect();
+        let _: () = conn.hset_multiple(&key, &before).await.unwrap();
+        assert!(state.revoke(&record.id).await.unwrap());
+        let _: () = conn.hset_multiple(&key, &before).await.unwrap();
+        let fresh = state.clone().with_keys(std::sync::Arc::new(StateKeys::new(
+            Some([7; 32]),
+            Some([8; 32]),
+        )));
+        assert!(fresh.lookup(&token).await.unwrap().unwrap().revoked);
+        let _: () = conn.del(REVOKED_KEY).await.unwrap();
+        assert!(state.lookup(&token).await.unwrap().unwrap().revoked);
+    }
+
+    #[tokio::test]
+    async fn a_scram_verifier_planted_for_an_issued_token_is_ignored() {
+        let (_server, state) = state().await;
+        let (token, _) = state
+            .issue("ci-bot", "billing-db", Duration::from_secs(600))
+            .await
+            .unwrap();
+        let digest = tokens::digest(&token);
+        let key = "sluice:scram:ci-bot:billing-db";
+        let mut conn = state.conn();
+        let issued: String = conn.hget(key, &digest).await.unwrap();
+        let (entry, _) = issued.rsplit_once(':').unwrap();
+        let listed = state.scram_verifiers("ci-bot", "billing-db").await.unwrap();
+        assert_eq!(listed.len(), 1);
+        // The attacker's password's verifier under the issued token's digest.
+        let salt = state.scram_salt("ci-bot", "billing-db").await.unwrap();
+        let v = crate::proxy::postgres::scram::verifier(b"attacker", &salt);
+        let expires = entry.rsplit_once(':').unwrap().1;
+        let planted = format!(
+            "{}:{}:{expires}:{}",
+            hex::encode(v.stored_key),
+            hex::encode(v.server_key),
+            "0".repeat(64)
+        );
+        let _: () = conn.hset(key, &digest, planted).await.unwrap();
+        assert!(state
+            .scram_verifiers("ci-bot", "billing-db")
+            .await
+            .unwrap()
+            .is_empty());
     }
 
     #[tokio::test]

@@ -53,6 +53,9 @@ fn output_text(out: &Output) -> String {
 }
 
 /// Runs a dpkg command (with `env`) that must succeed; returns its output.
+/// Without `SLUICE_REDIS_CONF` in `env`, the postinst is told to leave
+/// Redis alone (`SLUICE_REDIS_SETUP=no`): the machine's redis.conf is never
+/// touched.
 fn dpkg(args: &[&str], env: &[(&str, &str)]) -> String {
     let mut cmd = Command::new("dpkg");
     cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
@@ -61,8 +64,13 @@ fn dpkg(args: &[&str], env: &[(&str, &str)]) -> String {
         "SLUICE_CONFIG",
         "CREDENTIALS_DIRECTORY",
         "SLUICE_PURGE_DATA",
+        "SLUICE_REDIS_CONF",
+        "SLUICE_REDIS_SETUP",
     ] {
         cmd.env_remove(var);
+    }
+    if !env.iter().any(|(k, _)| *k == "SLUICE_REDIS_CONF") {
+        cmd.env("SLUICE_REDIS_SETUP", "no");
     }
     cmd.envs(env.iter().copied());
     let out = process::output_with_timeout(&mut cmd, None, DPKG_TIMEOUT).unwrap();
@@ -172,12 +180,14 @@ impl Drop for Machine {
 /// A file as found: path, bytes, (mode, uid, gid).
 type Snapshot = (String, Vec<u8>, (u32, u32, u32));
 
-/// The files a reinstall must not touch: vault key, CA key, CA certificate.
+/// The files a reinstall must not touch: vault key, CA key, CA
+/// certificate, Redis password.
 fn secrets() -> Vec<Snapshot> {
     [
         format!("{ETC}/vault.key"),
         format!("{STATE}/ca/ca.key"),
         format!("{STATE}/ca/ca.pem"),
+        format!("{ETC}/redis.password"),
     ]
     .into_iter()
     .map(|p| {
@@ -215,6 +225,15 @@ fn assert_installed_layout() {
     let key = format!("{ETC}/vault.key");
     assert_eq!(owner_mode(&key), (0o600, 0, 0), "vault key: 0600 root");
     assert_eq!(fs::read(&key).unwrap().len(), 32, "vault key: 32 bytes");
+    for (file, len) in [("approvals.key", 32), ("redis.password", 40)] {
+        let path = format!("{ETC}/{file}");
+        assert_eq!(
+            owner_mode(&path),
+            (0o640, 0, admin),
+            "{file}: 0640 root:sluice-admin"
+        );
+        assert_eq!(fs::read(&path).unwrap().len(), len, "{file}: {len} bytes");
+    }
     assert_eq!(owner_mode(STATE), (0o750, 0, 0));
     assert_eq!(owner_mode(&format!("{STATE}/ca")).0, 0o700);
     assert_eq!(
@@ -243,6 +262,28 @@ fn assert_installed_layout() {
     assert!(
         running.is_empty(),
         "{BIN} is running after install: pids {running:?}"
+    );
+}
+
+/// The postinst appended one `# BEGIN sluice` block to `conf` (the ACL user
+/// by its password's SHA-256, never the password; the default user off)
+/// and applied it to the running test Redis: anonymous writes are refused.
+#[track_caller]
+fn assert_redis_secured(conf: &Path) {
+    use sha2::{Digest, Sha256};
+    let text = fs::read_to_string(conf).unwrap();
+    let password = fs::read_to_string(format!("{ETC}/redis.password")).unwrap();
+    let hash = hex::encode(Sha256::digest(password.trim_end().as_bytes()));
+    assert_eq!(text.matches("# BEGIN sluice").count(), 1, "{text}");
+    assert!(
+        text.contains(&format!("user sluice on #{hash} ~sluice:* &sluice:* ")),
+        "{text}"
+    );
+    assert!(text.contains("\nuser default off\n"), "{text}");
+    assert!(
+        !text.contains(password.trim_end()),
+        "the password is in {}",
+        conf.display()
     );
 }
 
@@ -367,10 +408,17 @@ fn the_deb_installs_keeps_its_secrets_on_reinstall_passes_doctor_and_purges_clea
     let machine = Machine::claim();
     let deb = deb.to_str().unwrap();
     let tmp = tempfile::tempdir().unwrap();
+    // The Redis the postinst secures: a test server (open, as Debian ships
+    // it) and a redis.conf of its own naming its port.
+    let redis = Redis::start(&tmp.path().join("redis")).unwrap();
+    let redis_conf = tmp.path().join("redis.conf");
+    fs::write(&redis_conf, format!("port {}\n", redis.port())).unwrap();
+    let redis_env = [("SLUICE_REDIS_CONF", redis_conf.to_str().unwrap())];
 
     // Install.
-    dpkg(&["-i", deb], &[]);
+    dpkg(&["-i", deb], &redis_env);
     assert_installed_layout();
+    assert_redis_secured(&redis_conf);
     let installed = secrets();
     let ca_cert = Command::new(BIN)
         .args(["--config", &format!("{ETC}/sluice.toml"), "ca", "cert"])
@@ -406,21 +454,23 @@ fn the_deb_installs_keeps_its_secrets_on_reinstall_passes_doctor_and_purges_clea
         ),
     )
     .unwrap();
-    dpkg(&["-i", deb], &[]);
+    dpkg(&["-i", deb], &redis_env);
     assert_installed_layout();
+    assert_redis_secured(&redis_conf);
     assert_eq!(
         secrets(),
         installed,
-        "a reinstall changed the vault key or the CA"
+        "a reinstall changed the vault key, the Redis password or the CA"
     );
     assert!(fs::read_to_string(format!("{ETC}/sluice.toml"))
         .unwrap()
         .ends_with("# edited by the admin\n"));
 
-    // sluice doctor on the package's config, with Redis at a test server:
-    // every check passes (the config has no agents yet, so "attached" holds).
-    let redis = Redis::start(&tmp.path().join("redis")).unwrap();
-    let config = adapted_config(tmp.path(), &redis.url(), None);
+    // sluice doctor on the package's config, with Redis at the test server
+    // the postinst secured: every check passes, Redis authentication
+    // included (the config has no agents yet, so "attached" holds).
+    let redis_url = format!("redis://sluice@127.0.0.1:{}/0", redis.port());
+    let config = adapted_config(tmp.path(), &redis_url, None);
     let doctor = Command::new(BIN)
         .arg("--config")
         .arg(&config)
@@ -446,7 +496,7 @@ fn the_deb_installs_keeps_its_secrets_on_reinstall_passes_doctor_and_purges_clea
         "127.0.0.1:{}",
         process::free_port(std::net::Ipv4Addr::LOCALHOST.into()).unwrap()
     );
-    let config = adapted_config(tmp.path(), &redis.url(), Some(&listen));
+    let config = adapted_config(tmp.path(), &redis_url, Some(&listen));
     let log = run_packaged_daemon(tmp.path(), &config);
     assert!(
         !log.contains("cannot give the file"),
@@ -497,7 +547,7 @@ fn the_deb_installs_keeps_its_secrets_on_reinstall_passes_doctor_and_purges_clea
     );
 
     // Installing again adopts what was kept.
-    dpkg(&["-i", deb], &[]);
+    dpkg(&["-i", deb], &redis_env);
     assert_installed_layout();
     assert_eq!(
         secrets(),

@@ -28,6 +28,7 @@ mod pg_statements;
 mod pg_upstream_trust;
 mod records;
 mod redis_down;
+mod redis_tamper;
 mod restart;
 mod token_placement;
 mod two_gateways;
