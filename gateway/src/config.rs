@@ -520,9 +520,10 @@ impl Config {
         }
         let mut notify = Vec::with_capacity(raw.notify.len());
         for (i, t) in raw.notify.into_iter().enumerate() {
-            notify.push(t.validate().map_err(|(field, message)| {
-                err(&format!("notify[{i}].{field}"), message)
-            })?);
+            notify.push(
+                t.validate()
+                    .map_err(|(field, message)| err(&format!("notify[{i}].{field}"), message))?,
+            );
         }
         Ok(Config {
             path: path.to_path_buf(),

@@ -6,7 +6,7 @@
 //!   egress change without dropping open sessions (they read the new
 //!   snapshot on their next request or statement). A config that does not
 //!   load, or that changes what needs a restart (`listen`, `bpf_dir`,
-//!   `state_dir`, `log_dir`, `redis_url`), is refused and the old one keeps
+//!   `state_dir`, `log_dir`, `redis_url`, `[[notify]]`), is refused and the old one keeps
 //!   running; the log says why.
 use std::{net::IpAddr, path::PathBuf, sync::Arc};
 
@@ -133,6 +133,9 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if o.redis_url != n.redis_url || o.redis_password_file != n.redis_password_file {
         out.push("gateway.redis_url");
+    }
+    if old.notify != new.notify {
+        out.push("notify");
     }
     out
 }

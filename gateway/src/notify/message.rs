@@ -78,7 +78,10 @@ fn slack_text(f: &Map<String, Value>) -> String {
             text(f, "reason"),
             text(f, "rule")
         ),
-        "auth_fail" => format!(":warning: Sluice refused a login by {who}: {}", text(f, "reason")),
+        "auth_fail" => format!(
+            ":warning: Sluice refused a login by {who}: {}",
+            text(f, "reason")
+        ),
         event => {
             let mut rest: Vec<String> = f
                 .iter()
@@ -88,7 +91,12 @@ fn slack_text(f: &Map<String, Value>) -> String {
                         "ts" | "session" | "agent" | "pid" | "uid" | "service" | "event"
                     )
                 })
-                .map(|(k, v)| format!("{k}: {}", v.as_str().map_or_else(|| v.to_string(), str::to_string)))
+                .map(|(k, v)| {
+                    format!(
+                        "{k}: {}",
+                        v.as_str().map_or_else(|| v.to_string(), str::to_string)
+                    )
+                })
                 .collect();
             rest.sort();
             format!("Sluice {event}: {who}. {}", rest.join(", "))

@@ -103,7 +103,12 @@ impl RawTarget {
         let https = match url.scheme_str() {
             Some("https") => true,
             Some("http") => false,
-            _ => return Err(("url", "must start with https:// (or http:// on loopback)".into())),
+            _ => {
+                return Err((
+                    "url",
+                    "must start with https:// (or http:// on loopback)".into(),
+                ))
+            }
         };
         let host = url
             .host()
@@ -130,7 +135,10 @@ impl RawTarget {
             ));
         }
         if self.events.is_empty() {
-            return Err(("events", "choose at least one event, e.g. [\"approval_wait\"]".into()));
+            return Err((
+                "events",
+                "choose at least one event, e.g. [\"approval_wait\"]".into(),
+            ));
         }
         Ok(Target {
             url,
@@ -222,8 +230,12 @@ mod tests {
     fn http_targets_only_on_loopback() {
         assert!(raw("https://hooks.example/T0/B0", &[]).validate().is_ok());
         assert!(raw("http://127.0.0.9:8080/hook", &[]).validate().is_ok());
-        assert!(raw("http://sink.test/hook", &["127.0.0.9"]).validate().is_ok());
-        let (field, _) = raw("http://hooks.example/hook", &[]).validate().unwrap_err();
+        assert!(raw("http://sink.test/hook", &["127.0.0.9"])
+            .validate()
+            .is_ok());
+        let (field, _) = raw("http://hooks.example/hook", &[])
+            .validate()
+            .unwrap_err();
         assert_eq!(field, "url");
         assert!(raw("http://sink.test/x", &["10.0.0.1"]).validate().is_err());
         assert!(raw("ftp://x/y", &[]).validate().is_err());

@@ -55,21 +55,22 @@ pub async fn run(
 
 /// One POST of `msg`; `Err` (a message for the log) unless a 2xx came back.
 async fn post(target: &Target, vault: &VaultCache, msg: &Message) -> Result<(), String> {
-    let mut request = Request::post(
-        target
-            .url
-            .path_and_query()
-            .map_or("/", |pq| pq.as_str()),
-    )
-    .header(header::HOST, host_header(target))
-    .header(header::CONTENT_TYPE, "application/json")
-    .header(header::USER_AGENT, concat!("sluice/", env!("CARGO_PKG_VERSION")));
+    let mut request = Request::post(target.url.path_and_query().map_or("/", |pq| pq.as_str()))
+        .header(header::HOST, host_header(target))
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(
+            header::USER_AGENT,
+            concat!("sluice/", env!("CARGO_PKG_VERSION")),
+        );
     if let (Format::Json, Some(name)) = (msg.format, &target.secret) {
         let secret = vault
             .get(name)
             .map_err(|e| format!("vault: {e}"))?
             .ok_or_else(|| format!("notify secret {name:?} is not in the vault"))?;
-        request = request.header(SIGNATURE_HEADER, super::signature(secret.expose(), &msg.body));
+        request = request.header(
+            SIGNATURE_HEADER,
+            super::signature(secret.expose(), &msg.body),
+        );
     }
     let request = request
         .body(Full::new(Bytes::from(msg.body.clone())))
@@ -101,14 +102,21 @@ where
         .await
         .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
-    let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(response.status())
 }
 
 /// `host[:port]` as the URL gave it.
 fn host_header(target: &Target) -> String {
     match target.url.authority() {
-        Some(a) => a.as_str().rsplit_once('@').map_or(a.as_str(), |(_, h)| h).to_string(),
+        Some(a) => a
+            .as_str()
+            .rsplit_once('@')
+            .map_or(a.as_str(), |(_, h)| h)
+            .to_string(),
         None => target.host.clone(),
     }
 }

@@ -21,6 +21,7 @@ mod install_package;
 mod install_readiness;
 mod install_units;
 mod load;
+mod notify;
 mod operate;
 mod pg_clients;
 mod pg_logins;

@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::Sha256;
-use sluice_tests::{poll, redteam, stack::next_upstream_ip, RecordedRequest, ServiceSpec, Stack, Upstream};
+use sluice_tests::{
+    poll, redteam, stack::next_upstream_ip, RecordedRequest, ServiceSpec, Stack, Upstream,
+};
 
 use crate::{
     approvals::{refund_args, REFUNDS_NEED_APPROVAL},
@@ -32,9 +34,11 @@ fn received(sink: &Upstream, path: &str) -> Vec<(RecordedRequest, Value)> {
 #[test]
 fn a_held_refund_and_a_denial_reach_slack_and_signed_json_webhooks_within_two_seconds() {
     let mut stack = Stack::builder("notify-webhooks")
-        .service(ServiceSpec::https(API, API_HOST).extra(REFUNDS_NEED_APPROVAL).extra(
-            r#"deny = [{ method = "DELETE", path = "/v1/customers/*" }]"#,
-        ))
+        .service(
+            ServiceSpec::https(API, API_HOST)
+                .extra(REFUNDS_NEED_APPROVAL)
+                .extra(r#"deny = [{ method = "DELETE", path = "/v1/customers/*" }]"#),
+        )
         .prepare()
         .unwrap();
     let sink = Upstream::http("hooks.test", next_upstream_ip()).unwrap();
@@ -58,13 +62,22 @@ secret = "notify-hmac"
     )
     .unwrap();
     stack.sluice.secret_put("notify-hmac", HMAC_SECRET).unwrap();
-    stack.sluice.secret_put(&format!("{API}-key"), stack.secret(API)).unwrap();
+    stack
+        .sluice
+        .secret_put(&format!("{API}-key"), stack.secret(API))
+        .unwrap();
     stack.sluice.start().unwrap();
     let token = stack.token(API).unwrap();
 
     // A denial: both webhooks hear of it.
     let res = stack
-        .curl(&["-X", "DELETE", "-H", &bearer(&token), &stack.url(API, "/v1/customers/1")])
+        .curl(&[
+            "-X",
+            "DELETE",
+            "-H",
+            &bearer(&token),
+            &stack.url(API, "/v1/customers/1"),
+        ])
         .unwrap();
     assert_status(&res, 403);
     poll("the denial at both webhooks", WAIT, || {
@@ -82,13 +95,19 @@ secret = "notify-hmac"
             .unwrap();
         let seen = Instant::now();
         let id = pending["id"].as_str().unwrap().to_string();
-        poll("the approval at both webhooks", Duration::from_secs(2), || {
-            let slack = received(&sink, "/slack/T0/B0");
-            let json = received(&sink, "/json");
-            (slack.iter().any(|(_, v)| v["text"].as_str().is_some_and(|t| t.contains(&id)))
-                && json.iter().any(|(_, v)| v["approval"] == id.as_str()))
-            .then_some(())
-        })
+        poll(
+            "the approval at both webhooks",
+            Duration::from_secs(2),
+            || {
+                let slack = received(&sink, "/slack/T0/B0");
+                let json = received(&sink, "/json");
+                (slack
+                    .iter()
+                    .any(|(_, v)| v["text"].as_str().is_some_and(|t| t.contains(&id)))
+                    && json.iter().any(|(_, v)| v["approval"] == id.as_str()))
+                .then_some(())
+            },
+        )
         .unwrap_or_else(|e| panic!("{e} (after {:?})", seen.elapsed()));
         stack.sluice.approve(&id).unwrap();
         assert_status(&agent.join().unwrap(), 200);
@@ -100,11 +119,19 @@ secret = "notify-hmac"
         .map(|(_, v)| v["text"].as_str().unwrap().to_string())
         .find(|t| t.contains("apr_"))
         .unwrap();
-    for want in [stack.agent(), API, "POST /v1/refunds", "sluice approve apr_"] {
+    for want in [
+        stack.agent(),
+        API,
+        "POST /v1/refunds",
+        "sluice approve apr_",
+    ] {
         assert!(wait.contains(want), "Slack message lacks {want:?}: {wait}");
     }
     let json = received(&sink, "/json");
-    let events: Vec<&str> = json.iter().map(|(_, v)| v["event"].as_str().unwrap()).collect();
+    let events: Vec<&str> = json
+        .iter()
+        .map(|(_, v)| v["event"].as_str().unwrap())
+        .collect();
     assert_eq!(events, ["denied", "approval_wait"]);
     for (req, v) in &json {
         for field in ["ts", "session", "agent", "pid", "uid", "service", "event"] {
@@ -118,7 +145,10 @@ secret = "notify-hmac"
     for r in sink.requests() {
         let text = String::from_utf8_lossy(&r.body).into_owned() + &r.all_text();
         for secret in [stack.secret(API), HMAC_SECRET, token.as_str()] {
-            assert!(!text.contains(secret), "a notification carried a secret: {text}");
+            assert!(
+                !text.contains(secret),
+                "a notification carried a secret: {text}"
+            );
         }
     }
     stack.assert_no_secret_leaked();
@@ -132,8 +162,11 @@ fn an_http_webhook_off_loopback_is_refused_at_load_naming_the_key() {
         "\n[[notify]]\nurl = \"http://hooks.example/x\"\nformat = \"json\"\nevents = [\"denied\"]\n",
     )
     .unwrap();
-    let out = stack.sluice.command(&["doctor"]).output().unwrap();
+    let out = stack.sluice.command(&["token", "list"]).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("notify[0].url") && stderr.contains("loopback"), "{stderr}");
+    assert!(
+        stderr.contains("notify[0].url") && stderr.contains("loopback"),
+        "{stderr}"
+    );
 }
