@@ -35,6 +35,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use crate::config::Rule;
 
 mod masked;
+mod parser;
 mod walk;
 
 pub use masked::Exposures;
@@ -387,7 +388,7 @@ fn shape(sql: &str) -> Option<String> {
     use pg_query::protobuf::Token;
     let mut key = String::with_capacity(sql.len());
     let mut copied = 0;
-    for t in pg_query::scan_tokens(sql).ok()? {
+    for t in parser::scan_tokens(sql).ok()? {
         if t.token == Token::Iconst as i32 || t.token == Token::Fconst as i32 {
             let (start, end) = (usize::try_from(t.start).ok()?, usize::try_from(t.end).ok()?);
             key.push_str(sql.get(copied..start)?);

@@ -25,7 +25,7 @@ use serde_json::Value;
 
 use super::{
     masked::{self, Exposures},
-    SqlError, StatementKind,
+    parser, SqlError, StatementKind,
 };
 
 /// How deep `DO` blocks (and literal `EXECUTE`s inside them) are followed.
@@ -64,7 +64,7 @@ impl Walk<'_> {
     }
 
     fn sql(&mut self, sql: &str) -> Result<usize, SqlError> {
-        let tree = pg_query::parse(sql, ParserOptions::DEFAULT)?;
+        let tree = parser::parse(sql, ParserOptions::DEFAULT)?;
         let stmts = &tree.protobuf.stmts;
         for raw in stmts {
             let json =
@@ -266,8 +266,7 @@ impl Walk<'_> {
     /// Parses `function` (a `CREATE FUNCTION … LANGUAGE plpgsql` text) with
     /// the PL/pgSQL parser and classifies the SQL inside.
     fn plpgsql_text(&mut self, function: &str, what: &str) -> Result<(), SqlError> {
-        let functions =
-            pg_query::parse_plpgsql(function).map_err(|e| in_body(SqlError::from(e), what))?;
+        let functions = parser::parse_plpgsql(function).map_err(|e| in_body(e, what))?;
         self.plpgsql(&functions)
     }
 
@@ -326,7 +325,7 @@ impl Walk<'_> {
     fn expression(&mut self, text: &str, mode: i64) {
         let parsed = i32::try_from(mode)
             .ok()
-            .and_then(|m| pg_query::parse(text, ParserOptions::from(m)).ok());
+            .and_then(|m| parser::parse(text, ParserOptions::from(m)).ok());
         match parsed {
             Some(tree) => {
                 for raw in &tree.protobuf.stmts {
@@ -450,7 +449,7 @@ fn returns_trigger(node: &Value) -> bool {
 /// The value of a PL/pgSQL expression that is a string constant: a literal
 /// in any quoting, a cast of one, or a `||` chain of them.
 fn literal_string(expr: &str) -> Option<String> {
-    let tree = pg_query::parse(expr, ParserOptions::PLPGSQL_EXPR).ok()?;
+    let tree = parser::parse(expr, ParserOptions::PLPGSQL_EXPR).ok()?;
     let [raw] = tree.protobuf.stmts.as_slice() else {
         return None;
     };
