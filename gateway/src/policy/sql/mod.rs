@@ -34,11 +34,19 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::config::Rule;
 
+mod calls;
 mod masked;
 mod parser;
+mod prepared;
+mod rules;
+mod session;
 mod walk;
 
+pub use calls::DANGEROUS;
 pub use masked::Exposures;
+pub use prepared::{PreparedError, PreparedStatements, PreparedText, MAX_TEXTS_PER_NAME};
+pub use rules::{parse_rule, SqlRule};
+pub use session::{Policy, SessionVerdict, UNKNOWN_PREPARED};
 
 macro_rules! statement_kinds {
     ($($(#[doc = $doc:literal])* $variant:ident = $name:literal,)*) => {
@@ -114,9 +122,11 @@ statement_kinds! {
     Transaction = "TRANSACTION",
     /// `EXPLAIN`. The explained statement is classified too, with or without `ANALYZE`.
     Explain = "EXPLAIN",
-    /// `PREPARE`. The prepared statement is classified too.
+    /// `PREPARE`. The prepared statement is classified too: its kinds count
+    /// for `deny` at once, and for `approve` each time it is executed.
     Prepare = "PREPARE",
-    /// `EXECUTE` of a prepared statement.
+    /// `EXECUTE` of a prepared statement; in a session it also has the
+    /// kinds of the statement it executes.
     Execute = "EXECUTE",
     /// `DEALLOCATE`.
     Deallocate = "DEALLOCATE",
@@ -130,7 +140,13 @@ statement_kinds! {
     Analyze = "ANALYZE",
     /// `LOCK`.
     Lock = "LOCK",
-    /// Anything else: `COMMENT`, `CLUSTER`, `REINDEX`, `CHECKPOINT`, `LOAD`, `DISCARD`, `FETCH`…
+    /// `COMMENT ON …` (a catalog change).
+    Comment = "COMMENT",
+    /// A call of a function in [`DANGEROUS`] (large objects, backend
+    /// signalling, configuration, server files, dblink, replication, WAL),
+    /// anywhere in the statement.
+    DangerousFunctions = "DANGEROUS_FUNCTIONS",
+    /// Anything else: `CLUSTER`, `REINDEX`, `CHECKPOINT`, `LOAD`, `DISCARD`, `FETCH`…
     Other = "OTHER",
 }
 
@@ -165,6 +181,29 @@ pub struct Classification {
     /// Where the text reads columns in ways masking by output name cannot
     /// follow, checked against a service's `mask`.
     pub exposures: Exposures,
+    /// The kinds that run when the text runs: [`Classification::kinds`]
+    /// but those only of `PREPARE` bodies (which run at `EXECUTE`).
+    /// `approve` rules match these.
+    pub running: Vec<StatementKind>,
+    /// Every function called, lower case, dotted when qualified
+    /// (`pg_catalog.lo_unlink`), sorted.
+    pub functions: Vec<String>,
+    /// Each `PREPARE`, in text order.
+    pub prepares: Vec<Prepare>,
+    /// The prepared statement names executed (`EXECUTE p`, `EXPLAIN
+    /// ANALYZE EXECUTE p`, `CREATE TABLE t AS EXECUTE p`), in text order.
+    pub executes: Vec<String>,
+}
+
+/// A `PREPARE name AS statement` found in a text.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Prepare {
+    /// The statement name, as PostgreSQL folds it.
+    pub name: String,
+    /// What executing it runs, in [`StatementKind`] order.
+    pub kinds: Vec<StatementKind>,
+    /// The functions executing it calls.
+    pub functions: Vec<String>,
 }
 
 /// Why a SQL text could not be classified.
@@ -201,14 +240,20 @@ impl From<pg_query::Error> for SqlError {
 /// [`SqlError::Parse`] when PostgreSQL's grammar rejects the text, a body
 /// inside it, or when a body is in a language other than `sql`/`plpgsql`.
 pub fn classify(sql: &str) -> Result<Classification, SqlError> {
-    let mut kinds = Vec::new();
+    let mut found = walk::Found::default();
     let mut exposures = Exposures::default();
-    let statements = walk::statements(sql, &mut kinds, &mut exposures)?;
-    kinds.sort_unstable();
+    let statements = walk::statements(sql, &mut found, &mut exposures)?;
+    found.kinds.sort_unstable();
+    found.running.sort_unstable();
+    found.functions.sort_unstable();
     Ok(Classification {
-        kinds,
+        kinds: found.kinds,
         statements,
         exposures,
+        running: found.running,
+        functions: found.functions,
+        prepares: found.prepares,
+        executes: found.executes,
     })
 }
 
@@ -264,17 +309,26 @@ fn verdict(
             }
         }
     };
-    let first_match = |rules: &[&str]| {
+    // The first rule that matches: the rule as written and what it matched.
+    let first_match = |rules: &[&str], kinds: &[StatementKind]| {
         rules.iter().find_map(|rule| {
-            let kind =
-                StatementKind::from_name(rule).filter(|k| classification.kinds.contains(k))?;
-            Some((rule.to_string(), kind))
+            let what = match parse_rule(rule).ok()? {
+                SqlRule::Kind(kind) => kinds
+                    .contains(&kind)
+                    .then(|| format!("{kind} statements are"))?,
+                SqlRule::Function(name) => classification
+                    .functions
+                    .iter()
+                    .find(|called| calls::matches(&name, called))
+                    .map(|called| format!("calls of the function {called} are"))?,
+            };
+            Some((rule.to_string(), what))
         })
     };
-    if let Some((rule, kind)) = first_match(deny) {
+    if let Some((rule, what)) = first_match(deny, &classification.kinds) {
         return SqlVerdict::Deny {
             rule,
-            reason: format!("{kind} statements are denied"),
+            reason: format!("{what} denied"),
         };
     }
     if masked && classification.kinds.contains(&StatementKind::CopyTo) {
@@ -289,7 +343,7 @@ fn verdict(
             reason,
         };
     }
-    match first_match(approve) {
+    match first_match(approve, &classification.running) {
         Some((rule, _)) => SqlVerdict::Approve { rule },
         None => SqlVerdict::Allow,
     }
@@ -494,6 +548,41 @@ mod tests {
             Some(StatementKind::DeleteWithoutWhere)
         );
         assert_eq!(StatementKind::from_name("DROPP"), None);
+    }
+
+    #[test]
+    fn function_rules_and_the_dangerous_set_deny_calls_anywhere() {
+        let sql = "WITH x AS (SELECT 1) SELECT (SELECT pg_catalog.lo_unlink(42)) FROM x";
+        let verdict = decide(sql, &strings(&["function:LO_UNLINK"]), &[]);
+        assert_eq!(
+            verdict,
+            SqlVerdict::Deny {
+                rule: "function:LO_UNLINK".into(),
+                reason: "calls of the function pg_catalog.lo_unlink are denied".into()
+            }
+        );
+        assert!(matches!(
+            decide(sql, &strings(&["DANGEROUS_FUNCTIONS"]), &[]),
+            SqlVerdict::Deny { rule, .. } if rule == "DANGEROUS_FUNCTIONS"
+        ));
+        assert_eq!(
+            decide(sql, &strings(&["FUNCTION:other.lo_unlink"]), &[]),
+            SqlVerdict::Allow
+        );
+        assert_eq!(
+            decide(
+                "SELECT set_config('a', 'b', false)",
+                &[],
+                &strings(&["FUNCTION:set_config"])
+            ),
+            SqlVerdict::Approve {
+                rule: "FUNCTION:set_config".into()
+            }
+        );
+        assert!(matches!(
+            decide("COMMENT ON TABLE t IS 'x'", &strings(&["COMMENT"]), &[]),
+            SqlVerdict::Deny { rule, .. } if rule == "COMMENT"
+        ));
     }
 
     #[test]
