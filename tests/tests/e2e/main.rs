@@ -9,6 +9,7 @@ mod approvals;
 mod attack_bypass;
 mod attack_malformed;
 mod attack_secrets;
+mod attack_statements;
 mod bad_tokens;
 mod cleanup;
 mod egress;
