@@ -71,6 +71,13 @@ pub(super) fn bound(
     if name.is_empty() {
         return Ok(parsed.cloned().unwrap_or_default());
     }
+    let texts = prepared.get(name).unwrap_or_default();
+    if let (Some(st), [one]) = (parsed, texts) {
+        if one.text == st.sql {
+            // Judged when parsed, and its only text.
+            return Ok(st.clone());
+        }
+    }
     let (rules, _) = s.current();
     let policy = Policy {
         deny: &rules.deny,
@@ -82,21 +89,16 @@ pub(super) fn bound(
         Judgement::Approve => true,
         Judgement::Allow => false,
     };
-    let texts = prepared.get(name).unwrap_or_default();
     let sql = texts
         .iter()
         .map(|t| t.text.as_str())
         .collect::<Vec<_>>()
         .join("\n-- or, re-prepared:\n");
-    // The described columns hold only when the name has one text.
-    let columns = match (parsed, texts) {
-        (Some(st), [one]) if one.text == st.sql => st.columns.clone(),
-        _ => Default::default(),
-    };
+    // Columns described for one text may not be those of another.
     Ok(Arc::new(Statement {
         sql,
-        columns,
         needs_approval,
+        ..Default::default()
     }))
 }
 
