@@ -84,15 +84,20 @@ impl ClassifyCache {
                 Err(e) => return unknown(e.to_string()),
             }
         }
-        let texts: Vec<&PreparedText> = executed.iter().map(|(_, t)| &**t).collect();
-        let merged = with_executed(c, &texts);
-        let verdict = policy.verdict(&Ok(merged.clone()));
+        // Only a text that executes something is copied to add to it.
+        let merged = (!executed.is_empty()).then(|| {
+            let texts: Vec<&PreparedText> = executed.iter().map(|(_, t)| &**t).collect();
+            Ok(with_executed(c, &texts))
+        });
+        let judged = merged.as_ref().unwrap_or(&*classified);
+        let verdict = policy.verdict(judged);
+        let c = judged.as_ref().unwrap_or(c);
         if !matches!(verdict, SqlVerdict::Deny { .. }) {
             for p in &c.prepares {
                 prepared.add(&p.name, prepared_text(sql, &p.kinds, &p.functions));
             }
             if let Some(name) = name.filter(|n| !n.is_empty()) {
-                prepared.add(name, prepared_text(sql, &merged.running, &merged.functions));
+                prepared.add(name, prepared_text(sql, &c.running, &c.functions));
             }
         }
         SessionVerdict { verdict, executed }
