@@ -142,7 +142,8 @@ statement_kinds! {
     Analyze = "ANALYZE",
     /// `LOCK`.
     Lock = "LOCK",
-    /// `COMMENT ON …` (a catalog change).
+    /// `COMMENT ON …` (a catalog change); such a statement is also
+    /// [`StatementKind::Other`], as it was before it had a kind of its own.
     Comment = "COMMENT",
     /// A call of a function in [`DANGEROUS`] (large objects, backend
     /// signalling, configuration, server files, dblink, replication, WAL),

@@ -242,6 +242,11 @@ impl Walk<'_> {
                 self.push(K::Do);
                 self.do_block(node)?;
             }
+            // Also OTHER, as before COMMENT had a kind of its own.
+            "CommentStmt" => {
+                self.push(K::Comment);
+                self.push(K::Other);
+            }
             "PrepareStmt" => self.prepare(node)?,
             "ExecuteStmt" => {
                 self.push(K::Execute);
@@ -518,7 +523,6 @@ fn kind_by_name(name: &str) -> Option<StatementKind> {
         "VariableShowStmt" => K::Show,
         "TransactionStmt" => K::Transaction,
         "ExplainStmt" => K::Explain,
-        "CommentStmt" => K::Comment,
         "DeallocateStmt" => K::Deallocate,
         "ListenStmt" | "UnlistenStmt" => K::Listen,
         "NotifyStmt" => K::Notify,
