@@ -89,6 +89,8 @@ PG_FRONTEND = {
     "huge-length": LOGIN + b"Q" + struct.pack(">i", 0x7FFFFFFF),
     "function-call": LOGIN + msg(b"F", struct.pack(">Ihhhih", 1598, 0, 1, 4, 1, 0)[:14]),
     "do-block": LOGIN + msg(b"Q", cstr("DO $$ BEGIN EXECUTE 'DROP TABLE customers'; END $$")),
+    "blank-query": LOGIN + msg(b"Q", cstr("   ")) + msg(b"Q", cstr("")),
+    "empty-parse": LOGIN + msg(b"P", cstr("") + cstr("") + struct.pack(">h", 0)) + msg(b"S", b""),
 }
 
 SSN = [("id", 23, 0), ("name", 25, 0), ("ssn", 25, 0)]
@@ -147,6 +149,14 @@ SQL = {
     "merge": b"MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE WHEN NOT MATCHED THEN INSERT VALUES (s.id)",
     "garbage": b"selec 1 from",
     "nested": b"SELECT " + b"(" * 200 + b"1" + b")" * 200,
+    # No tokens at all: pg_query::scan_tokens aborted on these (issue: one agent stops the gateway).
+    "empty": b"",
+    "whitespace": b"   \t\r\n  ",
+    "comment-only": b" /* only */ -- a comment\n",
+    "semicolons": b" ; ;\n",
+    "prepare-execute": b"PREPARE p AS DELETE FROM customers WHERE id = $1; EXECUTE p(3); DEALLOCATE p",
+    "functions": b"WITH x AS (SELECT pg_catalog.lo_unlink(1)) SELECT (SELECT pg_terminate_backend(7)) FROM x",
+    "comment-on": b"COMMENT ON TABLE customers IS 'x'",
 }
 
 SCRAM = {

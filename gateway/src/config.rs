@@ -422,19 +422,12 @@ impl Config {
                                 "postgres rules are statement kinds like \"DROP\"".into(),
                             ));
                         }
-                        let unknown = rules.iter().find_map(|r| match r {
-                            Rule::Sql(k)
-                                if crate::policy::sql::StatementKind::from_name(k).is_none() =>
-                            {
-                                Some(k)
-                            }
-                            _ => None,
+                        let bad = rules.iter().find_map(|r| match r {
+                            Rule::Sql(k) => crate::policy::sql::parse_rule(k).err(),
+                            Rule::Http { .. } => None,
                         });
-                        if let Some(bad) = unknown {
-                            return Err(err(
-                                &format!("{key}.{field}"),
-                                format!("{bad:?} is no statement kind (e.g. DROP, TRUNCATE, ALTER, GRANT, DELETE_WITHOUT_WHERE, COPY_TO_PROGRAM, DO)"),
-                            ));
+                        if let Some(message) = bad {
+                            return Err(err(&format!("{key}.{field}"), message));
                         }
                     }
                 }

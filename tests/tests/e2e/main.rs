@@ -10,6 +10,7 @@ mod attack_bypass;
 mod attack_http_policy;
 mod attack_malformed;
 mod attack_secrets;
+mod attack_statements;
 mod bad_tokens;
 mod cleanup;
 mod egress;

@@ -12,6 +12,8 @@
 //! looked into. Kind names follow the command names in the PostgreSQL
 //! documentation, Part VI "Reference", "SQL Commands".
 //!
+//! Function calls are found anywhere too ([`Classification::functions`]),
+//! for `FUNCTION:name` rules and [`StatementKind::DangerousFunctions`].
 //! Out of reach by design: what an existing function does (`SELECT f()`),
 //! and dynamic SQL built at run time (`EXECUTE format(…)` in a `DO` block,
 //! which shows as `DO` only). Code in a language other than `sql` and
@@ -34,10 +36,19 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::config::Rule;
 
+mod calls;
 mod masked;
+mod parser;
+mod prepared;
+mod rules;
+mod session;
 mod walk;
 
+pub use calls::DANGEROUS;
 pub use masked::Exposures;
+pub use prepared::{PreparedError, PreparedStatements, PreparedText, MAX_TEXTS_PER_NAME};
+pub use rules::{parse_rule, SqlRule};
+pub use session::{Policy, SessionVerdict, UNKNOWN_PREPARED};
 
 macro_rules! statement_kinds {
     ($($(#[doc = $doc:literal])* $variant:ident = $name:literal,)*) => {
@@ -113,9 +124,11 @@ statement_kinds! {
     Transaction = "TRANSACTION",
     /// `EXPLAIN`. The explained statement is classified too, with or without `ANALYZE`.
     Explain = "EXPLAIN",
-    /// `PREPARE`. The prepared statement is classified too.
+    /// `PREPARE`. The prepared statement is classified too: its kinds count
+    /// for `deny` at once, and for `approve` each time it is executed.
     Prepare = "PREPARE",
-    /// `EXECUTE` of a prepared statement.
+    /// `EXECUTE` of a prepared statement; in a session it also has the
+    /// kinds of the statement it executes.
     Execute = "EXECUTE",
     /// `DEALLOCATE`.
     Deallocate = "DEALLOCATE",
@@ -129,7 +142,14 @@ statement_kinds! {
     Analyze = "ANALYZE",
     /// `LOCK`.
     Lock = "LOCK",
-    /// Anything else: `COMMENT`, `CLUSTER`, `REINDEX`, `CHECKPOINT`, `LOAD`, `DISCARD`, `FETCH`…
+    /// `COMMENT ON …` (a catalog change); such a statement is also
+    /// [`StatementKind::Other`], as it was before it had a kind of its own.
+    Comment = "COMMENT",
+    /// A call of a function in [`DANGEROUS`] (large objects, backend
+    /// signalling, configuration, server files, dblink, replication, WAL),
+    /// anywhere in the statement.
+    DangerousFunctions = "DANGEROUS_FUNCTIONS",
+    /// Anything else: `CLUSTER`, `REINDEX`, `CHECKPOINT`, `LOAD`, `DISCARD`, `FETCH`…
     Other = "OTHER",
 }
 
@@ -164,6 +184,29 @@ pub struct Classification {
     /// Where the text reads columns in ways masking by output name cannot
     /// follow, checked against a service's `mask`.
     pub exposures: Exposures,
+    /// The kinds that run when the text runs: [`Classification::kinds`]
+    /// but those only of `PREPARE` bodies (which run at `EXECUTE`).
+    /// `approve` rules match these.
+    pub running: Vec<StatementKind>,
+    /// Every function called, lower case, dotted when qualified
+    /// (`pg_catalog.lo_unlink`), sorted.
+    pub functions: Vec<String>,
+    /// Each `PREPARE`, in text order.
+    pub prepares: Vec<Prepare>,
+    /// The prepared statement names executed (`EXECUTE p`, `EXPLAIN
+    /// ANALYZE EXECUTE p`, `CREATE TABLE t AS EXECUTE p`), in text order.
+    pub executes: Vec<String>,
+}
+
+/// A `PREPARE name AS statement` found in a text.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Prepare {
+    /// The statement name, as PostgreSQL folds it.
+    pub name: String,
+    /// What executing it runs, in [`StatementKind`] order.
+    pub kinds: Vec<StatementKind>,
+    /// The functions executing it calls.
+    pub functions: Vec<String>,
 }
 
 /// Why a SQL text could not be classified.
@@ -200,14 +243,20 @@ impl From<pg_query::Error> for SqlError {
 /// [`SqlError::Parse`] when PostgreSQL's grammar rejects the text, a body
 /// inside it, or when a body is in a language other than `sql`/`plpgsql`.
 pub fn classify(sql: &str) -> Result<Classification, SqlError> {
-    let mut kinds = Vec::new();
+    let mut found = walk::Found::default();
     let mut exposures = Exposures::default();
-    let statements = walk::statements(sql, &mut kinds, &mut exposures)?;
-    kinds.sort_unstable();
+    let statements = walk::statements(sql, &mut found, &mut exposures)?;
+    found.kinds.sort_unstable();
+    found.running.sort_unstable();
+    found.functions.sort_unstable();
     Ok(Classification {
-        kinds,
+        kinds: found.kinds,
         statements,
         exposures,
+        running: found.running,
+        functions: found.functions,
+        prepares: found.prepares,
+        executes: found.executes,
     })
 }
 
@@ -263,17 +312,26 @@ fn verdict(
             }
         }
     };
-    let first_match = |rules: &[&str]| {
+    // The first rule that matches: the rule as written and what it matched.
+    let first_match = |rules: &[&str], kinds: &[StatementKind]| {
         rules.iter().find_map(|rule| {
-            let kind =
-                StatementKind::from_name(rule).filter(|k| classification.kinds.contains(k))?;
-            Some((rule.to_string(), kind))
+            let what = match parse_rule(rule).ok()? {
+                SqlRule::Kind(kind) => kinds
+                    .contains(&kind)
+                    .then(|| format!("{kind} statements are"))?,
+                SqlRule::Function(name) => classification
+                    .functions
+                    .iter()
+                    .find(|called| calls::matches(&name, called))
+                    .map(|called| format!("calls of the function {called} are"))?,
+            };
+            Some((rule.to_string(), what))
         })
     };
-    if let Some((rule, kind)) = first_match(deny) {
+    if let Some((rule, what)) = first_match(deny, &classification.kinds) {
         return SqlVerdict::Deny {
             rule,
-            reason: format!("{kind} statements are denied"),
+            reason: format!("{what} denied"),
         };
     }
     if masked && classification.kinds.contains(&StatementKind::CopyTo) {
@@ -288,7 +346,7 @@ fn verdict(
             reason,
         };
     }
-    match first_match(approve) {
+    match first_match(approve, &classification.running) {
         Some((rule, _)) => SqlVerdict::Approve { rule },
         None => SqlVerdict::Allow,
     }
@@ -387,7 +445,7 @@ fn shape(sql: &str) -> Option<String> {
     use pg_query::protobuf::Token;
     let mut key = String::with_capacity(sql.len());
     let mut copied = 0;
-    for t in pg_query::scan_tokens(sql).ok()? {
+    for t in parser::scan_tokens(sql).ok()? {
         if t.token == Token::Iconst as i32 || t.token == Token::Fconst as i32 {
             let (start, end) = (usize::try_from(t.start).ok()?, usize::try_from(t.end).ok()?);
             key.push_str(sql.get(copied..start)?);
@@ -442,194 +500,4 @@ impl std::fmt::Debug for ClassifyCache {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn strings(kinds: &[&str]) -> Vec<String> {
-        kinds.iter().map(|k| k.to_string()).collect()
-    }
-
-    #[test]
-    fn deny_wins_then_approve_then_allow() {
-        let deny = strings(&["DROP", "TRUNCATE", "ALTER", "DELETE_WITHOUT_WHERE"]);
-        let approve = strings(&["DELETE", "UPDATE"]);
-        let denied = |rule: &str| SqlVerdict::Deny {
-            rule: rule.into(),
-            reason: format!("{rule} statements are denied"),
-        };
-        assert_eq!(
-            decide("DELETE FROM customers", &deny, &approve),
-            denied("DELETE_WITHOUT_WHERE")
-        );
-        assert_eq!(
-            decide("select 1; drop/**/table customers", &deny, &approve),
-            denied("DROP")
-        );
-        assert_eq!(
-            decide("DELETE FROM customers WHERE id = 7", &deny, &approve),
-            SqlVerdict::Approve {
-                rule: "DELETE".into()
-            }
-        );
-        assert_eq!(
-            decide("SELECT * FROM customers", &deny, &approve),
-            SqlVerdict::Allow
-        );
-        assert_eq!(decide("SELECT 1", &[], &[]), SqlVerdict::Allow);
-    }
-
-    #[test]
-    fn config_names_match_whatever_their_case() {
-        let verdict = decide("DROP TABLE t", &strings(&["drop"]), &[]);
-        assert_eq!(
-            verdict,
-            SqlVerdict::Deny {
-                rule: "drop".into(),
-                reason: "DROP statements are denied".into()
-            }
-        );
-        assert_eq!(
-            StatementKind::from_name("delete_without_where"),
-            Some(StatementKind::DeleteWithoutWhere)
-        );
-        assert_eq!(StatementKind::from_name("DROPP"), None);
-    }
-
-    #[test]
-    fn a_do_block_is_denied_for_the_drop_inside_it() {
-        let sql = "DO $$ BEGIN EXECUTE 'DROP TABLE customers'; END $$";
-        assert!(
-            matches!(decide(sql, &strings(&["DROP"]), &[]), SqlVerdict::Deny { rule, .. } if rule == "DROP")
-        );
-        assert!(
-            matches!(decide(sql, &strings(&["DO"]), &[]), SqlVerdict::Deny { rule, .. } if rule == "DO")
-        );
-    }
-
-    #[test]
-    fn unparseable_sql_passes_only_without_deny_rules() {
-        assert_eq!(
-            decide("selec 1", &[], &strings(&["DELETE"])),
-            SqlVerdict::Allow
-        );
-        let SqlVerdict::Deny { rule, reason } = decide("selec 1", &strings(&["DROP"]), &[]) else {
-            panic!("unparseable SQL allowed despite deny rules");
-        };
-        assert_eq!(rule, UNPARSEABLE);
-        assert!(
-            reason.contains("could not be parsed") && reason.contains("syntax error"),
-            "{reason}"
-        );
-    }
-
-    #[test]
-    fn cache_parses_a_repeated_statement_once() {
-        let cache = ClassifyCache::new(4096);
-        let sql = "SELECT abalance FROM pgbench_accounts WHERE aid = $1";
-        let first = cache.classify(sql);
-        assert!(Arc::ptr_eq(&first, &cache.classify(sql)));
-        assert_eq!(
-            first.as_ref().as_ref().unwrap().kinds,
-            [StatementKind::Select]
-        );
-    }
-
-    #[test]
-    fn statements_differing_only_in_numbers_share_an_entry_and_strings_do_not() {
-        let cache = ClassifyCache::new(4096);
-        let one = cache.classify("SELECT abalance FROM pgbench_accounts WHERE aid = 17");
-        let other = cache.classify("SELECT abalance FROM pgbench_accounts WHERE aid = 9.5e3");
-        assert!(Arc::ptr_eq(&one, &other), "same shape, one parse");
-        assert_eq!(
-            shape("SELECT 1 /* 2 */, '3', $4, 5.0"),
-            Some("SELECT \0 /* 2 */, '3', $4, \0".into())
-        );
-        // A string constant can be code: never blanked.
-        let allowed = cache.decide("DO $$ BEGIN EXECUTE 'SELECT 1'; END $$", &[], &[], &[]);
-        let denied = cache.decide(
-            "DO $$ BEGIN EXECUTE 'DROP TABLE t'; END $$",
-            &[Rule::Sql("DROP".into())],
-            &[],
-            &[],
-        );
-        assert_eq!(allowed, SqlVerdict::Allow);
-        assert!(matches!(denied, SqlVerdict::Deny { .. }));
-        // A parse error quotes the text: not cached.
-        let bad = cache.classify("SELECT 1 1");
-        assert!(!Arc::ptr_eq(&bad, &cache.classify("SELECT 2 2")));
-    }
-
-    #[test]
-    fn cache_stays_bounded_and_keeps_what_is_used() {
-        let cache = ClassifyCache::new(4);
-        let hot = cache.classify("SELECT c0");
-        for i in 1..50 {
-            cache.classify(&format!("SELECT c{i}"));
-            // Touching the hot entry keeps it alive across generations.
-            assert!(Arc::ptr_eq(&hot, &cache.classify("SELECT c0")));
-            let g = cache.lock();
-            assert!(g.current.len() + g.previous.len() <= 4);
-        }
-        let uncached = ClassifyCache::new(0);
-        assert!(!Arc::ptr_eq(
-            &uncached.classify("SELECT 1"),
-            &uncached.classify("SELECT 1")
-        ));
-    }
-
-    #[test]
-    fn cache_decides_on_config_rules_and_masking() {
-        let cache = ClassifyCache::new(16);
-        let mask = ["ssn".to_string()];
-        let deny = [
-            Rule::Sql("DROP".into()),
-            Rule::Http {
-                method: None,
-                path: "/x".into(),
-            },
-        ];
-        let approve = [Rule::Sql("delete".into())];
-        assert!(matches!(
-            cache.decide("DROP TABLE t", &deny, &approve, &[]),
-            SqlVerdict::Deny { .. }
-        ));
-        assert_eq!(
-            cache.decide("DELETE FROM t WHERE id = 1", &deny, &approve, &[]),
-            SqlVerdict::Approve {
-                rule: "delete".into()
-            }
-        );
-        // COPY output bypasses DataRow masking.
-        assert_eq!(
-            cache.decide("COPY customers TO STDOUT", &deny, &approve, &[]),
-            SqlVerdict::Allow
-        );
-        assert!(
-            matches!(cache.decide("COPY customers TO STDOUT", &deny, &approve, &mask), SqlVerdict::Deny { rule, .. } if rule == "COPY_TO")
-        );
-        assert_eq!(
-            cache.decide("COPY customers FROM STDIN", &deny, &approve, &mask),
-            SqlVerdict::Allow
-        );
-        // Masked columns read around masking: refused; the shape is cached
-        // once and checked against each service's mask.
-        let sql = "SELECT ssn AS x FROM customers WHERE id = 1";
-        assert!(
-            matches!(cache.decide(sql, &[], &[], &mask), SqlVerdict::Deny { rule, reason } if rule == MASK && reason.contains("masked column ssn"))
-        );
-        assert_eq!(cache.decide(sql, &[], &[], &[]), SqlVerdict::Allow);
-        assert_eq!(
-            cache.decide(
-                "SELECT ssn AS x FROM customers WHERE id = 2",
-                &[],
-                &[],
-                &["card".into()]
-            ),
-            SqlVerdict::Allow
-        );
-        // Unparseable text is refused on a masked service even without deny rules.
-        assert!(
-            matches!(cache.decide("selec ssn", &[], &[], &mask), SqlVerdict::Deny { rule, .. } if rule == UNPARSEABLE)
-        );
-    }
-}
+mod tests;

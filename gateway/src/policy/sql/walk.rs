@@ -24,8 +24,9 @@ use pg_query::ParserOptions;
 use serde_json::Value;
 
 use super::{
+    calls,
     masked::{self, Exposures},
-    SqlError, StatementKind,
+    parser, Prepare, SqlError, StatementKind,
 };
 
 /// How deep `DO` blocks (and literal `EXECUTE`s inside them) are followed.
@@ -33,16 +34,61 @@ use super::{
 /// service with deny rules.
 const MAX_NESTING: u8 = 4;
 
-/// Classifies every statement of `sql` into `out` (a set), notes where
-/// columns are read in ways masking cannot follow into `exposures`, and
-/// returns the number of top-level statements.
+/// What a walk finds. Lists are sets, unsorted.
+#[derive(Debug, Default)]
+pub(super) struct Found {
+    /// Every kind, those of `PREPARE` bodies included.
+    pub kinds: Vec<StatementKind>,
+    /// The kinds that run when the text runs: all but `PREPARE` bodies.
+    pub running: Vec<StatementKind>,
+    /// Every function called (lower case, dotted when qualified).
+    pub functions: Vec<String>,
+    /// Each `PREPARE`, with what its body runs.
+    pub prepares: Vec<Prepare>,
+    /// The names that `EXECUTE` runs (`EXPLAIN ANALYZE EXECUTE` and
+    /// `CREATE TABLE … AS EXECUTE` included).
+    pub executes: Vec<String>,
+}
+
+impl Found {
+    fn add_kind(&mut self, kind: StatementKind, running: bool) {
+        add(&mut self.kinds, kind);
+        if running {
+            add(&mut self.running, kind);
+        }
+    }
+
+    /// Adds what one statement or `PREPARE` body found; `running` when it
+    /// runs now.
+    fn merge(&mut self, other: Found, running: bool) {
+        for kind in other.kinds {
+            self.add_kind(kind, running && other.running.contains(&kind));
+        }
+        other
+            .functions
+            .into_iter()
+            .for_each(|f| add(&mut self.functions, f));
+        self.prepares.extend(other.prepares);
+        self.executes.extend(other.executes);
+    }
+}
+
+fn add<T: PartialEq>(set: &mut Vec<T>, item: T) {
+    if !set.contains(&item) {
+        set.push(item);
+    }
+}
+
+/// Classifies every statement of `sql` into `found`, notes where columns
+/// are read in ways masking cannot follow into `exposures`, and returns the
+/// number of top-level statements.
 pub(super) fn statements(
     sql: &str,
-    out: &mut Vec<StatementKind>,
+    found: &mut Found,
     exposures: &mut Exposures,
 ) -> Result<usize, SqlError> {
     Walk {
-        out,
+        out: found,
         exposures,
         nesting: 0,
     }
@@ -50,7 +96,7 @@ pub(super) fn statements(
 }
 
 struct Walk<'o> {
-    out: &'o mut Vec<StatementKind>,
+    out: &'o mut Found,
     exposures: &'o mut Exposures,
     /// `DO` blocks and routine bodies entered so far.
     nesting: u8,
@@ -58,13 +104,11 @@ struct Walk<'o> {
 
 impl Walk<'_> {
     fn push(&mut self, kind: StatementKind) {
-        if !self.out.contains(&kind) {
-            self.out.push(kind);
-        }
+        self.out.add_kind(kind, true);
     }
 
     fn sql(&mut self, sql: &str) -> Result<usize, SqlError> {
-        let tree = pg_query::parse(sql, ParserOptions::DEFAULT)?;
+        let tree = parser::parse(sql, ParserOptions::DEFAULT)?;
         let stmts = &tree.protobuf.stmts;
         for raw in stmts {
             let json =
@@ -78,9 +122,9 @@ impl Walk<'_> {
                 continue;
             };
             masked::scan(&json, self.nesting > 0, self.exposures);
-            let mut kinds = Vec::new();
+            let mut found = Found::default();
             let mut statement = Walk {
-                out: &mut kinds,
+                out: &mut found,
                 exposures: &mut *self.exposures,
                 nesting: self.nesting,
             };
@@ -88,25 +132,56 @@ impl Walk<'_> {
             if name == "CreateFunctionStmt" {
                 statement.routine(node, statement_text(sql, raw))?;
             }
-            statement.tree(node)?;
-            if kinds.is_empty() {
-                kinds.push(StatementKind::Other);
+            if name != "PrepareStmt" {
+                statement.tree(node)?;
             }
-            kinds.into_iter().for_each(|k| self.push(k));
+            if found.kinds.is_empty() {
+                found.add_kind(StatementKind::Other, true);
+            }
+            self.out.merge(found, true);
         }
         Ok(stmts.len())
     }
 
-    /// Visits every node below `value`.
+    /// Visits every node below `value` (a `PREPARE` walks its own body).
     fn tree(&mut self, value: &Value) -> Result<(), SqlError> {
         match value {
             Value::Array(items) => items.iter().try_for_each(|item| self.tree(item)),
             Value::Object(map) => map.iter().try_for_each(|(key, child)| {
                 self.node(key, child, false)?;
-                self.tree(child)
+                match key.as_str() {
+                    "PrepareStmt" => Ok(()),
+                    _ => self.tree(child),
+                }
             }),
             _ => Ok(()),
         }
+    }
+
+    /// `PREPARE name AS stmt`: `PREPARE` runs now, `stmt` only when
+    /// executed. Its kinds count for `deny` (not for `approve`) and are
+    /// noted for the `EXECUTE`s of `name`.
+    fn prepare(&mut self, node: &Value) -> Result<(), SqlError> {
+        self.push(StatementKind::Prepare);
+        let mut body = Found::default();
+        Walk {
+            out: &mut body,
+            exposures: &mut *self.exposures,
+            nesting: self.nesting,
+        }
+        .tree(&node["query"])?;
+        if body.kinds.is_empty() {
+            body.add_kind(StatementKind::Other, true);
+        }
+        body.kinds.sort_unstable();
+        let prepare = Prepare {
+            name: node["name"].as_str().unwrap_or_default().to_string(),
+            kinds: body.kinds.clone(),
+            functions: body.functions.clone(),
+        };
+        self.out.merge(body, false);
+        self.out.prepares.push(prepare);
+        Ok(())
     }
 
     /// The kinds one node contributes. `name` is a node type name, or a
@@ -166,6 +241,29 @@ impl Walk<'_> {
             "DoStmt" => {
                 self.push(K::Do);
                 self.do_block(node)?;
+            }
+            // Also OTHER, as before COMMENT had a kind of its own.
+            "CommentStmt" => {
+                self.push(K::Comment);
+                self.push(K::Other);
+            }
+            "PrepareStmt" => self.prepare(node)?,
+            "ExecuteStmt" => {
+                self.push(K::Execute);
+                let name = node["name"].as_str().unwrap_or_default();
+                add(&mut self.out.executes, name.to_string());
+            }
+            // The one `FuncCall` field that is no `Node`.
+            "CallStmt" => {
+                self.push(K::Call);
+                self.node("FuncCall", &node["funccall"], false)?;
+            }
+            "FuncCall" => {
+                let name = calls::name(node);
+                if calls::is_dangerous(&name) {
+                    self.push(K::DangerousFunctions);
+                }
+                add(&mut self.out.functions, name);
             }
             _ => {
                 if let Some(kind) = kind_by_name(name) {
@@ -266,8 +364,7 @@ impl Walk<'_> {
     /// Parses `function` (a `CREATE FUNCTION … LANGUAGE plpgsql` text) with
     /// the PL/pgSQL parser and classifies the SQL inside.
     fn plpgsql_text(&mut self, function: &str, what: &str) -> Result<(), SqlError> {
-        let functions =
-            pg_query::parse_plpgsql(function).map_err(|e| in_body(SqlError::from(e), what))?;
+        let functions = parser::parse_plpgsql(function).map_err(|e| in_body(e, what))?;
         self.plpgsql(&functions)
     }
 
@@ -320,18 +417,38 @@ impl Walk<'_> {
         }
     }
 
+    /// The function calls below `value`, and nothing else (a PL/pgSQL
+    /// expression runs no statement, but can call functions).
+    fn calls(&mut self, value: &Value) {
+        match value {
+            Value::Array(items) => items.iter().for_each(|item| self.calls(item)),
+            Value::Object(map) => map.iter().for_each(|(key, child)| {
+                if key == "FuncCall" {
+                    // Cannot fail: FuncCall only adds a function.
+                    let _ = self.node(key, child, false);
+                }
+                self.calls(child);
+            }),
+            _ => {}
+        }
+    }
+
     /// A PL/pgSQL expression (`x := …`, `IF …`, `RAISE … , …`), parsed in
     /// its own mode: it runs no statement of its own kind, but may read a
-    /// masked column. One that cannot be parsed is an exposure.
+    /// masked column or call a function. One that cannot be parsed is an
+    /// exposure.
     fn expression(&mut self, text: &str, mode: i64) {
         let parsed = i32::try_from(mode)
             .ok()
-            .and_then(|m| pg_query::parse(text, ParserOptions::from(m)).ok());
+            .and_then(|m| parser::parse(text, ParserOptions::from(m)).ok());
         match parsed {
             Some(tree) => {
                 for raw in &tree.protobuf.stmts {
                     match serde_json::to_value(&raw.stmt) {
-                        Ok(json) => masked::scan(&json, true, self.exposures),
+                        Ok(json) => {
+                            masked::scan(&json, true, self.exposures);
+                            self.calls(&json);
+                        }
                         Err(_) => self.exposures.unreadable_expression(),
                     }
                 }
@@ -402,13 +519,10 @@ fn kind_by_name(name: &str) -> Option<StatementKind> {
         | "DefineStmt"
         | "CompositeTypeStmt"
         | "ImportForeignSchemaStmt" => K::Create,
-        "CallStmt" => K::Call,
         "VariableSetStmt" | "ConstraintsSetStmt" => K::Set,
         "VariableShowStmt" => K::Show,
         "TransactionStmt" => K::Transaction,
         "ExplainStmt" => K::Explain,
-        "PrepareStmt" => K::Prepare,
-        "ExecuteStmt" => K::Execute,
         "DeallocateStmt" => K::Deallocate,
         "ListenStmt" | "UnlistenStmt" => K::Listen,
         "NotifyStmt" => K::Notify,
@@ -450,7 +564,7 @@ fn returns_trigger(node: &Value) -> bool {
 /// The value of a PL/pgSQL expression that is a string constant: a literal
 /// in any quoting, a cast of one, or a `||` chain of them.
 fn literal_string(expr: &str) -> Option<String> {
-    let tree = pg_query::parse(expr, ParserOptions::PLPGSQL_EXPR).ok()?;
+    let tree = parser::parse(expr, ParserOptions::PLPGSQL_EXPR).ok()?;
     let [raw] = tree.protobuf.stmts.as_slice() else {
         return None;
     };

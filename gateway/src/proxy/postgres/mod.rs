@@ -22,6 +22,7 @@ use crate::{
 pub mod auth;
 pub mod cancel;
 pub mod codec;
+mod judge;
 pub mod mask;
 pub mod relay;
 pub mod scram;

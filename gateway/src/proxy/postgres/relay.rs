@@ -17,13 +17,14 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::{
     codec::{self, backend, CodecError, Message, Reader},
+    judge::{bound, judge, Judgement},
     mask::{self, RowPlan},
     tracker::{Expect, Portal, Statement, SyncAction, Tracker},
 };
 use crate::{
     approvals::{self, HoldRequest, Outcome},
     config::Service,
-    policy::sql::SqlVerdict,
+    policy::sql::PreparedStatements,
     proxy::{AgentIdentity, Gateway},
     recorder::{Event, SessionRecord},
     state::{LiveToken, TokenCheckError},
@@ -44,7 +45,7 @@ impl Session {
     /// The service's rules now: a reload's new `deny`/`approve` apply to the
     /// next statement of open sessions. Falls back to the session's own copy
     /// if a reload removed the service.
-    fn current(&self) -> (Arc<Service>, std::time::Duration) {
+    pub(super) fn current(&self) -> (Arc<Service>, std::time::Duration) {
         let snap = self.gw.snapshot();
         let service = snap
             .service(&self.service.name)
@@ -56,7 +57,7 @@ impl Session {
     }
 }
 
-fn error_bytes(sqlstate: &str, message: &str) -> Bytes {
+pub(super) fn error_bytes(sqlstate: &str, message: &str) -> Bytes {
     let mut out = BytesMut::new();
     backend::error_response(sqlstate, message, &mut out);
     out.freeze()
@@ -98,6 +99,8 @@ where
     W: AsyncWrite + Unpin,
 {
     let mut statements: HashMap<String, Arc<Statement>> = HashMap::new();
+    // PREPARE and named Parse share PostgreSQL's namespace: both go here.
+    let mut prepared = PreparedStatements::default();
     let mut portals: HashMap<String, Arc<Portal>> = HashMap::new();
     let mut discard_until_sync = false;
     let mut out = BytesMut::with_capacity(8192);
@@ -133,17 +136,19 @@ where
             b'Q' => {
                 let mut body = &msg.body[..];
                 let sql = codec::cstr(&mut body, "Query")?;
-                s.record
-                    .record(Event::Query {
-                        sql: sql.to_string(),
-                    })
-                    .map_err(RelayError::Record)?;
-                let refused = match judge(s, sql) {
+                let mut recorded = Ok(());
+                let judged = judge(s, sql, None, &mut prepared, |text| {
+                    recorded = s.record.record(Event::Query {
+                        sql: text.to_string(),
+                    });
+                });
+                recorded.map_err(RelayError::Record)?;
+                let refused = match judged.judgement {
                     Judgement::Allow => None,
                     Judgement::Deny(err) => Some(err),
                     Judgement::Approve => {
                         forward(s, &mut upstream, &mut out).await?;
-                        held(s, sql, &mut agent).await?
+                        held(s, &judged.text, &mut agent).await?
                     }
                 };
                 match refused {
@@ -162,13 +167,15 @@ where
                 let mut body = &msg.body[..];
                 let name = codec::cstr(&mut body, "Parse")?.to_string();
                 let sql = codec::cstr(&mut body, "Parse")?;
-                match judge(s, sql) {
+                // Recorded when it is executed, or here if refused.
+                let judged = judge(s, sql, Some(&name), &mut prepared, |_| {});
+                match judged.judgement {
                     judgement @ (Judgement::Allow | Judgement::Approve) => {
                         let needs_approval = matches!(judgement, Judgement::Approve);
                         statements.insert(
                             name,
                             Arc::new(Statement {
-                                sql: sql.to_string(),
+                                sql: judged.text,
                                 needs_approval,
                                 ..Default::default()
                             }),
@@ -177,9 +184,7 @@ where
                     }
                     Judgement::Deny(err) => {
                         s.record
-                            .record(Event::Query {
-                                sql: sql.to_string(),
-                            })
+                            .record(Event::Query { sql: judged.text })
                             .map_err(RelayError::Record)?;
                         s.tracker.push(Expect::Sync(SyncAction::ErrorInstead(err)));
                         postgres_protocol::message::frontend::sync(&mut out);
@@ -189,9 +194,17 @@ where
             }
             b'B' => {
                 let (portal, statement, formats) = parse_bind(&msg.body)?;
-                let st = statements.get(&statement).cloned().unwrap_or_default();
-                portals.insert(portal, Arc::new(Portal::new(st, formats)));
-                msg.encode(&mut out);
+                match bound(s, &statement, statements.get(&statement), &prepared) {
+                    Ok(st) => {
+                        portals.insert(portal, Arc::new(Portal::new(st, formats)));
+                        msg.encode(&mut out);
+                    }
+                    Err(err) => {
+                        s.tracker.push(Expect::Sync(SyncAction::ErrorInstead(err)));
+                        postgres_protocol::message::frontend::sync(&mut out);
+                        discard_until_sync = true;
+                    }
+                }
             }
             b'D' => {
                 let mut body = &msg.body[..];
@@ -317,41 +330,6 @@ async fn flush<W: AsyncWrite + Unpin>(w: &mut W, out: &mut BytesMut) -> std::io:
         out.clear();
     }
     Ok(())
-}
-
-/// What policy says about one statement.
-enum Judgement {
-    Allow,
-    /// Refused: the ErrorResponse to send (the denial is recorded).
-    Deny(Bytes),
-    /// Held until a JIT approval decides.
-    Approve,
-}
-
-/// Judges `sql`, recording a denial.
-fn judge(s: &Session, sql: &str) -> Judgement {
-    let (rules, _) = s.current();
-    match s
-        .gw
-        .sql
-        .decide(sql, &rules.deny, &rules.approve, &s.service.mask)
-    {
-        SqlVerdict::Allow => Judgement::Allow,
-        SqlVerdict::Approve { .. } => Judgement::Approve,
-        SqlVerdict::Deny { rule, reason } => {
-            let _ = s.record.record(Event::Denied {
-                reason: reason.clone(),
-                rule,
-            });
-            Judgement::Deny(error_bytes(
-                "42501",
-                &format!(
-                    "permission denied by Sluice policy for service {}: {reason}",
-                    s.service.name
-                ),
-            ))
-        }
-    }
 }
 
 /// Holds `sql` for a JIT approval; `None` when approved, else the

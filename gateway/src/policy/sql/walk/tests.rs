@@ -1,4 +1,4 @@
-use super::super::{classify, SqlError};
+use super::super::{classify, SqlError, StatementKind};
 
 /// The kind names of `sql`, in declaration order.
 fn kinds(sql: &str) -> Vec<&'static str> {
@@ -111,6 +111,77 @@ fn explain_and_prepare_carry_the_statement_they_wrap() {
 }
 
 #[test]
+fn a_prepare_body_runs_later_and_executes_are_found_wherever_they_sit() {
+    let c = classify("PREPARE p (int) AS DELETE FROM t WHERE id = $1; SELECT 1").unwrap();
+    assert_eq!(c.running, [StatementKind::Select, StatementKind::Prepare]);
+    assert_eq!(c.prepares.len(), 1);
+    assert_eq!(
+        (c.prepares[0].name.as_str(), c.prepares[0].kinds.as_slice()),
+        ("p", [StatementKind::Delete].as_slice())
+    );
+    let c = classify(
+        "EXECUTE a(1); EXPLAIN ANALYZE EXECUTE b; CREATE TABLE x AS EXECUTE c; DEALLOCATE a",
+    )
+    .unwrap();
+    assert_eq!(c.executes, ["a", "b", "c"]);
+    let c = classify("DO $$ BEGIN EXECUTE 'PREPARE q AS DELETE FROM t'; END $$").unwrap();
+    assert_eq!(c.prepares[0].name, "q");
+    assert!(c.kinds.contains(&StatementKind::Delete));
+    assert!(!c.running.contains(&StatementKind::Delete));
+}
+
+#[test]
+fn function_calls_are_found_anywhere_in_a_statement() {
+    let functions = |sql: &str| {
+        classify(sql)
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .functions
+    };
+    for (sql, called) in [
+        ("SELECT lo_unlink(1)", "lo_unlink"),
+        (
+            "SELECT 1 WHERE pg_catalog.LO_UNLINK(1) = 1",
+            "pg_catalog.lo_unlink",
+        ),
+        (
+            "WITH x AS (SELECT pg_terminate_backend(7)) SELECT * FROM x",
+            "pg_terminate_backend",
+        ),
+        ("SELECT (SELECT pg_cancel_backend(7))", "pg_cancel_backend"),
+        (
+            "SELECT * FROM dblink_exec('x', 'DROP TABLE t')",
+            "dblink_exec",
+        ),
+        ("CALL set_config('a', 'b', false)", "set_config"),
+        ("CREATE TABLE t (a int DEFAULT lo_unlink(1))", "lo_unlink"),
+        ("DO $$ BEGIN PERFORM lo_unlink(1); END $$", "lo_unlink"),
+        (
+            "DO $$ DECLARE x int; BEGIN x := lo_unlink(1); END $$",
+            "lo_unlink",
+        ),
+        (
+            "DO $$ BEGIN IF pg_reload_conf() THEN NULL; END IF; END $$",
+            "pg_reload_conf",
+        ),
+        ("PREPARE p AS SELECT lo_unlink($1)", "lo_unlink"),
+        (
+            "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT lo_unlink(1)'",
+            "lo_unlink",
+        ),
+    ] {
+        assert!(
+            functions(sql).contains(&called.to_string()),
+            "{sql}: {:?}",
+            functions(sql)
+        );
+        assert!(kinds(sql).contains(&"DANGEROUS_FUNCTIONS"), "{sql}");
+    }
+    assert_eq!(functions("SELECT count(*) FROM t"), ["count"]);
+    assert!(!kinds("SELECT count(*), now() FROM t").contains(&"DANGEROUS_FUNCTIONS"));
+    assert!(!kinds("SELECT 'lo_unlink(1)'").contains(&"DANGEROUS_FUNCTIONS"));
+}
+
+#[test]
 fn garbage_is_a_parse_error_with_the_parsers_message() {
     let Err(SqlError::Parse(message)) = classify("selec * frm t") else {
         panic!("parsed garbage")
@@ -211,10 +282,16 @@ fn session_and_maintenance_commands() {
         ("ANALYZE t", "ANALYZE"),
         ("LOCK TABLE t IN ACCESS EXCLUSIVE MODE", "LOCK"),
         ("CHECKPOINT", "OTHER"),
-        ("COMMENT ON TABLE t IS 'x'", "OTHER"),
         ("DECLARE c CURSOR FOR SELECT 1", "SELECT"),
     ] {
         assert_eq!(kinds(sql), [expected], "{sql}");
+    }
+    // OTHER too, as before COMMENT had a kind of its own.
+    for sql in [
+        "COMMENT ON TABLE t IS 'x'",
+        "COMMENT ON COLUMN t.ssn IS NULL",
+    ] {
+        assert_eq!(kinds(sql), ["COMMENT", "OTHER"], "{sql}");
     }
 }
 

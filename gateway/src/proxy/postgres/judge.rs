@@ -1,0 +1,124 @@
+//! Statement policy for a relayed session: what a `Query`, a `Parse` or a
+//! `Bind` of a prepared statement gets, with the session's prepared
+//! statements ([`PreparedStatements`]) so that an `EXECUTE` is judged as
+//! what it executes, every time it runs.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::relay::{error_bytes, Session};
+use super::tracker::Statement;
+use crate::{
+    policy::sql::{Policy, PreparedStatements, SessionVerdict, SqlVerdict},
+    recorder::Event,
+};
+
+/// What policy says about one statement.
+pub(super) enum Judgement {
+    Allow,
+    /// Refused: the ErrorResponse to send (the denial is recorded).
+    Deny(Bytes),
+    /// Held until a JIT approval decides.
+    Approve,
+}
+
+/// A judged text.
+pub(super) struct Judged {
+    pub judgement: Judgement,
+    /// The text to record and to show in an approval: the SQL, then what
+    /// each of its `EXECUTE`s runs.
+    pub text: String,
+}
+
+/// Judges `sql` (a Query; or a Parse, then `name` is its statement name),
+/// recording a denial after `record` (the statement itself) ran.
+pub(super) fn judge(
+    s: &Session,
+    sql: &str,
+    name: Option<&str>,
+    prepared: &mut PreparedStatements,
+    record: impl FnOnce(&str),
+) -> Judged {
+    let (rules, _) = s.current();
+    let policy = Policy {
+        deny: &rules.deny,
+        approve: &rules.approve,
+        mask: &s.service.mask,
+    };
+    let SessionVerdict { verdict, executed } =
+        s.gw.sql.decide_in_session(sql, name, policy, prepared);
+    let mut text = sql.to_string();
+    for (name, prepared) in &executed {
+        text.push_str(&format!("\n-- {name} was prepared as: {}", prepared.text));
+    }
+    record(&text);
+    Judged {
+        judgement: judgement(s, verdict),
+        text,
+    }
+}
+
+/// The statement a `Bind` of `name` runs: a Parse's own for the unnamed
+/// statement, else every text the name may run, judged now. Refused
+/// (`Err`, the ErrorResponse) when policy denies it or the name is unknown.
+pub(super) fn bound(
+    s: &Session,
+    name: &str,
+    parsed: Option<&Arc<Statement>>,
+    prepared: &PreparedStatements,
+) -> Result<Arc<Statement>, Bytes> {
+    if name.is_empty() {
+        return Ok(parsed.cloned().unwrap_or_default());
+    }
+    let texts = prepared.get(name).unwrap_or_default();
+    if let (Some(st), [one]) = (parsed, texts) {
+        if one.text == st.sql {
+            // Judged when parsed, and its only text.
+            return Ok(st.clone());
+        }
+    }
+    let (rules, _) = s.current();
+    let policy = Policy {
+        deny: &rules.deny,
+        approve: &rules.approve,
+        mask: &s.service.mask,
+    };
+    let needs_approval = match judgement(s, s.gw.sql.decide_prepared(name, policy, prepared)) {
+        Judgement::Deny(err) => return Err(err),
+        Judgement::Approve => true,
+        Judgement::Allow => false,
+    };
+    let sql = texts
+        .iter()
+        .map(|t| t.text.as_str())
+        .collect::<Vec<_>>()
+        .join("\n-- or, re-prepared:\n");
+    // Columns described for one text may not be those of another.
+    Ok(Arc::new(Statement {
+        sql,
+        needs_approval,
+        ..Default::default()
+    }))
+}
+
+/// The judgement for `verdict`, recording a denial.
+fn judgement(s: &Session, verdict: SqlVerdict) -> Judgement {
+    match verdict {
+        SqlVerdict::Allow => Judgement::Allow,
+        SqlVerdict::Approve { .. } => Judgement::Approve,
+        SqlVerdict::Deny { rule, reason } => {
+            let _ = s.record.record(Event::Denied {
+                reason: reason.clone(),
+                rule,
+            });
+            Judgement::Deny(error_bytes(
+                "42501",
+                &format!(
+                    "permission denied by Sluice policy for service {}: {reason}",
+                    s.service.name
+                ),
+            ))
+        }
+    }
+}
