@@ -11,18 +11,18 @@ use std::{
 
 use sluice_tests::{process, redteam, stack::next_upstream_ip, Stack};
 
-const HOST: &str = "grpc.api.test";
-const SERVICE: &str = "grpc-api";
+pub(crate) const HOST: &str = "grpc.api.test";
+pub(crate) const SERVICE: &str = "grpc-api";
 
 /// A Python server (script `script`, then `args`) that prints its port on
 /// its first stdout line; killed by PID when dropped.
-struct PyServer {
+pub(crate) struct PyServer {
     child: Child,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
 }
 
 impl PyServer {
-    fn start(script: &str, ip: std::net::IpAddr, args: &[&str]) -> PyServer {
+    pub(crate) fn start(script: &str, ip: std::net::IpAddr, args: &[&str]) -> PyServer {
         let mut cmd = Command::new("python3");
         cmd.args(["-c", script, &ip.to_string()])
             .args(args)
@@ -56,7 +56,7 @@ impl Drop for PyServer {
 
 /// A stack whose service `SERVICE` on `HOST` is `server`, credential
 /// `Authorization: Bearer <secret>`, plus `extra` config lines.
-fn stack_for(
+pub(crate) fn stack_for(
     label: &str,
     start: impl FnOnce(&Stack) -> PyServer,
     extra: &str,
@@ -80,7 +80,7 @@ fn stack_for(
 }
 
 /// Writes the leaf certificate and key for `HOST` into the stack's dir.
-fn leaf_files(stack: &Stack) -> (PathBuf, PathBuf) {
+pub(crate) fn leaf_files(stack: &Stack) -> (PathBuf, PathBuf) {
     let leaf = stack.ca.leaf(&[HOST]).unwrap();
     let (cert, key) = (stack.dir().join("leaf.pem"), stack.dir().join("leaf.key"));
     std::fs::write(&cert, &leaf.cert_pem).unwrap();
@@ -88,7 +88,7 @@ fn leaf_files(stack: &Stack) -> (PathBuf, PathBuf) {
     (cert, key)
 }
 
-fn path_str(p: &Path) -> &str {
+pub(crate) fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8")
 }
 

@@ -8,6 +8,8 @@
 mod approvals;
 mod attack_bypass;
 mod attack_http_policy;
+mod attack_http_review;
+mod attack_http_review_mask;
 mod attack_malformed;
 mod attack_secrets;
 mod attack_statements;
