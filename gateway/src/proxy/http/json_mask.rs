@@ -42,49 +42,127 @@ pub fn mask_json(
     Ok((serde_json::to_vec(&doc)?, report(masks, &hits)))
 }
 
-/// Masks `body` if it is JSON or NDJSON, whatever its media type; `None`
-/// when it is neither (the caller passes it on, or refuses it when it was
-/// declared JSON). NDJSON keeps its line structure; blank lines are kept.
+/// Masks `body` whatever its media type: one JSON text, or every line that
+/// is a JSON text (NDJSON, JSON text sequences with their `RS` prefix,
+/// JSON after an XSSI prefix line), keeping other lines as they are.
+/// `Ok(None)` when no line is JSON and nothing in the text looks like a
+/// masked key (the caller passes it on, or refuses it when it was
+/// declared JSON).
 ///
 /// # Errors
-/// Only when re-serialising fails (never for parsed input).
+/// A message for a 502 when a masked key appears where masking cannot
+/// reach it: in a line that is not JSON (`cb({"ssn": …})`, `data: {…}`),
+/// or in JSON encoded inside a string value.
 pub fn mask_document(
     body: &[u8],
     masks: &[String],
-) -> Result<Option<(Vec<u8>, MaskReport)>, serde_json::Error> {
+) -> Result<Option<(Vec<u8>, MaskReport)>, String> {
     let text = strip_bom(body);
     if text.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    if serde_json::from_slice::<serde::de::IgnoredAny>(text).is_ok() {
-        return mask_json(text, masks).map(Some);
-    }
-    let lines: Vec<&[u8]> = text.split(|b| *b == b'\n').collect();
-    let mut docs = Vec::with_capacity(lines.len());
-    for line in &lines {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.iter().all(u8::is_ascii_whitespace) {
-            docs.push(None);
-            continue;
-        }
-        match serde_json::from_slice::<Value>(line) {
-            Ok(v) => docs.push(Some(v)),
-            Err(_) => return Ok(None),
-        }
-    }
     let patterns = patterns(masks);
     let mut hits = vec![0u64; masks.len()];
+    if let Ok(mut doc) = serde_json::from_slice::<Value>(text) {
+        walk(&mut doc, &patterns, &mut Vec::new(), &mut hits);
+        refuse_hidden_keys(&doc, &patterns)?;
+        let out = serde_json::to_vec(&doc).map_err(|e| e.to_string())?;
+        return Ok(Some((out, report(masks, &hits))));
+    }
     let mut out = Vec::with_capacity(text.len());
-    for (i, doc) in docs.iter_mut().enumerate() {
+    let mut any_json = false;
+    for (i, line) in text.split(|b| *b == b'\n').enumerate() {
         if i > 0 {
             out.push(b'\n');
         }
-        if let Some(doc) = doc {
-            walk(doc, &patterns, &mut Vec::new(), &mut hits);
-            serde_json::to_writer(&mut out, doc)?;
+        let (rs, rest) = match line.strip_prefix(b"\x1e") {
+            Some(rest) => (true, rest),
+            None => (false, line),
+        };
+        let (json, cr) = match rest.strip_suffix(b"\r") {
+            Some(json) => (json, true),
+            None => (rest, false),
+        };
+        match serde_json::from_slice::<Value>(json) {
+            Ok(mut doc) if !json.iter().all(u8::is_ascii_whitespace) => {
+                walk(&mut doc, &patterns, &mut Vec::new(), &mut hits);
+                refuse_hidden_keys(&doc, &patterns)?;
+                if rs {
+                    out.push(0x1e);
+                }
+                serde_json::to_writer(&mut out, &doc).map_err(|e| e.to_string())?;
+                if cr {
+                    out.push(b'\r');
+                }
+                any_json = true;
+            }
+            _ => {
+                if let Some(key) = embedded_key(line, &patterns, 0) {
+                    return Err(hidden(&key));
+                }
+                out.extend_from_slice(line);
+            }
         }
     }
-    Ok(Some((out, report(masks, &hits))))
+    Ok(any_json.then(|| (out, report(masks, &hits))))
+}
+
+fn hidden(key: &str) -> String {
+    format!("the response holds the masked key {key:?} where masking cannot reach it (not JSON, or JSON inside a string); refused")
+}
+
+/// Refuses a parsed document whose string values carry JSON with a masked
+/// key (JSON encoded inside JSON).
+fn refuse_hidden_keys(doc: &Value, patterns: &[Vec<String>]) -> Result<(), String> {
+    match doc {
+        Value::String(s) => match embedded_key(s.as_bytes(), patterns, 1) {
+            Some(key) => Err(hidden(&key)),
+            None => Ok(()),
+        },
+        Value::Array(items) => items
+            .iter()
+            .try_for_each(|v| refuse_hidden_keys(v, patterns)),
+        Value::Object(map) => map
+            .values()
+            .try_for_each(|v| refuse_hidden_keys(v, patterns)),
+        _ => Ok(()),
+    }
+}
+
+/// A JSON object key in `text` (a string literal, JSON escapes decoded,
+/// followed by `:`) that names a masked field, searched through the text
+/// and, up to two levels, inside string literals that hold JSON. This is a
+/// fail-closed check for text that is not itself JSON.
+fn embedded_key(text: &[u8], patterns: &[Vec<String>], depth: u8) -> Option<String> {
+    let mut i = 0;
+    while let Some(off) = text[i..].iter().position(|b| *b == b'"') {
+        let start = i + off;
+        let mut strings =
+            serde_json::Deserializer::from_slice(&text[start..]).into_iter::<String>();
+        let Some(Ok(literal)) = strings.next() else {
+            i = start + 1;
+            continue;
+        };
+        let end = start + strings.byte_offset();
+        let is_key = text[end..]
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|b| *b == b':');
+        let folded = fold(&literal);
+        let masked = patterns
+            .iter()
+            .any(|p| p.last().is_some_and(|l| *l == folded) || p.join(".") == folded);
+        if is_key && masked {
+            return Some(literal);
+        }
+        if depth < 2 && literal.contains('"') {
+            if let Some(key) = embedded_key(literal.as_bytes(), patterns, depth + 1) {
+                return Some(key);
+            }
+        }
+        i = end.max(start + 1);
+    }
+    None
 }
 
 /// `body` without a leading UTF-8 byte order mark.
@@ -122,7 +200,11 @@ fn walk(value: &mut Value, patterns: &[Vec<String>], path: &mut Vec<String>, hit
         Value::Object(map) => {
             for (key, child) in map.iter_mut() {
                 path.push(fold(key));
-                match patterns.iter().position(|p| ends_with(path, p)) {
+                let whole = path.last().cloned().unwrap_or_default();
+                match patterns
+                    .iter()
+                    .position(|p| ends_with(path, p) || (p.len() > 1 && p.join(".") == whole))
+                {
                     Some(i) if !child.is_null() => {
                         *child = Value::String(MASKED.into());
                         hits[i] += 1;
@@ -247,16 +329,44 @@ mod tests {
         let (out, report) = mask_document(nd, &masks(&["ssn"])).unwrap().unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "{\"ssn\":\"****\"}\n\n[{\"ssn\":\"****\"}]\n"
+            "{\"ssn\":\"****\"}\r\n\n[{\"ssn\":\"****\"}]\n"
         );
         assert_eq!(report.count, 2);
-        assert!(mask_document(b"<html>ssn 1</html>", &masks(&["ssn"]))
+        let m = masks(&["ssn", "card.number"]);
+        assert!(mask_document(b"<html>ssn 1</html>", &m).unwrap().is_none());
+        assert!(mask_document(b"  ", &m).unwrap().is_none());
+        // Lines that are JSON are masked, others kept: NDJSON with a bad
+        // line, JSON text sequences, an XSSI prefix.
+        let (out, _) = mask_document(b"{\"ssn\":1}\nnot json", &m)
             .unwrap()
-            .is_none());
-        assert!(mask_document(b"{\"ssn\":1}\nnot json", &masks(&["ssn"]))
+            .unwrap();
+        assert_eq!(out, b"{\"ssn\":\"****\"}\nnot json");
+        let (out, _) = mask_document(b"\x1e{\"ssn\":1}\n\x1e[2]\n", &m)
             .unwrap()
-            .is_none());
-        assert!(mask_document(b"  ", &masks(&["ssn"])).unwrap().is_none());
+            .unwrap();
+        assert_eq!(out, b"\x1e{\"ssn\":\"****\"}\n\x1e[2]\n");
+        let (out, _) = mask_document(b")]}'\n{\"SSN\":1}", &m).unwrap().unwrap();
+        assert_eq!(out, b")]}'\n{\"SSN\":\"****\"}");
+        // A masked key where masking cannot reach it is refused.
+        for body in [
+            &b"cb({\"ssn\": \"1\"})"[..],
+            b"data: {\"ssn\":\"1\"}",
+            b"{\"ssn\":\"1\"} trailing",
+            br#"{"doc": "{\"ssn\": \"1\"}"}"#,
+            br#"x {"\u0073sn" : 1}"#,
+            br#"x {"number": "4111"}"#,
+        ] {
+            assert!(
+                mask_document(body, &m).is_err(),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        // A flat key spelled like a dotted mask entry is masked.
+        let (out, _) = mask_document(br#"{"card.number":"4111"}"#, &m)
+            .unwrap()
+            .unwrap();
+        assert_eq!(out, br#"{"card.number":"****"}"#);
     }
 
     #[test]

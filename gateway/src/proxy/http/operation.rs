@@ -109,7 +109,32 @@ pub fn read_path(raw: &str, strict: bool) -> Result<PathReadings, Ambiguity> {
     if encoded_slash {
         readings.push(literal.join("/"));
     }
+    // Backends that fold look-alike letters (NFKC: `ſ` → `s`, fullwidth
+    // letters → ASCII) or trim a segment's trailing dots and spaces (IIS,
+    // .NET, older Spring) route these to the same handler.
+    for reading in readings.clone() {
+        for variant in [folded(&reading), trimmed_segments(&reading)] {
+            if !readings.contains(&variant) {
+                readings.push(variant);
+            }
+        }
+    }
     Ok(PathReadings { display, readings })
+}
+
+/// `path` in Unicode compatibility normal form (NFKC, UAX #15), which maps
+/// look-alikes such as `ſ` and fullwidth letters to ASCII.
+fn folded(path: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    path.nfkc().collect()
+}
+
+/// `path` with each segment's trailing dots and spaces removed.
+fn trimmed_segments(path: &str) -> String {
+    path.split('/')
+        .map(|s| s.trim_end_matches(['.', ' ']))
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// Decodes one raw segment: (decoded text, decoded text with `%2F` kept as
@@ -199,6 +224,8 @@ pub fn methods(parts: &Parts) -> Vec<String> {
         }
     }
     if let Some(query) = parts.uri.query() {
+        // Some frameworks also split parameters on `;` (HTML 4 §B.2.2).
+        let query = query.replace(';', "&");
         for (key, value) in form_urlencoded::parse(query.as_bytes()) {
             if key.eq_ignore_ascii_case(OVERRIDE_PARAM) {
                 add_method(&mut out, &value);
@@ -222,25 +249,26 @@ pub enum FormBody {
     UrlEncoded,
     /// `multipart/form-data` with this boundary.
     Multipart(String),
+    /// A JSON body, whose top-level `_method` member Laravel honours.
+    Json,
 }
 
 /// The form kind of a request body, if it is one a framework reads a
 /// `_method` field from.
 pub fn form_body(headers: &HeaderMap) -> Option<FormBody> {
-    let ct = headers
-        .get(hyper::header::CONTENT_TYPE)?
-        .to_str()
-        .ok()?
-        .to_ascii_lowercase();
+    let Some(original) = headers.get(hyper::header::CONTENT_TYPE) else {
+        // Rack and others read an unlabelled body as a form.
+        return Some(FormBody::UrlEncoded);
+    };
+    let original = original.to_str().ok()?;
+    let ct = original.to_ascii_lowercase();
     let essence = ct.split(';').next().unwrap_or("").trim();
     match essence {
         "application/x-www-form-urlencoded" => Some(FormBody::UrlEncoded),
-        "multipart/form-data" => {
-            let original = headers.get(hyper::header::CONTENT_TYPE)?.to_str().ok()?;
-            multer::parse_boundary(original)
-                .ok()
-                .map(FormBody::Multipart)
-        }
+        "multipart/form-data" => multer::parse_boundary(original)
+            .ok()
+            .map(FormBody::Multipart),
+        e if e == "application/json" || e.ends_with("+json") => Some(FormBody::Json),
         _ => None,
     }
 }
@@ -256,6 +284,18 @@ pub async fn form_methods(
     out: &mut Vec<String>,
 ) -> Result<(), String> {
     match kind {
+        FormBody::Json => {
+            if let Ok(serde_json::Value::Object(map)) = serde_json::from_slice(&body) {
+                for (key, value) in map {
+                    if let (true, Some(m)) =
+                        (key.eq_ignore_ascii_case(OVERRIDE_PARAM), value.as_str())
+                    {
+                        add_method(out, m);
+                    }
+                }
+            }
+            Ok(())
+        }
         FormBody::UrlEncoded => {
             for (key, value) in form_urlencoded::parse(&body) {
                 if key.eq_ignore_ascii_case(OVERRIDE_PARAM) {

@@ -29,17 +29,16 @@ pub fn full(bytes: Bytes) -> ProxyBody {
 /// gRPC status `PERMISSION_DENIED` (gRPC "Status codes and their use").
 pub const GRPC_PERMISSION_DENIED: u8 = 7;
 
-/// True when the request is a gRPC call (`Content-Type: application/grpc`,
-/// with or without a `+proto`-style suffix).
+/// True when the request is a gRPC or gRPC-Web call (`Content-Type:
+/// application/grpc…`, any suffix).
 pub fn is_grpc(headers: &header::HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| {
             let ct = ct.trim().to_ascii_lowercase();
-            ct == "application/grpc"
-                || ct.starts_with("application/grpc+")
-                || ct.starts_with("application/grpc;")
+            // gRPC and gRPC-Web (`application/grpc-web[-text][+proto]`).
+            ct.starts_with("application/grpc")
         })
 }
 

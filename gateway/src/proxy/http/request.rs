@@ -271,6 +271,20 @@ async fn respond(ctx: &Arc<ConnCtx>, mut req: Request<Incoming>) -> Response<Pro
         }
     }
 
+    if upgrading
+        .as_ref()
+        .is_some_and(|(_, value)| !upgrade::is_websocket(value))
+    {
+        let reason = "only WebSocket upgrades are relayed; other protocol upgrades (h2c, …) would carry requests past policy";
+        return fail(
+            StatusCode::BAD_REQUEST,
+            Event::Denied {
+                reason: reason.into(),
+                rule: AMBIGUOUS_PATH.into(),
+            },
+            reason,
+        );
+    }
     if upgrading.is_some() && (!service.mask.is_empty() || service.echo_guard) {
         let reason = "protocol upgrades (WebSocket) are refused on a service with mask or echo_guard: Sluice cannot mask or scan their frames";
         return fail(
@@ -402,10 +416,13 @@ async fn respond(ctx: &Arc<ConnCtx>, mut req: Request<Incoming>) -> Response<Pro
         Ok(mut resp) => {
             let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
             let upstream_upgrade = resp.headers().get(header::UPGRADE).cloned();
+            let to_websocket = upstream_upgrade.as_ref().is_some_and(upgrade::is_websocket);
             match agent_upgrade {
-                Some(agent) if switching => upgrade::relay(ctx.clone(), agent, &mut resp),
+                Some(agent) if switching && to_websocket => {
+                    upgrade::relay(ctx.clone(), agent, &mut resp)
+                }
                 _ if switching => {
-                    let msg = "upstream switched protocols without being asked to";
+                    let msg = "upstream switched to a protocol the agent did not ask for";
                     return fail(
                         StatusCode::BAD_GATEWAY,
                         Event::Error {
@@ -535,8 +552,11 @@ async fn mask_body(
         .await
         .map_err(|e| format!("response cannot be masked ({e}; limit {limit} bytes, gateway.json_mask_max_bytes); refused"))?
         .to_bytes();
-    let masked = json_mask::mask_document(&bytes, masks)
-        .map_err(|e| format!("masked JSON cannot be written ({e}); refused"))?;
+    if bytes.is_empty() {
+        // HEAD, 204, 304: nothing to mask.
+        return Ok(reply::full(bytes));
+    }
+    let masked = json_mask::mask_document(&bytes, masks)?;
     let Some((masked, report)) = masked else {
         if json_mask::is_json(content_type) {
             return Err("upstream sent invalid JSON; refusing to pass it unmasked".into());

@@ -39,6 +39,17 @@ pub fn requested(headers: &HeaderMap) -> bool {
     connection_upgrade && headers.contains_key(header::UPGRADE)
 }
 
+/// The one protocol Sluice relays upgrades to (RFC 6455 §4.1). Others
+/// (`h2c`, …) would tunnel requests past policy and are refused.
+pub const WEBSOCKET: &str = "websocket";
+
+/// True when an `Upgrade` value names WebSocket alone.
+pub fn is_websocket(value: &HeaderValue) -> bool {
+    value
+        .to_str()
+        .is_ok_and(|v| v.trim().eq_ignore_ascii_case(WEBSOCKET))
+}
+
 /// Puts `Connection: upgrade` and the agent's `Upgrade` value back on the
 /// upstream request after hop-by-hop headers were stripped.
 pub fn restore_request_headers(headers: &mut HeaderMap, upgrade: HeaderValue) {
