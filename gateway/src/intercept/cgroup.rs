@@ -5,8 +5,7 @@
 //! returned by `bpf_get_current_cgroup_id()`, is the inode number of its
 //! directory. Kernel ≥ 4.5 for cgroup v2; see cgroups(7).
 use std::{
-    fs,
-    io::{self, Write},
+    fs, io,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
 };
@@ -100,19 +99,6 @@ pub fn ensure(dir: &Path) -> io::Result<()> {
 /// `NotFound` when the cgroup does not exist.
 pub fn id(dir: &Path) -> io::Result<u64> {
     Ok(fs::metadata(dir)?.ino())
-}
-
-/// Moves the calling process into the cgroup at `dir` by writing `0` to its
-/// `cgroup.procs`. Async-signal-safe enough for `pre_exec` (one open and one
-/// write).
-///
-/// # Errors
-/// The `open`/`write` failure.
-pub fn join_self(dir: &Path) -> io::Result<()> {
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .open(dir.join("cgroup.procs"))?;
-    f.write_all(b"0")
 }
 
 /// Finds which of `roots` contains the cgroup with id `target` (the root

@@ -20,6 +20,7 @@ mod install_readiness;
 mod install_units;
 mod load;
 mod operate;
+mod own_uid;
 mod pg_logins;
 mod pg_statements;
 mod records;
