@@ -32,7 +32,7 @@ use crate::{
 /// response goes out only once the lines recorded for it are written.
 pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<ProxyBody> {
     let response = respond(&ctx, req).await;
-    if ctx.flush() {
+    if ctx.flush().await {
         response
     } else {
         reply::error(
@@ -269,7 +269,7 @@ async fn respond(ctx: &Arc<ConnCtx>, req: Request<Incoming>) -> Response<ProxyBo
         // Masking and echo_guard read the body as sent: ask for no content coding.
         parts.headers.remove(header::ACCEPT_ENCODING);
     }
-    if !ctx.opened() {
+    if !ctx.opened().await {
         return reply::error(
             StatusCode::SERVICE_UNAVAILABLE,
             "session record cannot be written; refusing unaudited access",
