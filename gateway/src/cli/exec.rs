@@ -227,18 +227,18 @@ fn join_cgroup(procs_file: &CString) -> std::io::Result<()> {
 /// the earlier calls are still permitted). Async-signal-safe: no lookups,
 /// no allocation.
 fn drop_privileges(user: &RunAs) -> std::io::Result<()> {
-    // SAFETY: `groups` outlives the call and its length is passed with it.
-    let rc = unsafe {
-        if libc::setgroups(user.groups.len(), user.groups.as_ptr()) != 0 {
-            -1
-        } else if libc::setgid(user.gid) != 0 {
-            -1
+    let check = |rc: libc::c_int| {
+        if rc == 0 {
+            Ok(())
         } else {
-            libc::setuid(user.uid)
+            Err(std::io::Error::last_os_error())
         }
     };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    // SAFETY: `groups` outlives the call and its length is passed with it.
+    check(unsafe { libc::setgroups(user.groups.len(), user.groups.as_ptr()) })?;
+    // SAFETY: plain integer arguments.
+    check(unsafe { libc::setgid(user.gid) })?;
+    // SAFETY: plain integer arguments.
+    check(unsafe { libc::setuid(user.uid) })?;
     Ok(())
 }
