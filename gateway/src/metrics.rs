@@ -46,6 +46,7 @@ pub struct Metrics {
     errors: Family<ServiceLabels, Counter>,
     upstream_seconds: Family<ServiceLabels, Histogram>,
     tracked_connections: Gauge,
+    tuple_misses: Counter,
 }
 
 impl Default for Metrics {
@@ -72,6 +73,7 @@ impl Metrics {
             ])
         });
         let tracked_connections = Gauge::default();
+        let tuple_misses = Counter::default();
         registry.register("sessions", "Agent sessions opened", sessions.clone());
         registry.register(
             "requests",
@@ -98,6 +100,11 @@ impl Metrics {
             "Entries in the eBPF 4-tuple map",
             tracked_connections.clone(),
         );
+        registry.register(
+            "ebpf_tuple_misses",
+            "Accepted connections with no entry in the eBPF 4-tuple map (closed unserved)",
+            tuple_misses.clone(),
+        );
         Metrics {
             registry,
             sessions,
@@ -110,7 +117,13 @@ impl Metrics {
             errors,
             upstream_seconds,
             tracked_connections,
+            tuple_misses,
         }
+    }
+
+    /// Counts an accepted connection the 4-tuple map had no entry for.
+    pub fn tuple_miss(&self) {
+        self.tuple_misses.inc();
     }
 
     /// Counts one recorded session event of `service`.

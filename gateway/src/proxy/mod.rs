@@ -9,7 +9,7 @@ use std::{
 };
 
 use tokio::net::{TcpListener, TcpStream};
-use tracing::{debug, warn};
+use tracing::warn;
 
 use crate::{
     config::{Config, Protocol, Service},
@@ -203,8 +203,9 @@ impl Gateway {
         let Ok(local) = stream.local_addr() else {
             return;
         };
-        let Some(odst) = self.lookup.original_dst(peer, local) else {
-            debug!(%peer, "connection without an eBPF record (not from an agent cgroup); closing");
+        let Some(odst) = self.lookup.take_original_dst(peer, local) else {
+            self.metrics.tuple_miss();
+            warn!(%peer, %local, "connection without an eBPF 4-tuple entry (not redirected from an agent cgroup, or the map was full); closing");
             return;
         };
         let snap = self.snapshot();

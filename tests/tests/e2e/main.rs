@@ -27,6 +27,7 @@ mod records;
 mod redis_down;
 mod restart;
 mod token_placement;
+mod tuple_map;
 mod two_gateways;
 
 use std::{
