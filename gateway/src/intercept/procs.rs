@@ -22,6 +22,26 @@ pub struct Process {
     pub cgroup: String,
 }
 
+/// Whether the cgroup `path` (as in `/proc/<pid>/cgroup`) is the cgroup of
+/// `[[agent]] cgroup = agent_cgroup` or below it.
+pub fn in_agent_cgroup(path: &str, agent_cgroup: &str) -> bool {
+    let agent = cgroup::agent_dir(Path::new("/"), agent_cgroup);
+    within(path, &agent.to_string_lossy())
+}
+
+/// The calling process's cgroup v2 path (`/proc/self/cgroup`).
+///
+/// # Errors
+/// The read failure; `InvalidData` without a `0::` line.
+pub fn own_cgroup() -> std::io::Result<String> {
+    cgroup_v2_path(&fs::read_to_string("/proc/self/cgroup")?).ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "no cgroup v2 line in /proc/self/cgroup",
+        )
+    })
+}
+
 /// The processes whose real, effective or saved uid is `uid` and whose
 /// cgroup is neither `agent_cgroup` nor below it; `agent_cgroup` is the
 /// `[[agent]] cgroup` value (relative to the cgroup2 mount, or a systemd
@@ -33,15 +53,12 @@ pub fn outside(uid: u32, agent_cgroup: &str, except: u32) -> Vec<Process> {
     let Ok(entries) = fs::read_dir("/proc") else {
         return Vec::new();
     };
-    let agent = cgroup::agent_dir(Path::new("/"), agent_cgroup)
-        .to_string_lossy()
-        .into_owned();
     let mut found: Vec<Process> = entries
         .filter_map(Result::ok)
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|&pid| pid != except)
         .filter_map(|pid| read(pid, uid))
-        .filter(|p| !within(&p.cgroup, &agent))
+        .filter(|p| !in_agent_cgroup(&p.cgroup, agent_cgroup))
         .collect();
     found.sort_by_key(|p| p.pid);
     found

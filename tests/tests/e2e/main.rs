@@ -26,6 +26,7 @@ mod pg_statements;
 mod records;
 mod redis_down;
 mod restart;
+mod run_in_agent;
 mod token_placement;
 mod tuple_map;
 mod two_gateways;
