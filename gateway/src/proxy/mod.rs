@@ -53,6 +53,8 @@ pub struct AgentTable {
     names: Vec<String>,
     dirs: Vec<PathBuf>,
     ids: Vec<u64>,
+    /// Descendant cgroup → agent, for this table's agents only.
+    owners: cgroup::OwnerCache,
 }
 
 impl AgentTable {
@@ -74,6 +76,7 @@ impl AgentTable {
             names: cfg.agents.iter().map(|a| a.name.clone()).collect(),
             dirs,
             ids,
+            owners: cgroup::OwnerCache::default(),
         })
     }
 
@@ -82,7 +85,9 @@ impl AgentTable {
         if let Some(i) = self.ids.iter().position(|id| *id == cgroup_id) {
             return Some(&self.names[i]);
         }
-        cgroup::owner_of(&self.dirs, cgroup_id).map(|i| self.names[i].as_str())
+        self.owners
+            .owner_of(&self.dirs, cgroup_id)
+            .map(|i| self.names[i].as_str())
     }
 }
 
