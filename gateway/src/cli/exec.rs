@@ -41,7 +41,9 @@ pub struct ExecArgs {
 /// Runs the command; returns [`CliError::Exit`] with its status when non-zero.
 ///
 /// # Errors
-/// [`CliError::Usage`] for an unknown agent; [`CliError::Runtime`] when
+/// [`CliError::Usage`] for an unknown agent or user, and for a uid with
+/// processes outside the agent's cgroup (without `--allow-shared-uid`);
+/// [`CliError::Runtime`] when
 /// Sluice is not attached to the agent's cgroup (the command would run
 /// unintercepted) or the command cannot start.
 pub fn run(cfg: &Config, args: ExecArgs) -> Result<(), CliError> {
