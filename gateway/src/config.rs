@@ -154,6 +154,11 @@ pub struct Agent {
     pub name: String,
     /// cgroup v2 path relative to the cgroup2 mount, e.g. `sluice/ci-bot`.
     pub cgroup: String,
+    /// `user = "NAME"` or a numeric uid: the user `sluice exec` runs the
+    /// agent's commands as (DESIGN.md §3). A uid of its own keeps sockets
+    /// made outside the cgroup out of the agent's reach (README security notes).
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 /// `protocol = …`.

@@ -47,6 +47,7 @@ pub struct Metrics {
     upstream_seconds: Family<ServiceLabels, Histogram>,
     tracked_connections: Gauge,
     notifications_dropped: Family<TargetLabels, Counter>,
+    tuple_misses: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -84,6 +85,7 @@ impl Metrics {
             "Notifications dropped (queue full or every retry failed), by target host",
             notifications_dropped.clone(),
         );
+        let tuple_misses = Counter::default();
         registry.register("sessions", "Agent sessions opened", sessions.clone());
         registry.register(
             "requests",
@@ -110,6 +112,11 @@ impl Metrics {
             "Entries in the eBPF 4-tuple map",
             tracked_connections.clone(),
         );
+        registry.register(
+            "ebpf_tuple_misses",
+            "Accepted connections with no entry in the eBPF 4-tuple map (closed unserved)",
+            tuple_misses.clone(),
+        );
         Metrics {
             registry,
             sessions,
@@ -123,6 +130,7 @@ impl Metrics {
             upstream_seconds,
             tracked_connections,
             notifications_dropped,
+            tuple_misses,
         }
     }
 
@@ -133,6 +141,11 @@ impl Metrics {
                 target: target.to_string(),
             })
             .inc();
+    }
+
+    /// Counts an accepted connection the 4-tuple map had no entry for.
+    pub fn tuple_miss(&self) {
+        self.tuple_misses.inc();
     }
 
     /// Counts one recorded session event of `service`.

@@ -3,8 +3,9 @@
 //!
 //! - Towards the agent (RFC 8446, SNI per RFC 6066 §3, ALPN per RFC 7301):
 //!   a leaf certificate for the requested server name, signed by the local CA
-//!   under `state_dir/ca/`, cached per name; ALPN offers only what the agent
-//!   offered, among `h2` and `http/1.1`.
+//!   under `state_dir/ca/`, cached per name (at most [`MAX_CACHED`] names)
+//!   and re-minted once less than a third of its [`LEAF_LIFETIME`] is left;
+//!   ALPN offers only what the agent offered, among `h2` and `http/1.1`.
 //! - Towards the upstream: certificates verified against the system roots, or
 //!   against `upstream_ca` alone when a service sets it.
 use std::{
@@ -30,6 +31,23 @@ use rustls::{
 /// ALPN protocol ids Sluice can serve to agents, in preference order.
 pub const SERVABLE_ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
+/// How long a minted leaf certificate is valid (from a day before minting,
+/// for clock skew).
+pub const LEAF_LIFETIME: time::Duration = time::Duration::days(90);
+
+/// A cached leaf is re-minted once less than this much of it is left.
+const RENEW_BEFORE: time::Duration = time::Duration::days(30);
+
+/// Server names whose certificates are cached; past it, the oldest goes.
+pub const MAX_CACHED: usize = 4096;
+
+/// A minted certificate and when it stops being served.
+struct Cached {
+    key: Arc<CertifiedKey>,
+    minted: time::OffsetDateTime,
+    renew_at: time::OffsetDateTime,
+}
+
 /// Errors from the CA, minting and TLS configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -51,7 +69,7 @@ pub enum TlsError {
 pub struct LocalCa {
     issuer: Issuer<'static, KeyPair>,
     cert_pem: String,
-    cache: Mutex<HashMap<String, Arc<CertifiedKey>>>,
+    cache: Mutex<HashMap<String, Cached>>,
 }
 
 impl LocalCa {
@@ -105,14 +123,55 @@ impl LocalCa {
     }
 
     /// A certificate and key for `server_name` (a DNS name or IP literal),
-    /// minted on first use and cached.
+    /// minted on first use and cached; re-minted when less than a third of
+    /// its lifetime is left.
     ///
     /// # Errors
     /// [`TlsError::Rcgen`] when minting fails.
     pub fn certified_key(&self, server_name: &str) -> Result<Arc<CertifiedKey>, TlsError> {
+        self.certified_key_at(server_name, time::OffsetDateTime::now_utc())
+    }
+
+    /// [`LocalCa::certified_key`] with the clock read as `now`.
+    fn certified_key_at(
+        &self,
+        server_name: &str,
+        now: time::OffsetDateTime,
+    ) -> Result<Arc<CertifiedKey>, TlsError> {
         if let Some(hit) = self.cache.lock().unwrap().get(server_name) {
-            return Ok(hit.clone());
+            if now < hit.renew_at {
+                return Ok(hit.key.clone());
+            }
         }
+        let ck = self.mint(server_name, now)?;
+        let mut cache = self.cache.lock().unwrap();
+        if cache.len() >= MAX_CACHED && !cache.contains_key(server_name) {
+            let oldest = cache
+                .iter()
+                .min_by_key(|(_, c)| c.minted)
+                .map(|(name, _)| name.clone());
+            if let Some(name) = oldest {
+                cache.remove(&name);
+            }
+        }
+        cache.insert(
+            server_name.to_string(),
+            Cached {
+                key: ck.clone(),
+                minted: now,
+                renew_at: now + LEAF_LIFETIME - RENEW_BEFORE,
+            },
+        );
+        Ok(ck)
+    }
+
+    /// Signs a fresh leaf for `server_name`, valid from a day before `now`
+    /// for [`LEAF_LIFETIME`].
+    fn mint(
+        &self,
+        server_name: &str,
+        now: time::OffsetDateTime,
+    ) -> Result<Arc<CertifiedKey>, TlsError> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::default();
         params.subject_alt_names = vec![match server_name.parse::<std::net::IpAddr>() {
@@ -127,19 +186,16 @@ impl LocalCa {
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
         ];
-        let now = time::OffsetDateTime::now_utc();
         params.not_before = now - time::Duration::days(1);
-        params.not_after = now + time::Duration::days(90);
+        params.not_after = now + LEAF_LIFETIME;
         let cert = params.signed_by(&key, &self.issuer)?;
         let key_der = PrivateKeyDer::try_from(key.serialize_der())
             .map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?;
         let signing = any_supported_type(&key_der)?;
-        let ck = Arc::new(CertifiedKey::new(vec![cert.der().clone()], signing));
-        self.cache
-            .lock()
-            .unwrap()
-            .insert(server_name.to_string(), ck.clone());
-        Ok(ck)
+        Ok(Arc::new(CertifiedKey::new(
+            vec![cert.der().clone()],
+            signing,
+        )))
     }
 }
 
@@ -226,4 +282,41 @@ pub fn upstream_client_config(upstream_ca: Option<&Path>) -> Result<ClientConfig
             .with_root_certificates(roots)
             .with_no_client_auth(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leaves_are_reminted_before_they_expire_and_the_cache_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = LocalCa::load_or_create(dir.path()).unwrap();
+        let t0 = time::OffsetDateTime::now_utc();
+        let first = ca.certified_key_at("api.test", t0).unwrap();
+        let day = time::Duration::days(1);
+        let same = ca.certified_key_at("api.test", t0 + 59 * day).unwrap();
+        assert!(Arc::ptr_eq(&first, &same), "cached while two thirds remain");
+        let renewed = ca.certified_key_at("api.test", t0 + 61 * day).unwrap();
+        assert!(
+            !Arc::ptr_eq(&first, &renewed),
+            "re-minted in the last third"
+        );
+        assert_eq!(
+            ca.certified_key_at("api.test", t0 + 62 * day).unwrap().cert,
+            renewed.cert
+        );
+
+        for i in 0..MAX_CACHED + 10 {
+            ca.certified_key_at(
+                &format!("h{i}.test"),
+                t0 + time::Duration::seconds(i as i64),
+            )
+            .unwrap();
+        }
+        let cache = ca.cache.lock().unwrap();
+        assert_eq!(cache.len(), MAX_CACHED);
+        assert!(!cache.contains_key("h0.test"), "the oldest went first");
+        assert!(cache.contains_key(&format!("h{}.test", MAX_CACHED + 9)));
+    }
 }

@@ -389,6 +389,16 @@ pub fn start_with_agents(builder: StackBuilder, extra_agents: &[&str]) -> Result
 
 /// Adds agents to a prepared (not yet started) stack.
 pub fn add_agents(stack: &mut Stack, names: &[&str]) -> Result<()> {
+    add_agents_as(stack, names, None)
+}
+
+/// Adds one agent with `user = USER` (the uid `sluice exec` runs it as)
+/// to a prepared stack.
+pub fn add_agent_as(stack: &mut Stack, name: &str, user: &str) -> Result<()> {
+    add_agents_as(stack, &[name], Some(user))
+}
+
+fn add_agents_as(stack: &mut Stack, names: &[&str], user: Option<&str>) -> Result<()> {
     let first = stack
         .sluice
         .agents
@@ -409,6 +419,9 @@ pub fn add_agents(stack: &mut Stack, names: &[&str]) -> Result<()> {
             toml_str(name),
             toml_str(&rel)
         ));
+        if let Some(user) = user {
+            toml.push_str(&format!("user = {}\n", toml_str(user)));
+        }
         stack.sluice.agents.push(AgentCgroup {
             name: name.to_string(),
             rel,

@@ -411,11 +411,12 @@ impl Sluice {
         Ok(path)
     }
 
-    /// The `sluice exec --agent NAME -- argv…` command, for callers that
-    /// need their own stdio (their output is not captured for the scans:
-    /// pass it to [`Sluice::capture_text`]).
+    /// The `sluice exec --agent NAME --allow-shared-uid -- argv…` command
+    /// (these agents run as root, like the test), for callers that need
+    /// their own stdio (their output is not captured for the scans: pass
+    /// it to [`Sluice::capture_text`]).
     pub fn exec_command<S: AsRef<OsStr>>(&self, agent: &str, argv: &[S]) -> Command {
-        let mut cmd = self.command(&["exec", "--agent", agent, "--"]);
+        let mut cmd = self.command(&["exec", "--agent", agent, "--allow-shared-uid", "--"]);
         cmd.args(argv);
         cmd
     }

@@ -4,8 +4,8 @@ use std::{os::unix::fs::PermissionsExt, path::Path};
 
 use super::CliError;
 use crate::{
-    config::Config,
-    intercept::{cgroup, programs},
+    config::{Agent, Config},
+    intercept::{cgroup, procs, programs},
     state::State,
 };
 
@@ -41,6 +41,7 @@ pub fn run(path: &Path) -> Result<(), CliError> {
             result: bpffs(),
         },
     ];
+    let mut warnings = Vec::new();
     match Config::load(path) {
         Err(e) => checks.push(Check {
             name: "config",
@@ -67,6 +68,15 @@ pub fn run(path: &Path) -> Result<(), CliError> {
                 name: "attached",
                 result: attached(&cfg),
             });
+            for agent in &cfg.agents {
+                match own_uid(agent) {
+                    Ok(msg) => checks.push(Check {
+                        name: "agent uid",
+                        result: Ok(msg),
+                    }),
+                    Err(msg) => warnings.push(msg),
+                }
+            }
         }
     }
     let mut failed = 0;
@@ -78,6 +88,9 @@ pub fn run(path: &Path) -> Result<(), CliError> {
                 println!("FAIL  {:<10} {msg}", c.name);
             }
         }
+    }
+    for w in &warnings {
+        println!("WARN  {:<10} {w}", "agent uid");
     }
     if failed == 0 {
         println!("all checks passed");
@@ -231,6 +244,41 @@ fn attached(cfg: &Config) -> Result<String, String> {
         Err(format!(
             "not attached for agent(s) {}: start `sluice run` (or `systemctl start sluice`)",
             missing.join(", ")
+        ))
+    }
+}
+
+/// Whether `agent` runs under a uid of its own: `Err` (a warning, not a
+/// failure) when it has no `user =` or its uid has processes outside its
+/// cgroup, whose sockets it could take in uninterceptable (pidfd_getfd,
+/// SCM_RIGHTS; README security notes).
+fn own_uid(agent: &Agent) -> Result<String, String> {
+    let Some(spec) = agent.user.as_deref() else {
+        return Err(format!(
+            "agent {:?} has no `user =`: its commands run as the caller's uid, whose processes outside its cgroup can hand it uninterceptable sockets; give it a user of its own",
+            agent.name
+        ));
+    };
+    let uid = match spec.parse::<u32>() {
+        Ok(uid) => uid,
+        Err(_) => nix::unistd::User::from_name(spec)
+            .ok()
+            .flatten()
+            .map(|u| u.uid.as_raw())
+            .ok_or_else(|| format!("agent {:?}: user {spec:?} does not exist", agent.name))?,
+    };
+    let others = procs::outside(uid, &agent.cgroup, std::process::id());
+    if others.is_empty() {
+        Ok(format!(
+            "agent {:?} runs as uid {uid}, which has no process outside its cgroup",
+            agent.name
+        ))
+    } else {
+        Err(format!(
+            "agent {:?}'s uid {uid} has {} process(es) outside its cgroup ({}); their sockets escape interception if handed to the agent",
+            agent.name,
+            others.len(),
+            procs::describe(&others)
         ))
     }
 }

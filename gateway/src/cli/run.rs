@@ -28,6 +28,7 @@ pub struct RunArgs {
 /// [`CliError::Runtime`] when start-up fails.
 pub fn run(cfg: Config, args: RunArgs) -> Result<(), CliError> {
     init_logging(args.log_format);
+    refuse_inside_agent(&cfg)?;
     if let Some(missing) = missing_capabilities() {
         return Err(CliError::Usage(format!(
             "sluice run needs root or the capabilities CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN and CAP_PERFMON (missing {missing})"
@@ -42,6 +43,23 @@ pub fn run(cfg: Config, args: RunArgs) -> Result<(), CliError> {
     rt.shutdown_timeout(std::time::Duration::from_secs(5));
     result.map_err(CliError::runtime)?.flush_all();
     Ok(())
+}
+
+/// Refuses (exit 2) to run inside an agent's cgroup: Sluice's own upstream
+/// connections would be redirected back to itself.
+fn refuse_inside_agent(cfg: &Config) -> Result<(), CliError> {
+    let own = crate::intercept::procs::own_cgroup().map_err(CliError::runtime)?;
+    match cfg
+        .agents
+        .iter()
+        .find(|a| crate::intercept::procs::in_agent_cgroup(&own, &a.cgroup))
+    {
+        Some(a) => Err(CliError::Usage(format!(
+            "sluice run is inside agent {:?}'s cgroup ({own}), where its own upstream connections would loop back to it; start it outside the agent cgroups",
+            a.name
+        ))),
+        None => Ok(()),
+    }
 }
 
 fn init_logging(format: LogFormat) {

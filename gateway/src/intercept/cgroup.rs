@@ -5,8 +5,7 @@
 //! returned by `bpf_get_current_cgroup_id()`, is the inode number of its
 //! directory. Kernel ≥ 4.5 for cgroup v2; see cgroups(7).
 use std::{
-    fs,
-    io::{self, Write},
+    fs, io,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
 };
@@ -102,23 +101,41 @@ pub fn id(dir: &Path) -> io::Result<u64> {
     Ok(fs::metadata(dir)?.ino())
 }
 
-/// Moves the calling process into the cgroup at `dir` by writing `0` to its
-/// `cgroup.procs`. Async-signal-safe enough for `pre_exec` (one open and one
-/// write).
-///
-/// # Errors
-/// The `open`/`write` failure.
-pub fn join_self(dir: &Path) -> io::Result<()> {
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .open(dir.join("cgroup.procs"))?;
-    f.write_all(b"0")
-}
-
 /// Finds which of `roots` contains the cgroup with id `target` (the root
 /// itself or any descendant). Returns the index into `roots`.
 pub fn owner_of(roots: &[PathBuf], target: u64) -> Option<usize> {
     roots.iter().position(|root| contains_id(root, target, 0))
+}
+
+/// How many cgroup ids an [`OwnerCache`] remembers before it starts over.
+pub const OWNER_CACHE_MAX: usize = 4096;
+
+/// [`owner_of`] answers per cgroup id, so the tree is walked once per cgroup
+/// rather than on every accepted connection. Bounded (cleared when
+/// [`OWNER_CACHE_MAX`] ids are held); build a new one when the roots change
+/// (a config reload). Cgroup ids are not reused while the host runs, and a
+/// cgroup cannot move, so an answer stays true.
+#[derive(Debug, Default)]
+pub struct OwnerCache {
+    known: std::sync::Mutex<std::collections::HashMap<u64, Option<usize>>>,
+}
+
+impl OwnerCache {
+    /// [`owner_of`]`(roots, target)`, from the cache when known. `roots` must
+    /// be the same for every call on one cache.
+    pub fn owner_of(&self, roots: &[PathBuf], target: u64) -> Option<usize> {
+        let lock = || self.known.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(hit) = lock().get(&target) {
+            return *hit;
+        }
+        let found = owner_of(roots, target);
+        let mut known = lock();
+        if known.len() >= OWNER_CACHE_MAX {
+            known.clear();
+        }
+        known.insert(target, found);
+        found
+    }
 }
 
 fn contains_id(dir: &Path, target: u64, depth: u32) -> bool {
@@ -151,6 +168,25 @@ mod tests {
             agent_dir(Path::new("/cg"), "sluice/ci-bot"),
             PathBuf::from("/cg/sluice/ci-bot")
         );
+    }
+
+    #[test]
+    fn owners_are_cached_per_cgroup_id_and_the_cache_is_bounded() {
+        let root = tempfile::tempdir().unwrap();
+        let child = root.path().join("job");
+        fs::create_dir(&child).unwrap();
+        let child_id = id(&child).unwrap();
+        let roots = vec![root.path().to_path_buf()];
+        let cache = OwnerCache::default();
+        assert_eq!(cache.owner_of(&roots, child_id), Some(0));
+        // Answered without walking the tree again.
+        fs::remove_dir(&child).unwrap();
+        assert_eq!(owner_of(&roots, child_id), None);
+        assert_eq!(cache.owner_of(&roots, child_id), Some(0));
+        for fake in 0..OWNER_CACHE_MAX as u64 + 5 {
+            cache.owner_of(&roots, u64::MAX - fake);
+        }
+        assert!(cache.known.lock().unwrap().len() <= OWNER_CACHE_MAX);
     }
 
     #[test]

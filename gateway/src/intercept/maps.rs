@@ -6,6 +6,7 @@
 use std::{
     collections::HashSet,
     net::{IpAddr, SocketAddr},
+    sync::Mutex,
 };
 
 use aya::{
@@ -95,7 +96,7 @@ impl InterceptMaps {
         Ok((
             maps,
             TupleLookup {
-                tuples: take(ebpf, map_names::TUPLE_DST)?,
+                tuples: Mutex::new(take(ebpf, map_names::TUPLE_DST)?),
             },
         ))
     }
@@ -210,25 +211,38 @@ impl InterceptMaps {
 
 /// Looks up accepted connections' original destinations.
 pub struct TupleLookup {
-    tuples: HashMap<MapData, FourTuple, OriginalDst>,
+    /// Locked for one lookup and delete (two map syscalls), never across
+    /// an `.await`.
+    tuples: Mutex<HashMap<MapData, FourTuple, OriginalDst>>,
 }
 
 impl TupleLookup {
     /// The original destination and agent identity of the connection whose
-    /// agent-side end is `peer` and which arrived at `local`.
-    pub fn original_dst(&self, peer: SocketAddr, local: SocketAddr) -> Option<OriginalDst> {
+    /// agent-side end is `peer` and which arrived at `local`, removing its
+    /// entry: each connection is read once, and the map (an LRU the eBPF
+    /// side also prunes at close) does not fill with connections Sluice
+    /// already holds. (`getpeername` in the agent uses the socket-cookie
+    /// map, not this one.)
+    pub fn take_original_dst(&self, peer: SocketAddr, local: SocketAddr) -> Option<OriginalDst> {
         let key = FourTuple {
             src_addr: addr16(peer.ip()),
             dst_addr: addr16(local.ip()),
             src_port: peer.port(),
             dst_port: local.port(),
         };
-        self.tuples.get(&key, 0).ok()
+        let mut tuples = self.tuples.lock().unwrap_or_else(|p| p.into_inner());
+        let found = tuples.get(&key, 0).ok()?;
+        let _ = tuples.remove(&key);
+        Some(found)
     }
 
     /// Number of tracked connections (for diagnostics).
     pub fn len(&self) -> usize {
-        self.tuples.keys().count()
+        self.tuples
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .count()
     }
 
     /// True when no connection is tracked.

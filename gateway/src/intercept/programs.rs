@@ -81,9 +81,51 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> I
     }
 }
 
-/// Directory of pinned maps.
+/// The layout of the pinned maps (their names, key and value shapes in
+/// `sluice-common`). Bump it with any change to them: a daemon never reuses
+/// maps pinned under another layout.
+pub const MAP_LAYOUT: u32 = 2;
+
+/// Directory of pinned maps: `bpf_dir/maps/v<MAP_LAYOUT>`.
 pub fn maps_dir(bpf_dir: &Path) -> PathBuf {
-    bpf_dir.join("maps")
+    bpf_dir.join("maps").join(format!("v{MAP_LAYOUT}"))
+}
+
+/// Unpins every map under `bpf_dir/maps` that is not of [`MAP_LAYOUT`]:
+/// maps pinned directly in it (layout 1) and other `v<N>` directories.
+/// Programs still using them keep them alive until their links are
+/// replaced. Returns what was removed.
+///
+/// # Errors
+/// Filesystem failures while unpinning.
+pub fn retire_old_layouts(bpf_dir: &Path) -> Result<Vec<PathBuf>, InterceptError> {
+    let root = bpf_dir.join("maps");
+    let current = maps_dir(bpf_dir);
+    let Ok(entries) = fs::read_dir(&root) else {
+        return Ok(Vec::new());
+    };
+    let mut removed = Vec::new();
+    for path in entries.filter_map(Result::ok).map(|e| e.path()) {
+        if path != current {
+            remove_pins(&path)?;
+            removed.push(path);
+        }
+    }
+    Ok(removed)
+}
+
+/// Unpins `path`: a pinned object, or a directory of them (recursively).
+fn remove_pins(path: &Path) -> Result<(), InterceptError> {
+    if !path.is_dir() {
+        return fs::remove_file(path).map_err(io_err("unpinning", path));
+    }
+    for e in fs::read_dir(path)
+        .map_err(io_err("reading", path))?
+        .filter_map(Result::ok)
+    {
+        remove_pins(&e.path())?;
+    }
+    fs::remove_dir(path).map_err(io_err("removing", path))
 }
 
 /// Directory of one agent's pinned links.
@@ -99,7 +141,9 @@ pub fn is_bpffs(path: &Path) -> bool {
 }
 
 /// Loads the embedded object with its maps pinned (or re-used) under
-/// `bpf_dir/maps`, and loads every program into the kernel.
+/// [`maps_dir`], after unpinning maps of older layouts
+/// ([`retire_old_layouts`], logged), and loads every program into the
+/// kernel.
 ///
 /// # Errors
 /// [`InterceptError::NoBpffs`] when `bpf_dir`'s parent is not bpffs;
@@ -108,6 +152,9 @@ pub fn load(bpf_dir: &Path) -> Result<Ebpf, InterceptError> {
     let parent = bpf_dir.parent().unwrap_or(Path::new("/"));
     if !is_bpffs(parent) && !is_bpffs(bpf_dir) {
         return Err(InterceptError::NoBpffs(parent.to_path_buf()));
+    }
+    for old in retire_old_layouts(bpf_dir)? {
+        tracing::warn!(path = %old.display(), layout = MAP_LAYOUT, "unpinned maps of an older layout; pinning new ones");
     }
     let maps = maps_dir(bpf_dir);
     fs::create_dir_all(&maps).map_err(io_err("creating", &maps))?;
@@ -264,15 +311,48 @@ pub fn uninstall(bpf_dir: &Path, keep_maps: bool) -> Result<(), InterceptError> 
     if keep_maps {
         return Ok(());
     }
-    let maps = maps_dir(bpf_dir);
-    if let Ok(entries) = fs::read_dir(&maps) {
-        for e in entries.filter_map(Result::ok) {
-            fs::remove_file(e.path()).map_err(io_err("unpinning", &e.path()))?;
-        }
-        fs::remove_dir(&maps).map_err(io_err("removing", &maps))?;
+    let maps = bpf_dir.join("maps");
+    if maps.exists() {
+        remove_pins(&maps)?;
     }
     if bpf_dir.exists() {
         fs::remove_dir(bpf_dir).map_err(io_err("removing", bpf_dir))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_of_older_layouts_are_unpinned_and_the_current_ones_kept() {
+        // Regular files stand in for pins: unpinning is unlink(2) either way.
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("maps");
+        let current = maps_dir(dir.path());
+        for d in [&root.join("v1"), &current] {
+            fs::create_dir_all(d).unwrap();
+        }
+        fs::write(root.join("SLUICE_TUPLE_DST"), "").unwrap(); // layout 1
+        fs::write(root.join("v1").join("SLUICE_SERVICES"), "").unwrap();
+        fs::write(current.join("SLUICE_SERVICES"), "").unwrap();
+
+        let mut removed = retire_old_layouts(dir.path()).unwrap();
+        removed.sort();
+        assert_eq!(
+            removed,
+            vec![root.join("SLUICE_TUPLE_DST"), root.join("v1")]
+        );
+        let left: Vec<_> = fs::read_dir(&root)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(left, vec![current.clone()]);
+        assert!(
+            current.join("SLUICE_SERVICES").exists(),
+            "current maps reused"
+        );
+        assert!(retire_old_layouts(dir.path()).unwrap().is_empty());
+    }
 }

@@ -9,7 +9,7 @@ use std::{
 };
 
 use tokio::net::{TcpListener, TcpStream};
-use tracing::{debug, warn};
+use tracing::warn;
 
 use crate::{
     config::{Config, Protocol, Service},
@@ -53,6 +53,8 @@ pub struct AgentTable {
     names: Vec<String>,
     dirs: Vec<PathBuf>,
     ids: Vec<u64>,
+    /// Descendant cgroup → agent, for this table's agents only.
+    owners: cgroup::OwnerCache,
 }
 
 impl AgentTable {
@@ -74,6 +76,7 @@ impl AgentTable {
             names: cfg.agents.iter().map(|a| a.name.clone()).collect(),
             dirs,
             ids,
+            owners: cgroup::OwnerCache::default(),
         })
     }
 
@@ -82,7 +85,9 @@ impl AgentTable {
         if let Some(i) = self.ids.iter().position(|id| *id == cgroup_id) {
             return Some(&self.names[i]);
         }
-        cgroup::owner_of(&self.dirs, cgroup_id).map(|i| self.names[i].as_str())
+        self.owners
+            .owner_of(&self.dirs, cgroup_id)
+            .map(|i| self.names[i].as_str())
     }
 }
 
@@ -203,8 +208,9 @@ impl Gateway {
         let Ok(local) = stream.local_addr() else {
             return;
         };
-        let Some(odst) = self.lookup.original_dst(peer, local) else {
-            debug!(%peer, "connection without an eBPF record (not from an agent cgroup); closing");
+        let Some(odst) = self.lookup.take_original_dst(peer, local) else {
+            self.metrics.tuple_miss();
+            warn!(%peer, %local, "connection without an eBPF 4-tuple entry (not redirected from an agent cgroup, or the map was full); closing");
             return;
         };
         let snap = self.snapshot();

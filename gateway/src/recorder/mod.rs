@@ -14,10 +14,10 @@
 //! - created 0640 (directories 0750), with the group `sluice-audit` when
 //!   that group exists, and opened `O_APPEND`;
 //! - lines are queued by the handlers and written in batches by group
-//!   commit ([`writer`]): whole lines only, one `write(2)` per session
-//!   file and one to `audit.jsonl` per batch. A handler flushes its
-//!   session before forwarding what it recorded, so an acknowledged line
-//!   is in the kernel;
+//!   commit on a writer thread ([`writer`]): whole lines only, one
+//!   `write(2)` per session file and one to `audit.jsonl` per batch. A
+//!   handler awaits its session's flush before forwarding what it
+//!   recorded, so an acknowledged line is in the kernel;
 //! - a session file is never rewritten. While the session is open and the
 //!   daemon runs as root it also carries the append-only inode flag
 //!   ([`append_only`]), cleared when the session closes;
@@ -143,15 +143,15 @@ impl From<&crate::config::Gateway> for RecorderOptions {
 }
 
 /// The daemon's record writer; one per daemon, shared by all sessions.
-/// Lines are written by group commit ([`writer`]) and by a sweeper thread
-/// for lines nobody flushes; dropping the last handle writes everything
-/// still queued and ends the thread.
+/// Lines are written by group commit on a writer thread ([`writer`]);
+/// dropping the last handle writes everything still queued and ends the
+/// thread.
 #[derive(Debug)]
 pub struct Recorder {
     sessions_dir: PathBuf,
     group: Option<u32>,
     writer: Arc<Writer>,
-    sweeper: Mutex<Option<std::thread::JoinHandle<()>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// Called with (service, event) after each line is written (metrics).
@@ -201,7 +201,7 @@ impl Recorder {
     /// Creates `log_dir` and `log_dir/sessions` (0750) if needed, opens
     /// `log_dir/audit.jsonl` for appending, as root clears the append-only
     /// flag that a previous, crashed daemon left on the files of sessions
-    /// it never closed, and starts the sweeper thread.
+    /// it never closed, and starts the writer thread.
     ///
     /// # Errors
     /// I/O errors creating the directories, opening the audit log or
@@ -234,17 +234,17 @@ impl Recorder {
         append_only::clear_stale(&sessions_dir);
         let audit = AuditLog::open(log_dir, options.audit_rotate_bytes, group)?;
         let writer = Arc::new(Writer::new(audit));
-        let sweeper = {
+        let thread = {
             let writer = writer.clone();
             std::thread::Builder::new()
                 .name("sluice-recorder".into())
-                .spawn(move || writer.sweep())?
+                .spawn(move || writer.run())?
         };
         Ok(Arc::new(Recorder {
             sessions_dir,
             group,
             writer,
-            sweeper: Mutex::new(Some(sweeper)),
+            thread: Mutex::new(Some(thread)),
         }))
     }
 
@@ -280,23 +280,24 @@ impl Recorder {
         })
     }
 
-    /// Writes every line queued so far, by any session.
+    /// Writes every line queued so far, by any session, on the calling
+    /// thread (blocking: for a clean stop, not for runtime workers).
     pub fn flush_all(&self) {
         self.writer.write_all();
     }
 }
 
 impl Drop for Recorder {
-    /// Stops the sweeper, which writes everything still queued.
+    /// Stops the writer thread, which writes everything still queued.
     fn drop(&mut self) {
         self.writer.stop();
-        let sweeper = self
-            .sweeper
+        let thread = self
+            .thread
             .get_mut()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        if sweeper.is_some_and(|t| t.join().is_err()) {
-            tracing::error!("the record sweeper thread panicked");
+        if thread.is_some_and(|t| t.join().is_err()) {
+            tracing::error!("the record writer thread panicked");
         }
         self.writer.write_all();
     }
@@ -397,18 +398,18 @@ impl SessionRecord {
         Ok(())
     }
 
-    /// Returns once every line this session queued is written to its file
-    /// and `audit.jsonl` (in the kernel, not fsynced), writing the queue
-    /// when no one else already has. Blocks the calling thread for at most
-    /// one batch of writes.
+    /// Resolves once every line this session queued is written to its
+    /// file and `audit.jsonl` (in the kernel, not fsynced) by the writer
+    /// thread; never blocks the calling thread.
     ///
     /// # Errors
     /// The first write error since the last flush: the lines it concerns
     /// are not in the file, and the chain continues without them.
-    pub fn flush(&self) -> io::Result<()> {
+    pub async fn flush(&self) -> io::Result<()> {
         self.recorder
             .writer
-            .write_through(self.ticket.load(Ordering::Acquire));
+            .written(self.ticket.load(Ordering::Acquire))
+            .await;
         self.file.take_error()
     }
 }

@@ -51,8 +51,8 @@ fn files_and_directories_get_restricted_modes() {
     assert_eq!(mode(&session_path(&log, &s)), 0o640);
 }
 
-#[test]
-fn every_line_carries_the_contract_fields() {
+#[tokio::test]
+async fn every_line_carries_the_contract_fields() {
     let dir = tempfile::tempdir().unwrap();
     let rec = Recorder::open(dir.path()).unwrap();
     let s = rec.start(meta("ci-bot")).unwrap();
@@ -62,7 +62,7 @@ fn every_line_carries_the_contract_fields() {
         count: 3,
     })
     .unwrap();
-    s.flush().unwrap();
+    s.flush().await.unwrap();
     let line: Value = serde_json::from_str(&lines(&dir.path().join("audit.jsonl"))[0]).unwrap();
     assert_eq!(line["session"], s.id());
     assert_eq!(line["agent"], "ci-bot");
@@ -88,8 +88,8 @@ fn every_line_carries_the_contract_fields() {
     );
 }
 
-#[test]
-fn session_file_is_hash_chained_and_the_close_line_carries_the_head() {
+#[tokio::test]
+async fn session_file_is_hash_chained_and_the_close_line_carries_the_head() {
     let dir = tempfile::tempdir().unwrap();
     let rec = Recorder::open(dir.path()).unwrap();
     let s = rec.start(meta("ci-bot")).unwrap();
@@ -98,7 +98,7 @@ fn session_file_is_hash_chained_and_the_close_line_carries_the_head() {
     })
     .unwrap();
     s.record(Event::Close { duration_ms: 5 }).unwrap();
-    s.flush().unwrap();
+    s.flush().await.unwrap();
     let path = session_path(dir.path(), &s);
     let lines = lines(&path);
     let first: Value = serde_json::from_str(&lines[0]).unwrap();
@@ -122,20 +122,20 @@ fn session_file_is_hash_chained_and_the_close_line_carries_the_head() {
     assert_eq!(verify_file(&path), Verdict::Closed { lines: 2 });
 }
 
-#[test]
-fn nothing_is_recorded_after_close_and_a_dropped_session_is_closed() {
+#[tokio::test]
+async fn nothing_is_recorded_after_close_and_a_dropped_session_is_closed() {
     let dir = tempfile::tempdir().unwrap();
     let rec = Recorder::open(dir.path()).unwrap();
     let s = rec.start(meta("ci-bot")).unwrap();
     s.record(Event::Close { duration_ms: 1 }).unwrap();
     assert!(s.record(request("/late")).is_err());
-    s.flush().unwrap();
+    s.flush().await.unwrap();
     let closed = session_path(dir.path(), &s);
     assert_eq!(lines(&closed).len(), 1);
 
     let t = rec.start(meta("ci-bot")).unwrap();
     t.record(request("/v1/x")).unwrap();
-    t.flush().unwrap();
+    t.flush().await.unwrap();
     let dropped = session_path(dir.path(), &t);
     assert_eq!(verify_file(&dropped), Verdict::Open { lines: 1 });
     drop(t);
@@ -144,8 +144,8 @@ fn nothing_is_recorded_after_close_and_a_dropped_session_is_closed() {
     assert_eq!(lines(&dir.path().join("audit.jsonl")).len(), 3);
 }
 
-#[test]
-fn verify_passes_recorder_output_and_names_an_edited_or_deleted_line() {
+#[tokio::test]
+async fn verify_passes_recorder_output_and_names_an_edited_or_deleted_line() {
     let dir = tempfile::tempdir().unwrap();
     let rec = Recorder::open(dir.path()).unwrap();
     let s = rec.start(meta("ci-bot")).unwrap();
@@ -153,7 +153,7 @@ fn verify_passes_recorder_output_and_names_an_edited_or_deleted_line() {
         s.record(request(path)).unwrap();
     }
     s.record(Event::Close { duration_ms: 9 }).unwrap();
-    s.flush().unwrap();
+    s.flush().await.unwrap();
     let path = session_path(dir.path(), &s);
     assert_eq!(verify_file(&path), Verdict::Closed { lines: 5 });
     let original = fs::read(&path).unwrap();
@@ -234,8 +234,8 @@ fn concurrent_sessions_interleave_whole_lines() {
     assert_eq!(per_session.len(), 4);
 }
 
-#[test]
-fn audit_log_rotates_at_the_configured_size() {
+#[tokio::test]
+async fn audit_log_rotates_at_the_configured_size() {
     let dir = tempfile::tempdir().unwrap();
     let rec = Recorder::open_with(
         dir.path(),
@@ -248,7 +248,7 @@ fn audit_log_rotates_at_the_configured_size() {
     for i in 0..100 {
         s.record(request(&format!("/v1/items/{i}"))).unwrap();
     }
-    s.flush().unwrap();
+    s.flush().await.unwrap();
     let rotated = audit::rotated_files(dir.path()).unwrap();
     assert!(rotated.len() >= 3, "{rotated:?}");
     let mut all = Vec::new();
@@ -285,13 +285,13 @@ fn config_key_sets_the_rotation_size() {
 /// As root on a filesystem with inode flags (ext4, XFS, Btrfs): the open
 /// session's file refuses rewrites and deletion, and accepts both once the
 /// session is closed. Elsewhere the recorder must still work.
-#[test]
-fn session_file_is_append_only_while_the_session_is_open() {
+#[tokio::test]
+async fn session_file_is_append_only_while_the_session_is_open() {
     let dir = tempfile::tempdir().unwrap();
     let rec = Recorder::open(dir.path()).unwrap();
     let s = rec.start(meta("ci-bot")).unwrap();
     s.record(request("/v1/x")).unwrap();
-    s.flush().unwrap();
+    s.flush().await.unwrap();
     let path = session_path(dir.path(), &s);
     let flagged = append_only::is_set(&path);
     if nix::unistd::geteuid().is_root() && !flagged {
@@ -310,19 +310,19 @@ fn session_file_is_append_only_while_the_session_is_open() {
         assert!(fs::rename(&path, dir.path().join("moved")).is_err());
     }
     s.record(Event::Close { duration_ms: 3 }).unwrap();
-    s.flush().unwrap();
+    s.flush().await.unwrap();
     assert!(!append_only::is_set(&path), "cleared at close");
     assert_eq!(verify_file(&path), Verdict::Closed { lines: 2 });
     fs::remove_file(&path).unwrap();
 }
 
-#[test]
-fn a_restarted_recorder_clears_flags_left_by_a_crashed_one() {
+#[tokio::test]
+async fn a_restarted_recorder_clears_flags_left_by_a_crashed_one() {
     let dir = tempfile::tempdir().unwrap();
     let rec = Recorder::open(dir.path()).unwrap();
     let s = rec.start(meta("ci-bot")).unwrap();
     s.record(request("/v1/x")).unwrap();
-    s.flush().unwrap();
+    s.flush().await.unwrap();
     let path = session_path(dir.path(), &s);
     // A crash: the record is never dropped, so no close line is written.
     std::mem::forget(s);
@@ -336,4 +336,42 @@ fn recorder_types_are_send_and_sync() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<Recorder>();
     assert_send_sync::<SessionRecord>();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lines_are_written_by_the_writer_thread_not_the_flushing_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = Recorder::open(dir.path()).unwrap();
+    let writers = Arc::new(Mutex::new(Vec::new()));
+    let seen = writers.clone();
+    rec.observe_with(Observer(Box::new(move |_, event| {
+        if !matches!(event, Event::Request { .. }) {
+            return;
+        }
+        let name = std::thread::current().name().map(str::to_string);
+        seen.lock().unwrap().push(name);
+    })));
+    let tasks: Vec<_> = (0..50)
+        .map(|i| {
+            let s = rec.start(meta("ci-bot")).unwrap();
+            tokio::spawn(async move {
+                s.record(request(&format!("/v1/{i}"))).unwrap();
+                // A flushed line is in the file when flush resolves.
+                s.flush().await.unwrap();
+                let path = s.recorder.sessions_dir.join(format!("{}.jsonl", s.id()));
+                assert_eq!(lines(&path).len(), 1);
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let names = writers.lock().unwrap().clone();
+    assert_eq!(names.len(), 50);
+    assert!(
+        names
+            .iter()
+            .all(|n| n.as_deref() == Some("sluice-recorder")),
+        "written on {names:?}"
+    );
 }

@@ -1,20 +1,23 @@
-//! Group commit of session lines.
+//! Group commit of session lines, on a writer thread of its own.
 //!
 //! Sessions queue events ([`Writer::push`]) without touching the disk; each
-//! gets a ticket. Whoever needs lines written ([`Writer::write_through`]: a
-//! handler about to forward what it recorded, the sweeper thread every
-//! [`SWEEP`], a clean stop) takes the write lock and writes *everything*
-//! queued so far as one batch: for each session in it, its lines
-//! serialised onto its hash chain ([`super::chain`]; timestamp taken at
-//! queue time) in one `write(2)` to the session file, then all of them in
-//! one more to `audit.jsonl`. Concurrent handlers find their lines already
-//! written by the one before them, so under load the cost per line falls to
-//! a fraction of a system call, with no thread hand-off on the way.
+//! gets a ticket. A handler that needs its lines written before it forwards
+//! what they record awaits [`Writer::written`]: it raises the queue's
+//! `wanted` ticket, wakes the writer thread if (and only if) it sleeps, and
+//! awaits a [`tokio::sync::watch`] of the last written ticket. The writer
+//! thread takes *everything* queued so far as one batch: for each session
+//! in it, its lines serialised onto its hash chain ([`super::chain`];
+//! timestamp taken at queue time) in one `write(2)` to the session file,
+//! then all of them in one more to `audit.jsonl`; then it publishes the
+//! batch's last ticket, which wakes every handler waiting on that batch at
+//! once. Per batch that is at most one futex wake of the writer and one
+//! watch notification, however many handlers wait; no runtime worker
+//! thread ever blocks on the disk or on the write lock.
 //!
 //! A line is acknowledged once it is in the kernel (written, not fsynced):
-//! handlers flush before they forward what they recorded, so an
-//! acknowledged line survives `kill -9` of the daemon. Lines nobody waits
-//! for (`response`, `close`) are written by the next batch, at most
+//! handlers await their flush before they forward what they recorded, so
+//! an acknowledged line survives `kill -9` of the daemon. Lines nobody
+//! waits for (`response`, `close`) are written by the next batch, at most
 //! [`SWEEP`] later.
 //!
 //! A failed write leaves the chain where it was: the session's next line
@@ -23,33 +26,32 @@
 use std::{
     collections::HashMap,
     io,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc, Condvar, Mutex, MutexGuard, OnceLock,
-    },
+    sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock},
     time::{Duration, SystemTime},
 };
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use tokio::sync::watch;
 
 use super::{append_only, audit::AuditLog, write_line, Event, Observer, SessionFile};
 
 /// How long a line nobody flushes may wait in the queue.
 pub const SWEEP: Duration = Duration::from_millis(20);
 
-/// The queue and the write lock of one recorder.
+/// The queue, the writer thread's wake-up and the write lock of one
+/// recorder.
 #[derive(Debug)]
 pub(super) struct Writer {
     queue: Mutex<Queue>,
+    /// Wakes the writer thread; notified only while `Queue::idle`.
+    wake: Condvar,
     /// Held while a batch is written, so batches go out in queue order.
     audit: Mutex<AuditLog>,
     /// Every ticket up to this one is written (or failed).
-    written: AtomicU64,
+    written: watch::Sender<u64>,
     pub(super) observer: OnceLock<Observer>,
-    /// Set to stop the sweeper.
-    stop: (Mutex<bool>, Condvar),
 }
 
 #[derive(Debug, Default)]
@@ -57,6 +59,12 @@ struct Queue {
     /// The last ticket handed out (0: none yet).
     last: u64,
     lines: Vec<(Arc<SessionFile>, SystemTime, Event)>,
+    /// The highest ticket a handler awaits.
+    wanted: u64,
+    /// The writer thread sleeps on `wake` and no one has woken it yet.
+    idle: bool,
+    /// Set to end the writer thread.
+    stop: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -68,10 +76,10 @@ impl Writer {
     pub(super) fn new(audit: AuditLog) -> Writer {
         Writer {
             queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
             audit: Mutex::new(audit),
-            written: AtomicU64::new(0),
+            written: watch::Sender::new(0),
             observer: OnceLock::new(),
-            stop: (Mutex::new(false), Condvar::new()),
         }
     }
 
@@ -83,50 +91,72 @@ impl Writer {
         q.last
     }
 
-    /// Returns once every line up to `ticket` is written (or failed),
-    /// writing the queue itself unless another caller already did.
-    pub(super) fn write_through(&self, ticket: u64) {
-        if self.written.load(Ordering::Acquire) >= ticket {
+    /// Resolves once every line up to `ticket` is written (or failed) by
+    /// the writer thread, waking it if it sleeps.
+    pub(super) async fn written(&self, ticket: u64) {
+        if *self.written.borrow() >= ticket {
             return;
         }
+        {
+            let mut q = lock(&self.queue);
+            q.wanted = q.wanted.max(ticket);
+            if q.idle {
+                q.idle = false;
+                self.wake.notify_one();
+            }
+        }
+        // The sender lives as long as `self`; `wait_for` checks the
+        // current value first, so a batch published meanwhile is seen.
+        let _ = self.written.subscribe().wait_for(|w| *w >= ticket).await;
+    }
+
+    /// Writes everything queued so far on the calling thread (a clean
+    /// stop; never a runtime worker).
+    pub(super) fn write_all(&self) {
         let audit = lock(&self.audit);
-        if self.written.load(Ordering::Acquire) >= ticket {
-            return;
-        }
         let (lines, last) = {
             let mut q = lock(&self.queue);
             (std::mem::take(&mut q.lines), q.last)
         };
         write_batch(lines, &audit, &self.observer);
-        self.written.store(last, Ordering::Release);
+        self.written.send_if_modified(|w| {
+            let newer = last > *w;
+            *w = (*w).max(last);
+            newer
+        });
     }
 
-    /// Writes everything queued so far.
-    pub(super) fn write_all(&self) {
-        let last = lock(&self.queue).last;
-        self.write_through(last);
-    }
-
-    /// The sweeper: writes what nobody flushed, every [`SWEEP`], until
+    /// The writer thread: writes a batch as soon as a handler waits for
+    /// one, and what nobody waits for every [`SWEEP`], until
     /// [`Writer::stop`]; then writes the rest.
-    pub(super) fn sweep(&self) {
-        let (stopped, wake) = &self.stop;
-        let mut stop = lock(stopped);
-        while !*stop {
-            stop = wake
-                .wait_timeout(stop, SWEEP)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-            drop(stop);
+    pub(super) fn run(&self) {
+        let mut q = lock(&self.queue);
+        while !q.stop {
+            if q.wanted <= *self.written.borrow() {
+                q.idle = true;
+                let (guard, waited) = self
+                    .wake
+                    .wait_timeout(q, SWEEP)
+                    .unwrap_or_else(|p| p.into_inner());
+                q = guard;
+                q.idle = false;
+                let asked = q.wanted > *self.written.borrow();
+                if q.stop || !(asked || (waited.timed_out() && !q.lines.is_empty())) {
+                    continue;
+                }
+            }
+            drop(q);
             self.write_all();
-            stop = lock(stopped);
+            q = lock(&self.queue);
         }
+        drop(q);
+        self.write_all();
     }
 
-    /// Ends [`Writer::sweep`] after a last batch.
+    /// Ends [`Writer::run`] after a last batch.
     pub(super) fn stop(&self) {
-        *lock(&self.stop.0) = true;
-        self.stop.1.notify_all();
+        lock(&self.queue).stop = true;
+        self.wake.notify_one();
     }
 }
 

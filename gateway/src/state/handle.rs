@@ -8,12 +8,17 @@
 //! Revocation thus takes effect on the next request or statement at the
 //! cost of one atomic load per request.
 use std::{
-    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
     time::{Duration, Instant},
 };
 
-use futures_util::StreamExt;
-use tokio::sync::Mutex;
+use futures_util::{
+    future::{BoxFuture, Shared},
+    FutureExt, StreamExt,
+};
 use tracing::{info, warn};
 
 use super::{State, StateError, StateKeys, APPROVALS_CHANNEL, REVOCATIONS_CHANNEL};
@@ -23,11 +28,27 @@ use crate::tokens::{self, Rejection, TokenRecord};
 /// while Redis is unreachable.
 pub const OFFLINE_GRACE: Duration = Duration::from_secs(30);
 
+/// After a failed connect, callers get its error without dialling again
+/// for this long (one attempt per second, not one per caller).
+pub const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// One connect attempt, awaited by every caller that arrives during it.
+type Attempt = Shared<BoxFuture<'static, Result<State, Arc<StateError>>>>;
+
+/// The connection, or the attempt under way, or the last failure.
+#[derive(Default)]
+struct Slot {
+    state: Option<State>,
+    attempt: Option<Attempt>,
+    failed: Option<(Instant, Arc<StateError>)>,
+}
+
 /// Lazily connected, shared [`State`].
 pub struct StateHandle {
     url: zeroize::Zeroizing<String>,
     keys: std::sync::Arc<StateKeys>,
-    state: Mutex<Option<State>>,
+    /// Never held across an `.await`.
+    slot: Mutex<Slot>,
     epoch: AtomicU64,
     watching: AtomicBool,
     decisions: tokio::sync::broadcast::Sender<String>,
@@ -40,7 +61,7 @@ impl StateHandle {
         Self {
             url: zeroize::Zeroizing::new(url.to_string()),
             keys,
-            state: Mutex::new(None),
+            slot: Mutex::new(Slot::default()),
             epoch: AtomicU64::new(0),
             watching: AtomicBool::new(false),
             decisions: tokio::sync::broadcast::channel(1024).0,
@@ -53,20 +74,54 @@ impl StateHandle {
         self.decisions.subscribe()
     }
 
-    /// The connected state, connecting first if needed.
+    /// The connected state, connecting first if needed. Concurrent callers
+    /// share one connect attempt (each waits at most one
+    /// [`super::CONNECT_TIMEOUT`]), and for [`RETRY_AFTER`] after a failed
+    /// one they get its error at once.
     ///
     /// # Errors
     /// [`StateError`] when Redis cannot be reached.
     pub async fn get(&self) -> Result<State, StateError> {
-        let mut guard = self.state.lock().await;
-        if let Some(s) = guard.as_ref() {
-            return Ok(s.clone());
+        let attempt = {
+            let mut slot = self.lock();
+            if let Some(s) = &slot.state {
+                return Ok(s.clone());
+            }
+            if let Some((at, e)) = &slot.failed {
+                if at.elapsed() < RETRY_AFTER {
+                    return Err(reissue(e));
+                }
+            }
+            let url = zeroize::Zeroizing::new(self.url.to_string());
+            let keys = self.keys.clone();
+            slot.attempt
+                .get_or_insert_with(|| {
+                    async move {
+                        State::connect(&url)
+                            .await
+                            .map(|s| s.with_keys(keys))
+                            .map_err(Arc::new)
+                    }
+                    .boxed()
+                    .shared()
+                })
+                .clone()
+        };
+        let result = attempt.clone().await;
+        let mut slot = self.lock();
+        if slot.attempt.as_ref().is_some_and(|a| a.ptr_eq(&attempt)) {
+            slot.attempt = None;
+            match &result {
+                Ok(s) => (slot.state, slot.failed) = (Some(s.clone()), None),
+                Err(e) => slot.failed = Some((Instant::now(), e.clone())),
+            }
         }
-        let s = State::connect(&self.url)
-            .await?
-            .with_keys(self.keys.clone());
-        *guard = Some(s.clone());
-        Ok(s)
+        result.map_err(|e| reissue(&e))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Slot> {
+        // Nothing panics while the lock is held.
+        self.slot.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The revocation epoch, or `None` while the channel is not followed
@@ -131,6 +186,21 @@ impl StateHandle {
             .subscribe(&[REVOCATIONS_CHANNEL, APPROVALS_CHANNEL])
             .await?;
         Ok(pubsub)
+    }
+}
+
+/// A copy of a shared connect error for one more caller.
+fn reissue(e: &StateError) -> StateError {
+    match e {
+        StateError::InvalidUrl(m) => StateError::InvalidUrl(m.clone()),
+        StateError::Connect { addr, reason } => StateError::Connect {
+            addr: addr.clone(),
+            reason: reason.clone(),
+        },
+        other => StateError::Connect {
+            addr: String::new(),
+            reason: other.to_string(),
+        },
     }
 }
 
@@ -222,4 +292,45 @@ impl LiveToken {
 
 fn now() -> i64 {
     chrono::Utc::now().timestamp()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A "Redis" that accepts connections and never answers.
+    fn silent_server() -> (std::net::TcpListener, String) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("redis://{}/0", l.local_addr().unwrap());
+        (l, url)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_callers_share_one_connect_and_its_failure() {
+        let (listener, url) = silent_server();
+        let handle = Arc::new(StateHandle::new(&url));
+        let started = Instant::now();
+        let callers: Vec<_> = (0..6)
+            .map(|_| {
+                let h = handle.clone();
+                tokio::spawn(async move { h.get().await.is_err() })
+            })
+            .collect();
+        for c in callers {
+            assert!(c.await.unwrap(), "a silent server is no Redis");
+        }
+        // Queued behind one another they would take 6 connect timeouts.
+        assert!(
+            started.elapsed() < 2 * crate::state::CONNECT_TIMEOUT,
+            "took {:?}",
+            started.elapsed()
+        );
+        // Right after the failure, callers get it without dialling again.
+        let again = Instant::now();
+        assert!(handle.get().await.is_err());
+        assert!(again.elapsed() < Duration::from_millis(100));
+        listener.set_nonblocking(true).unwrap();
+        let dialled = std::iter::from_fn(|| listener.accept().ok()).count();
+        assert_eq!(dialled, 1, "one connection for all callers");
+    }
 }

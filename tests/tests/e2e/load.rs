@@ -75,7 +75,9 @@ fn mixed_load(label: &str, agents: usize, clients: usize, secs: u64) {
 /// [`mixed_load`] in back-to-back phases of `phases` seconds each, on one
 /// daemon; returns Sluice's RSS (KiB) after each phase.
 fn mixed_load_phases(label: &str, agents: usize, clients: usize, phases: &[u64]) -> Vec<u64> {
-    let user = AgentUser::create().unwrap();
+    // A user of its own per agent: `sluice exec` refuses a uid that has
+    // processes outside the agent's cgroup (in another agent's, say).
+    let users: Vec<AgentUser> = (0..agents).map(|_| AgentUser::create().unwrap()).collect();
     let extra: Vec<String> = (1..agents).map(|i| format!("load-{i}")).collect();
     let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
     let stack = redteam::start_with_agents(
@@ -85,7 +87,10 @@ fn mixed_load_phases(label: &str, agents: usize, clients: usize, phases: &[u64])
         &extra,
     )
     .unwrap();
-    let rt = RedTeam::new(&stack, &user).unwrap();
+    let rts: Vec<RedTeam> = users
+        .iter()
+        .map(|u| RedTeam::new(&stack, u).unwrap())
+        .collect();
     let pid = redteam::daemon_pid(&stack);
     let names: Vec<String> = stack.sluice.agents.iter().map(|a| a.name.clone()).collect();
     // Warm up, then take the baseline.
@@ -98,7 +103,7 @@ fn mixed_load_phases(label: &str, agents: usize, clients: usize, phases: &[u64])
     let mut summaries = Vec::new();
     for &secs in phases {
         let mut children = Vec::new();
-        for name in &names {
+        for (name, rt) in names.iter().zip(&rts) {
             let token = stack.sluice.token_issue(name, SERVICE, "1h").unwrap();
             let db_token = stack.sluice.token_issue(name, DB, "1h").unwrap();
             let conninfo = stack.pg_conninfo(DB, &db_token, "sslmode=disable");

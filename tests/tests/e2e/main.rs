@@ -26,6 +26,7 @@ mod install_units;
 mod load;
 mod notify;
 mod operate;
+mod own_uid;
 mod pg_clients;
 mod pg_logins;
 mod pg_statements;
@@ -34,7 +35,9 @@ mod records;
 mod redis_down;
 mod redis_tamper;
 mod restart;
+mod run_in_agent;
 mod token_placement;
+mod tuple_map;
 mod two_gateways;
 
 use std::{

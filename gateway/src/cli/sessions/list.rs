@@ -204,8 +204,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn session_summary_counts_operations_denials_and_approvals_from_real_records() {
+    #[tokio::test]
+    async fn session_summary_counts_operations_denials_and_approvals_from_real_records() {
         let dir = tempfile::tempdir().unwrap();
         let rec: Arc<Recorder> = Recorder::open(dir.path()).unwrap();
         let s = rec
@@ -244,7 +244,7 @@ mod tests {
         ] {
             s.record(event).unwrap();
         }
-        s.flush().unwrap();
+        s.flush().await.unwrap();
         let records = super::super::read_session(dir.path(), s.id()).unwrap();
         let row = SessionSummary::of(s.id().to_string(), &records)
             .unwrap()

@@ -36,7 +36,7 @@ pub const AMBIGUOUS_PATH: &str = "AMBIGUOUS_REQUEST";
 /// response goes out only once the lines recorded for it are written.
 pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<ProxyBody> {
     let response = respond(&ctx, req).await;
-    if ctx.flush() {
+    if ctx.flush().await {
         response
     } else {
         reply::error(
@@ -377,7 +377,7 @@ async fn respond(ctx: &Arc<ConnCtx>, mut req: Request<Incoming>) -> Response<Pro
         // Masking and echo_guard read the body as sent: ask for no content coding.
         parts.headers.remove(header::ACCEPT_ENCODING);
     }
-    if !ctx.opened() {
+    if !ctx.opened().await {
         return reply::error(
             StatusCode::SERVICE_UNAVAILABLE,
             "session record cannot be written; refusing unaudited access",

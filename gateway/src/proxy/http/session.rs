@@ -48,7 +48,7 @@ pub struct ConnCtx {
     service: OnceLock<String>,
     session: OnceLock<Option<SessionRecord>>,
     /// The session's `open` line is written (`true`) or could not be.
-    open_written: OnceLock<bool>,
+    open_written: tokio::sync::OnceCell<bool>,
     /// Held (read) by each upgraded connection's relay; `close` waits for
     /// the write lock, so it comes after their `response` lines.
     relays: Arc<tokio::sync::RwLock<()>>,
@@ -73,7 +73,7 @@ impl ConnCtx {
             tls,
             service: OnceLock::new(),
             session: OnceLock::new(),
-            open_written: OnceLock::new(),
+            open_written: tokio::sync::OnceCell::new(),
             relays: Arc::default(),
             live: std::sync::Mutex::new(None),
         };
@@ -165,17 +165,18 @@ impl ConnCtx {
 
     /// Whether the session's first lines (`open`, …) are written; writes
     /// them the first time. `false`: refuse to forward anything.
-    pub fn opened(&self) -> bool {
-        *self.open_written.get_or_init(|| self.flush())
+    pub async fn opened(&self) -> bool {
+        *self.open_written.get_or_init(|| self.flush()).await
     }
 
     /// Waits until every line this connection queued is written; `false`
     /// when one could not be (the caller refuses: nothing goes unaudited).
     /// `true` when no session was opened: nothing was queued.
-    pub fn flush(&self) -> bool {
+    pub async fn flush(&self) -> bool {
         match self.session.get().and_then(Option::as_ref) {
             Some(rec) => rec
                 .flush()
+                .await
                 .map_err(|e| warn!(error = %e, "session record write failed"))
                 .is_ok(),
             None => true,

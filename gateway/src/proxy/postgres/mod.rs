@@ -102,7 +102,7 @@ pub async fn serve(
     let opened = match gw.recorder.start(meta) {
         Ok(r) => match r.record(open) {
             // Nothing is relayed before the open line is written.
-            Ok(()) => r.flush().map(|()| Arc::new(r)),
+            Ok(()) => r.flush().await.map(|()| Arc::new(r)),
             Err(e) => Err(e),
         },
         Err(e) => Err(e),
@@ -160,7 +160,7 @@ async fn login_and_relay(
         let _ = record.record(Event::AuthFail {
             reason: msg.clone(),
         });
-        let _ = record.flush();
+        let _ = record.flush().await;
         startup::refuse(&mut reader, "28P01", &msg).await;
         return Ok(());
     }
@@ -189,7 +189,7 @@ async fn login_and_relay(
             // The agent already has its ErrorResponse: write the line now,
             // not with the next batch.
             let _ = record.record(Event::AuthFail { reason });
-            let _ = record.flush();
+            let _ = record.flush().await;
             return Ok(());
         }
     };

@@ -320,7 +320,7 @@ async fn forward<W: AsyncWrite + Unpin>(
     w: &mut W,
     out: &mut BytesMut,
 ) -> Result<(), RelayError> {
-    s.record.flush().map_err(RelayError::Record)?;
+    s.record.flush().await.map_err(RelayError::Record)?;
     Ok(flush(w, out).await?)
 }
 
@@ -555,7 +555,7 @@ async fn deliver<W: AsyncWrite + Unpin>(
     agent: &mut W,
     out: &mut BytesMut,
 ) -> Result<(), RelayError> {
-    s.record.flush().map_err(RelayError::Record)?;
+    s.record.flush().await.map_err(RelayError::Record)?;
     agent.write_all(out).await?;
     out.clear();
     Ok(())
