@@ -16,7 +16,7 @@ use tracing::warn;
 
 use crate::{
     metrics::Metrics,
-    recorder::{Event, Observed},
+    recorder::{Observed, EVENT_NAMES},
     vault::VaultCache,
 };
 
@@ -27,24 +27,6 @@ pub use message::{signature, SIGNATURE_HEADER};
 
 /// Messages queued per target before new ones are dropped.
 pub const QUEUE: usize = 1024;
-
-/// Event names a `[[notify]]` entry may choose (DESIGN.md §4 records).
-pub const EVENTS: [&str; 14] = [
-    "open",
-    "auth_ok",
-    "auth_fail",
-    "query",
-    "request",
-    "response",
-    "command",
-    "denied",
-    "approval_wait",
-    "approved",
-    "rejected",
-    "masked",
-    "error",
-    "close",
-];
 
 /// `format = …`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -128,10 +110,17 @@ impl RawTarget {
                 "http:// targets are accepted only on loopback; use https://".into(),
             ));
         }
-        if let Some(bad) = self.events.iter().find(|e| !EVENTS.contains(&e.as_str())) {
+        if let Some(bad) = self
+            .events
+            .iter()
+            .find(|e| !EVENT_NAMES.contains(&e.as_str()))
+        {
             return Err((
                 "events",
-                format!("{bad:?} is no event; choose from {}", EVENTS.join(", ")),
+                format!(
+                    "{bad:?} is no event; choose from {}",
+                    EVENT_NAMES.join(", ")
+                ),
             ));
         }
         if self.events.is_empty() {
@@ -178,7 +167,7 @@ impl Notifier {
     /// Queues a message for every target that chose this line's event.
     /// Never waits: a full queue drops the message (counted and logged).
     pub fn offer(&self, line: &Observed<'_>) {
-        let name = event_name(line.event);
+        let name = line.event.name();
         for (target, tx) in &self.queues {
             if !target.events.iter().any(|e| e == name) {
                 continue;
@@ -189,25 +178,6 @@ impl Notifier {
                 warn!(target = %target.host, event = name, "notification queue full; message dropped");
             }
         }
-    }
-}
-
-/// The `event` name a line is recorded under.
-pub fn event_name(event: &Event) -> &'static str {
-    match event {
-        Event::Open { .. } => "open",
-        Event::AuthOk { .. } => "auth_ok",
-        Event::AuthFail { .. } => "auth_fail",
-        Event::Query { .. } => "query",
-        Event::Request { .. } => "request",
-        Event::Response { .. } => "response",
-        Event::Denied { .. } => "denied",
-        Event::ApprovalWait { .. } => "approval_wait",
-        Event::Approved { .. } => "approved",
-        Event::Rejected { .. } => "rejected",
-        Event::Masked { .. } => "masked",
-        Event::Error { .. } => "error",
-        Event::Close { .. } => "close",
     }
 }
 

@@ -107,6 +107,45 @@ pub enum Event {
     Close { duration_ms: u64 },
 }
 
+/// Every `event` name the recorder writes, in [`Event`] order.
+pub const EVENT_NAMES: [&str; 13] = [
+    "open",
+    "auth_ok",
+    "auth_fail",
+    "query",
+    "request",
+    "response",
+    "denied",
+    "approval_wait",
+    "approved",
+    "rejected",
+    "masked",
+    "error",
+    "close",
+];
+
+impl Event {
+    /// The `event` name this line is recorded under (one of
+    /// [`EVENT_NAMES`]).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::Open { .. } => "open",
+            Event::AuthOk { .. } => "auth_ok",
+            Event::AuthFail { .. } => "auth_fail",
+            Event::Query { .. } => "query",
+            Event::Request { .. } => "request",
+            Event::Response { .. } => "response",
+            Event::Denied { .. } => "denied",
+            Event::ApprovalWait { .. } => "approval_wait",
+            Event::Approved { .. } => "approved",
+            Event::Rejected { .. } => "rejected",
+            Event::Masked { .. } => "masked",
+            Event::Error { .. } => "error",
+            Event::Close { .. } => "close",
+        }
+    }
+}
+
 /// Who a session belongs to: the agent identity from interception and the
 /// service it reached.
 #[derive(Debug, Clone)]

@@ -344,8 +344,8 @@ async fn lines_are_written_by_the_writer_thread_not_the_flushing_one() {
     let rec = Recorder::open(dir.path()).unwrap();
     let writers = Arc::new(Mutex::new(Vec::new()));
     let seen = writers.clone();
-    rec.observe_with(Observer(Box::new(move |_, event| {
-        if !matches!(event, Event::Request { .. }) {
+    rec.observe_with(Observer(Box::new(move |line| {
+        if !matches!(line.event, Event::Request { .. }) {
             return;
         }
         let name = std::thread::current().name().map(str::to_string);

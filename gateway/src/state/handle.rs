@@ -308,7 +308,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_callers_share_one_connect_and_its_failure() {
         let (listener, url) = silent_server();
-        let handle = Arc::new(StateHandle::new(&url));
+        let keys = Arc::new(super::super::StateKeys::new(Some([1; 32]), Some([2; 32])));
+        let handle = Arc::new(StateHandle::new(&url, keys));
         let started = Instant::now();
         let callers: Vec<_> = (0..6)
             .map(|_| {

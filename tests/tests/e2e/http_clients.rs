@@ -141,22 +141,34 @@ except grpc.RpcError as e:
     print("error", e.code().name, e.details())
 "#;
 
-fn grpc_stack(label: &str, extra: &str) -> (Stack, PyServer, String, PathBuf) {
-    let mut log = PathBuf::new();
+/// A stack whose upstream is the Python server `script` (TLS with a leaf
+/// for `HOST`), which appends what it saw to the file `log` in the stack's
+/// dir; the stack, server, secret and that file's path.
+fn py_stack(
+    label: &str,
+    script: &str,
+    log: &str,
+    extra: &str,
+) -> (Stack, PyServer, String, PathBuf) {
+    let mut log_path = PathBuf::new();
     let (stack, server, secret) = stack_for(
         label,
         |stack| {
             let (cert, key) = leaf_files(stack);
-            log = stack.dir().join("grpc-calls.jsonl");
+            log_path = stack.dir().join(log);
             PyServer::start(
-                GRPC_SERVER,
+                script,
                 next_upstream_ip(),
-                &[path_str(&cert), path_str(&key), path_str(&log)],
+                &[path_str(&cert), path_str(&key), path_str(&log_path)],
             )
         },
         extra,
     );
-    (stack, server, secret, log)
+    (stack, server, secret, log_path)
+}
+
+fn grpc_stack(label: &str, extra: &str) -> (Stack, PyServer, String, PathBuf) {
+    py_stack(label, GRPC_SERVER, "grpc-calls.jsonl", extra)
 }
 
 fn grpc_client(stack: &Stack, server: &PyServer) -> Vec<String> {
@@ -252,21 +264,7 @@ except InvalidStatus as e:
 "#;
 
 fn ws_stack(label: &str, extra: &str) -> (Stack, PyServer, String, PathBuf) {
-    let mut log = PathBuf::new();
-    let (stack, server, secret) = stack_for(
-        label,
-        |stack| {
-            let (cert, key) = leaf_files(stack);
-            log = stack.dir().join("ws-handshakes.jsonl");
-            PyServer::start(
-                WS_SERVER,
-                next_upstream_ip(),
-                &[path_str(&cert), path_str(&key), path_str(&log)],
-            )
-        },
-        extra,
-    );
-    (stack, server, secret, log)
+    py_stack(label, WS_SERVER, "ws-handshakes.jsonl", extra)
 }
 
 fn ws_client(stack: &Stack, server: &PyServer) -> Vec<String> {

@@ -16,29 +16,12 @@ use clap::Subcommand;
 use serde_json::Value;
 
 use super::CliError;
-use crate::config::Config;
+use crate::{config::Config, recorder::EVENT_NAMES};
 
 mod follow;
 mod list;
 mod render;
 mod verify;
-
-/// Every `event` name the recorder writes.
-const EVENT_NAMES: [&str; 13] = [
-    "open",
-    "auth_ok",
-    "auth_fail",
-    "query",
-    "request",
-    "response",
-    "denied",
-    "approval_wait",
-    "approved",
-    "rejected",
-    "masked",
-    "error",
-    "close",
-];
 
 #[derive(Subcommand, Debug)]
 pub enum SessionsCmd {
