@@ -14,11 +14,11 @@ use std::{
 
 use bytes::{BufMut, BytesMut};
 use sluice::{
-    config::Credential,
-    policy::sql,
+    config::Injection,
     proxy::{
         http::{credential, json_mask},
         postgres::{
+            self,
             codec::{self, CodecError, Reader},
             mask::{self, RowPlan, MASKED_TEXT},
             scram::{self, ServerFirst},
@@ -172,7 +172,7 @@ fn frontend_message(tag: u8, body: &[u8]) {
 
 fn classify_bounded(text: &str) {
     if text.len() <= MAX_SQL {
-        let _ = sql::ClassifyCache::new(16).classify(text);
+        let _ = postgres::sql::ClassifyCache::new(16).classify(text);
     }
 }
 
@@ -379,14 +379,16 @@ pub fn http_token(data: &[u8]) {
         if let Ok(Some(again)) = credential::find(&p) {
             assert_ne!(again.token.as_str(), token, "the token survived inject");
         }
-        if shape.header.is_some() || shape.query.is_some() {
+        if *shape != Injection::InPlace {
             let secret_text = String::from_utf8_lossy(secret);
-            let in_header = shape.header.as_ref().is_some_and(|h| {
-                p.headers
-                    .get(h.as_str())
-                    .is_some_and(|v| v.as_bytes().windows(secret.len()).any(|w| w == secret))
-            });
-            let in_query = shape.query.is_some() && p.uri.query().is_some();
+            let in_header = match shape {
+                Injection::Header { name, .. } => p
+                    .headers
+                    .get(name.as_str())
+                    .is_some_and(|v| v.as_bytes().windows(secret.len()).any(|w| w == secret)),
+                _ => false,
+            };
+            let in_query = matches!(shape, Injection::Query { .. }) && p.uri.query().is_some();
             assert!(
                 in_header || in_query || secret_text.is_empty(),
                 "the secret went nowhere"
@@ -395,13 +397,14 @@ pub fn http_token(data: &[u8]) {
     }
 }
 
-fn cred(header: Option<&str>, format: Option<&str>, query: Option<&str>) -> Credential {
-    Credential {
-        secret: "fuzz".into(),
-        user: None,
-        header: header.map(Into::into),
-        format: format.map(Into::into),
-        query: query.map(Into::into),
+fn cred(header: Option<&str>, format: Option<&str>, query: Option<&str>) -> Injection {
+    match (header, query) {
+        (Some(name), _) => Injection::Header {
+            name: name.into(),
+            format: format.unwrap_or("{}").into(),
+        },
+        (None, Some(name)) => Injection::Query { name: name.into() },
+        (None, None) => Injection::InPlace,
     }
 }
 
@@ -437,8 +440,8 @@ pub fn sql_classify(data: &[u8]) {
     if text.len() > MAX_SQL {
         return;
     }
-    let _ = sql::ClassifyCache::new(16).classify(text);
-    if let Ok(c) = sql::classify(text) {
+    let _ = postgres::sql::ClassifyCache::new(16).classify(text);
+    if let Ok(c) = postgres::sql::classify(text) {
         assert!(
             c.statements == 0 || !c.kinds.is_empty(),
             "statements without kinds"

@@ -11,6 +11,7 @@ pub mod approvals;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod guard;
 pub mod intercept;
 pub mod metrics;
 pub mod notify;

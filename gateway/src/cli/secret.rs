@@ -79,7 +79,7 @@ fn put(cfg: &Config, vault: &Vault, name: &str) -> Result<(), CliError> {
         return Err(CliError::Usage(format!("the value for {name:?} on stdin is empty; pipe it in, e.g. `printf %s \"$VALUE\" | sluice secret put {name}`")));
     }
     vault.put(name, &value)?;
-    if !cfg.services.iter().any(|s| s.credential.secret == name) {
+    if !cfg.services.iter().any(|s| s.secret == name) {
         eprintln!(
             "sluice: stored {name:?}; note that no [[service]] in {} uses it as credential.secret",
             cfg.path.display()

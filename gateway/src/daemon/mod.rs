@@ -21,10 +21,11 @@ use tracing::{info, warn};
 
 use crate::{
     config::Config,
+    guard::{Guard, Parts},
     intercept::{cgroup, maps::InterceptMaps, programs, resolver},
     metrics::{self, Metrics},
     notify::Notifier,
-    proxy::{self, Fixed, Gateway},
+    proxy::{self, Gateway},
     recorder::{Observer, Recorder},
     state::{StateHandle, StateKeys},
     tls::LocalCa,
@@ -63,7 +64,8 @@ pub async fn run(cfg: Config) -> Result<Arc<Recorder>, StartError> {
     let gwc = &cfg.gateway;
     let vault = VaultCache::new(Vault::open(gwc).map_err(setup("vault"))?);
     let ca = LocalCa::load_or_create(&gwc.state_dir).map_err(setup("local CA"))?;
-    let recorder = Recorder::from_config(gwc).map_err(setup("log_dir"))?;
+    let recorder =
+        Recorder::open_with(&gwc.log_dir, gwc.recorder_options()).map_err(setup("log_dir"))?;
     let redis_url = gwc.redis_url_with_password().map_err(StartError::Setup)?;
 
     let v4 = TcpListener::bind(gwc.listen)
@@ -109,19 +111,22 @@ pub async fn run(cfg: Config) -> Result<Arc<Recorder>, StartError> {
         observer.observe(&line.meta.service, line.event);
         notifier.offer(line);
     })));
-    let fixed = Fixed {
-        instance,
-        lookup,
-        ca,
-        vault,
-        state: state.clone(),
-        recorder: recorder.clone(),
-        metrics,
-    };
-    let gateway = Arc::new(Gateway::new(fixed, snapshot, SQL_CACHE_ENTRIES));
+    let guard = Arc::new(Guard::new(
+        Parts {
+            instance,
+            ca,
+            vault,
+            state: state.clone(),
+            recorder: recorder.clone(),
+            metrics,
+        },
+        cfg.clone(),
+    ));
+    let postgres = proxy::postgres::Postgres::new(SQL_CACHE_ENTRIES);
+    let gateway = Arc::new(Gateway::new(guard, lookup, snapshot, postgres));
     if let Some(addr) = gwc.metrics {
         let gw = gateway.clone();
-        let render = Arc::new(move || gw.metrics.render(gw.lookup.len()));
+        let render = Arc::new(move || gw.guard.metrics.render(gw.lookup.len()));
         metrics::serve(addr, render)
             .await
             .map_err(setup(&format!("binding gateway.metrics {addr}")))?;

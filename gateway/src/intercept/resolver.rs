@@ -65,7 +65,7 @@ pub async fn resolve(cfg: &Config) -> Resolved {
             }
             Err(e) => r.failures.push((s.host.clone(), e.to_string())),
         }
-        if s.protocol.is_http() {
+        if s.protocol().is_http() {
             r.ports.insert(s.port);
         }
     }

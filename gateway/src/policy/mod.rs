@@ -1,130 +1,63 @@
-//! Policy decisions on protocol-neutral operations. Protocol handlers turn
-//! bytes into operations ([`HttpOperation`] today); this module decides
-//! whether they are allowed, denied, or must wait for a JIT approval. It
-//! knows no wire format.
-use crate::config::Rule;
+//! Policy decisions on typed operations. Protocol handlers turn bytes into
+//! an [`Operation`]; this module decides it under a service's rules and
+//! knows no wire format. There is one [`Decision`] type for all protocols.
+use crate::config::{Service, ServiceKind};
 
 pub mod glob;
-pub mod sql;
+pub mod http;
+pub mod statement;
 
-/// An HTTP request as policy sees it: every method and path reading a
-/// backend may act on (see `proxy::http::operation`).
+/// One operation of any protocol, as policy sees it.
 #[derive(Debug, Clone, Copy)]
-pub struct HttpOperation<'a> {
-    /// The request method, then every method an override names, e.g.
-    /// `["POST", "DELETE"]` (RFC 9110 §9).
-    pub methods: &'a [String],
-    /// Readings of the request path without the query, e.g.
-    /// `["/v1/customers/42"]`.
-    pub paths: &'a [String],
+pub enum Operation<'a> {
+    /// An HTTP request.
+    Http(http::HttpOperation<'a>),
+    /// A SQL text: what the dialect's parser found, or its error message.
+    Sql(Result<statement::SqlFacts<'a>, &'a str>),
 }
 
 /// What to do with an operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
+pub enum Decision {
+    /// Go ahead.
     Allow,
-    /// Denied by the rule shown (e.g. `DELETE /v1/customers/*`).
-    Deny {
-        rule: String,
-    },
-    /// Held until a human approves; the rule shown.
-    Approve {
-        rule: String,
-    },
+    /// Go ahead; what comes back passes the service's `mask` first.
+    Mask,
+    /// Refused by the rule shown (as written, e.g. `DELETE /v1/customers/*`
+    /// or `DROP`); `reason` is one sentence for the agent and the record.
+    Deny { rule: String, reason: String },
+    /// Held until a human approves it (JIT approval), under `rule`.
+    Hold { rule: String },
 }
 
-/// Decides an HTTP operation against a service's `deny` then `approve`
-/// rules: a rule matches when it matches any of the operation's methods
-/// together with any of its path readings. A rule without a method matches
-/// every method; methods and paths compare case-insensitively (paths by
-/// [`glob::matches_ignore_case`]), since some backends route that way.
-pub fn decide_http(deny: &[Rule], approve: &[Rule], op: HttpOperation<'_>) -> Verdict {
-    if let Some(rule) = first_match(deny, op) {
-        return Verdict::Deny { rule };
-    }
-    if let Some(rule) = first_match(approve, op) {
-        return Verdict::Approve { rule };
-    }
-    Verdict::Allow
-}
+/// The `rule` of a denial for an operation of another protocol than the
+/// service's (a handler bug, refused rather than let through).
+pub const WRONG_PROTOCOL: &str = "WRONG_PROTOCOL";
 
-fn first_match(rules: &[Rule], op: HttpOperation<'_>) -> Option<String> {
-    rules.iter().find_map(|r| match r {
-        Rule::Http { method, path } => {
-            let method_ok = method
-                .as_deref()
-                .is_none_or(|m| m == "*" || op.methods.iter().any(|om| m.eq_ignore_ascii_case(om)));
-            let path_ok = op.paths.iter().any(|p| glob::matches_ignore_case(path, p));
-            (method_ok && path_ok).then(|| format!("{} {}", method.as_deref().unwrap_or("*"), path))
+/// Decides `op` under `service`'s rules; an allowed operation on a service
+/// with masked fields is [`Decision::Mask`].
+pub fn decide(service: &Service, op: Operation<'_>) -> Decision {
+    let decision = match (&service.kind, op) {
+        (ServiceKind::Http(h), Operation::Http(op)) => http::decide(&h.deny, &h.approve, op),
+        (ServiceKind::Postgres(s), Operation::Sql(facts)) => {
+            statement::decide(s.policy(&service.mask), facts)
         }
-        Rule::Sql(_) => None,
-    })
+        _ => Decision::Deny {
+            rule: WRONG_PROTOCOL.into(),
+            reason: format!(
+                "this operation is not one of service {}'s protocol",
+                service.name
+            ),
+        },
+    };
+    masked(service, decision)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn http(method: &str, path: &str) -> Rule {
-        Rule::Http {
-            method: Some(method.into()),
-            path: path.into(),
-        }
-    }
-
-    fn strings(v: &[&str]) -> Vec<String> {
-        v.iter().map(|s| s.to_string()).collect()
-    }
-
-    #[test]
-    fn deny_wins_over_approve() {
-        let deny = [http("DELETE", "/v1/customers/*")];
-        let approve = [http("POST", "/v1/refunds*"), http("DELETE", "/v1/*")];
-        let (methods, paths) = (strings(&["delete"]), strings(&["/v1/customers/42"]));
-        let op = HttpOperation {
-            methods: &methods,
-            paths: &paths,
-        };
-        assert_eq!(
-            decide_http(&deny, &approve, op),
-            Verdict::Deny {
-                rule: "DELETE /v1/customers/*".into()
-            }
-        );
-        let (methods, paths) = (strings(&["POST"]), strings(&["/v1/refunds/9"]));
-        let op = HttpOperation {
-            methods: &methods,
-            paths: &paths,
-        };
-        assert!(matches!(
-            decide_http(&deny, &approve, op),
-            Verdict::Approve { .. }
-        ));
-        let (methods, paths) = (strings(&["GET"]), strings(&["/v1/customers/42"]));
-        let op = HttpOperation {
-            methods: &methods,
-            paths: &paths,
-        };
-        assert_eq!(decide_http(&deny, &approve, op), Verdict::Allow);
-    }
-
-    #[test]
-    fn any_method_override_or_path_reading_and_any_case_matches() {
-        let deny = [http("DELETE", "/v1/customers/*")];
-        let (methods, paths) = (strings(&["POST", "DELETE"]), strings(&["/V1/Customers/42"]));
-        let op = HttpOperation {
-            methods: &methods,
-            paths: &paths,
-        };
-        assert!(matches!(decide_http(&deny, &[], op), Verdict::Deny { .. }));
-        let (methods, paths) = (
-            strings(&["DELETE"]),
-            strings(&["/v1/customers", "/v1/customers%2F42"]),
-        );
-        let op = HttpOperation {
-            methods: &methods,
-            paths: &paths,
-        };
-        assert_eq!(decide_http(&deny, &[], op), Verdict::Allow);
+/// `decision`, with [`Decision::Allow`] turned into [`Decision::Mask`] on a
+/// service with masked fields.
+pub fn masked(service: &Service, decision: Decision) -> Decision {
+    match decision {
+        Decision::Allow if !service.mask.is_empty() => Decision::Mask,
+        other => other,
     }
 }

@@ -12,41 +12,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::warn;
 
 use crate::{
-    config::{Config, Protocol, Service},
+    config::{Config, Service, ServiceKind},
+    guard::{AgentIdentity, Guard, Intercepted},
     intercept::{cgroup, maps::TupleLookup, resolver::Resolved},
-    recorder::Recorder,
-    state::StateHandle,
-    tls::LocalCa,
-    vault::VaultCache,
 };
 
 pub mod http;
 pub mod postgres;
-pub mod throttle;
-
-/// Who is on the other end of an intercepted connection, as recorded by
-/// `connect4`/`connect6` at `connect()` time.
-#[derive(Debug, Clone)]
-pub struct AgentIdentity {
-    /// The `[[agent]]` name whose cgroup the process is in.
-    pub agent: String,
-    /// Thread-group id (process id) that called `connect()`.
-    pub pid: u32,
-    /// Its real uid.
-    pub uid: u32,
-    /// Its cgroup v2 id.
-    pub cgroup_id: u64,
-}
-
-/// An accepted, intercepted connection before any protocol is spoken.
-#[derive(Debug, Clone)]
-pub struct Intercepted {
-    pub identity: AgentIdentity,
-    /// The address and port the agent dialled.
-    pub original_dst: SocketAddr,
-    /// The agent's end of the connection.
-    pub peer: SocketAddr,
-}
 
 /// Configured agents and their cgroup directories.
 pub struct AgentTable {
@@ -113,60 +85,31 @@ impl Snapshot {
     }
 }
 
-/// Everything a connection handler needs, shared by all connections.
+/// Everything a connection handler needs, shared by all connections: the
+/// guard pipeline, the routing snapshot, and each protocol's own state.
 pub struct Gateway {
-    /// This gateway instance (`host:listen`), recorded on approvals it holds.
-    pub instance: String,
+    /// The pipeline every handler calls (identify, authenticate,
+    /// authorize, credential, record).
+    pub guard: Arc<Guard>,
     live: RwLock<Arc<Snapshot>>,
     pub lookup: TupleLookup,
-    pub ca: LocalCa,
-    pub vault: VaultCache,
-    pub state: Arc<StateHandle>,
-    pub recorder: Arc<Recorder>,
-    /// Statement classification cache (keyed by SQL text).
-    pub sql: Arc<crate::policy::sql::ClassifyCache>,
-    /// Sluice BackendKeyData → upstream backend, for CancelRequest.
-    pub pg_cancel: postgres::cancel::CancelRegistry,
-    pub metrics: Arc<crate::metrics::Metrics>,
-    /// Failed token checks per agent.
-    pub auth_throttle: throttle::AuthThrottle,
-}
-
-/// The parts of a [`Gateway`] that never change while it runs.
-pub struct Fixed {
-    pub instance: String,
-    pub lookup: TupleLookup,
-    pub ca: LocalCa,
-    pub vault: VaultCache,
-    pub state: Arc<StateHandle>,
-    pub recorder: Arc<Recorder>,
-    pub metrics: Arc<crate::metrics::Metrics>,
+    /// The PostgreSQL handler's state.
+    pub postgres: Arc<postgres::Postgres>,
 }
 
 impl Gateway {
-    /// Assembles a gateway from its fixed parts and a first snapshot.
-    pub fn new(fixed: Fixed, snapshot: Snapshot, sql_cache_entries: usize) -> Self {
-        let Fixed {
-            instance,
-            lookup,
-            ca,
-            vault,
-            state,
-            recorder,
-            metrics,
-        } = fixed;
+    /// Assembles a gateway; `guard` must enforce `snapshot.cfg`.
+    pub fn new(
+        guard: Arc<Guard>,
+        lookup: TupleLookup,
+        snapshot: Snapshot,
+        postgres: Arc<postgres::Postgres>,
+    ) -> Self {
         Gateway {
-            instance,
+            guard,
             live: RwLock::new(Arc::new(snapshot)),
             lookup,
-            ca,
-            vault,
-            state,
-            recorder,
-            sql: Arc::new(crate::policy::sql::ClassifyCache::new(sql_cache_entries)),
-            pg_cancel: Default::default(),
-            metrics,
-            auth_throttle: Default::default(),
+            postgres,
         }
     }
 
@@ -175,10 +118,12 @@ impl Gateway {
         self.live.read().unwrap().clone()
     }
 
-    /// Replaces the snapshot; connections pick it up on their next request
-    /// or statement.
+    /// Replaces the snapshot and the guard's config together; connections
+    /// pick them up on their next request or statement.
     pub fn replace(&self, snapshot: Snapshot) {
-        *self.live.write().unwrap() = Arc::new(snapshot);
+        let mut live = self.live.write().unwrap();
+        self.guard.replace(snapshot.cfg.clone());
+        *live = Arc::new(snapshot);
     }
 }
 
@@ -209,7 +154,7 @@ impl Gateway {
             return;
         };
         let Some(odst) = self.lookup.take_original_dst(peer, local) else {
-            self.metrics.tuple_miss();
+            self.guard.metrics.tuple_miss();
             warn!(%peer, %local, "connection without an eBPF 4-tuple entry (not redirected from an agent cgroup, or the map was full); closing");
             return;
         };
@@ -229,17 +174,19 @@ impl Gateway {
             original_dst,
             peer,
         };
-        match Gateway::route(&snap, original_dst) {
-            Some(Route::Service(idx)) if snap.cfg.services[idx].protocol == Protocol::Postgres => {
-                let service = Arc::new(snap.cfg.services[idx].clone());
-                postgres::serve(self, conn, stream, service).await
+        // The handler registry: one arm per protocol.
+        let service = match Gateway::route(&snap, original_dst) {
+            Some(Route::Service(idx)) => snap.cfg.services[idx].clone(),
+            Some(Route::PortWide) => return http::serve(self, conn, stream, None).await,
+            None => {
+                return warn!(%original_dst, "no service for this destination any more; closing")
             }
-            Some(Route::Service(idx)) => {
-                let name = snap.cfg.services[idx].name.clone();
-                http::serve(self, conn, stream, Some(name)).await
+        };
+        match service.kind {
+            ServiceKind::Http(_) => http::serve(self, conn, stream, Some(service.name)).await,
+            ServiceKind::Postgres(_) => {
+                postgres::serve(self, conn, stream, Arc::new(service)).await
             }
-            Some(Route::PortWide) => http::serve(self, conn, stream, None).await,
-            None => warn!(%original_dst, "no service for this destination any more; closing"),
         }
     }
 }

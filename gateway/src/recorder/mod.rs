@@ -173,14 +173,6 @@ impl Default for RecorderOptions {
     }
 }
 
-impl From<&crate::config::Gateway> for RecorderOptions {
-    fn from(gw: &crate::config::Gateway) -> Self {
-        RecorderOptions {
-            audit_rotate_bytes: gw.audit_rotate_bytes,
-        }
-    }
-}
-
 /// The daemon's record writer; one per daemon, shared by all sessions.
 /// Lines are written by group commit on a writer thread ([`writer`]);
 /// dropping the last handle writes everything still queued and ends the
@@ -226,15 +218,6 @@ impl Recorder {
     /// calls are ignored).
     pub fn observe_with(&self, observer: Observer) {
         let _ = self.writer.observer.set(observer);
-    }
-
-    /// [`Recorder::open_with`] with the `[gateway]` settings: `log_dir` and
-    /// `audit_rotate_bytes`.
-    ///
-    /// # Errors
-    /// As [`Recorder::open_with`].
-    pub fn from_config(gw: &crate::config::Gateway) -> io::Result<Arc<Recorder>> {
-        Self::open_with(&gw.log_dir, gw.into())
     }
 
     /// Creates `log_dir` and `log_dir/sessions` (0750) if needed, opens

@@ -264,24 +264,6 @@ async fn audit_log_rotates_at_the_configured_size() {
     );
 }
 
-#[test]
-fn config_key_sets_the_rotation_size() {
-    let cfg = crate::config::Config::parse(
-        Path::new("t.toml"),
-        "[gateway]\naudit_rotate_bytes = 1048576\n",
-    )
-    .unwrap();
-    assert_eq!(
-        RecorderOptions::from(&cfg.gateway).audit_rotate_bytes,
-        1 << 20
-    );
-    let cfg = crate::config::Config::parse(Path::new("t.toml"), "").unwrap();
-    assert_eq!(
-        RecorderOptions::from(&cfg.gateway).audit_rotate_bytes,
-        100 << 20
-    );
-}
-
 /// As root on a filesystem with inode flags (ext4, XFS, Btrfs): the open
 /// session's file refuses rewrites and deletion, and accepts both once the
 /// session is closed. Elsewhere the recorder must still work.

@@ -21,7 +21,7 @@ use hyper::{
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use zeroize::Zeroizing;
 
-use crate::{config::Credential, tokens};
+use crate::{config::Injection, tokens};
 
 /// Characters left unescaped in query values: RFC 3986 unreserved.
 pub(crate) const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
@@ -113,7 +113,8 @@ fn header_value(bytes: &[u8]) -> Result<HeaderValue, CredentialError> {
     Ok(v)
 }
 
-/// Replaces the token found by [`find`] with `secret` per `cred`.
+/// Replaces the token found by [`find`] with `secret` where `injection`
+/// says.
 ///
 /// # Errors
 /// [`CredentialError::UnencodableSecret`] when the secret is not valid in a
@@ -121,13 +122,13 @@ fn header_value(bytes: &[u8]) -> Result<HeaderValue, CredentialError> {
 pub fn inject(
     parts: &mut Parts,
     found: &FoundToken,
-    cred: &Credential,
+    injection: &Injection,
     secret: &[u8],
 ) -> Result<(), CredentialError> {
     let token = found.token.as_str();
     let secret_text =
         || std::str::from_utf8(secret).map_err(|_| CredentialError::UnencodableSecret);
-    let in_place = cred.header.is_none() && cred.query.is_none();
+    let in_place = *injection == Injection::InPlace;
     let mut query_edits: Vec<(String, Option<Zeroizing<String>>)> = Vec::new();
     for place in &found.places {
         match place {
@@ -166,10 +167,9 @@ pub fn inject(
             Place::Query(key) => query_edits.push((key.clone(), None)),
         }
     }
-    if let Some(header) = &cred.header {
-        let name = HeaderName::from_bytes(header.as_bytes())
+    if let Injection::Header { name, format } = injection {
+        let name = HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| CredentialError::UnencodableSecret)?;
-        let format = cred.format.as_deref().unwrap_or("{}");
         let (before, after) = format.split_once("{}").unwrap_or((format, ""));
         let mut value = Zeroizing::new(Vec::with_capacity(
             before.len() + secret.len() + after.len(),
@@ -179,7 +179,7 @@ pub fn inject(
         value.extend_from_slice(after.as_bytes());
         parts.headers.insert(name, header_value(&value)?);
     }
-    if let Some(key) = &cred.query {
+    if let Injection::Query { name: key } = injection {
         let encoded = utf8_percent_encode(secret_text()?, QUERY_VALUE).to_string();
         query_edits.push((format!("+{key}"), Some(Zeroizing::new(encoded))));
     }
@@ -259,13 +259,14 @@ mod tests {
         req.into_parts().0
     }
 
-    fn cred(header: Option<&str>, format: Option<&str>, query: Option<&str>) -> Credential {
-        Credential {
-            secret: "s".into(),
-            user: None,
-            header: header.map(Into::into),
-            format: format.map(Into::into),
-            query: query.map(Into::into),
+    fn cred(header: Option<&str>, format: Option<&str>, query: Option<&str>) -> Injection {
+        match (header, query) {
+            (Some(name), _) => Injection::Header {
+                name: name.into(),
+                format: format.unwrap_or("{}").into(),
+            },
+            (None, Some(name)) => Injection::Query { name: name.into() },
+            (None, None) => Injection::InPlace,
         }
     }
 

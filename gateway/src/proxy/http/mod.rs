@@ -88,6 +88,7 @@ async fn serve_tls(
             .unwrap_or_default(),
     };
     let config = match gw
+        .guard
         .ca
         .certified_key(&name)
         .and_then(|ck| agent_server_config(ck, &offered))
@@ -115,7 +116,7 @@ fn pick_https(
 ) -> Option<String> {
     let snap = gw.snapshot();
     let port = conn.original_dst.port();
-    let https = |s: &&crate::config::Service| s.protocol == Protocol::Https && s.port == port;
+    let https = |s: &&crate::config::Service| s.protocol() == Protocol::Https && s.port == port;
     match sni {
         Some(name) => snap
             .cfg

@@ -18,7 +18,7 @@
 //! - matches rules against every reading that is left: the percent-decoded
 //!   path, and, when it holds an encoded slash, also the path with `%2F`
 //!   kept as a character of its segment; rules compare case-insensitively
-//!   ([`crate::policy::decide_http`]);
+//!   ([`crate::policy::http::decide`]);
 //! - treats every method an override names as a method of the request: a
 //!   rule on `DELETE` matches a `POST` carrying `X-HTTP-Method-Override:
 //!   DELETE`.

@@ -1,5 +1,6 @@
-//! One HTTP request through Sluice: route → session → token → policy →
-//! credential swap → upstream → response, each step recorded.
+//! One HTTP request through the guard pipeline: route → session →
+//! authenticate (token) → authorize (policy) → credential (swap) →
+//! upstream → response, each step recorded.
 //!
 //! The token is checked on every request, so a revocation takes effect on
 //! the next request of a kept-alive connection. Bodies stream in both
@@ -12,20 +13,19 @@ use tracing::warn;
 
 use super::{
     counted::Counted,
-    credential,
+    credential::{self, FoundToken},
     echo_guard::{self, EchoGuard},
     json_mask, operation,
     reply::{self, ProxyBody},
-    session::ConnCtx,
+    session::{ConnCtx, Routed},
     upgrade, upstream,
 };
 use crate::{
-    approvals::{self, HoldRequest, Outcome},
-    policy::{self, HttpOperation, Verdict},
-    proxy::throttle,
+    config::HttpService,
+    guard::{Allowed, Refusal, RefusalKind, Session},
+    policy::{http::HttpOperation, Operation},
     recorder::Event,
-    state::TokenCheckError,
-    tokens,
+    vault::Secret,
 };
 
 /// The `rule` of a denial for a request whose reading is ambiguous
@@ -39,323 +39,222 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Proxy
     if ctx.flush().await {
         response
     } else {
-        reply::error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "session record cannot be written; refusing unaudited access",
-            None,
-        )
+        refused(&Refusal::unrecorded(), None)
     }
 }
 
+/// The response for a refusal of the pipeline (DESIGN.md §4 "Errors the
+/// agent sees").
+fn refused(refusal: &Refusal, session: Option<&str>) -> Response<ProxyBody> {
+    let status = match refusal.kind {
+        RefusalKind::Unauthenticated => StatusCode::UNAUTHORIZED,
+        RefusalKind::Malformed => StatusCode::BAD_REQUEST,
+        RefusalKind::Throttled => StatusCode::TOO_MANY_REQUESTS,
+        RefusalKind::Denied { .. } | RefusalKind::Rejected { .. } => StatusCode::FORBIDDEN,
+        RefusalKind::Unavailable | RefusalKind::Unrecorded => StatusCode::SERVICE_UNAVAILABLE,
+        RefusalKind::NoSecret => StatusCode::BAD_GATEWAY,
+        RefusalKind::Vault => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    reply::error(status, &refusal.message, session)
+}
+
+/// Records `event` in `session` and answers `message` with `status`.
+fn fail(session: &Session, status: StatusCode, event: Event, message: &str) -> Response<ProxyBody> {
+    let _ = session.record(event);
+    reply::error(status, message, Some(session.id()))
+}
+
+/// Records an error line and answers it with `status`.
+fn error(session: &Session, status: StatusCode, message: &str) -> Response<ProxyBody> {
+    let event = Event::Error {
+        message: message.to_string(),
+    };
+    fail(session, status, event, message)
+}
+
+/// Refuses a request Sluice cannot read one way only (400, rule
+/// [`AMBIGUOUS_PATH`]), or a feature the service's guarantees exclude.
+fn deny(session: &Session, status: StatusCode, rule: &str, reason: &str) -> Response<ProxyBody> {
+    let refusal = session.deny(rule.to_string(), reason.to_string());
+    reply::error(status, &refusal.message, Some(session.id()))
+}
+
+/// The agent's side of a protocol upgrade, and the `Upgrade` value to send
+/// upstream.
+type Upgrading = Option<(hyper::upgrade::OnUpgrade, header::HeaderValue)>;
+
 async fn respond(ctx: &Arc<ConnCtx>, mut req: Request<Incoming>) -> Response<ProxyBody> {
-    // The agent's side of a protocol upgrade, taken before the request is
-    // consumed; with it, the `Upgrade` value to send upstream.
-    let upgrading = upgrade::requested(req.headers())
+    // Taken before the request is consumed.
+    let upgrading: Upgrading = upgrade::requested(req.headers())
         .then(|| req.headers().get(header::UPGRADE).cloned())
         .flatten()
         .map(|value| (hyper::upgrade::on(&mut req), value));
-    let (mut parts, body) = req.into_parts();
+    let (parts, body) = req.into_parts();
     let host = authority_host(&parts);
     let routed = match ctx.service_for(host.as_deref()) {
         Ok(r) => r,
         Err(e) => return reply::error(StatusCode::MISDIRECTED_REQUEST, &e.to_string(), None),
     };
     let service = routed.service();
-    let Some(session) = ctx.session(&service.name) else {
-        return reply::error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "session record cannot be written; refusing unaudited access",
-            None,
-        );
+    let Some(http) = service.http() else {
+        let msg = format!("service {} is not an HTTP service", service.name);
+        return reply::error(StatusCode::MISDIRECTED_REQUEST, &msg, None);
     };
-    let sid = session.id().to_string();
-    let gw = ctx.gw.clone();
-    let gateway_cfg = &routed.snap.cfg.gateway;
-    let method = parts.method.as_str().to_string();
-    let ruled = !service.deny.is_empty() || !service.approve.is_empty();
-    let readings = operation::read_path(parts.uri.path(), ruled);
-    let path = match &readings {
-        Ok(r) => r.display.clone(),
-        Err(_) => operation::lenient(parts.uri.path()),
+    let session = match ctx.session(service) {
+        Ok(s) => s,
+        Err(r) => return refused(&r, None),
     };
-    let fail = |status: StatusCode, event: Event, message: &str| {
-        ctx.record(event);
-        reply::error(status, message, Some(&sid))
+    let request = Pending {
+        parts,
+        body: body.boxed(),
+        upgrading,
     };
+    match admit(session, &routed, http, request).await {
+        Ok((request, found, allowed)) => {
+            forward(ctx, session, &routed, http, request, found, allowed).await
+        }
+        Err(response) => response,
+    }
+}
 
-    // The token: present, well-formed, known, for this agent and service.
-    let found = match credential::find(&parts) {
+/// A request on its way through the pipeline.
+struct Pending {
+    parts: hyper::http::request::Parts,
+    body: ProxyBody,
+    upgrading: Upgrading,
+}
+
+/// Authenticate and authorize: the token, then policy on every reading of
+/// the request a backend may act on, then what the service's guarantees
+/// exclude (non-WebSocket upgrades; upgrades and gRPC where responses are
+/// masked or scanned).
+async fn admit(
+    session: &Session,
+    routed: &Routed,
+    http: &HttpService,
+    mut request: Pending,
+) -> Result<(Pending, FoundToken, Allowed), Response<ProxyBody>> {
+    let sid = Some(session.id());
+    let found = match credential::find(&request.parts) {
         Ok(Some(found)) => found,
         Ok(None) => {
-            let msg = "no sluice token (slt_…) in the request";
-            return fail(
-                StatusCode::UNAUTHORIZED,
-                Event::AuthFail { reason: msg.into() },
-                msg,
-            );
+            return Err(refused(
+                &session.absent("no sluice token (slt_…) in the request"),
+                sid,
+            ))
         }
-        Err(e) => {
-            return fail(
-                StatusCode::BAD_REQUEST,
-                Event::AuthFail {
-                    reason: e.to_string(),
-                },
-                &e.to_string(),
-            )
-        }
+        Err(e) => return Err(refused(&session.malformed(&e.to_string()), sid)),
     };
-    let agent = &ctx.conn.identity.agent;
-    if let Err(wait) = gw.auth_throttle.check(agent) {
-        let msg = format!(
-            "too many failed token checks from this agent; retry in {} ms",
-            wait.as_millis().max(1)
-        );
-        return fail(
-            StatusCode::TOO_MANY_REQUESTS,
-            Event::AuthFail {
-                reason: msg.clone(),
-            },
-            &msg,
-        );
-    }
-    match ctx
-        .check_token(&tokens::digest(&found.token), &service.name)
+    session
+        .authenticate(crate::guard::Presented::Token(&found.token))
         .await
-    {
-        Ok(()) => {}
-        Err(TokenCheckError::Rejected(rejection)) => {
-            let failures = gw.auth_throttle.failure(agent);
-            let msg = format!("invalid sluice token: {rejection}");
-            let reason = format!(
-                "{rejection} (failure {failures} of this agent within {} s)",
-                throttle::WINDOW.as_secs()
-            );
-            return fail(StatusCode::UNAUTHORIZED, Event::AuthFail { reason }, &msg);
-        }
-        Err(TokenCheckError::State(e)) => {
-            warn!(error = %e, "token store unavailable");
-            let msg = "token store (Redis) unavailable; try again later";
-            return fail(
-                StatusCode::SERVICE_UNAVAILABLE,
-                Event::Error {
-                    message: msg.into(),
-                },
-                msg,
-            );
-        }
-    }
+        .map_err(|r| refused(&r, sid))?;
 
-    // Policy, on every reading of the request a backend may act on.
-    let readings = match readings {
-        Ok(r) => r.readings,
+    let ruled = !http.deny.is_empty() || !http.approve.is_empty();
+    let uri_path = request.parts.uri.path().to_string();
+    let readings = match operation::read_path(&uri_path, ruled) {
+        Ok(r) => r,
         Err(why) => {
             let reason = format!(
                 "ambiguous request path: it contains {why}; send the path in its plain form"
             );
-            return fail(
+            return Err(deny(
+                session,
                 StatusCode::BAD_REQUEST,
-                Event::Denied {
-                    reason: reason.clone(),
-                    rule: AMBIGUOUS_PATH.into(),
-                },
+                AMBIGUOUS_PATH,
                 &reason,
-            );
+            ));
         }
     };
-    let mut methods = operation::methods(&parts);
-    let mut body = body.boxed();
+    let mut methods = operation::methods(&request.parts);
     if let Some(kind) = ruled
-        .then(|| operation::form_body(&parts.headers))
+        .then(|| operation::form_body(&request.parts.headers))
         .flatten()
     {
-        let limit = gateway_cfg.json_mask_max_bytes;
+        let limit = routed.snap.cfg.gateway.json_mask_max_bytes;
+        let body = std::mem::replace(&mut request.body, reply::full(Default::default()));
         let read = match http_body_util::Limited::new(body, limit).collect().await {
             Ok(collected) => collected.to_bytes(),
             Err(e) => {
                 let msg = format!("form body cannot be read for method overrides ({e}; limit {limit} bytes, gateway.json_mask_max_bytes)");
-                return fail(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    Event::Error {
-                        message: msg.clone(),
-                    },
-                    &msg,
-                );
+                return Err(error(session, StatusCode::PAYLOAD_TOO_LARGE, &msg));
             }
         };
         if let Err(msg) = operation::form_methods(&kind, read.clone(), &mut methods).await {
-            return fail(
-                StatusCode::BAD_REQUEST,
-                Event::Denied {
-                    reason: msg.clone(),
-                    rule: AMBIGUOUS_PATH.into(),
-                },
-                &msg,
-            );
+            return Err(deny(session, StatusCode::BAD_REQUEST, AMBIGUOUS_PATH, &msg));
         }
-        body = reply::full(read);
+        request.body = reply::full(read);
     }
-    match policy::decide_http(
-        &service.deny,
-        &service.approve,
-        HttpOperation {
-            methods: &methods,
-            paths: &readings,
-        },
-    ) {
-        Verdict::Allow => {}
-        Verdict::Deny { rule } => {
-            let msg = format!("denied by policy: {rule}");
-            return fail(
-                StatusCode::FORBIDDEN,
-                Event::Denied {
-                    reason: msg.clone(),
-                    rule,
-                },
-                &msg,
-            );
-        }
-        Verdict::Approve { rule } => {
-            let id = &ctx.conn.identity;
-            let summary = format!("{} {path}", methods.join("|"));
-            let req = HoldRequest {
-                agent: id.agent.clone(),
-                pid: id.pid,
-                uid: id.uid,
-                service: service.name.clone(),
-                summary: summary.clone(),
-            };
-            let outcome = approvals::hold(
-                &gw.state,
-                &gw.instance,
-                req,
-                gateway_cfg.approval_timeout,
-                |approval| {
-                    ctx.record(Event::ApprovalWait {
-                        approval: approval.to_string(),
-                        summary,
-                    });
-                },
-            )
-            .await;
-            match outcome {
-                Outcome::Approved { id, by } => {
-                    ctx.record(Event::Approved { approval: id, by });
-                }
-                Outcome::Unavailable(e) => {
-                    warn!(error = %e, "approvals unavailable");
-                    let msg = format!("{rule} needs a JIT approval, but the approval store (Redis) is unavailable");
-                    return fail(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        Event::Error {
-                            message: msg.clone(),
-                        },
-                        &msg,
-                    );
-                }
-                other => {
-                    let reason = other.refusal().unwrap_or_default();
-                    let approval = match &other {
-                        Outcome::Rejected { id, .. } | Outcome::TimedOut { id } => id.clone(),
-                        _ => String::new(),
-                    };
-                    return fail(
-                        StatusCode::FORBIDDEN,
-                        Event::Rejected {
-                            approval,
-                            reason: reason.clone(),
-                        },
-                        &reason,
-                    );
-                }
-            }
-        }
-    }
+    let summary = format!("{} {}", methods.join("|"), readings.display);
+    let op = Operation::Http(HttpOperation {
+        methods: &methods,
+        paths: &readings.readings,
+    });
+    let allowed = session
+        .authorize(op, &summary)
+        .await
+        .map_err(|r| refused(&r, sid))?;
 
-    if upgrading
-        .as_ref()
-        .is_some_and(|(_, value)| !upgrade::is_websocket(value))
-    {
-        let reason = "only WebSocket upgrades are relayed; other protocol upgrades (h2c, …) would carry requests past policy";
-        return fail(
-            StatusCode::BAD_REQUEST,
-            Event::Denied {
-                reason: reason.into(),
-                rule: AMBIGUOUS_PATH.into(),
-            },
-            reason,
-        );
+    if let Some((_, value)) = &request.upgrading {
+        if !upgrade::is_websocket(value) {
+            let reason = "only WebSocket upgrades are relayed; other protocol upgrades (h2c, …) would carry requests past policy";
+            return Err(deny(
+                session,
+                StatusCode::BAD_REQUEST,
+                AMBIGUOUS_PATH,
+                reason,
+            ));
+        }
+        if allowed == Allowed::Masked || http.echo_guard {
+            let reason = "protocol upgrades (WebSocket) are refused on a service with mask or echo_guard: Sluice cannot mask or scan their frames";
+            return Err(deny(session, StatusCode::FORBIDDEN, "MASK", reason));
+        }
     }
-    if upgrading.is_some() && (!service.mask.is_empty() || service.echo_guard) {
-        let reason = "protocol upgrades (WebSocket) are refused on a service with mask or echo_guard: Sluice cannot mask or scan their frames";
-        return fail(
-            StatusCode::FORBIDDEN,
-            Event::Denied {
-                reason: reason.into(),
-                rule: "MASK".into(),
-            },
-            reason,
-        );
-    }
-    if !service.mask.is_empty() && reply::is_grpc(&parts.headers) {
+    if allowed == Allowed::Masked && reply::is_grpc(&request.parts.headers) {
         // Protobuf bodies cannot be masked by field name.
         let reason =
             "gRPC is refused on a service with masked fields: Sluice cannot mask protobuf messages";
-        ctx.record(Event::Denied {
-            reason: reason.into(),
-            rule: "MASK".into(),
-        });
-        return reply::grpc_error(reply::GRPC_PERMISSION_DENIED, reason);
+        session.deny("MASK".into(), reason.into());
+        return Err(reply::grpc_error(reply::GRPC_PERMISSION_DENIED, reason));
     }
+    Ok((request, found, allowed))
+}
 
-    // The swap.
-    let secret = match gw.vault.get(&service.credential.secret) {
-        Ok(Some(secret)) => secret,
-        Ok(None) => {
-            let msg = format!(
-                "secret {:?} is not in the vault; run `sluice secret put {}`",
-                service.credential.secret, service.credential.secret
-            );
-            return fail(
-                StatusCode::BAD_GATEWAY,
-                Event::Error {
-                    message: msg.clone(),
-                },
-                &msg,
-            );
-        }
-        Err(e) => {
-            let msg = format!("vault unavailable: {e}");
-            return fail(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                Event::Error {
-                    message: msg.clone(),
-                },
-                &msg,
-            );
-        }
+/// Credential and upstream: swaps the token for the real secret, sends the
+/// request to the service's verified upstream and relays the response,
+/// masked or scanned as the service says.
+async fn forward(
+    ctx: &Arc<ConnCtx>,
+    session: &Session,
+    routed: &Routed,
+    http: &HttpService,
+    request: Pending,
+    found: FoundToken,
+    allowed: Allowed,
+) -> Response<ProxyBody> {
+    let service = routed.service();
+    let sid = Some(session.id());
+    let Pending {
+        mut parts,
+        body,
+        upgrading,
+    } = request;
+    let method = parts.method.as_str().to_string();
+    let path = operation::lenient(parts.uri.path());
+    let secret = match session.credential() {
+        Ok(secret) => secret,
+        Err(r) => return refused(&r, sid),
     };
-    let swapped = credential::inject(&mut parts, &found, &service.credential, secret.expose());
+    let swapped = credential::inject(&mut parts, &found, &http.inject, secret.expose());
     // Kept only when the response must be scanned for reflections of it.
-    let guard = service.echo_guard.then(|| secret.clone());
+    let echo: Option<Secret> = http.echo_guard.then(|| secret.clone());
     drop(secret);
     if let Err(e) = swapped {
-        return fail(
-            StatusCode::BAD_GATEWAY,
-            Event::Error {
-                message: e.to_string(),
-            },
-            &e.to_string(),
-        );
+        return error(session, StatusCode::BAD_GATEWAY, &e.to_string());
     }
     if let Err(e) = upstream::retarget(&mut parts, service) {
         let msg = format!("cannot build the upstream request: {e}");
-        return fail(
-            StatusCode::BAD_GATEWAY,
-            Event::Error {
-                message: msg.clone(),
-            },
-            &msg,
-        );
+        return error(session, StatusCode::BAD_GATEWAY, &msg);
     }
     let (agent_upgrade, upgrade_value) = match upgrading {
         Some((on, value)) => (Some(on), Some(value)),
@@ -365,25 +264,21 @@ async fn respond(ctx: &Arc<ConnCtx>, mut req: Request<Incoming>) -> Response<Pro
         upgrade::restore_request_headers(&mut parts.headers, value);
     }
     let Some(client) = routed.snap.http.get(routed.idx, agent_upgrade.is_some()) else {
-        return fail(
+        return error(
+            session,
             StatusCode::BAD_GATEWAY,
-            Event::Error {
-                message: "no HTTP client".into(),
-            },
             "no HTTP client for service",
         );
     };
-    if !service.mask.is_empty() || service.echo_guard {
+    let masked = allowed == Allowed::Masked;
+    if masked || echo.is_some() {
         // Masking and echo_guard read the body as sent: ask for no content coding.
         parts.headers.remove(header::ACCEPT_ENCODING);
     }
-    if !ctx.opened().await {
-        return reply::error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "session record cannot be written; refusing unaudited access",
-            Some(&sid),
-        );
+    if let Err(r) = session.opened().await {
+        return refused(&r, sid);
     }
+    let gateway_cfg = &routed.snap.cfg.gateway;
     let sent = std::time::Instant::now();
     let timeout = gateway_cfg.upstream_timeout;
     let response =
@@ -397,104 +292,20 @@ async fn respond(ctx: &Arc<ConnCtx>, mut req: Request<Incoming>) -> Response<Pro
                     service.port,
                     timeout.as_secs()
                 );
-                ctx.record(Event::Request {
+                let _ = session.record(Event::Request {
                     method,
                     path,
                     status: 504,
                 });
-                return fail(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    Event::Error {
-                        message: msg.clone(),
-                    },
-                    &msg,
-                );
+                return error(session, StatusCode::GATEWAY_TIMEOUT, &msg);
             }
         };
-    gw.metrics.upstream_latency(&service.name, sent.elapsed());
-    match response {
-        Ok(mut resp) => {
-            let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-            let upstream_upgrade = resp.headers().get(header::UPGRADE).cloned();
-            let to_websocket = upstream_upgrade.as_ref().is_some_and(upgrade::is_websocket);
-            match agent_upgrade {
-                Some(agent) if switching && to_websocket => {
-                    upgrade::relay(ctx.clone(), agent, &mut resp)
-                }
-                _ if switching => {
-                    let msg = "upstream switched to a protocol the agent did not ask for";
-                    return fail(
-                        StatusCode::BAD_GATEWAY,
-                        Event::Error {
-                            message: msg.into(),
-                        },
-                        msg,
-                    );
-                }
-                _ => {}
-            }
-            let (mut rparts, rbody) = resp.into_parts();
-            upstream::strip_hop_by_hop(&mut rparts.headers);
-            if switching {
-                upgrade::restore_response_headers(&mut rparts.headers, upstream_upgrade);
-            }
-            let mut rbody = rbody.boxed();
-            if let Some(secret) = &guard {
-                let coding = rparts
-                    .headers
-                    .get(header::CONTENT_ENCODING)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("identity");
-                if !coding.eq_ignore_ascii_case("identity") {
-                    let msg = format!("upstream sent a {coding}-encoded body that echo_guard cannot scan; refused");
-                    return fail(
-                        StatusCode::BAD_GATEWAY,
-                        Event::Error {
-                            message: msg.clone(),
-                        },
-                        &msg,
-                    );
-                }
-                let redactor = echo_guard::Redactor::new(secret.expose());
-                echo_guard::redact_headers(&mut rparts.headers, &redactor);
-                rbody = EchoGuard::wrap(rbody, redactor);
-            }
-            ctx.record(Event::Request {
-                method,
-                path,
-                status: rparts.status.as_u16(),
-            });
-            if switching {
-                // The relay records the `response` line when it ends.
-                return Response::from_parts(rparts, rbody);
-            }
-            if service.mask.is_empty() {
-                let status = rparts.status.as_u16();
-                return Response::from_parts(rparts, Counted::wrap(rbody, ctx.clone(), status));
-            }
-            match mask_body(
-                ctx,
-                &service.mask,
-                gateway_cfg.json_mask_max_bytes,
-                &rparts.headers,
-                rbody,
-            )
-            .await
-            {
-                Ok(body) => {
-                    rparts.headers.remove(header::CONTENT_LENGTH);
-                    let status = rparts.status.as_u16();
-                    Response::from_parts(rparts, Counted::wrap(body, ctx.clone(), status))
-                }
-                Err(msg) => fail(
-                    StatusCode::BAD_GATEWAY,
-                    Event::Error {
-                        message: msg.clone(),
-                    },
-                    &msg,
-                ),
-            }
-        }
+    ctx.gw
+        .guard
+        .metrics
+        .upstream_latency(&service.name, sent.elapsed());
+    let mut resp = match response {
+        Ok(resp) => resp,
         Err(e) => {
             let msg = format!(
                 "upstream {}:{} unreachable: {}",
@@ -503,19 +314,67 @@ async fn respond(ctx: &Arc<ConnCtx>, mut req: Request<Incoming>) -> Response<Pro
                 error_chain(&e)
             );
             warn!(service = %service.name, "{msg}");
-            ctx.record(Event::Request {
+            let _ = session.record(Event::Request {
                 method,
                 path,
                 status: 502,
             });
-            fail(
-                StatusCode::BAD_GATEWAY,
-                Event::Error {
-                    message: msg.clone(),
-                },
-                &msg,
-            )
+            return error(session, StatusCode::BAD_GATEWAY, &msg);
         }
+    };
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    let upstream_upgrade = resp.headers().get(header::UPGRADE).cloned();
+    let to_websocket = upstream_upgrade.as_ref().is_some_and(upgrade::is_websocket);
+    match agent_upgrade {
+        Some(agent) if switching && to_websocket => upgrade::relay(ctx.clone(), agent, &mut resp),
+        _ if switching => {
+            let msg = "upstream switched to a protocol the agent did not ask for";
+            return error(session, StatusCode::BAD_GATEWAY, msg);
+        }
+        _ => {}
+    }
+    let (mut rparts, rbody) = resp.into_parts();
+    upstream::strip_hop_by_hop(&mut rparts.headers);
+    if switching {
+        upgrade::restore_response_headers(&mut rparts.headers, upstream_upgrade);
+    }
+    let mut rbody = rbody.boxed();
+    if let Some(secret) = &echo {
+        let coding = rparts
+            .headers
+            .get(header::CONTENT_ENCODING)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("identity");
+        if !coding.eq_ignore_ascii_case("identity") {
+            let msg = format!(
+                "upstream sent a {coding}-encoded body that echo_guard cannot scan; refused"
+            );
+            return error(session, StatusCode::BAD_GATEWAY, &msg);
+        }
+        let redactor = echo_guard::Redactor::new(secret.expose());
+        echo_guard::redact_headers(&mut rparts.headers, &redactor);
+        rbody = EchoGuard::wrap(rbody, redactor);
+    }
+    let _ = session.record(Event::Request {
+        method,
+        path,
+        status: rparts.status.as_u16(),
+    });
+    if switching {
+        // The relay records the `response` line when it ends.
+        return Response::from_parts(rparts, rbody);
+    }
+    let status = rparts.status.as_u16();
+    if !masked {
+        return Response::from_parts(rparts, Counted::wrap(rbody, ctx.clone(), status));
+    }
+    let limit = gateway_cfg.json_mask_max_bytes;
+    match mask_body(session, &service.mask, limit, &rparts.headers, rbody).await {
+        Ok(body) => {
+            rparts.headers.remove(header::CONTENT_LENGTH);
+            Response::from_parts(rparts, Counted::wrap(body, ctx.clone(), status))
+        }
+        Err(msg) => error(session, StatusCode::BAD_GATEWAY, &msg),
     }
 }
 
@@ -526,7 +385,7 @@ async fn respond(ctx: &Arc<ConnCtx>, mut req: Request<Incoming>) -> Response<Pro
 /// a body over the limit are refused. Errors are messages for a 502: a body
 /// that may hold JSON is never passed on unmasked.
 async fn mask_body(
-    ctx: &ConnCtx,
+    session: &Session,
     masks: &[String],
     limit: usize,
     headers: &hyper::HeaderMap,
@@ -564,10 +423,12 @@ async fn mask_body(
         return Ok(reply::full(bytes));
     };
     if report.count > 0
-        && !ctx.record(Event::Masked {
-            fields: report.fields,
-            count: report.count,
-        })
+        && session
+            .record(Event::Masked {
+                fields: report.fields,
+                count: report.count,
+            })
+            .is_err()
     {
         return Err("session record cannot be written".into());
     }

@@ -1,17 +1,15 @@
 //! Per-connection state for HTTP: which service the connection belongs to,
-//! and its session record (opened on first use, closed with the connection).
+//! and its guard session (opened on first use, closed with the connection).
 use std::{
     sync::{Arc, OnceLock},
     time::Duration,
 };
 
-use tracing::warn;
-
 use crate::{
     config::{Protocol, Service},
-    proxy::{Gateway, Intercepted, Snapshot},
-    recorder::{Event, SessionMeta, SessionRecord},
-    state::{LiveToken, TokenCheckError},
+    guard::{Intercepted, Refusal, Session},
+    proxy::{Gateway, Snapshot},
+    recorder::Event,
 };
 
 /// Why a request could not be tied to a service.
@@ -46,16 +44,11 @@ pub struct ConnCtx {
     default: Option<String>,
     tls: bool,
     service: OnceLock<String>,
-    session: OnceLock<Option<SessionRecord>>,
-    /// The session's `open` line is written (`true`) or could not be.
-    open_written: tokio::sync::OnceCell<bool>,
+    /// `None` when the session record could not be opened.
+    session: OnceLock<Option<Session>>,
     /// Held (read) by each upgraded connection's relay; `close` waits for
     /// the write lock, so it comes after their `response` lines.
     relays: Arc<tokio::sync::RwLock<()>>,
-    /// The last token that passed, re-checked cheaply on each request. The
-    /// lock is never held across an `.await`, so the streams of an HTTP/2
-    /// connection do not queue behind one Redis read.
-    live: std::sync::Mutex<Option<LiveToken>>,
 }
 
 impl ConnCtx {
@@ -73,9 +66,7 @@ impl ConnCtx {
             tls,
             service: OnceLock::new(),
             session: OnceLock::new(),
-            open_written: tokio::sync::OnceCell::new(),
             relays: Arc::default(),
-            live: std::sync::Mutex::new(None),
         };
         if let (true, Some(name)) = (tls, default) {
             let _ = ctx.service.set(name);
@@ -99,7 +90,7 @@ impl ConnCtx {
         } else {
             Protocol::Http
         };
-        let fits = |s: &Service| s.protocol == wanted && s.port == port;
+        let fits = |s: &Service| s.protocol() == wanted && s.port == port;
         let by_host = host.and_then(|h| {
             snap.cfg
                 .services
@@ -127,46 +118,19 @@ impl ConnCtx {
         Ok(Routed { snap, idx })
     }
 
-    /// The session record, opened (with an `open` event) on first use.
-    /// `None` when the record cannot be written; the caller must then refuse
-    /// the request rather than serve it unaudited.
-    pub fn session(&self, service: &str) -> Option<&SessionRecord> {
+    /// The connection's session with `service`, opened on first use.
+    ///
+    /// # Errors
+    /// [`Refusal::unrecorded`] when the record cannot be written; the
+    /// caller must then refuse the request rather than serve it unaudited.
+    pub fn session(&self, service: &Service) -> Result<&Session, Refusal> {
         self.session
             .get_or_init(|| {
-                let id = &self.conn.identity;
-                let meta = SessionMeta {
-                    agent: id.agent.clone(),
-                    pid: id.pid,
-                    uid: id.uid,
-                    service: service.to_string(),
-                };
-                let rec = self
-                    .gw
-                    .recorder
-                    .start(meta)
-                    .map_err(|e| warn!(error = %e, "cannot open session record"))
-                    .ok()?;
-                let open = Event::Open {
-                    protocol: if self.tls {
-                        "https".into()
-                    } else {
-                        "http".into()
-                    },
-                    original_dst: self.conn.original_dst.to_string(),
-                    peer: self.conn.peer.to_string(),
-                };
-                rec.record(open)
-                    .map_err(|e| warn!(error = %e, "cannot queue the session record"))
-                    .ok()?;
-                Some(rec)
+                let protocol = if self.tls { "https" } else { "http" };
+                self.gw.guard.open(&self.conn, service, protocol).ok()
             })
             .as_ref()
-    }
-
-    /// Whether the session's first lines (`open`, …) are written; writes
-    /// them the first time. `false`: refuse to forward anything.
-    pub async fn opened(&self) -> bool {
-        *self.open_written.get_or_init(|| self.flush()).await
+            .ok_or_else(Refusal::unrecorded)
     }
 
     /// Waits until every line this connection queued is written; `false`
@@ -174,11 +138,7 @@ impl ConnCtx {
     /// `true` when no session was opened: nothing was queued.
     pub async fn flush(&self) -> bool {
         match self.session.get().and_then(Option::as_ref) {
-            Some(rec) => rec
-                .flush()
-                .await
-                .map_err(|e| warn!(error = %e, "session record write failed"))
-                .is_ok(),
+            Some(session) => session.flush().await.is_ok(),
             None => true,
         }
     }
@@ -187,49 +147,9 @@ impl ConnCtx {
     /// it); `false` when the session is closed or has no record.
     pub fn record(&self, event: Event) -> bool {
         match self.session.get().and_then(Option::as_ref) {
-            Some(rec) => rec
-                .record(event)
-                .map_err(|e| warn!(error = %e, "session record write failed"))
-                .is_ok(),
+            Some(session) => session.record(event).is_ok(),
             None => false,
         }
-    }
-
-    /// Checks the token with `digest` for this connection's agent and
-    /// `service`: a full check the first time (recording `auth_ok`), then
-    /// cheap re-checks ([`LiveToken::recheck`]).
-    ///
-    /// # Errors
-    /// [`TokenCheckError`] when the token is not (or no longer) valid or the
-    /// token store is unreachable.
-    pub async fn check_token(&self, digest: &str, service: &str) -> Result<(), TokenCheckError> {
-        let known = {
-            let live = self.live.lock().unwrap();
-            match live
-                .as_ref()
-                .filter(|t| t.digest == digest && t.record.service == service)
-            {
-                Some(t) => match t.settled(&self.gw.state) {
-                    Some(settled) => return settled,
-                    None => Some(t.clone()),
-                },
-                None => None,
-            }
-        };
-        let fresh = match known {
-            Some(mut t) => t.recheck(&self.gw.state).await.map(|()| t)?,
-            None => {
-                let fresh =
-                    LiveToken::check(&self.gw.state, digest, &self.conn.identity.agent, service)
-                        .await?;
-                self.record(Event::AuthOk {
-                    token_id: fresh.record.id.clone(),
-                });
-                fresh
-            }
-        };
-        *self.live.lock().unwrap() = Some(fresh);
-        Ok(())
     }
 
     /// A guard an upgraded connection's relay holds while it runs.
@@ -244,8 +164,8 @@ impl ConnCtx {
 
     /// Writes the `close` event if a session was opened.
     pub fn close(&self, elapsed: Duration) {
-        self.record(Event::Close {
-            duration_ms: elapsed.as_millis() as u64,
-        });
+        if let Some(session) = self.session.get().and_then(Option::as_ref) {
+            session.close(elapsed);
+        }
     }
 }

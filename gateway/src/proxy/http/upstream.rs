@@ -76,7 +76,7 @@ impl UpstreamClients {
     pub fn new(cfg: &Config) -> Result<Self, TlsError> {
         let mut out = Vec::with_capacity(cfg.services.len());
         for s in &cfg.services {
-            if !s.protocol.is_http() {
+            if !s.protocol().is_http() {
                 out.push(None);
                 continue;
             }
@@ -144,12 +144,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// service's scheme, host and port; `Host` rewritten to match; HTTP/1.1 on
 /// the wire unless ALPN picks h2.
 pub fn retarget(parts: &mut Parts, service: &Service) -> Result<(), hyper::http::Error> {
-    let scheme = if service.protocol == Protocol::Https {
+    let scheme = if service.protocol() == Protocol::Https {
         "https"
     } else {
         "http"
     };
-    let default_port = if service.protocol == Protocol::Https {
+    let default_port = if service.protocol() == Protocol::Https {
         443
     } else {
         80

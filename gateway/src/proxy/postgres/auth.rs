@@ -1,9 +1,10 @@
 //! Authenticating the agent (protocol §55.2.1, SASL §55.3): SCRAM-SHA-256
 //! with the agent's Sluice token as the password, for any user name.
 //!
-//! The proof is checked against the verifiers of every live token of this
-//! agent and service; the matching token is then checked like an HTTP token
-//! (agent cgroup, service, expiry, revocation). Failure is a FATAL `28P01`.
+//! [`prove`] runs the exchange up to the client's proof, checked against
+//! the verifiers of every live token of this agent and service; the
+//! handler then has the guard check the matching token (agent cgroup,
+//! service, expiry, revocation) and [`accept`]s or refuses with a FATAL.
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
@@ -11,46 +12,27 @@ use super::{
     codec::{self, backend, Reader},
     scram::{self, ServerFirst},
 };
-use crate::{
-    state::{State, StateError},
-    tokens::{self, Rejection, TokenRecord},
-};
+use crate::state::{State, StateError};
 
-/// A token that passed, and its digest (for re-checks on each statement).
-pub struct Authenticated {
-    pub record: TokenRecord,
-    pub digest: String,
+/// What the client's SCRAM proof matched.
+pub struct Proof {
+    /// The digest of the token whose verifier matched; `None` when none
+    /// did (a failed guess).
+    pub digest: Option<String>,
+    /// The server-final message (`v=…`), sent once the token passed.
+    server_final: String,
 }
 
-/// Why a login failed. The agent has already been sent a FATAL.
+/// Why the exchange could not reach a proof. The agent has not been sent
+/// an answer yet.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
-    #[error("password authentication failed: {0}")]
-    Rejected(String),
     #[error("token store unavailable: {0}")]
     State(#[from] StateError),
     #[error("{0}")]
     Protocol(String),
     #[error(transparent)]
     Codec(#[from] codec::CodecError),
-}
-
-impl AuthError {
-    /// The SQLSTATE the agent was sent.
-    pub fn sqlstate(&self) -> &'static str {
-        match self {
-            AuthError::Rejected(_) => "28P01",
-            AuthError::State(_) => "08006",
-            AuthError::Protocol(_) | AuthError::Codec(_) => "08P01",
-        }
-    }
-}
-
-async fn fatal<W: AsyncWrite + Unpin>(w: &mut W, sqlstate: &str, message: &str) {
-    let mut out = BytesMut::new();
-    backend::fatal_response(sqlstate, message, &mut out);
-    let _ = w.write_all(&out).await;
-    let _ = w.flush().await;
 }
 
 /// Writes and clears `out`.
@@ -81,41 +63,19 @@ async fn sasl_message<R: AsyncRead + Unpin>(
     Ok(m.body)
 }
 
-/// Runs the SASL exchange on the agent connection (`io` both reads via
-/// `reader` and writes). `user` is only used in messages.
+/// Runs the SASL exchange on the agent connection up to the client's
+/// proof (`reader` both reads and writes), after `preamble`.
 ///
 /// # Errors
-/// [`AuthError`]; a FATAL with its SQLSTATE has been sent.
-pub async fn authenticate<S>(
-    reader: &mut Reader<S>,
-    state: &State,
-    agent: &str,
-    service: &str,
-    user: &str,
-    preamble: BytesMut,
-) -> Result<Authenticated, AuthError>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let result = exchange(reader, state, agent, service, preamble).await;
-    if let Err(e) = &result {
-        let message = match e {
-            AuthError::Rejected(_) => format!("password authentication failed for user \"{user}\" (use a valid Sluice token for this agent and service as the password)"),
-            AuthError::State(_) => "Sluice cannot reach its token store (Redis); try again later".to_string(),
-            other => other.to_string(),
-        };
-        fatal(reader.get_mut(), e.sqlstate(), &message).await;
-    }
-    result
-}
-
-async fn exchange<S>(
+/// [`AuthError`] on a protocol error or when the token store is
+/// unreachable; nothing has been answered.
+pub async fn prove<S>(
     reader: &mut Reader<S>,
     state: &State,
     agent: &str,
     service: &str,
     mut out: BytesMut,
-) -> Result<Authenticated, AuthError>
+) -> Result<Proof, AuthError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -142,18 +102,32 @@ where
     let client_final = sasl_message(reader).await?;
     let candidates = state.scram_verifiers(agent, service).await?;
     let verifiers: Vec<scram::Verifier> = candidates.iter().map(|(_, v)| v.clone()).collect();
-    let Some((index, server_final)) = first
+    let matched = first
         .verify(&client_final, &verifiers)
-        .map_err(|e| AuthError::Protocol(e.to_string()))?
-    else {
-        return Err(AuthError::Rejected(Rejection::Unknown.to_string()));
-    };
-    let digest = candidates[index].0.clone();
-    let record = state.lookup_digest(&digest).await?;
-    let record = tokens::check(record, agent, service, chrono::Utc::now().timestamp())
-        .map_err(|r| AuthError::Rejected(r.to_string()))?;
-    backend::auth_sasl_data(12, server_final.as_bytes(), &mut out);
+        .map_err(|e| AuthError::Protocol(e.to_string()))?;
+    Ok(match matched {
+        Some((index, server_final)) => Proof {
+            digest: Some(candidates[index].0.clone()),
+            server_final,
+        },
+        None => Proof {
+            digest: None,
+            server_final: String::new(),
+        },
+    })
+}
+
+/// Completes the exchange for a token that passed: SASL final, then
+/// AuthenticationOk.
+///
+/// # Errors
+/// The agent connection failed.
+pub async fn accept<S>(reader: &mut Reader<S>, proof: &Proof) -> Result<(), AuthError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut out = BytesMut::new();
+    backend::auth_sasl_data(12, proof.server_final.as_bytes(), &mut out);
     backend::auth_ok(&mut out);
-    send(reader, &mut out).await?;
-    Ok(Authenticated { record, digest })
+    send(reader, &mut out).await
 }

@@ -8,19 +8,17 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::relay::{error_bytes, Session};
+use super::sql::{PreparedStatements, SessionVerdict};
 use super::tracker::Statement;
-use crate::{
-    policy::sql::{Policy, PreparedStatements, SessionVerdict, SqlVerdict},
-    recorder::Event,
-};
+use crate::policy::{statement::SqlPolicy, Decision};
 
 /// What policy says about one statement.
 pub(super) enum Judgement {
     Allow,
     /// Refused: the ErrorResponse to send (the denial is recorded).
     Deny(Bytes),
-    /// Held until a JIT approval decides.
-    Approve,
+    /// Held until a JIT approval decides, under this rule.
+    Hold(String),
 }
 
 /// A judged text.
@@ -40,14 +38,9 @@ pub(super) fn judge(
     prepared: &mut PreparedStatements,
     record: impl FnOnce(&str),
 ) -> Judged {
-    let (rules, _) = s.current();
-    let policy = Policy {
-        deny: &rules.deny,
-        approve: &rules.approve,
-        mask: &s.service.mask,
-    };
-    let SessionVerdict { verdict, executed } =
-        s.gw.sql.decide_in_session(sql, name, policy, prepared);
+    let SessionVerdict { verdict, executed } = with_policy(s, |policy| {
+        s.pg.sql.decide_in_session(sql, name, policy, prepared)
+    });
     let mut text = sql.to_string();
     for (name, prepared) in &executed {
         text.push_str(&format!("\n-- {name} was prepared as: {}", prepared.text));
@@ -78,16 +71,11 @@ pub(super) fn bound(
             return Ok(st.clone());
         }
     }
-    let (rules, _) = s.current();
-    let policy = Policy {
-        deny: &rules.deny,
-        approve: &rules.approve,
-        mask: &s.service.mask,
-    };
-    let needs_approval = match judgement(s, s.gw.sql.decide_prepared(name, policy, prepared)) {
+    let decision = with_policy(s, |policy| s.pg.sql.decide_prepared(name, policy, prepared));
+    let hold = match judgement(s, decision) {
         Judgement::Deny(err) => return Err(err),
-        Judgement::Approve => true,
-        Judgement::Allow => false,
+        Judgement::Hold(rule) => Some(rule),
+        Judgement::Allow => None,
     };
     let sql = texts
         .iter()
@@ -97,26 +85,42 @@ pub(super) fn bound(
     // Columns described for one text may not be those of another.
     Ok(Arc::new(Statement {
         sql,
-        needs_approval,
+        hold,
         ..Default::default()
     }))
 }
 
-/// The judgement for `verdict`, recording a denial.
-fn judgement(s: &Session, verdict: SqlVerdict) -> Judgement {
-    match verdict {
-        SqlVerdict::Allow => Judgement::Allow,
-        SqlVerdict::Approve { .. } => Judgement::Approve,
-        SqlVerdict::Deny { rule, reason } => {
-            let _ = s.record.record(Event::Denied {
-                reason: reason.clone(),
-                rule,
-            });
+/// Runs `f` with the service's SQL rules now (a reload's new rules apply
+/// to the next statement) and the session's masks.
+fn with_policy<T>(s: &Session, f: impl FnOnce(SqlPolicy<'_>) -> T) -> T {
+    let current = s.guard.current();
+    let fixed = s.guard.service();
+    let mask = &fixed.mask;
+    // The guard keeps the session's own copy when a reload changed the
+    // service's protocol, so the first is always there.
+    match current.sql().or(fixed.sql()) {
+        Some(rules) => f(rules.policy(mask)),
+        None => f(SqlPolicy {
+            deny: &[],
+            approve: &[],
+            mask,
+        }),
+    }
+}
+
+/// The judgement for `decision`, recording a denial.
+fn judgement(s: &Session, decision: Decision) -> Judgement {
+    match decision {
+        Decision::Allow | Decision::Mask => Judgement::Allow,
+        Decision::Hold { rule } => Judgement::Hold(rule),
+        Decision::Deny { rule, reason } => {
+            let refused = s.guard.deny(rule, reason);
             Judgement::Deny(error_bytes(
                 "42501",
                 &format!(
-                    "permission denied by Sluice policy for service {}: {reason}",
-                    s.service.name
+                    "permission denied by Sluice policy for service {}: {}",
+                    s.guard.service().name,
+                    refused.message
                 ),
             ))
         }

@@ -3,9 +3,9 @@
 //! One connection goes through typed phases, each a function that consumes
 //! the previous phase's output:
 //! [`startup::negotiate`] (SSLRequest, GSSENCRequest, CancelRequest,
-//! StartupMessage) → [`auth::authenticate`] (SCRAM-SHA-256 with the token)
-//! → [`upstream::connect`] (real credential) → [`relay`] (statement policy,
-//! masking, records).
+//! StartupMessage) → [`auth::prove`] (SCRAM-SHA-256 with the token) and
+//! the guard's token check → [`upstream::connect`] (the guard's real
+//! credential) → [`relay`] (statement policy, masking, records).
 use std::{sync::Arc, time::Instant};
 
 use bytes::BytesMut;
@@ -13,10 +13,9 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, warn};
 
 use super::{Gateway, Intercepted};
-use crate::config::Service;
 use crate::{
-    recorder::{Event, SessionMeta},
-    state::LiveToken,
+    config::Service,
+    guard::{Presented, RefusalKind, Session},
 };
 
 pub mod auth;
@@ -26,6 +25,7 @@ mod judge;
 pub mod mask;
 pub mod relay;
 pub mod scram;
+pub mod sql;
 pub mod startup;
 pub mod tracker;
 pub mod upstream;
@@ -44,7 +44,36 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 /// A boxed [`Io`].
 pub type BoxIo = Box<dyn Io>;
 
-/// Serves one intercepted connection to PostgreSQL service `idx`.
+/// The PostgreSQL handler's own state, shared by its connections.
+pub struct Postgres {
+    /// Statement classification cache (keyed by SQL text).
+    pub sql: sql::ClassifyCache,
+    /// Sluice BackendKeyData → upstream backend, for CancelRequest.
+    pub cancel: cancel::CancelRegistry,
+}
+
+impl Postgres {
+    /// A handler whose statement cache holds `entries` classifications.
+    pub fn new(entries: usize) -> Arc<Self> {
+        Arc::new(Postgres {
+            sql: sql::ClassifyCache::new(entries),
+            cancel: Default::default(),
+        })
+    }
+}
+
+/// The SQLSTATE for a refusal of the pipeline (PostgreSQL docs appendix A).
+pub fn sqlstate(kind: &RefusalKind) -> &'static str {
+    match kind {
+        RefusalKind::Unauthenticated | RefusalKind::Throttled => "28P01",
+        RefusalKind::Malformed => "08P01",
+        RefusalKind::Denied { .. } | RefusalKind::Rejected { .. } => "42501",
+        RefusalKind::Unavailable | RefusalKind::NoSecret | RefusalKind::Vault => "08006",
+        RefusalKind::Unrecorded => "53100",
+    }
+}
+
+/// Serves one intercepted connection to PostgreSQL `service`.
 pub async fn serve(
     gw: Arc<Gateway>,
     conn: Intercepted,
@@ -59,7 +88,7 @@ pub async fn serve(
             Err(e) => return Err(codec::CodecError::Io(e).into()),
         }
         let opener = startup::Opener::from_first_byte(first[0]);
-        startup::negotiate(&gw, &service.host, Box::new(stream), opener).await
+        startup::negotiate(&gw.guard.ca, &service.host, Box::new(stream), opener).await
     })
     .await;
     let opening = match negotiated
@@ -72,7 +101,7 @@ pub async fn serve(
     };
     let (mut reader, startup, tls) = match opening {
         startup::Opening::Cancel { key } => {
-            if let Err(e) = gw.pg_cancel.cancel(key).await {
+            if let Err(e) = gw.postgres.cancel.cancel(key).await {
                 warn!(error = %e, "forwarding CancelRequest failed");
             }
             return;
@@ -83,135 +112,81 @@ pub async fn serve(
             tls,
         } => (reader, startup, tls),
     };
-    let id = &conn.identity;
-    let meta = SessionMeta {
-        agent: id.agent.clone(),
-        pid: id.pid,
-        uid: id.uid,
-        service: service.name.clone(),
+    let protocol = if tls { "postgres+tls" } else { "postgres" };
+    let opened = match gw.guard.open(&conn, &service, protocol) {
+        // Nothing is relayed before the open line is written.
+        Ok(session) => session.opened().await.map(|()| Arc::new(session)),
+        Err(refused) => Err(refused),
     };
-    let open = Event::Open {
-        protocol: if tls {
-            "postgres+tls".into()
-        } else {
-            "postgres".into()
-        },
-        original_dst: conn.original_dst.to_string(),
-        peer: conn.peer.to_string(),
-    };
-    let opened = match gw.recorder.start(meta) {
-        Ok(r) => match r.record(open) {
-            // Nothing is relayed before the open line is written.
-            Ok(()) => r.flush().await.map(|()| Arc::new(r)),
-            Err(e) => Err(e),
-        },
-        Err(e) => Err(e),
-    };
-    let record = match opened {
-        Ok(r) => r,
-        Err(e) => {
-            warn!(error = %e, "cannot write the session record");
-            let msg = "Sluice cannot write its session record; refusing unaudited access";
-            return startup::refuse(&mut reader, "53100", msg).await;
+    let session = match opened {
+        Ok(s) => s,
+        Err(refused) => {
+            return startup::refuse(&mut reader, sqlstate(&refused.kind), &refused.message).await
         }
     };
     let started = Instant::now();
-    if let Err(message) =
-        login_and_relay(&gw, &conn, service, record.clone(), reader, startup).await
-    {
-        let _ = record.record(Event::Error { message });
+    if let Err(message) = login_and_relay(&gw, &session, reader, startup).await {
+        session.error(message);
     }
-    let _ = record.record(Event::Close {
-        duration_ms: started.elapsed().as_millis() as u64,
-    });
+    session.close(started.elapsed());
 }
 
 async fn login_and_relay(
     gw: &Arc<Gateway>,
-    conn: &Intercepted,
-    service: Arc<crate::config::Service>,
-    record: Arc<crate::recorder::SessionRecord>,
+    session: &Arc<Session>,
     mut reader: codec::Reader<BoxIo>,
     startup: startup::StartupMessage,
 ) -> Result<(), String> {
-    let agent = conn.identity.agent.as_str();
-    let epoch = gw.state.revocation_epoch();
+    let service = session.service().clone();
     let user = startup.get("user").unwrap_or_default().to_string();
     let mut preamble = BytesMut::new();
     startup::negotiate_protocol_version(&startup, &mut preamble);
 
-    let state = match gw.state.get().await {
-        Ok(s) => s,
-        Err(e) => {
-            startup::refuse(
-                &mut reader,
-                "08006",
-                "Sluice cannot reach its token store (Redis); try again later",
-            )
-            .await;
-            return Err(e.to_string());
+    let proof = match gw.guard.state.get().await {
+        Ok(state) => {
+            let agent = &session.identity.agent;
+            auth::prove(&mut reader, &state, agent, &service.name, preamble).await
         }
+        Err(e) => Err(e.into()),
     };
-    if let Err(wait) = gw.auth_throttle.check(agent) {
-        let msg = format!(
-            "too many failed token checks from this agent; retry in {} ms",
-            wait.as_millis().max(1)
-        );
-        let _ = record.record(Event::AuthFail {
-            reason: msg.clone(),
-        });
-        let _ = record.flush().await;
-        startup::refuse(&mut reader, "28P01", &msg).await;
-        return Ok(());
-    }
-    let authed = match auth::authenticate(
-        &mut reader,
-        &state,
-        agent,
-        &service.name,
-        &user,
-        preamble,
-    )
-    .await
-    {
-        Ok(a) => a,
+    let proof = match proof {
+        Ok(p) => p,
+        Err(auth::AuthError::State(e)) => {
+            let message = "Sluice cannot reach its token store (Redis); try again later";
+            startup::refuse(&mut reader, "08006", message).await;
+            return Err(format!("{message}: {e}"));
+        }
         Err(e) => {
-            let reason = match e {
-                auth::AuthError::Rejected(_) => {
-                    let failures = gw.auth_throttle.failure(agent);
-                    format!(
-                        "{e} (failure {failures} of this agent within {} s)",
-                        super::throttle::WINDOW.as_secs()
-                    )
-                }
-                _ => e.to_string(),
-            };
-            // The agent already has its ErrorResponse: write the line now,
-            // not with the next batch.
-            let _ = record.record(Event::AuthFail { reason });
-            let _ = record.flush().await;
+            let refused = session.malformed(&e.to_string());
+            let _ = session.flush().await;
+            startup::refuse(&mut reader, "08P01", &refused.message).await;
             return Ok(());
         }
     };
-    record
-        .record(Event::AuthOk {
-            token_id: authed.record.id.clone(),
-        })
+    let presented = match &proof.digest {
+        Some(digest) => Presented::Digest(digest),
+        None => Presented::Unmatched,
+    };
+    if let Err(refused) = session.authenticate(presented).await {
+        // The agent gets its ErrorResponse: write the line now, not with
+        // the next batch.
+        let _ = session.flush().await;
+        let message = match refused.kind {
+            RefusalKind::Unauthenticated => format!("password authentication failed for user \"{user}\" (use a valid Sluice token for this agent and service as the password)"),
+            _ => refused.message,
+        };
+        startup::refuse(&mut reader, sqlstate(&refused.kind), &message).await;
+        return Ok(());
+    }
+    auth::accept(&mut reader, &proof)
+        .await
         .map_err(|e| e.to_string())?;
 
-    let secret = match gw.vault.get(&service.credential.secret) {
-        Ok(Some(s)) => s,
-        Ok(None) => {
-            let msg = format!(
-                "secret {:?} is not in the vault; run `sluice secret put {}`",
-                service.credential.secret, service.credential.secret
-            );
-            startup::refuse(&mut reader, "08006", &msg).await;
-            return Err(msg);
-        }
-        Err(e) => {
-            startup::refuse(&mut reader, "08006", "Sluice vault unavailable").await;
-            return Err(e.to_string());
+    let secret = match session.credential() {
+        Ok(s) => s,
+        Err(refused) => {
+            startup::refuse(&mut reader, sqlstate(&refused.kind), &refused.message).await;
+            return Ok(());
         }
     };
     let upstream = upstream::connect(&service, &startup, &secret).await;
@@ -223,7 +198,8 @@ async fn login_and_relay(
             return Err(e.to_string());
         }
     };
-    let key = gw.pg_cancel.register(cancel::CancelTarget {
+    let pg = &gw.postgres;
+    let key = pg.cancel.register(cancel::CancelTarget {
         upstream: up.addr,
         pid: up.backend_key.0,
         key: up.backend_key.1,
@@ -239,52 +215,35 @@ async fn login_and_relay(
     .await;
     let result = match sent {
         Ok(()) => {
-            let token = LiveToken::new(authed.digest, authed.record, epoch);
-            run_relay(
-                gw,
-                &conn.identity,
-                service,
-                record,
-                reader,
-                up.reader,
-                token,
-            )
-            .await
+            let relay = relay::Session {
+                pg: pg.clone(),
+                guard: session.clone(),
+                tracker: tracker::Tracker::default(),
+            };
+            run_relay(&relay, reader, up.reader).await
         }
         Err(e) => Err(e.to_string()),
     };
-    gw.pg_cancel.unregister(key);
+    pg.cancel.unregister(key);
     result
 }
 
 async fn run_relay(
-    gw: &Arc<Gateway>,
-    identity: &crate::proxy::AgentIdentity,
-    service: Arc<crate::config::Service>,
-    record: Arc<crate::recorder::SessionRecord>,
+    session: &relay::Session,
     agent: codec::Reader<BoxIo>,
     upstream: codec::Reader<BoxIo>,
-    token: LiveToken,
 ) -> Result<(), String> {
-    let session = relay::Session {
-        gw: gw.clone(),
-        service,
-        identity: identity.clone(),
-        record,
-        tracker: tracker::Tracker::default(),
-    };
     let (agent_io, agent_buf) = agent.into_parts();
     let (up_io, up_buf) = upstream.into_parts();
     let (agent_r, mut agent_w) = tokio::io::split(agent_io);
     let (up_r, mut up_w) = tokio::io::split(up_io);
     let result = {
         let front = relay::frontend(
-            &session,
+            session,
             codec::Reader::new(agent_r, agent_buf).with_limit(codec::MAX_FRONTEND_MESSAGE),
             &mut up_w,
-            token,
         );
-        let back = relay::backend(&session, codec::Reader::new(up_r, up_buf), &mut agent_w);
+        let back = relay::backend(session, codec::Reader::new(up_r, up_buf), &mut agent_w);
         tokio::pin!(front, back);
         // The upstream closing ends the session. The agent leaving (Terminate)
         // or a FATAL queued by the frontend lets the backend drain first.

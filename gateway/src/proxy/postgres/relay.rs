@@ -21,39 +21,40 @@ use super::{
     mask::{self, RowPlan},
     tracker::{Expect, Portal, Statement, SyncAction, Tracker},
 };
+use super::{sql::PreparedStatements, Postgres};
 use crate::{
-    approvals::{self, HoldRequest, Outcome},
-    config::Service,
-    policy::sql::PreparedStatements,
-    proxy::{AgentIdentity, Gateway},
-    recorder::{Event, SessionRecord},
-    state::{LiveToken, TokenCheckError},
+    guard::{self, Refusal},
+    recorder::Event,
 };
 
 /// What both relay tasks share.
 pub struct Session {
-    pub gw: Arc<Gateway>,
-    /// The service as configured when the session opened (its upstream and
-    /// masks stay fixed for the session).
-    pub service: Arc<Service>,
-    pub identity: AgentIdentity,
-    pub record: Arc<SessionRecord>,
+    /// The handler's state (statement cache).
+    pub pg: Arc<Postgres>,
+    /// The guard's session: identity, record, token, rules.
+    pub guard: Arc<guard::Session>,
     pub tracker: Tracker,
 }
 
 impl Session {
-    /// The service's rules now: a reload's new `deny`/`approve` apply to the
-    /// next statement of open sessions. Falls back to the session's own copy
-    /// if a reload removed the service.
-    pub(super) fn current(&self) -> (Arc<Service>, std::time::Duration) {
-        let snap = self.gw.snapshot();
-        let service = snap
-            .service(&self.service.name)
-            .map(|(_, s)| Arc::new(s.clone()));
-        (
-            service.unwrap_or_else(|| self.service.clone()),
-            snap.cfg.gateway.approval_timeout,
-        )
+    /// The masked columns, fixed for the session.
+    fn mask(&self) -> &[String] {
+        &self.guard.service().mask
+    }
+
+    /// Whether the service has deny rules now, or masked columns: then
+    /// what bypasses classification (FunctionCall) is refused.
+    fn guarded(&self) -> bool {
+        let current = self.guard.current();
+        current.sql().is_some_and(|q| !q.deny.is_empty()) || !self.mask().is_empty()
+    }
+
+    /// Records `event`.
+    ///
+    /// # Errors
+    /// [`RelayError::Record`] when the record is closed.
+    pub(super) fn record(&self, event: Event) -> Result<(), RelayError> {
+        self.guard.record(event).map_err(RelayError::Record)
     }
 }
 
@@ -80,6 +81,12 @@ pub enum RelayError {
     UnknownColumns,
 }
 
+impl RelayError {
+    fn unrecorded(refused: Refusal) -> Self {
+        RelayError::Record(std::io::Error::other(refused))
+    }
+}
+
 impl From<std::io::Error> for RelayError {
     fn from(e: std::io::Error) -> Self {
         RelayError::Codec(CodecError::Io(e))
@@ -92,7 +99,6 @@ pub async fn frontend<R, W>(
     s: &Session,
     mut agent: Reader<R>,
     mut upstream: W,
-    mut token: LiveToken,
 ) -> Result<(), RelayError>
 where
     R: AsyncRead + Unpin,
@@ -110,20 +116,13 @@ where
             continue;
         }
         if matches!(msg.tag, b'Q' | b'P' | b'E' | b'F') {
-            if let Err(e) = token.recheck(&s.gw.state).await {
-                let fatal = match &e {
-                    TokenCheckError::Rejected(_) => {
-                        let _ = s.record.record(Event::AuthFail {
-                            reason: e.to_string(),
-                        });
-                        fatal_bytes("28P01", &format!("Sluice token no longer valid: {e}"))
-                    }
-                    TokenCheckError::State(_) => {
-                        let _ = s.record.record(Event::Error {
-                            message: e.to_string(),
-                        });
-                        fatal_bytes("08006", "Sluice cannot reach its token store (Redis) to re-check the token; reconnect later")
-                    }
+            if let Err(refused) = s.guard.recheck().await {
+                let fatal = match refused.kind {
+                    guard::RefusalKind::Unavailable => fatal_bytes("08006", "Sluice cannot reach its token store (Redis) to re-check the token; reconnect later"),
+                    _ => fatal_bytes(
+                        "28P01",
+                        &format!("Sluice token no longer valid: {}", refused.message),
+                    ),
                 };
                 s.tracker
                     .push(Expect::Sync(SyncAction::FatalInstead(fatal)));
@@ -138,17 +137,17 @@ where
                 let sql = codec::cstr(&mut body, "Query")?;
                 let mut recorded = Ok(());
                 let judged = judge(s, sql, None, &mut prepared, |text| {
-                    recorded = s.record.record(Event::Query {
+                    recorded = s.record(Event::Query {
                         sql: text.to_string(),
                     });
                 });
-                recorded.map_err(RelayError::Record)?;
+                recorded?;
                 let refused = match judged.judgement {
                     Judgement::Allow => None,
                     Judgement::Deny(err) => Some(err),
-                    Judgement::Approve => {
+                    Judgement::Hold(rule) => {
                         forward(s, &mut upstream, &mut out).await?;
-                        held(s, &judged.text, &mut agent).await?
+                        held(s, &rule, &judged.text, &mut agent).await?
                     }
                 };
                 match refused {
@@ -170,22 +169,23 @@ where
                 // Recorded when it is executed, or here if refused.
                 let judged = judge(s, sql, Some(&name), &mut prepared, |_| {});
                 match judged.judgement {
-                    judgement @ (Judgement::Allow | Judgement::Approve) => {
-                        let needs_approval = matches!(judgement, Judgement::Approve);
+                    judgement @ (Judgement::Allow | Judgement::Hold(_)) => {
+                        let hold = match judgement {
+                            Judgement::Hold(rule) => Some(rule),
+                            _ => None,
+                        };
                         statements.insert(
                             name,
                             Arc::new(Statement {
                                 sql: judged.text,
-                                needs_approval,
+                                hold,
                                 ..Default::default()
                             }),
                         );
                         msg.encode(&mut out);
                     }
                     Judgement::Deny(err) => {
-                        s.record
-                            .record(Event::Query { sql: judged.text })
-                            .map_err(RelayError::Record)?;
+                        s.record(Event::Query { sql: judged.text })?;
                         s.tracker.push(Expect::Sync(SyncAction::ErrorInstead(err)));
                         postgres_protocol::message::frontend::sync(&mut out);
                         discard_until_sync = true;
@@ -238,14 +238,12 @@ where
                     .get(name)
                     .cloned()
                     .unwrap_or_else(|| Arc::new(Portal::new(Arc::default(), Vec::new())));
-                s.record
-                    .record(Event::Query {
-                        sql: portal.statement.sql.clone(),
-                    })
-                    .map_err(RelayError::Record)?;
-                if portal.statement.needs_approval {
+                s.record(Event::Query {
+                    sql: portal.statement.sql.clone(),
+                })?;
+                if let Some(rule) = &portal.statement.hold {
                     forward(s, &mut upstream, &mut out).await?;
-                    if let Some(err) = held(s, &portal.statement.sql, &mut agent).await? {
+                    if let Some(err) = held(s, rule, &portal.statement.sql, &mut agent).await? {
                         // Parse and Bind already went up: close that batch
                         // with our own Sync, then skip to the agent's.
                         s.tracker.push(Expect::Sync(SyncAction::ErrorInstead(err)));
@@ -255,7 +253,7 @@ where
                         continue;
                     }
                 }
-                if !s.service.mask.is_empty() && !portal.columns_known() {
+                if !s.mask().is_empty() && !portal.columns_known() {
                     // Learn the columns before the rows arrive.
                     postgres_protocol::message::frontend::describe(b'P', name, &mut out)
                         .map_err(CodecError::Io)?;
@@ -287,14 +285,12 @@ where
                 s.tracker.push(Expect::Sync(SyncAction::Forward));
                 msg.encode(&mut out);
             }
-            b'F' if !s.current().0.deny.is_empty() || !s.service.mask.is_empty() => {
+            b'F' if s.guarded() => {
                 let text = "function calls bypass SQL classification and masking and are refused while the service has deny rules or masked columns";
-                s.record
-                    .record(Event::Denied {
-                        reason: text.into(),
-                        rule: "FUNCTION_CALL".into(),
-                    })
-                    .map_err(RelayError::Record)?;
+                s.record(Event::Denied {
+                    reason: text.into(),
+                    rule: "FUNCTION_CALL".into(),
+                })?;
                 s.tracker
                     .push(Expect::Sync(SyncAction::ErrorThenForward(error_bytes(
                         "42501", text,
@@ -320,7 +316,7 @@ async fn forward<W: AsyncWrite + Unpin>(
     w: &mut W,
     out: &mut BytesMut,
 ) -> Result<(), RelayError> {
-    s.record.flush().await.map_err(RelayError::Record)?;
+    s.guard.flush().await.map_err(RelayError::unrecorded)?;
     Ok(flush(w, out).await?)
 }
 
@@ -332,55 +328,27 @@ async fn flush<W: AsyncWrite + Unpin>(w: &mut W, out: &mut BytesMut) -> std::io:
     Ok(())
 }
 
-/// Holds `sql` for a JIT approval; `None` when approved, else the
-/// ErrorResponse (42501 naming the approval) to send.
-async fn approval(s: &Session, sql: &str) -> Option<Bytes> {
-    let req = HoldRequest {
-        agent: s.identity.agent.clone(),
-        pid: s.identity.pid,
-        uid: s.identity.uid,
-        service: s.service.name.clone(),
-        summary: sql.to_string(),
-    };
-    let (_, timeout) = s.current();
-    let outcome = approvals::hold(&s.gw.state, &s.gw.instance, req, timeout, |id| {
-        let _ = s.record.record(Event::ApprovalWait {
-            approval: id.to_string(),
-            summary: sql.to_string(),
-        });
-    })
-    .await;
-    match outcome {
-        Outcome::Approved { id, by } => {
-            let _ = s.record.record(Event::Approved { approval: id, by });
-            None
-        }
-        other => {
-            let reason = other.refusal().unwrap_or_default();
-            let approval = match &other {
-                Outcome::Rejected { id, .. } | Outcome::TimedOut { id } => id.clone(),
-                _ => String::new(),
-            };
-            let _ = s.record.record(Event::Rejected {
-                approval,
-                reason: reason.clone(),
-            });
-            Some(error_bytes("42501", &format!("Sluice: {reason}")))
-        }
-    }
-}
-
-/// [`approval`], abandoned if the agent disconnects while it waits (the
-/// statement then never runs).
+/// Holds `sql` for a JIT approval under `rule`, abandoned if the agent
+/// disconnects while it waits (the statement then never runs). `None` when
+/// approved, else the ErrorResponse (42501 naming the approval) to send.
 async fn held<R: AsyncRead + Unpin>(
     s: &Session,
+    rule: &str,
     sql: &str,
     agent: &mut Reader<R>,
 ) -> Result<Option<Bytes>, RelayError> {
     tokio::select! {
-        outcome = approval(s, sql) => Ok(outcome),
+        outcome = s.guard.hold(rule, sql) => Ok(outcome.err().map(|refused| refusal_bytes(&refused))),
         gone = agent.closed() => Err(gone.into()),
     }
+}
+
+/// The ErrorResponse for a refused statement.
+pub(super) fn refusal_bytes(refused: &Refusal) -> Bytes {
+    error_bytes(
+        super::sqlstate(&refused.kind),
+        &format!("Sluice: {}", refused.message),
+    )
 }
 
 /// Parses a `Bind` body: (portal, statement, result-format codes). Parameter
@@ -422,7 +390,7 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mask = &s.service.mask;
+    let mask = s.mask();
     let mut current: Option<Arc<RowPlan>> = None;
     let mut masked_count = 0u64;
     let mut masked_names: Vec<String> = Vec::new();
@@ -502,12 +470,10 @@ where
                 current = None;
                 if masked_count > 0 {
                     let fields = std::mem::take(&mut masked_names);
-                    s.record
-                        .record(Event::Masked {
-                            fields,
-                            count: masked_count,
-                        })
-                        .map_err(RelayError::Record)?;
+                    s.record(Event::Masked {
+                        fields,
+                        count: masked_count,
+                    })?;
                     masked_count = 0;
                 }
                 msg.encode(&mut out);
@@ -523,7 +489,7 @@ where
                 } else {
                     code
                 };
-                let _ = s.record.record(Event::Error { message });
+                let _ = s.guard.record(Event::Error { message });
                 msg.encode(&mut out);
             }
             b'Z' => match s.tracker.ready() {
@@ -555,7 +521,7 @@ async fn deliver<W: AsyncWrite + Unpin>(
     agent: &mut W,
     out: &mut BytesMut,
 ) -> Result<(), RelayError> {
-    s.record.flush().await.map_err(RelayError::Record)?;
+    s.guard.flush().await.map_err(RelayError::unrecorded)?;
     agent.write_all(out).await?;
     out.clear();
     Ok(())

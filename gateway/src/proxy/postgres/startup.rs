@@ -22,7 +22,7 @@ use super::{
     codec::{self, backend, CodecError, Reader},
     BoxIo,
 };
-use crate::{proxy::Gateway, tls::agent_server_config};
+use crate::tls::{agent_server_config, LocalCa};
 
 const SSL_REQUEST: i32 = 80877103;
 const GSSENC_REQUEST: i32 = 80877104;
@@ -104,14 +104,14 @@ pub enum StartupError {
 /// a failed TLS handshake (a FATAL `08P01` is sent first where the protocol
 /// allows).
 pub async fn negotiate(
-    gw: &Gateway,
+    ca: &LocalCa,
     host: &str,
     io: BoxIo,
     opener: Opener,
 ) -> Result<Opening, StartupError> {
     let (io, mut tls) = match opener {
         Opener::Packet => (io, false),
-        Opener::DirectTls => (accept_tls(gw, host, io, Alpn::Required).await?, true),
+        Opener::DirectTls => (accept_tls(ca, host, io, Alpn::Required).await?, true),
     };
     let mut reader = Reader::new(io, BytesMut::new()).with_limit(codec::MAX_FRONTEND_MESSAGE);
     let mut gss_refused = false;
@@ -128,7 +128,7 @@ pub async fn negotiate(
                 }
                 let (mut io, _) = reader.into_parts();
                 io.write_all(b"S").await.map_err(CodecError::Io)?;
-                let io = accept_tls(gw, host, io, Alpn::Optional).await?;
+                let io = accept_tls(ca, host, io, Alpn::Optional).await?;
                 reader = Reader::new(io, BytesMut::new()).with_limit(codec::MAX_FRONTEND_MESSAGE);
                 tls = true;
             }
@@ -198,13 +198,13 @@ enum Alpn {
 /// The TLS handshake with the agent, presenting a certificate for `host`
 /// minted by the local CA (the same for both openers).
 async fn accept_tls(
-    gw: &Gateway,
+    ca: &LocalCa,
     host: &str,
     io: BoxIo,
     alpn: Alpn,
 ) -> Result<BoxIo, StartupError> {
     let tls_error = |e: &dyn std::fmt::Display| StartupError::Tls(e.to_string());
-    let cert = gw.ca.certified_key(host).map_err(|e| tls_error(&e))?;
+    let cert = ca.certified_key(host).map_err(|e| tls_error(&e))?;
     let mut config = (*agent_server_config(cert, &[]).map_err(|e| tls_error(&e))?).clone();
     config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
     let stream = TlsAcceptor::from(std::sync::Arc::new(config))

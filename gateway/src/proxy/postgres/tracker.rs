@@ -22,8 +22,8 @@ pub struct Statement {
     pub sql: String,
     /// Columns from `Describe` (statement), once the upstream answered.
     pub columns: OnceLock<Vec<Column>>,
-    /// Each execution waits for a JIT approval.
-    pub needs_approval: bool,
+    /// Each execution waits for a JIT approval under this rule.
+    pub hold: Option<String>,
 }
 
 /// A portal: a statement bound with result formats.

@@ -118,7 +118,7 @@ async fn dial(service: &Service) -> Result<(TcpStream, SocketAddr), UpstreamErro
 
 /// Asks for TLS per `upstream_tls` and says what the connection proved.
 async fn secure(service: &Service, mut tcp: TcpStream) -> Result<(BoxIo, Channel), UpstreamError> {
-    if service.upstream_tls == UpstreamTls::Disable {
+    if upstream_tls(service) == UpstreamTls::Disable {
         return Ok((Box::new(tcp), Channel::Plain { explicit: true }));
     }
     let mut buf = BytesMut::new();
@@ -130,7 +130,7 @@ async fn secure(service: &Service, mut tcp: TcpStream) -> Result<(BoxIo, Channel
     tokio::io::AsyncReadExt::read_exact(&mut tcp, &mut answer)
         .await
         .map_err(|e| UpstreamError::Unreachable(e.to_string()))?;
-    match (answer[0], service.upstream_tls) {
+    match (answer[0], upstream_tls(service)) {
         (b'N', UpstreamTls::Prefer) => {
             return Ok((Box::new(tcp), Channel::Plain { explicit: false }))
         }
@@ -146,7 +146,7 @@ async fn secure(service: &Service, mut tcp: TcpStream) -> Result<(BoxIo, Channel
             ))
         }
     }
-    let verified = service.upstream_tls == UpstreamTls::VerifyFull;
+    let verified = upstream_tls(service) == UpstreamTls::VerifyFull;
     let config = if verified {
         upstream_client_config(service.upstream_ca.as_deref())
             .map_err(|e| UpstreamError::Tls(e.to_string()))?
@@ -177,7 +177,7 @@ async fn login(
     let (tcp, addr) = dial(service).await?;
     let (io, channel) = secure(service, tcp).await?;
     let mut reader = Reader::new(io, BytesMut::new());
-    let user = service.credential.user.as_deref().unwrap_or_default();
+    let user = service.sql().map(|s| s.user.as_str()).unwrap_or_default();
     let mut params: Vec<(&str, &str)> = vec![("user", user)];
     params.extend(
         startup
@@ -334,4 +334,12 @@ fn no_verification_config() -> rustls::ClientConfig {
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
         .with_no_client_auth()
+}
+
+/// The service's `upstream_tls` (`verify-full` for a service of another
+/// protocol, which never reaches here).
+fn upstream_tls(service: &Service) -> UpstreamTls {
+    service
+        .sql()
+        .map_or(UpstreamTls::VerifyFull, |s| s.upstream_tls)
 }

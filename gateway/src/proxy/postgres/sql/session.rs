@@ -4,44 +4,18 @@
 use std::sync::Arc;
 
 use super::{
-    sql_kinds, verdict, Classification, ClassifyCache, PreparedStatements, PreparedText,
-    SqlVerdict, StatementKind,
+    verdict, Classification, ClassifyCache, PreparedStatements, PreparedText, StatementKind,
 };
-use crate::config::Rule;
+use crate::policy::{statement::SqlPolicy, Decision};
 
-/// The `rule` of a [`SqlVerdict::Deny`] for an `EXECUTE` or `Bind` of a
+/// The `rule` of a [`Decision::Deny`] for an `EXECUTE` or `Bind` of a
 /// prepared statement whose text Sluice does not know.
 pub const UNKNOWN_PREPARED: &str = "UNKNOWN_PREPARED";
-
-/// A service's rules and masked columns, as configured.
-#[derive(Debug, Clone, Copy)]
-pub struct Policy<'r> {
-    pub deny: &'r [Rule],
-    pub approve: &'r [Rule],
-    pub mask: &'r [String],
-}
-
-impl Policy<'_> {
-    /// Whether anything is enforced at all.
-    fn is_empty(&self) -> bool {
-        self.deny.is_empty() && self.approve.is_empty() && self.mask.is_empty()
-    }
-
-    fn verdict(&self, result: &Result<Classification, super::SqlError>) -> SqlVerdict {
-        let mask: Vec<&str> = self.mask.iter().map(String::as_str).collect();
-        verdict(
-            result,
-            &sql_kinds(self.deny),
-            &sql_kinds(self.approve),
-            &mask,
-        )
-    }
-}
 
 /// What a text run in a session gets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionVerdict {
-    pub verdict: SqlVerdict,
+    pub verdict: Decision,
     /// The prepared statements its `EXECUTE`s run: name and each text the
     /// name may run (for the record and the approval summary).
     pub executed: Vec<(String, Arc<PreparedText>)>,
@@ -60,13 +34,13 @@ impl ClassifyCache {
         &self,
         sql: &str,
         name: Option<&str>,
-        policy: Policy<'_>,
+        policy: SqlPolicy<'_>,
         prepared: &mut PreparedStatements,
     ) -> SessionVerdict {
         let classified = self.classify(sql);
         let Ok(c) = classified.as_ref() else {
             return SessionVerdict {
-                verdict: policy.verdict(&classified),
+                verdict: verdict(&classified, policy),
                 executed: Vec::new(),
             };
         };
@@ -90,9 +64,9 @@ impl ClassifyCache {
             Ok(with_executed(c, &texts))
         });
         let judged = merged.as_ref().unwrap_or(&*classified);
-        let verdict = policy.verdict(judged);
+        let verdict = verdict(judged, policy);
         let c = judged.as_ref().unwrap_or(c);
-        if !matches!(verdict, SqlVerdict::Deny { .. }) {
+        if !matches!(verdict, Decision::Deny { .. }) {
             for p in &c.prepares {
                 prepared.add(&p.name, prepared_text(sql, &p.kinds, &p.functions));
             }
@@ -109,15 +83,18 @@ impl ClassifyCache {
     pub fn decide_prepared(
         &self,
         name: &str,
-        policy: Policy<'_>,
+        policy: SqlPolicy<'_>,
         prepared: &PreparedStatements,
-    ) -> SqlVerdict {
+    ) -> Decision {
         match prepared.get(name) {
             Ok(texts) => {
                 let texts: Vec<&PreparedText> = texts.iter().map(|t| &**t).collect();
-                policy.verdict(&Ok(with_executed(&Classification::default(), &texts)))
+                verdict(
+                    &Ok(with_executed(&Classification::default(), &texts)),
+                    policy,
+                )
             }
-            Err(_) if policy.is_empty() => SqlVerdict::Allow,
+            Err(_) if policy.is_empty() => Decision::Allow,
             Err(e) => unknown(e.to_string()).verdict,
         }
     }
@@ -125,7 +102,7 @@ impl ClassifyCache {
 
 fn unknown(reason: String) -> SessionVerdict {
     SessionVerdict {
-        verdict: SqlVerdict::Deny {
+        verdict: Decision::Deny {
             rule: UNKNOWN_PREPARED.into(),
             reason,
         },
@@ -168,15 +145,17 @@ fn with_executed(c: &Classification, executed: &[&PreparedText]) -> Classificati
 mod tests {
     use super::*;
 
-    fn rules(kinds: &[&str]) -> Vec<Rule> {
-        kinds.iter().map(|k| Rule::Sql(k.to_string())).collect()
+    use crate::policy::statement::SqlRule;
+
+    fn rules(kinds: &[&str]) -> Vec<SqlRule> {
+        kinds.iter().map(|k| SqlRule::parse(k).unwrap()).collect()
     }
 
     struct Session {
         cache: ClassifyCache,
         prepared: PreparedStatements,
-        deny: Vec<Rule>,
-        approve: Vec<Rule>,
+        deny: Vec<SqlRule>,
+        approve: Vec<SqlRule>,
     }
 
     impl Session {
@@ -189,8 +168,8 @@ mod tests {
             }
         }
 
-        fn policy(&self) -> Policy<'_> {
-            Policy {
+        fn policy(&self) -> SqlPolicy<'_> {
+            SqlPolicy {
                 deny: &self.deny,
                 approve: &self.approve,
                 mask: &[],
@@ -198,7 +177,7 @@ mod tests {
         }
 
         fn run(&mut self, sql: &str, name: Option<&str>) -> SessionVerdict {
-            let policy = Policy {
+            let policy = SqlPolicy {
                 deny: &self.deny,
                 approve: &self.approve,
                 mask: &[],
@@ -207,13 +186,13 @@ mod tests {
                 .decide_in_session(sql, name, policy, &mut self.prepared)
         }
 
-        fn verdict(&mut self, sql: &str) -> SqlVerdict {
+        fn verdict(&mut self, sql: &str) -> Decision {
             self.run(sql, None).verdict
         }
     }
 
-    fn approve(rule: &str) -> SqlVerdict {
-        SqlVerdict::Approve { rule: rule.into() }
+    fn approve(rule: &str) -> Decision {
+        Decision::Hold { rule: rule.into() }
     }
 
     #[test]
@@ -236,7 +215,7 @@ mod tests {
         let mut s = Session::new(&["DROP"], &["DELETE"]);
         assert_eq!(
             s.verdict("PREPARE p AS DELETE FROM t WHERE id = $1"),
-            SqlVerdict::Allow
+            Decision::Allow
         );
         for _ in 0..2 {
             assert_eq!(s.verdict("EXECUTE p(3)"), approve("DELETE"));
@@ -253,25 +232,25 @@ mod tests {
         // A denied PREPARE prepares nothing Sluice would run later.
         assert!(matches!(
             s.verdict("PREPARE d AS SELECT 1; DROP TABLE t"),
-            SqlVerdict::Deny { rule, .. } if rule == "DROP"
+            Decision::Deny { rule, .. } if rule == "DROP"
         ));
         assert!(matches!(
             s.verdict("EXECUTE d"),
-            SqlVerdict::Deny { rule, .. } if rule == UNKNOWN_PREPARED
+            Decision::Deny { rule, .. } if rule == UNKNOWN_PREPARED
         ));
     }
 
     #[test]
     fn unknown_names_are_refused_and_re_prepared_names_are_judged_as_every_text() {
         let mut s = Session::new(&["TRUNCATE"], &["DELETE"]);
-        let SqlVerdict::Deny { rule, reason } = s.verdict("EXECUTE nobody_made_me") else {
+        let Decision::Deny { rule, reason } = s.verdict("EXECUTE nobody_made_me") else {
             panic!("an unknown name was not refused");
         };
         assert_eq!(rule, UNKNOWN_PREPARED);
         assert!(reason.contains("\"nobody_made_me\""), "{reason}");
         assert!(matches!(
             s.cache.decide_prepared("nobody", s.policy(), &s.prepared),
-            SqlVerdict::Deny { rule, .. } if rule == UNKNOWN_PREPARED
+            Decision::Deny { rule, .. } if rule == UNKNOWN_PREPARED
         ));
         s.verdict("PREPARE p AS DELETE FROM t WHERE id = $1");
         // The server refuses this one (p exists); Sluice cannot tell.
@@ -279,6 +258,6 @@ mod tests {
         assert_eq!(s.verdict("EXECUTE p(1)"), approve("DELETE"));
         // Without any rule nothing is enforced.
         let mut open = Session::new(&[], &[]);
-        assert_eq!(open.verdict("EXECUTE nobody"), SqlVerdict::Allow);
+        assert_eq!(open.verdict("EXECUTE nobody"), Decision::Allow);
     }
 }

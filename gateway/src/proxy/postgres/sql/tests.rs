@@ -1,14 +1,50 @@
 use super::*;
+use crate::policy::statement::SqlRule;
 
 fn strings(kinds: &[&str]) -> Vec<String> {
     kinds.iter().map(|k| k.to_string()).collect()
+}
+
+fn rules(written: &[String]) -> Vec<SqlRule> {
+    written.iter().map(|w| SqlRule::parse(w).unwrap()).collect()
+}
+
+/// The decision on `sql` under `deny` and `approve` rules as written.
+fn decide(sql: &str, deny: &[String], approve: &[String]) -> Decision {
+    let (deny, approve) = (rules(deny), rules(approve));
+    super::decide(
+        sql,
+        SqlPolicy {
+            deny: &deny,
+            approve: &approve,
+            mask: &[],
+        },
+    )
+}
+
+/// The cached decision on `sql` with `mask`.
+fn decide_cached(
+    cache: &ClassifyCache,
+    sql: &str,
+    deny: &[SqlRule],
+    approve: &[SqlRule],
+    mask: &[String],
+) -> Decision {
+    cache.decide(
+        sql,
+        SqlPolicy {
+            deny,
+            approve,
+            mask,
+        },
+    )
 }
 
 #[test]
 fn deny_wins_then_approve_then_allow() {
     let deny = strings(&["DROP", "TRUNCATE", "ALTER", "DELETE_WITHOUT_WHERE"]);
     let approve = strings(&["DELETE", "UPDATE"]);
-    let denied = |rule: &str| SqlVerdict::Deny {
+    let denied = |rule: &str| Decision::Deny {
         rule: rule.into(),
         reason: format!("{rule} statements are denied"),
     };
@@ -22,15 +58,15 @@ fn deny_wins_then_approve_then_allow() {
     );
     assert_eq!(
         decide("DELETE FROM customers WHERE id = 7", &deny, &approve),
-        SqlVerdict::Approve {
+        Decision::Hold {
             rule: "DELETE".into()
         }
     );
     assert_eq!(
         decide("SELECT * FROM customers", &deny, &approve),
-        SqlVerdict::Allow
+        Decision::Allow
     );
-    assert_eq!(decide("SELECT 1", &[], &[]), SqlVerdict::Allow);
+    assert_eq!(decide("SELECT 1", &[], &[]), Decision::Allow);
 }
 
 #[test]
@@ -38,7 +74,7 @@ fn config_names_match_whatever_their_case() {
     let verdict = decide("DROP TABLE t", &strings(&["drop"]), &[]);
     assert_eq!(
         verdict,
-        SqlVerdict::Deny {
+        Decision::Deny {
             rule: "drop".into(),
             reason: "DROP statements are denied".into()
         }
@@ -56,18 +92,18 @@ fn function_rules_and_the_dangerous_set_deny_calls_anywhere() {
     let verdict = decide(sql, &strings(&["function:LO_UNLINK"]), &[]);
     assert_eq!(
         verdict,
-        SqlVerdict::Deny {
+        Decision::Deny {
             rule: "function:LO_UNLINK".into(),
             reason: "calls of the function pg_catalog.lo_unlink are denied".into()
         }
     );
     assert!(matches!(
         decide(sql, &strings(&["DANGEROUS_FUNCTIONS"]), &[]),
-        SqlVerdict::Deny { rule, .. } if rule == "DANGEROUS_FUNCTIONS"
+        Decision::Deny { rule, .. } if rule == "DANGEROUS_FUNCTIONS"
     ));
     assert_eq!(
         decide(sql, &strings(&["FUNCTION:other.lo_unlink"]), &[]),
-        SqlVerdict::Allow
+        Decision::Allow
     );
     assert_eq!(
         decide(
@@ -75,13 +111,13 @@ fn function_rules_and_the_dangerous_set_deny_calls_anywhere() {
             &[],
             &strings(&["FUNCTION:set_config"])
         ),
-        SqlVerdict::Approve {
+        Decision::Hold {
             rule: "FUNCTION:set_config".into()
         }
     );
     assert!(matches!(
         decide("COMMENT ON TABLE t IS 'x'", &strings(&["COMMENT"]), &[]),
-        SqlVerdict::Deny { rule, .. } if rule == "COMMENT"
+        Decision::Deny { rule, .. } if rule == "COMMENT"
     ));
 }
 
@@ -89,10 +125,10 @@ fn function_rules_and_the_dangerous_set_deny_calls_anywhere() {
 fn a_do_block_is_denied_for_the_drop_inside_it() {
     let sql = "DO $$ BEGIN EXECUTE 'DROP TABLE customers'; END $$";
     assert!(
-        matches!(decide(sql, &strings(&["DROP"]), &[]), SqlVerdict::Deny { rule, .. } if rule == "DROP")
+        matches!(decide(sql, &strings(&["DROP"]), &[]), Decision::Deny { rule, .. } if rule == "DROP")
     );
     assert!(
-        matches!(decide(sql, &strings(&["DO"]), &[]), SqlVerdict::Deny { rule, .. } if rule == "DO")
+        matches!(decide(sql, &strings(&["DO"]), &[]), Decision::Deny { rule, .. } if rule == "DO")
     );
 }
 
@@ -100,9 +136,9 @@ fn a_do_block_is_denied_for_the_drop_inside_it() {
 fn unparseable_sql_passes_only_without_deny_rules() {
     assert_eq!(
         decide("selec 1", &[], &strings(&["DELETE"])),
-        SqlVerdict::Allow
+        Decision::Allow
     );
-    let SqlVerdict::Deny { rule, reason } = decide("selec 1", &strings(&["DROP"]), &[]) else {
+    let Decision::Deny { rule, reason } = decide("selec 1", &strings(&["DROP"]), &[]) else {
         panic!("unparseable SQL allowed despite deny rules");
     };
     assert_eq!(rule, UNPARSEABLE);
@@ -135,15 +171,22 @@ fn statements_differing_only_in_numbers_share_an_entry_and_strings_do_not() {
         Some("SELECT \0 /* 2 */, '3', $4, \0".into())
     );
     // A string constant can be code: never blanked.
-    let allowed = cache.decide("DO $$ BEGIN EXECUTE 'SELECT 1'; END $$", &[], &[], &[]);
-    let denied = cache.decide(
-        "DO $$ BEGIN EXECUTE 'DROP TABLE t'; END $$",
-        &[Rule::Sql("DROP".into())],
+    let allowed = decide_cached(
+        &cache,
+        "DO $$ BEGIN EXECUTE 'SELECT 1'; END $$",
+        &[],
         &[],
         &[],
     );
-    assert_eq!(allowed, SqlVerdict::Allow);
-    assert!(matches!(denied, SqlVerdict::Deny { .. }));
+    let denied = decide_cached(
+        &cache,
+        "DO $$ BEGIN EXECUTE 'DROP TABLE t'; END $$",
+        &rules(&strings(&["DROP"])),
+        &[],
+        &[],
+    );
+    assert_eq!(allowed, Decision::Allow);
+    assert!(matches!(denied, Decision::Deny { .. }));
     // A parse error quotes the text: not cached.
     let bad = cache.classify("SELECT 1 1");
     assert!(!Arc::ptr_eq(&bad, &cache.classify("SELECT 2 2")));
@@ -171,54 +214,49 @@ fn cache_stays_bounded_and_keeps_what_is_used() {
 fn cache_decides_on_config_rules_and_masking() {
     let cache = ClassifyCache::new(16);
     let mask = ["ssn".to_string()];
-    let deny = [
-        Rule::Sql("DROP".into()),
-        Rule::Http {
-            method: None,
-            path: "/x".into(),
-        },
-    ];
-    let approve = [Rule::Sql("delete".into())];
+    let deny = rules(&strings(&["DROP"]));
+    let approve = rules(&strings(&["delete"]));
     assert!(matches!(
-        cache.decide("DROP TABLE t", &deny, &approve, &[]),
-        SqlVerdict::Deny { .. }
+        decide_cached(&cache, "DROP TABLE t", &deny, &approve, &[]),
+        Decision::Deny { .. }
     ));
     assert_eq!(
-        cache.decide("DELETE FROM t WHERE id = 1", &deny, &approve, &[]),
-        SqlVerdict::Approve {
+        decide_cached(&cache, "DELETE FROM t WHERE id = 1", &deny, &approve, &[]),
+        Decision::Hold {
             rule: "delete".into()
         }
     );
     // COPY output bypasses DataRow masking.
     assert_eq!(
-        cache.decide("COPY customers TO STDOUT", &deny, &approve, &[]),
-        SqlVerdict::Allow
+        decide_cached(&cache, "COPY customers TO STDOUT", &deny, &approve, &[]),
+        Decision::Allow
     );
     assert!(
-        matches!(cache.decide("COPY customers TO STDOUT", &deny, &approve, &mask), SqlVerdict::Deny { rule, .. } if rule == "COPY_TO")
+        matches!(decide_cached(&cache, "COPY customers TO STDOUT", &deny, &approve, &mask), Decision::Deny { rule, .. } if rule == "COPY_TO")
     );
     assert_eq!(
-        cache.decide("COPY customers FROM STDIN", &deny, &approve, &mask),
-        SqlVerdict::Allow
+        decide_cached(&cache, "COPY customers FROM STDIN", &deny, &approve, &mask),
+        Decision::Allow
     );
     // Masked columns read around masking: refused; the shape is cached
     // once and checked against each service's mask.
     let sql = "SELECT ssn AS x FROM customers WHERE id = 1";
     assert!(
-        matches!(cache.decide(sql, &[], &[], &mask), SqlVerdict::Deny { rule, reason } if rule == MASK && reason.contains("masked column ssn"))
+        matches!(decide_cached(&cache, sql, &[], &[], &mask), Decision::Deny { rule, reason } if rule == MASK && reason.contains("masked column ssn"))
     );
-    assert_eq!(cache.decide(sql, &[], &[], &[]), SqlVerdict::Allow);
+    assert_eq!(decide_cached(&cache, sql, &[], &[], &[]), Decision::Allow);
     assert_eq!(
-        cache.decide(
+        decide_cached(
+            &cache,
             "SELECT ssn AS x FROM customers WHERE id = 2",
             &[],
             &[],
             &["card".into()]
         ),
-        SqlVerdict::Allow
+        Decision::Allow
     );
     // Unparseable text is refused on a masked service even without deny rules.
     assert!(
-        matches!(cache.decide("selec ssn", &[], &[], &mask), SqlVerdict::Deny { rule, .. } if rule == UNPARSEABLE)
+        matches!(decide_cached(&cache, "selec ssn", &[], &[], &mask), Decision::Deny { rule, .. } if rule == UNPARSEABLE)
     );
 }

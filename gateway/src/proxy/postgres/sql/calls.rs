@@ -1,5 +1,4 @@
-//! Function calls: their names in the parse tree, the `FUNCTION:name`
-//! rules that match them, and the default set of dangerous functions
+//! Function calls: their names in the parse tree and the default set of dangerous functions
 //! ([`super::StatementKind::DangerousFunctions`]).
 //!
 //! A call is a `FuncCall` node wherever it sits (select list, `WHERE`,
@@ -93,27 +92,9 @@ pub(super) fn name(func_call: &Value) -> String {
     parts.join(".").to_lowercase()
 }
 
-/// The unqualified part of a called name.
-fn unqualified(called: &str) -> &str {
-    called.rsplit('.').next().unwrap_or(called)
-}
-
 /// True when `called` (from [`name`]) is in [`DANGEROUS`].
 pub(super) fn is_dangerous(called: &str) -> bool {
-    DANGEROUS.contains(&unqualified(called))
-}
-
-/// Whether a `FUNCTION:rule` names the function `called` (both as from
-/// [`name`]; `rule` is lower-cased here). An unqualified rule matches the
-/// function in any schema; a qualified one matches calls in that schema and
-/// unqualified calls, which the search path may resolve to it.
-pub(super) fn matches(rule: &str, called: &str) -> bool {
-    let rule = rule.to_lowercase();
-    match (rule.rsplit_once('.'), called.rsplit_once('.')) {
-        (None, _) => rule == unqualified(called),
-        (Some(_), None) => unqualified(&rule) == called,
-        (Some(_), Some(_)) => rule == called,
-    }
+    DANGEROUS.contains(&crate::policy::statement::unqualified(called))
 }
 
 #[cfg(test)]
@@ -121,13 +102,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rules_match_qualified_and_unqualified_calls() {
-        assert!(matches("lo_unlink", "lo_unlink"));
-        assert!(matches("LO_Unlink", "pg_catalog.lo_unlink"));
-        assert!(matches("pg_catalog.lo_unlink", "lo_unlink"));
-        assert!(matches("pg_catalog.lo_unlink", "pg_catalog.lo_unlink"));
-        assert!(!matches("pg_catalog.lo_unlink", "other.lo_unlink"));
-        assert!(!matches("lo_unlink", "lo_unlink2"));
+    fn dangerous_functions_match_in_any_schema() {
         assert!(is_dangerous("pg_catalog.pg_terminate_backend"));
         assert!(!is_dangerous("count"));
     }

@@ -1,0 +1,324 @@
+//! The TOML configuration (DESIGN.md §4 "Config"): parsing, defaults and
+//! validation.
+//!
+//! Every validation error names the key to fix, e.g.
+//! `service[0] (billing-db).upstream: expected host:port, got "db.internal"`,
+//! so the CLI can print it on one line and exit 2.
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+mod gateway;
+mod service;
+
+use gateway::defaults;
+pub use gateway::Gateway;
+use service::RawService;
+pub use service::{
+    HttpService, Injection, Protocol, Service, ServiceKind, SqlService, UpstreamTls,
+};
+
+/// Default config path, overridable with `--config` or `SLUICE_CONFIG`.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/sluice/sluice.toml";
+
+/// A configuration error that names the offending key.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {key}: {message}")]
+pub struct ConfigError {
+    /// The config file the error is in.
+    pub path: String,
+    /// The key to fix, e.g. `gateway.listen` or `service[1].upstream`.
+    pub key: String,
+    /// What is wrong and what is expected.
+    pub message: String,
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this was read from.
+    pub path: PathBuf,
+    pub gateway: Gateway,
+    pub agents: Vec<Agent>,
+    pub services: Vec<Service>,
+    /// `[[notify]]` targets (DESIGN.md §9).
+    pub notify: Vec<crate::notify::Target>,
+}
+
+/// `egress = "deny" | "allow"`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Egress {
+    /// Agents reach only services, DNS resolvers and `egress_allow`.
+    #[default]
+    Deny,
+    /// Unmatched traffic passes untouched.
+    Allow,
+}
+
+/// `[[agent]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Agent {
+    pub name: String,
+    /// cgroup v2 path relative to the cgroup2 mount, e.g. `sluice/ci-bot`.
+    pub cgroup: String,
+    /// `user = "NAME"` or a numeric uid: the user `sluice exec` runs the
+    /// agent's commands as (DESIGN.md §3). A uid of its own keeps sockets
+    /// made outside the cgroup out of the agent's reach (README security notes).
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default = "defaults::gateway")]
+    gateway: Gateway,
+    #[serde(default, rename = "agent")]
+    agents: Vec<Agent>,
+    #[serde(default, rename = "service")]
+    services: Vec<RawService>,
+    #[serde(default, rename = "notify")]
+    notify: Vec<crate::notify::RawTarget>,
+}
+
+impl Config {
+    /// The config path from `--config`, else `SLUICE_CONFIG`, else
+    /// [`DEFAULT_CONFIG_PATH`].
+    pub fn resolve_path(flag: Option<&Path>) -> PathBuf {
+        flag.map(Path::to_path_buf)
+            .or_else(|| std::env::var_os("SLUICE_CONFIG").map(PathBuf::from))
+            .unwrap_or_else(|| DEFAULT_CONFIG_PATH.into())
+    }
+
+    /// Reads and validates the config at `path`.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the file and key when the file cannot be read,
+    /// is not valid TOML, or fails validation.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            path: path.display().to_string(),
+            key: "(file)".into(),
+            message: format!("cannot read: {e}; pass --config or set SLUICE_CONFIG"),
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and validates config text; `path` is used in error messages.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the key to fix.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let err = |(key, message): (String, String)| ConfigError {
+            path: path.display().to_string(),
+            key,
+            message,
+        };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let key = e
+                .span()
+                .map(|s| format!("line {}", text[..s.start].lines().count().max(1)))
+                .unwrap_or_else(|| "(toml)".into());
+            err((key, e.message().to_string()))
+        })?;
+        check_agents(&raw.agents).map_err(err)?;
+        check_gateway(&raw.gateway).map_err(err)?;
+        let services = parse_services(raw.services).map_err(err)?;
+        let notify = raw
+            .notify
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| {
+                t.validate()
+                    .map_err(|(field, message)| err((format!("notify[{i}].{field}"), message)))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Config {
+            path: path.to_path_buf(),
+            gateway: raw.gateway,
+            agents: raw.agents,
+            services,
+            notify,
+        })
+    }
+
+    /// The agent named `name`.
+    pub fn agent(&self, name: &str) -> Option<&Agent> {
+        self.agents.iter().find(|a| a.name == name)
+    }
+
+    /// The service named `name`.
+    pub fn service(&self, name: &str) -> Option<&Service> {
+        self.services.iter().find(|s| s.name == name)
+    }
+}
+
+/// `(key, message)` of a validation failure.
+type KeyError = (String, String);
+
+fn check_agents(agents: &[Agent]) -> Result<(), KeyError> {
+    let mut seen = std::collections::HashSet::new();
+    for (i, a) in agents.iter().enumerate() {
+        let key = format!("agent[{i}]");
+        if !valid_name(&a.name) {
+            return Err((
+                format!("{key}.name"),
+                "use letters, digits, '-', '_' or '.'".into(),
+            ));
+        }
+        if !seen.insert(a.name.clone()) {
+            return Err((
+                format!("{key}.name"),
+                format!("duplicate agent {:?}", a.name),
+            ));
+        }
+        let cg = a.cgroup.trim_matches('/');
+        if cg.is_empty() || cg.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+            return Err((
+                format!("{key}.cgroup"),
+                "must be a non-empty path below the cgroup2 mount (the root is never used)".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn parse_services(raw: Vec<RawService>) -> Result<Vec<Service>, KeyError> {
+    let mut names = std::collections::HashSet::new();
+    raw.into_iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let key = format!("service[{i}] ({})", s.name);
+            if !valid_name(&s.name) || !names.insert(s.name.clone()) {
+                return Err((
+                    format!("{key}.name"),
+                    "must be unique; use letters, digits, '-', '_' or '.'".into(),
+                ));
+            }
+            s.parse()
+                .map_err(|(field, message)| (format!("{key}.{field}"), message))
+        })
+        .collect()
+}
+
+fn check_gateway(gw: &Gateway) -> Result<(), KeyError> {
+    let fail = |key: &str, message: &str| Err((key.to_string(), message.to_string()));
+    if !gw.listen.ip().is_loopback() {
+        return fail(
+            "gateway.listen",
+            "must be a loopback address such as 127.0.0.1:15001",
+        );
+    }
+    if !gw.listen.is_ipv4() {
+        return fail(
+            "gateway.listen",
+            "must be an IPv4 loopback address; [::1] is served on the same port",
+        );
+    }
+    if gw.audit_rotate_bytes == 0 {
+        return fail(
+            "gateway.audit_rotate_bytes",
+            "must be at least 1 (bytes; the default is 104857600, 100 MiB)",
+        );
+    }
+    for (i, entry) in gw.egress_allow.iter().enumerate() {
+        if split_host_port_any(entry).is_none() {
+            return Err((
+                format!("gateway.egress_allow[{i}]"),
+                format!("expected host:port, CIDR:port or host:*, got {entry:?}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// Splits `host:port` or `[v6]:port`; the port must be 1–65535.
+pub fn split_host_port(s: &str) -> Option<(String, u16)> {
+    let (host, port) = split_host_port_any(s)?;
+    Some((host, port?))
+}
+
+/// Like [`split_host_port`] but accepts `*` as the port (`None` = any).
+pub fn split_host_port_any(s: &str) -> Option<(String, Option<u16>)> {
+    let (host, port) = s.rsplit_once(':')?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if host.is_empty() {
+        return None;
+    }
+    let port = match port {
+        "*" => None,
+        p => Some(p.parse::<u16>().ok().filter(|p| *p != 0)?),
+    };
+    Some((host.to_string(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("t.toml"), text)
+    }
+
+    #[test]
+    fn example_from_design_parses() {
+        let cfg = parse(
+            r#"
+[gateway]
+listen = "127.0.0.1:15001"
+egress_allow = ["mirror.example.org:443", "127.0.0.53:53"]
+approval_timeout = "5m"
+[[agent]]
+name = "ci-bot"
+cgroup = "sluice/ci-bot"
+[[service]]
+name = "billing-db"
+protocol = "postgres"
+upstream = "db.internal:5432"
+credential = { secret = "billing-db", user = "billing" }
+deny = ["DROP", "DELETE_WITHOUT_WHERE"]
+mask = ["ssn"]
+[[service]]
+name = "payments-api"
+protocol = "https"
+upstream = "api.payments.test:443"
+credential = { secret = "payments-key", header = "Authorization", format = "Bearer {}" }
+deny = [{ method = "DELETE", path = "/v1/customers/*" }]
+"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.services[1].port, 443);
+        assert_eq!(cfg.gateway.approval_timeout, Duration::from_secs(300));
+        assert_eq!(cfg.gateway.egress, Egress::Deny);
+    }
+
+    #[test]
+    fn bad_upstream_names_the_key() {
+        let e = parse(
+            "[[service]]\nname='a'\nprotocol='https'\nupstream='nohost'\ncredential={secret='s'}\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "service[0] (a).upstream");
+    }
+
+    #[test]
+    fn root_cgroup_is_refused() {
+        let e = parse("[[agent]]\nname='a'\ncgroup='/'\n").unwrap_err();
+        assert_eq!(e.key, "agent[0].cgroup");
+    }
+}

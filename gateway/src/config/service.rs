@@ -1,0 +1,314 @@
+//! `[[service]]` (DESIGN.md §4 "Config", §6): a service is a name, the host
+//! and port agents dial, how to resolve it, the vault secret and masks, and
+//! a protocol-specific part ([`ServiceKind`]) parsed once at load, rules
+//! included.
+use std::{net::IpAddr, path::PathBuf};
+
+use serde::Deserialize;
+
+use crate::policy::{http::HttpRule, statement::SqlRule};
+
+/// `protocol = …`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Postgres,
+    Https,
+    Http,
+}
+
+impl Protocol {
+    /// HTTP services get the port-wide rule: every agent connection to the
+    /// port is redirected and routed by SNI or `Host`.
+    pub fn is_http(self) -> bool {
+        matches!(self, Protocol::Https | Protocol::Http)
+    }
+}
+
+/// `upstream_tls = …` for PostgreSQL services; `verify-full` by default
+/// (DESIGN.md §4 "TLS").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpstreamTls {
+    Disable,
+    Prefer,
+    Require,
+    #[default]
+    VerifyFull,
+}
+
+/// A validated `[[service]]`.
+#[derive(Debug, Clone)]
+pub struct Service {
+    pub name: String,
+    /// Upstream host name (or IP literal) as agents dial it.
+    pub host: String,
+    /// Upstream port, host byte order.
+    pub port: u16,
+    /// Pinned upstream addresses (instead of DNS).
+    pub resolve: Vec<IpAddr>,
+    /// CA to trust for the upstream's TLS instead of the system roots.
+    pub upstream_ca: Option<PathBuf>,
+    /// The vault secret holding the real credential (`credential.secret`).
+    pub secret: String,
+    /// Column (SQL) or JSON field (HTTP) names whose values are masked.
+    pub mask: Vec<String>,
+    /// What only this service's protocol has.
+    pub kind: ServiceKind,
+}
+
+/// The protocol-specific part of a service.
+#[derive(Debug, Clone)]
+pub enum ServiceKind {
+    /// `protocol = "https"` or `"http"`.
+    Http(HttpService),
+    /// `protocol = "postgres"`.
+    Postgres(SqlService),
+}
+
+impl Service {
+    /// The `protocol` the service was configured with.
+    pub fn protocol(&self) -> Protocol {
+        match &self.kind {
+            ServiceKind::Http(h) if h.tls => Protocol::Https,
+            ServiceKind::Http(_) => Protocol::Http,
+            ServiceKind::Postgres(_) => Protocol::Postgres,
+        }
+    }
+
+    /// The HTTP part, for an HTTP(S) service.
+    pub fn http(&self) -> Option<&HttpService> {
+        match &self.kind {
+            ServiceKind::Http(h) => Some(h),
+            ServiceKind::Postgres(_) => None,
+        }
+    }
+
+    /// The SQL part, for a database service.
+    pub fn sql(&self) -> Option<&SqlService> {
+        match &self.kind {
+            ServiceKind::Postgres(s) => Some(s),
+            ServiceKind::Http(_) => None,
+        }
+    }
+}
+
+/// An HTTP(S) service's own settings.
+#[derive(Debug, Clone)]
+pub struct HttpService {
+    /// `https` (TLS towards agents and upstream) rather than `http`.
+    pub tls: bool,
+    /// Where the real credential goes.
+    pub inject: Injection,
+    pub deny: Vec<HttpRule>,
+    pub approve: Vec<HttpRule>,
+    /// Overwrite the secret's exact bytes wherever the upstream reflects
+    /// them in a response (headers or body).
+    pub echo_guard: bool,
+}
+
+/// Where an HTTP request gets the real credential.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Injection {
+    /// Wherever the agent put its token (a header, Basic auth, the query).
+    InPlace,
+    /// Header `name`, valued `format` with `{}` standing for the secret
+    /// (`credential = { header = "Authorization", format = "Bearer {}" }`).
+    Header { name: String, format: String },
+    /// Query parameter `name` (`credential = { query = "api_key" }`).
+    Query { name: String },
+}
+
+/// A database service's own settings.
+#[derive(Debug, Clone)]
+pub struct SqlService {
+    /// The upstream user name (`credential.user`).
+    pub user: String,
+    pub upstream_tls: UpstreamTls,
+    pub deny: Vec<SqlRule>,
+    pub approve: Vec<SqlRule>,
+}
+
+impl SqlService {
+    /// The rules with the service's `mask`, as SQL policy takes them.
+    pub fn policy<'a>(&'a self, mask: &'a [String]) -> crate::policy::statement::SqlPolicy<'a> {
+        crate::policy::statement::SqlPolicy {
+            deny: &self.deny,
+            approve: &self.approve,
+            mask,
+        }
+    }
+}
+
+/// `credential = { … }` as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCredential {
+    secret: String,
+    user: Option<String>,
+    header: Option<String>,
+    format: Option<String>,
+    query: Option<String>,
+}
+
+/// One `deny`/`approve` entry as written: a SQL kind (`"DROP"`) or an
+/// HTTP rule.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawRule {
+    Sql(String),
+    Http {
+        #[serde(default)]
+        method: Option<String>,
+        path: String,
+    },
+}
+
+/// `[[service]]` as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawService {
+    pub(super) name: String,
+    protocol: Protocol,
+    upstream: String,
+    #[serde(default)]
+    resolve: Vec<IpAddr>,
+    #[serde(default)]
+    upstream_tls: UpstreamTls,
+    upstream_ca: Option<PathBuf>,
+    credential: RawCredential,
+    #[serde(default)]
+    deny: Vec<RawRule>,
+    #[serde(default)]
+    approve: Vec<RawRule>,
+    #[serde(default)]
+    mask: Vec<String>,
+    #[serde(default)]
+    echo_guard: bool,
+}
+
+/// A problem with one key of a service: `(key below the service, message)`.
+type KeyError = (String, String);
+
+fn key_error(key: &str, message: impl Into<String>) -> KeyError {
+    (key.to_string(), message.into())
+}
+
+impl RawService {
+    /// Validates the entry and parses its rules.
+    ///
+    /// # Errors
+    /// The key to fix (e.g. `credential.user`) and why.
+    pub(super) fn parse(self) -> Result<Service, KeyError> {
+        let (host, port) = super::split_host_port(&self.upstream).ok_or_else(|| {
+            key_error(
+                "upstream",
+                format!("expected host:port, got {:?}", self.upstream),
+            )
+        })?;
+        if self.credential.secret.is_empty() {
+            return Err(key_error(
+                "credential.secret",
+                "names the vault secret; must not be empty",
+            ));
+        }
+        if self.upstream_tls != UpstreamTls::VerifyFull && self.protocol != Protocol::Postgres {
+            return Err(key_error(
+                "upstream_tls",
+                "only applies to postgres services",
+            ));
+        }
+        let kind = match self.protocol {
+            Protocol::Postgres => ServiceKind::Postgres(self.sql()?),
+            Protocol::Https | Protocol::Http => ServiceKind::Http(self.http()?),
+        };
+        Ok(Service {
+            name: self.name,
+            host,
+            port,
+            resolve: self.resolve,
+            upstream_ca: self.upstream_ca,
+            secret: self.credential.secret,
+            mask: self.mask,
+            kind,
+        })
+    }
+
+    fn sql(&self) -> Result<SqlService, KeyError> {
+        let user = self.credential.user.clone().ok_or_else(|| {
+            key_error(
+                "credential.user",
+                "postgres services need the upstream user name",
+            )
+        })?;
+        let rules = |field: &str, rules: &[RawRule]| {
+            rules
+                .iter()
+                .map(|r| match r {
+                    RawRule::Sql(kind) => SqlRule::parse(kind).map_err(|m| key_error(field, m)),
+                    RawRule::Http { .. } => Err(key_error(
+                        field,
+                        "postgres rules are statement kinds like \"DROP\"",
+                    )),
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok(SqlService {
+            user,
+            upstream_tls: self.upstream_tls,
+            deny: rules("deny", &self.deny)?,
+            approve: rules("approve", &self.approve)?,
+        })
+    }
+
+    fn http(&self) -> Result<HttpService, KeyError> {
+        let c = &self.credential;
+        let inject = match (&c.header, &c.query) {
+            (Some(_), Some(_)) => {
+                return Err(key_error("credential", "set header or query, not both"))
+            }
+            (Some(name), None) => {
+                if hyper::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                    return Err(key_error(
+                        "credential.header",
+                        format!("{name:?} is not a valid header name"),
+                    ));
+                }
+                Injection::Header {
+                    name: name.clone(),
+                    format: c.format.clone().unwrap_or_else(|| "{}".into()),
+                }
+            }
+            (None, Some(name)) => Injection::Query { name: name.clone() },
+            (None, None) => Injection::InPlace,
+        };
+        if c.format.as_ref().is_some_and(|f| !f.contains("{}")) {
+            return Err(key_error(
+                "credential.format",
+                "must contain {} where the secret goes",
+            ));
+        }
+        let rules = |field: &str, rules: &[RawRule]| {
+            rules
+                .iter()
+                .map(|r| match r {
+                    RawRule::Http { method, path } => Ok(HttpRule {
+                        method: method.clone(),
+                        path: path.clone(),
+                    }),
+                    RawRule::Sql(_) => Err(key_error(
+                        field,
+                        "http rules are { method = \"…\", path = \"/glob*\" }",
+                    )),
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok(HttpService {
+            tls: self.protocol == Protocol::Https,
+            inject,
+            deny: rules("deny", &self.deny)?,
+            approve: rules("approve", &self.approve)?,
+            echo_guard: self.echo_guard,
+        })
+    }
+}
