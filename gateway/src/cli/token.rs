@@ -71,14 +71,15 @@ pub async fn run(cfg: &Config, cmd: TokenCmd, json: bool) -> Result<(), CliError
                     cfg.path.display()
                 )));
             }
-            if cfg.service(&service).is_none() {
+            let Some(configured) = cfg.service(&service) else {
                 return Err(CliError::Usage(format!(
                     "--service {service}: no [[service]] with that name in {}",
                     cfg.path.display()
                 )));
-            }
+            };
             let state = open(cfg).await?;
-            let (token, _) = state.issue(&agent, &service, ttl).await?;
+            let (token, record) = state.issue(&agent, &service, ttl).await?;
+            crate::proxy::enrol_token(&state, configured, &token, &record).await?;
             print_line(&token)
         }
         TokenCmd::List => {

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 mod gateway;
+pub mod notify;
 mod service;
 
 use gateway::defaults;
@@ -42,7 +43,7 @@ pub struct Config {
     pub agents: Vec<Agent>,
     pub services: Vec<Service>,
     /// `[[notify]]` targets (DESIGN.md §9).
-    pub notify: Vec<crate::notify::Target>,
+    pub notify: Vec<notify::Target>,
 }
 
 /// `egress = "deny" | "allow"`.
@@ -80,7 +81,7 @@ struct RawConfig {
     #[serde(default, rename = "service")]
     services: Vec<RawService>,
     #[serde(default, rename = "notify")]
-    notify: Vec<crate::notify::RawTarget>,
+    notify: Vec<notify::RawTarget>,
 }
 
 impl Config {

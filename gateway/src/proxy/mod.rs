@@ -15,6 +15,8 @@ use crate::{
     config::{Config, Service, ServiceKind},
     guard::{AgentIdentity, Guard, Intercepted},
     intercept::{cgroup, maps::TupleLookup, resolver::Resolved},
+    state::{State, StateError},
+    tokens::TokenRecord,
 };
 
 pub mod http;
@@ -188,6 +190,24 @@ impl Gateway {
                 postgres::serve(self, conn, stream, Arc::new(service)).await
             }
         }
+    }
+}
+
+/// Prepares a token just issued for `service` for its protocol's login:
+/// PostgreSQL stores the token's SCRAM verifier, HTTP needs nothing. With
+/// [`Gateway::handle`]'s match, the one place a protocol is registered.
+///
+/// # Errors
+/// [`StateError`] when Redis fails.
+pub async fn enrol_token(
+    state: &State,
+    service: &Service,
+    token: &str,
+    record: &TokenRecord,
+) -> Result<(), StateError> {
+    match service.kind {
+        ServiceKind::Http(_) => Ok(()),
+        ServiceKind::Postgres(_) => postgres::auth::enrol(state, record, token).await,
     }
 }
 

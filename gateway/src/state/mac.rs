@@ -122,10 +122,11 @@ impl StateKeys {
         ))
     }
 
-    /// The MAC (hex) of the SCRAM verifier `entry` of the token `digest`
-    /// of (`agent`, `service`).
+    /// The MAC (hex) of the `scheme` login verifier `entry` of the token
+    /// `digest` of (`agent`, `service`).
     pub(super) fn verifier_mac(
         &self,
+        scheme: &str,
         agent: &str,
         service: &str,
         digest: &str,
@@ -134,7 +135,7 @@ impl StateKeys {
         Ok(mac(
             self.key("tokens")?,
             &[
-                b"scram",
+                scheme.as_bytes(),
                 agent.as_bytes(),
                 service.as_bytes(),
                 digest.as_bytes(),

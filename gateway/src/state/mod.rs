@@ -25,9 +25,9 @@ use redis::{
 mod approvals;
 mod handle;
 mod mac;
-mod scram;
 mod seen;
 mod tokens;
+mod verifiers;
 
 pub use approvals::{Approval, ApprovalStatus, Decided, APPROVALS_CHANNEL};
 pub use handle::{LiveToken, StateHandle, TokenCheckError};

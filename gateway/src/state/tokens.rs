@@ -105,12 +105,6 @@ impl State {
             .exec_async(&mut self.conn())
             .await
             .map_err(StateError::command("token issue"))?;
-        // PostgreSQL logins authenticate the token by SCRAM: store its
-        // verifier under the (agent, service) salt.
-        let salt = self.scram_salt(agent, service).await?;
-        let verifier = crate::proxy::postgres::scram::verifier(token.as_bytes(), &salt);
-        self.add_scram_verifier(agent, service, &digest, &verifier, record.expires)
-            .await?;
         Ok((token, record))
     }
 
@@ -528,32 +522,42 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_scram_verifier_planted_for_an_issued_token_is_ignored() {
+    async fn a_login_verifier_planted_for_an_issued_token_is_ignored() {
         let (_server, state) = state().await;
-        let (token, _) = state
+        let (token, record) = state
             .issue("ci-bot", "billing-db", Duration::from_secs(600))
             .await
             .unwrap();
         let digest = tokens::digest(&token);
+        state
+            .add_verifier(
+                "scram",
+                "ci-bot",
+                "billing-db",
+                &digest,
+                "aa:bb",
+                record.expires,
+            )
+            .await
+            .unwrap();
+        let listed = state
+            .verifiers("scram", "ci-bot", "billing-db")
+            .await
+            .unwrap();
+        assert_eq!(listed, vec![(digest.clone(), "aa:bb".to_string())]);
+        // Not valid for another scheme, and a planted entry (the attacker's
+        // password's verifier under the issued token's digest) is ignored.
+        assert!(state
+            .verifiers("other", "ci-bot", "billing-db")
+            .await
+            .unwrap()
+            .is_empty());
         let key = "sluice:scram:ci-bot:billing-db";
+        let planted = format!("cc:dd:{}:{}", record.expires, "0".repeat(64));
         let mut conn = state.conn();
-        let issued: String = conn.hget(key, &digest).await.unwrap();
-        let (entry, _) = issued.rsplit_once(':').unwrap();
-        let listed = state.scram_verifiers("ci-bot", "billing-db").await.unwrap();
-        assert_eq!(listed.len(), 1);
-        // The attacker's password's verifier under the issued token's digest.
-        let salt = state.scram_salt("ci-bot", "billing-db").await.unwrap();
-        let v = crate::proxy::postgres::scram::verifier(b"attacker", &salt);
-        let expires = entry.rsplit_once(':').unwrap().1;
-        let planted = format!(
-            "{}:{}:{expires}:{}",
-            hex::encode(v.stored_key),
-            hex::encode(v.server_key),
-            "0".repeat(64)
-        );
         let _: () = conn.hset(key, &digest, planted).await.unwrap();
         assert!(state
-            .scram_verifiers("ci-bot", "billing-db")
+            .verifiers("scram", "ci-bot", "billing-db")
             .await
             .unwrap()
             .is_empty());

@@ -12,7 +12,32 @@ use super::{
     codec::{self, backend, Reader},
     scram::{self, ServerFirst},
 };
-use crate::state::{State, StateError};
+use crate::{
+    state::{State, StateError},
+    tokens::{self, TokenRecord},
+};
+
+/// Stores the SCRAM verifier of a newly issued `token` (of `record`'s agent
+/// and service), so that the agent can log in with it as the password.
+///
+/// # Errors
+/// [`StateError`] when Redis fails.
+pub async fn enrol(state: &State, record: &TokenRecord, token: &str) -> Result<(), StateError> {
+    let (agent, service) = (&record.agent, &record.service);
+    let salt = state.login_salt(scram::SCHEME, agent, service).await?;
+    let verifier = scram::verifier(token.as_bytes(), &salt).to_text();
+    let digest = tokens::digest(token);
+    state
+        .add_verifier(
+            scram::SCHEME,
+            agent,
+            service,
+            &digest,
+            &verifier,
+            record.expires,
+        )
+        .await
+}
 
 /// What the client's SCRAM proof matched.
 pub struct Proof {
@@ -79,7 +104,7 @@ pub async fn prove<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let salt = state.scram_salt(agent, service).await?;
+    let salt = state.login_salt(scram::SCHEME, agent, service).await?;
     backend::auth_sasl(&mut out);
     send(reader, &mut out).await?;
 
@@ -100,7 +125,12 @@ where
     send(reader, &mut out).await?;
 
     let client_final = sasl_message(reader).await?;
-    let candidates = state.scram_verifiers(agent, service).await?;
+    let candidates: Vec<(String, scram::Verifier)> = state
+        .verifiers(scram::SCHEME, agent, service)
+        .await?
+        .into_iter()
+        .filter_map(|(digest, text)| Some((digest, scram::Verifier::from_text(&text)?)))
+        .collect();
     let verifiers: Vec<scram::Verifier> = candidates.iter().map(|(_, v)| v.clone()).collect();
     let matched = first
         .verify(&client_final, &verifiers)

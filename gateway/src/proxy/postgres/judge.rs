@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::relay::{error_bytes, Session};
+use super::session::{error_bytes, Session};
 use super::sql::{PreparedStatements, SessionVerdict};
 use super::tracker::Statement;
 use crate::policy::{statement::SqlPolicy, Decision};

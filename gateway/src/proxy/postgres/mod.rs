@@ -25,6 +25,7 @@ mod judge;
 pub mod mask;
 pub mod relay;
 pub mod scram;
+pub mod session;
 pub mod sql;
 pub mod startup;
 pub mod tracker;
@@ -215,7 +216,7 @@ async fn login_and_relay(
     .await;
     let result = match sent {
         Ok(()) => {
-            let relay = relay::Session {
+            let relay = session::Session {
                 pg: pg.clone(),
                 guard: session.clone(),
                 tracker: tracker::Tracker::default(),
@@ -229,7 +230,7 @@ async fn login_and_relay(
 }
 
 async fn run_relay(
-    session: &relay::Session,
+    session: &session::Session,
     agent: codec::Reader<BoxIo>,
     upstream: codec::Reader<BoxIo>,
 ) -> Result<(), String> {

@@ -19,55 +19,27 @@ use super::{
     codec::{self, backend, CodecError, Message, Reader},
     judge::{bound, judge, Judgement},
     mask::{self, RowPlan},
-    tracker::{Expect, Portal, Statement, SyncAction, Tracker},
+    session::{error_bytes, refusal_bytes, Session},
+    sql::PreparedStatements,
+    tracker::{Expect, Portal, Statement, SyncAction},
 };
-use super::{sql::PreparedStatements, Postgres};
 use crate::{
     guard::{self, Refusal},
     recorder::Event,
 };
 
-/// What both relay tasks share.
-pub struct Session {
-    /// The handler's state (statement cache).
-    pub pg: Arc<Postgres>,
-    /// The guard's session: identity, record, token, rules.
-    pub guard: Arc<guard::Session>,
-    pub tracker: Tracker,
-}
-
-impl Session {
-    /// The masked columns, fixed for the session.
-    fn mask(&self) -> &[String] {
-        &self.guard.service().mask
-    }
-
-    /// Whether the service has deny rules now, or masked columns: then
-    /// what bypasses classification (FunctionCall) is refused.
-    fn guarded(&self) -> bool {
-        let current = self.guard.current();
-        current.sql().is_some_and(|q| !q.deny.is_empty()) || !self.mask().is_empty()
-    }
-
-    /// Records `event`.
-    ///
-    /// # Errors
-    /// [`RelayError::Record`] when the record is closed.
-    pub(super) fn record(&self, event: Event) -> Result<(), RelayError> {
-        self.guard.record(event).map_err(RelayError::Record)
-    }
-}
-
-pub(super) fn error_bytes(sqlstate: &str, message: &str) -> Bytes {
-    let mut out = BytesMut::new();
-    backend::error_response(sqlstate, message, &mut out);
-    out.freeze()
-}
-
 fn fatal_bytes(sqlstate: &str, message: &str) -> Bytes {
     let mut out = BytesMut::new();
     backend::fatal_response(sqlstate, message, &mut out);
     out.freeze()
+}
+
+/// Records `event` in `s`.
+///
+/// # Errors
+/// [`RelayError::Record`] when the record is closed.
+fn note(s: &Session, event: Event) -> Result<(), RelayError> {
+    s.guard.record(event).map_err(RelayError::Record)
 }
 
 /// Errors that end a relay task.
@@ -137,9 +109,12 @@ where
                 let sql = codec::cstr(&mut body, "Query")?;
                 let mut recorded = Ok(());
                 let judged = judge(s, sql, None, &mut prepared, |text| {
-                    recorded = s.record(Event::Query {
-                        sql: text.to_string(),
-                    });
+                    recorded = note(
+                        s,
+                        Event::Query {
+                            sql: text.to_string(),
+                        },
+                    );
                 });
                 recorded?;
                 let refused = match judged.judgement {
@@ -185,7 +160,7 @@ where
                         msg.encode(&mut out);
                     }
                     Judgement::Deny(err) => {
-                        s.record(Event::Query { sql: judged.text })?;
+                        note(s, Event::Query { sql: judged.text })?;
                         s.tracker.push(Expect::Sync(SyncAction::ErrorInstead(err)));
                         postgres_protocol::message::frontend::sync(&mut out);
                         discard_until_sync = true;
@@ -238,9 +213,12 @@ where
                     .get(name)
                     .cloned()
                     .unwrap_or_else(|| Arc::new(Portal::new(Arc::default(), Vec::new())));
-                s.record(Event::Query {
-                    sql: portal.statement.sql.clone(),
-                })?;
+                note(
+                    s,
+                    Event::Query {
+                        sql: portal.statement.sql.clone(),
+                    },
+                )?;
                 if let Some(rule) = &portal.statement.hold {
                     forward(s, &mut upstream, &mut out).await?;
                     if let Some(err) = held(s, rule, &portal.statement.sql, &mut agent).await? {
@@ -287,10 +265,13 @@ where
             }
             b'F' if s.guarded() => {
                 let text = "function calls bypass SQL classification and masking and are refused while the service has deny rules or masked columns";
-                s.record(Event::Denied {
-                    reason: text.into(),
-                    rule: "FUNCTION_CALL".into(),
-                })?;
+                note(
+                    s,
+                    Event::Denied {
+                        reason: text.into(),
+                        rule: "FUNCTION_CALL".into(),
+                    },
+                )?;
                 s.tracker
                     .push(Expect::Sync(SyncAction::ErrorThenForward(error_bytes(
                         "42501", text,
@@ -341,14 +322,6 @@ async fn held<R: AsyncRead + Unpin>(
         outcome = s.guard.hold(rule, sql) => Ok(outcome.err().map(|refused| refusal_bytes(&refused))),
         gone = agent.closed() => Err(gone.into()),
     }
-}
-
-/// The ErrorResponse for a refused statement.
-pub(super) fn refusal_bytes(refused: &Refusal) -> Bytes {
-    error_bytes(
-        super::sqlstate(&refused.kind),
-        &format!("Sluice: {}", refused.message),
-    )
 }
 
 /// Parses a `Bind` body: (portal, statement, result-format codes). Parameter
@@ -470,10 +443,13 @@ where
                 current = None;
                 if masked_count > 0 {
                     let fields = std::mem::take(&mut masked_names);
-                    s.record(Event::Masked {
-                        fields,
-                        count: masked_count,
-                    })?;
+                    note(
+                        s,
+                        Event::Masked {
+                            fields,
+                            count: masked_count,
+                        },
+                    )?;
                     masked_count = 0;
                 }
                 msg.encode(&mut out);

@@ -18,12 +18,36 @@ use subtle::ConstantTimeEq;
 /// PBKDF2 iteration count clients run (PostgreSQL's default).
 pub const ITERATIONS: u32 = 4096;
 
+/// The login-verifier scheme (see [`crate::state`]'s verifier store) under
+/// which SCRAM salts and verifiers are kept.
+pub const SCHEME: &str = "scram";
+
 /// A token's SCRAM verifier (RFC 5802 §3): `StoredKey = H(ClientKey)`,
 /// `ServerKey = HMAC(SaltedPassword, "Server Key")`, 32 bytes each.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Verifier {
     pub stored_key: [u8; 32],
     pub server_key: [u8; 32],
+}
+
+impl Verifier {
+    /// The stored form: `<StoredKey hex>:<ServerKey hex>`.
+    pub fn to_text(&self) -> String {
+        format!(
+            "{}:{}",
+            hex::encode(self.stored_key),
+            hex::encode(self.server_key)
+        )
+    }
+
+    /// Reads [`Verifier::to_text`]'s form; `None` when damaged.
+    pub fn from_text(text: &str) -> Option<Self> {
+        let (stored, server) = text.split_once(':')?;
+        Some(Verifier {
+            stored_key: hex::decode(stored).ok()?.try_into().ok()?,
+            server_key: hex::decode(server).ok()?.try_into().ok()?,
+        })
+    }
 }
 
 impl std::fmt::Debug for Verifier {

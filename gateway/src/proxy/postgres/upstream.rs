@@ -11,8 +11,9 @@ use rustls::pki_types::ServerName;
 use tokio::{io::AsyncWriteExt, net::TcpStream};
 use tokio_rustls::TlsConnector;
 
+pub use super::upstream_auth::UpstreamError;
 use super::{
-    codec::{CodecError, Message, Reader},
+    codec::{Message, Reader},
     startup::StartupMessage,
     upstream_auth::{Auth, Channel, Login},
     BoxIo,
@@ -37,42 +38,6 @@ pub struct Upstream {
     pub parameter_status: Vec<Message>,
     /// Transaction status of the first `ReadyForQuery`.
     pub tx_status: u8,
-}
-
-/// Why the upstream login failed; the agent gets the SQLSTATE shown.
-#[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
-    #[error("could not connect to upstream {0}")]
-    Unreachable(String),
-    #[error("upstream TLS: {0}")]
-    Tls(String),
-    /// The server's own ErrorResponse (SQLSTATE, message).
-    #[error("upstream refused the login: {1}")]
-    Server(String, String),
-    #[error("upstream protocol error: {0}")]
-    Protocol(String),
-    /// Sluice will not answer the server's authentication request (a
-    /// password without verified TLS); the message says why.
-    #[error("{0}")]
-    Refused(String),
-}
-
-impl UpstreamError {
-    /// The SQLSTATE to send the agent.
-    pub fn sqlstate(&self) -> &str {
-        match self {
-            UpstreamError::Server(code, _) => code,
-            UpstreamError::Protocol(_) => "08P01",
-            UpstreamError::Refused(_) => "28000",
-            _ => "08006",
-        }
-    }
-}
-
-impl From<CodecError> for UpstreamError {
-    fn from(e: CodecError) -> Self {
-        UpstreamError::Protocol(e.to_string())
-    }
 }
 
 /// Connects and logs in as `credential.user` with `secret`, forwarding the

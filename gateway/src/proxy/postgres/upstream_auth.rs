@@ -16,7 +16,43 @@ use postgres_protocol::{
 };
 use sha2::{Digest, Sha256, Sha384, Sha512};
 
-use super::upstream::UpstreamError;
+use super::codec::CodecError;
+
+/// Why the upstream login failed; the agent gets the SQLSTATE shown.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("could not connect to upstream {0}")]
+    Unreachable(String),
+    #[error("upstream TLS: {0}")]
+    Tls(String),
+    /// The server's own ErrorResponse (SQLSTATE, message).
+    #[error("upstream refused the login: {1}")]
+    Server(String, String),
+    #[error("upstream protocol error: {0}")]
+    Protocol(String),
+    /// Sluice will not answer the server's authentication request (a
+    /// password without verified TLS); the message says why.
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl UpstreamError {
+    /// The SQLSTATE to send the agent.
+    pub fn sqlstate(&self) -> &str {
+        match self {
+            UpstreamError::Server(code, _) => code,
+            UpstreamError::Protocol(_) => "08P01",
+            UpstreamError::Refused(_) => "28000",
+            _ => "08006",
+        }
+    }
+}
+
+impl From<CodecError> for UpstreamError {
+    fn from(e: CodecError) -> Self {
+        UpstreamError::Protocol(e.to_string())
+    }
+}
 
 /// What the connection to the upstream proved about the server.
 pub enum Channel {
