@@ -221,8 +221,7 @@ async fn admit(
 }
 
 /// Credential and upstream: swaps the token for the real secret, sends the
-/// request to the service's verified upstream and relays the response,
-/// masked or scanned as the service says.
+/// request to the service's verified upstream and relays the response.
 async fn forward(
     ctx: &Arc<ConnCtx>,
     session: &Session,
@@ -232,8 +231,6 @@ async fn forward(
     found: FoundToken,
     allowed: Allowed,
 ) -> Response<ProxyBody> {
-    let service = routed.service();
-    let sid = Some(session.id());
     let Pending {
         mut parts,
         body,
@@ -241,21 +238,10 @@ async fn forward(
     } = request;
     let method = parts.method.as_str().to_string();
     let path = operation::lenient(parts.uri.path());
-    let secret = match session.credential() {
-        Ok(secret) => secret,
-        Err(r) => return refused(&r, sid),
+    let echo = match swap(session, routed.service(), http, &mut parts, &found) {
+        Ok(echo) => echo,
+        Err(response) => return response,
     };
-    let swapped = credential::inject(&mut parts, &found, &http.inject, secret.expose());
-    // Kept only when the response must be scanned for reflections of it.
-    let echo: Option<Secret> = http.echo_guard.then(|| secret.clone());
-    drop(secret);
-    if let Err(e) = swapped {
-        return error(session, StatusCode::BAD_GATEWAY, &e.to_string());
-    }
-    if let Err(e) = upstream::retarget(&mut parts, service) {
-        let msg = format!("cannot build the upstream request: {e}");
-        return error(session, StatusCode::BAD_GATEWAY, &msg);
-    }
     let (agent_upgrade, upgrade_value) = match upgrading {
         Some((on, value)) => (Some(on), Some(value)),
         None => (None, None),
@@ -263,69 +249,138 @@ async fn forward(
     if let Some(value) = upgrade_value {
         upgrade::restore_request_headers(&mut parts.headers, value);
     }
-    let Some(client) = routed.snap.http.get(routed.idx, agent_upgrade.is_some()) else {
-        return error(
-            session,
-            StatusCode::BAD_GATEWAY,
-            "no HTTP client for service",
-        );
-    };
     let masked = allowed == Allowed::Masked;
     if masked || echo.is_some() {
         // Masking and echo_guard read the body as sent: ask for no content coding.
         parts.headers.remove(header::ACCEPT_ENCODING);
     }
-    if let Err(r) = session.opened().await {
-        return refused(&r, sid);
+    let sent = Request::from_parts(parts, body);
+    let upgrade = agent_upgrade.is_some();
+    let resp = match send(ctx, session, routed, sent, upgrade, &method, &path).await {
+        Ok(resp) => resp,
+        Err(response) => return response,
+    };
+    let answer = Answer {
+        method,
+        path,
+        agent_upgrade,
+        echo,
+        masked,
+    };
+    respond_upstream(ctx, session, routed, resp, answer).await
+}
+
+/// Credential: takes the secret from the vault and puts it where the
+/// service says, then re-targets the request at the service's origin.
+/// Returns the secret when echo_guard must scan the response for it.
+fn swap(
+    session: &Session,
+    service: &crate::config::Service,
+    http: &HttpService,
+    parts: &mut hyper::http::request::Parts,
+    found: &FoundToken,
+) -> Result<Option<Secret>, Response<ProxyBody>> {
+    let secret = session
+        .credential()
+        .map_err(|r| refused(&r, Some(session.id())))?;
+    let swapped = credential::inject(parts, found, &http.inject, secret.expose());
+    let echo = http.echo_guard.then(|| secret.clone());
+    drop(secret);
+    if let Err(e) = swapped {
+        return Err(error(session, StatusCode::BAD_GATEWAY, &e.to_string()));
     }
-    let gateway_cfg = &routed.snap.cfg.gateway;
+    if let Err(e) = upstream::retarget(parts, service) {
+        let msg = format!("cannot build the upstream request: {e}");
+        return Err(error(session, StatusCode::BAD_GATEWAY, &msg));
+    }
+    Ok(echo)
+}
+
+/// Sends `request` upstream once the session's first lines are written,
+/// within `gateway.upstream_timeout`; a failure is recorded as the
+/// request's `request` line (502/504) and an error.
+async fn send(
+    ctx: &ConnCtx,
+    session: &Session,
+    routed: &Routed,
+    request: Request<ProxyBody>,
+    upgrade: bool,
+    method: &str,
+    path: &str,
+) -> Result<Response<hyper::body::Incoming>, Response<ProxyBody>> {
+    let service = routed.service();
+    let Some(client) = routed.snap.http.get(routed.idx, upgrade) else {
+        return Err(error(
+            session,
+            StatusCode::BAD_GATEWAY,
+            "no HTTP client for service",
+        ));
+    };
+    session
+        .opened()
+        .await
+        .map_err(|r| refused(&r, Some(session.id())))?;
+    let failed = |status: StatusCode, msg: &str| {
+        let _ = session.record(Event::Request {
+            method: method.to_string(),
+            path: path.to_string(),
+            status: status.as_u16(),
+        });
+        error(session, status, msg)
+    };
     let sent = std::time::Instant::now();
-    let timeout = gateway_cfg.upstream_timeout;
-    let response =
-        match tokio::time::timeout(timeout, client.request(Request::from_parts(parts, body))).await
-        {
-            Ok(r) => r,
-            Err(_) => {
-                let msg = format!(
-                    "upstream {}:{} sent no response within {} s (gateway.upstream_timeout)",
-                    service.host,
-                    service.port,
-                    timeout.as_secs()
-                );
-                let _ = session.record(Event::Request {
-                    method,
-                    path,
-                    status: 504,
-                });
-                return error(session, StatusCode::GATEWAY_TIMEOUT, &msg);
-            }
-        };
+    let timeout = routed.snap.cfg.gateway.upstream_timeout;
+    let response = match tokio::time::timeout(timeout, client.request(request)).await {
+        Ok(r) => r,
+        Err(_) => {
+            let msg = format!(
+                "upstream {}:{} sent no response within {} s (gateway.upstream_timeout)",
+                service.host,
+                service.port,
+                timeout.as_secs()
+            );
+            return Err(failed(StatusCode::GATEWAY_TIMEOUT, &msg));
+        }
+    };
     ctx.gw
         .guard
         .metrics
         .upstream_latency(&service.name, sent.elapsed());
-    let mut resp = match response {
-        Ok(resp) => resp,
-        Err(e) => {
-            let msg = format!(
-                "upstream {}:{} unreachable: {}",
-                service.host,
-                service.port,
-                error_chain(&e)
-            );
-            warn!(service = %service.name, "{msg}");
-            let _ = session.record(Event::Request {
-                method,
-                path,
-                status: 502,
-            });
-            return error(session, StatusCode::BAD_GATEWAY, &msg);
-        }
-    };
+    response.map_err(|e| {
+        let msg = format!(
+            "upstream {}:{} unreachable: {}",
+            service.host,
+            service.port,
+            error_chain(&e)
+        );
+        warn!(service = %service.name, "{msg}");
+        failed(StatusCode::BAD_GATEWAY, &msg)
+    })
+}
+
+/// What the response relay needs to know of its request.
+struct Answer {
+    method: String,
+    path: String,
+    agent_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    /// The secret, when echo_guard scans the response for it.
+    echo: Option<Secret>,
+    masked: bool,
+}
+
+/// Relays the upstream's response: a WebSocket switch, hop-by-hop headers
+/// stripped, echo_guard's scan, the `request` line, masking.
+async fn respond_upstream(
+    ctx: &Arc<ConnCtx>,
+    session: &Session,
+    routed: &Routed,
+    mut resp: Response<hyper::body::Incoming>,
+    answer: Answer,
+) -> Response<ProxyBody> {
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     let upstream_upgrade = resp.headers().get(header::UPGRADE).cloned();
     let to_websocket = upstream_upgrade.as_ref().is_some_and(upgrade::is_websocket);
-    match agent_upgrade {
+    match answer.agent_upgrade {
         Some(agent) if switching && to_websocket => upgrade::relay(ctx.clone(), agent, &mut resp),
         _ if switching => {
             let msg = "upstream switched to a protocol the agent did not ask for";
@@ -339,7 +394,7 @@ async fn forward(
         upgrade::restore_response_headers(&mut rparts.headers, upstream_upgrade);
     }
     let mut rbody = rbody.boxed();
-    if let Some(secret) = &echo {
+    if let Some(secret) = &answer.echo {
         let coding = rparts
             .headers
             .get(header::CONTENT_ENCODING)
@@ -355,21 +410,22 @@ async fn forward(
         echo_guard::redact_headers(&mut rparts.headers, &redactor);
         rbody = EchoGuard::wrap(rbody, redactor);
     }
+    let status = rparts.status.as_u16();
     let _ = session.record(Event::Request {
-        method,
-        path,
-        status: rparts.status.as_u16(),
+        method: answer.method,
+        path: answer.path,
+        status,
     });
     if switching {
         // The relay records the `response` line when it ends.
         return Response::from_parts(rparts, rbody);
     }
-    let status = rparts.status.as_u16();
-    if !masked {
+    if !answer.masked {
         return Response::from_parts(rparts, Counted::wrap(rbody, ctx.clone(), status));
     }
-    let limit = gateway_cfg.json_mask_max_bytes;
-    match mask_body(session, &service.mask, limit, &rparts.headers, rbody).await {
+    let limit = routed.snap.cfg.gateway.json_mask_max_bytes;
+    let mask = &routed.service().mask;
+    match mask_body(session, mask, limit, &rparts.headers, rbody).await {
         Ok(body) => {
             rparts.headers.remove(header::CONTENT_LENGTH);
             Response::from_parts(rparts, Counted::wrap(body, ctx.clone(), status))

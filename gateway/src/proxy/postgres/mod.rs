@@ -21,6 +21,7 @@ use crate::{
 pub mod auth;
 pub mod cancel;
 pub mod codec;
+mod frontend;
 mod judge;
 pub mod mask;
 pub mod relay;
@@ -239,7 +240,7 @@ async fn run_relay(
     let (agent_r, mut agent_w) = tokio::io::split(agent_io);
     let (up_r, mut up_w) = tokio::io::split(up_io);
     let result = {
-        let front = relay::frontend(
+        let front = frontend::frontend(
             session,
             codec::Reader::new(agent_r, agent_buf).with_limit(codec::MAX_FRONTEND_MESSAGE),
             &mut up_w,
