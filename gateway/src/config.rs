@@ -159,6 +159,14 @@ pub struct Agent {
     /// made outside the cgroup out of the agent's reach (README security notes).
     #[serde(default)]
     pub user: Option<String>,
+    /// `redirect = "ADDR:PORT"`: an address of this host that the agent's
+    /// containers (other network namespaces, below its cgroup) can reach,
+    /// such as a bridge address. Sluice listens there too, and connections
+    /// from another network namespace go there; without it they are
+    /// refused (DESIGN.md §8). Connections from Sluice's own namespace keep
+    /// using `gateway.listen`.
+    #[serde(default)]
+    pub redirect: Option<std::net::SocketAddr>,
 }
 
 /// `protocol = …`.
@@ -389,6 +397,14 @@ impl Config {
                         .into(),
                 ));
             }
+            if let Some(to) = a.redirect {
+                if to.port() == 0 || to.ip().is_unspecified() || to.ip().is_loopback() {
+                    return Err(err(
+                        &format!("{key}.redirect"),
+                        "must be an address and port of this host that containers reach (not loopback, not 0.0.0.0, not port 0)".into(),
+                    ));
+                }
+            }
         }
         let mut services = Vec::new();
         let mut names = std::collections::HashSet::new();
@@ -530,6 +546,15 @@ impl Config {
             services,
             notify,
         })
+    }
+
+    /// The distinct `redirect` addresses of all agents, sorted: one extra
+    /// listener each.
+    pub fn redirect_addrs(&self) -> Vec<std::net::SocketAddr> {
+        let mut addrs: Vec<_> = self.agents.iter().filter_map(|a| a.redirect).collect();
+        addrs.sort();
+        addrs.dedup();
+        addrs
     }
 
     /// The agent named `name`.

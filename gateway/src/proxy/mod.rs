@@ -36,6 +36,12 @@ pub struct AgentIdentity {
     pub uid: u32,
     /// Its cgroup v2 id.
     pub cgroup_id: u64,
+    /// That cgroup's path below the cgroup2 mount (`/sluice/ci/ctr-1`): the
+    /// agent cgroup or a container's cgroup below it (DESIGN.md §8).
+    pub cgroup: String,
+    /// Cookie of the network namespace the connection was made in; not
+    /// Sluice's own for a container.
+    pub netns_cookie: u64,
 }
 
 /// An accepted, intercepted connection before any protocol is spoken.
@@ -53,6 +59,8 @@ pub struct AgentTable {
     names: Vec<String>,
     dirs: Vec<PathBuf>,
     ids: Vec<u64>,
+    /// The cgroup2 mount, which cgroup paths are given relative to.
+    mount: PathBuf,
     /// Descendant cgroup → agent, for this table's agents only.
     owners: cgroup::OwnerCache,
 }
@@ -76,18 +84,23 @@ impl AgentTable {
             names: cfg.agents.iter().map(|a| a.name.clone()).collect(),
             dirs,
             ids,
+            mount: mount.to_path_buf(),
             owners: cgroup::OwnerCache::default(),
         })
     }
 
-    /// The agent whose cgroup is `cgroup_id` or an ancestor of it.
-    pub fn by_cgroup(&self, cgroup_id: u64) -> Option<&str> {
-        if let Some(i) = self.ids.iter().position(|id| *id == cgroup_id) {
-            return Some(&self.names[i]);
-        }
-        self.owners
-            .owner_of(&self.dirs, cgroup_id)
-            .map(|i| self.names[i].as_str())
+    /// The agent whose cgroup is `cgroup_id` or an ancestor of it, and the
+    /// path of cgroup `cgroup_id` below the cgroup2 mount.
+    pub fn by_cgroup(&self, cgroup_id: u64) -> Option<(&str, String)> {
+        let (agent, dir) = match self.ids.iter().position(|id| *id == cgroup_id) {
+            Some(i) => (i, self.dirs[i].clone()),
+            None => {
+                let owner = self.owners.owner_of(&self.dirs, cgroup_id)?;
+                (owner.root, owner.dir)
+            }
+        };
+        let rel = dir.strip_prefix(&self.mount).unwrap_or(&dir);
+        Some((&self.names[agent], format!("/{}", rel.display())))
     }
 }
 
@@ -214,7 +227,7 @@ impl Gateway {
             return;
         };
         let snap = self.snapshot();
-        let Some(agent) = snap.agents.by_cgroup(odst.cgroup_id) else {
+        let Some((agent, cgroup)) = snap.agents.by_cgroup(odst.cgroup_id) else {
             warn!(%peer, cgroup_id = odst.cgroup_id, "connection from a cgroup that is no configured agent; closing");
             return;
         };
@@ -225,6 +238,8 @@ impl Gateway {
                 pid: odst.pid,
                 uid: odst.uid,
                 cgroup_id: odst.cgroup_id,
+                cgroup,
+                netns_cookie: odst.netns_cookie,
             },
             original_dst,
             peer,

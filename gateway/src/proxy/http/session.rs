@@ -154,6 +154,8 @@ impl ConnCtx {
                     },
                     original_dst: self.conn.original_dst.to_string(),
                     peer: self.conn.peer.to_string(),
+                    cgroup: id.cgroup.clone(),
+                    netns_cookie: id.netns_cookie,
                 };
                 rec.record(open)
                     .map_err(|e| warn!(error = %e, "cannot queue the session record"))

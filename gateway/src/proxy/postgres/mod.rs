@@ -98,6 +98,8 @@ pub async fn serve(
         },
         original_dst: conn.original_dst.to_string(),
         peer: conn.peer.to_string(),
+        cgroup: id.cgroup.clone(),
+        netns_cookie: id.netns_cookie,
     };
     let opened = match gw.recorder.start(meta) {
         Ok(r) => match r.record(open) {
