@@ -25,6 +25,7 @@
 pub mod approvals;
 pub mod ca;
 pub mod cgroup;
+pub mod container;
 pub mod echo_upstream;
 pub mod postgres;
 pub mod process;
