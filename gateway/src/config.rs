@@ -649,6 +649,25 @@ deny = [{ method = "DELETE", path = "/v1/customers/*" }]
     }
 
     #[test]
+    fn agent_redirects_are_host_addresses_listened_on_once() {
+        let cfg = parse(
+            "[[agent]]\nname='a'\ncgroup='x/a'\nredirect='10.200.0.1:15001'\n\
+             [[agent]]\nname='b'\ncgroup='x/b'\nredirect='10.200.0.1:15001'\n\
+             [[agent]]\nname='c'\ncgroup='x/c'\n",
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.redirect_addrs(),
+            vec!["10.200.0.1:15001".parse().unwrap()]
+        );
+        for bad in ["127.0.0.1:15001", "0.0.0.0:15001", "10.200.0.1:0"] {
+            let e = parse(&format!("[[agent]]\nname='a'\ncgroup='x'\nredirect='{bad}'\n"))
+                .unwrap_err();
+            assert_eq!(e.key, "agent[0].redirect", "{bad}");
+        }
+    }
+
+    #[test]
     fn root_cgroup_is_refused() {
         let e = parse("[[agent]]\nname='a'\ncgroup='/'\n").unwrap_err();
         assert_eq!(e.key, "agent[0].cgroup");
