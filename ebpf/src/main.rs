@@ -205,7 +205,11 @@ fn landing(ctx: &SockAddrContext, gw: &GatewayConfig, v4: bool) -> Option<([u8; 
         if gw.listen_port == 0 {
             return None;
         }
-        let addr = if v4 { v4_mapped(gw.listen4) } else { gw.listen6 };
+        let addr = if v4 {
+            v4_mapped(gw.listen4)
+        } else {
+            gw.listen6
+        };
         return Some((addr, gw.listen_port, netns));
     }
     let r = agent_redirect()?;

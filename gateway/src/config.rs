@@ -661,8 +661,10 @@ deny = [{ method = "DELETE", path = "/v1/customers/*" }]
             vec!["10.200.0.1:15001".parse().unwrap()]
         );
         for bad in ["127.0.0.1:15001", "0.0.0.0:15001", "10.200.0.1:0"] {
-            let e = parse(&format!("[[agent]]\nname='a'\ncgroup='x'\nredirect='{bad}'\n"))
-                .unwrap_err();
+            let e = parse(&format!(
+                "[[agent]]\nname='a'\ncgroup='x'\nredirect='{bad}'\n"
+            ))
+            .unwrap_err();
             assert_eq!(e.key, "agent[0].redirect", "{bad}");
         }
     }

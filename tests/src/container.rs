@@ -16,7 +16,7 @@ use std::{
     net::Ipv4Addr,
     path::{Path, PathBuf},
     process::{Command, Output},
-    sync::atomic::{AtomicU8, AtomicU32, Ordering},
+    sync::atomic::{AtomicU32, AtomicU8, Ordering},
     time::Duration,
 };
 
@@ -28,11 +28,8 @@ use crate::{cgroup, process, Sluice};
 const RUN_TIMEOUT: Duration = Duration::from_secs(40);
 
 fn ip(args: &[&str]) -> Result<()> {
-    let out = process::output_with_timeout(
-        Command::new("ip").args(args),
-        None,
-        Duration::from_secs(10),
-    )?;
+    let out =
+        process::output_with_timeout(Command::new("ip").args(args), None, Duration::from_secs(10))?;
     if !out.status.success() {
         bail!(
             "ip {}: {}",
@@ -55,9 +52,11 @@ impl Bridge {
     /// Creates the bridge on a /24 of `10.213.0.0/16` that no route of the
     /// host covers yet.
     pub fn create() -> Result<Bridge> {
+        // Tests of one process start apart; the route check covers others.
+        static NEXT: AtomicU8 = AtomicU8::new(0);
         let routes = Command::new("ip").args(["-4", "route", "show"]).output()?;
         let routes = String::from_utf8_lossy(&routes.stdout).into_owned();
-        let start = std::process::id() as u8;
+        let start = (std::process::id() as u8).wrapping_add(NEXT.fetch_add(37, Ordering::Relaxed));
         let third = (0..=255u8)
             .map(|i| start.wrapping_add(i))
             .find(|n| !routes.contains(&format!("10.213.{n}.")))
@@ -68,7 +67,13 @@ impl Bridge {
             next_host: AtomicU8::new(2),
         };
         ip(&["link", "add", &bridge.name, "type", "bridge"])?;
-        ip(&["addr", "add", &format!("{}/24", bridge.addr), "dev", &bridge.name])?;
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", bridge.addr),
+            "dev",
+            &bridge.name,
+        ])?;
         ip(&["link", "set", &bridge.name, "up"])?;
         Ok(bridge)
     }
@@ -86,15 +91,40 @@ impl Bridge {
         };
         let peer = format!("slvc{tag}");
         ip(&["netns", "add", &ns.name])?;
-        ip(&["link", "add", &ns.host_veth, "type", "veth", "peer", "name", &peer])?;
+        ip(&[
+            "link",
+            "add",
+            &ns.host_veth,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &peer,
+        ])?;
         ip(&["link", "set", &peer, "netns", &ns.name])?;
         ip(&["link", "set", &ns.host_veth, "master", &self.name, "up"])?;
         let n = ns.name.as_str();
         ip(&["-n", n, "link", "set", &peer, "name", "eth0"])?;
-        ip(&["-n", n, "addr", "add", &format!("{}/24", ns.addr), "dev", "eth0"])?;
+        ip(&[
+            "-n",
+            n,
+            "addr",
+            "add",
+            &format!("{}/24", ns.addr),
+            "dev",
+            "eth0",
+        ])?;
         ip(&["-n", n, "link", "set", "eth0", "up"])?;
         ip(&["-n", n, "link", "set", "lo", "up"])?;
-        ip(&["-n", n, "route", "add", "default", "via", &self.addr.to_string()])?;
+        ip(&[
+            "-n",
+            n,
+            "route",
+            "add",
+            "default",
+            "via",
+            &self.addr.to_string(),
+        ])?;
         Ok(ns)
     }
 }
@@ -176,7 +206,10 @@ impl Container {
         config["root"] = serde_json::json!({ "path": rootfs, "readonly": true });
         config["hostname"] = name.into();
         config["linux"]["cgroupsPath"] = format!("/{cgroup_rel}").into();
-        for ns in config["linux"]["namespaces"].as_array_mut().expect("namespaces") {
+        for ns in config["linux"]["namespaces"]
+            .as_array_mut()
+            .expect("namespaces")
+        {
             if ns["type"] == "network" {
                 ns["path"] = netns.path().to_str().expect("utf-8").into();
             }
@@ -225,13 +258,23 @@ impl Container {
         let mut config = self.config.clone();
         config["process"]["terminal"] = false.into();
         config["process"]["args"] = argv.into();
-        let mut vars = vec!["PATH=/usr/local/bin:/usr/bin:/usr/sbin".to_string(), "HOME=/tmp".into()];
+        let mut vars = vec![
+            "PATH=/usr/local/bin:/usr/bin:/usr/sbin".to_string(),
+            "HOME=/tmp".into(),
+        ];
         vars.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
         config["process"]["env"] = vars.into();
-        std::fs::write(bundle.join("config.json"), serde_json::to_vec_pretty(&config)?)?;
+        std::fs::write(
+            bundle.join("config.json"),
+            serde_json::to_vec_pretty(&config)?,
+        )?;
         let state = self.dir.path().join("runc-state");
         let mut cmd = Command::new("runc");
-        cmd.arg("--root").arg(&state).args(["run", "--bundle"]).arg(&bundle).arg(&id);
+        cmd.arg("--root")
+            .arg(&state)
+            .args(["run", "--bundle"])
+            .arg(&bundle)
+            .arg(&id);
         let out = process::output_with_timeout(&mut cmd, None, RUN_TIMEOUT);
         // Gone after a normal exit; forced after a timeout.
         let _ = Command::new("runc")
@@ -288,8 +331,15 @@ pub fn leftovers(names: &[&str], cgroup_rel: &str) -> Vec<String> {
             }
         }
     }
-    for (what, args) in [("netns", vec!["netns", "list"]), ("link", vec!["-o", "link", "show"])] {
-        let out = Command::new("ip").args(&args).output().map(|o| o.stdout).unwrap_or_default();
+    for (what, args) in [
+        ("netns", vec!["netns", "list"]),
+        ("link", vec!["-o", "link", "show"]),
+    ] {
+        let out = Command::new("ip")
+            .args(&args)
+            .output()
+            .map(|o| o.stdout)
+            .unwrap_or_default();
         let text = String::from_utf8_lossy(&out);
         for n in names {
             if text.contains(n) {

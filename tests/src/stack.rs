@@ -464,7 +464,6 @@ except OSError as e:
     print(errno.errorcode.get(e.errno, str(e)))
 "#;
 
-
 /// Upstream addresses: 127.0.0.2 – 127.0.0.254, spread over tests.
 pub fn next_upstream_ip() -> IpAddr {
     static NEXT: AtomicU32 = AtomicU32::new(0);

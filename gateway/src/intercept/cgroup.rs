@@ -114,9 +114,10 @@ pub struct Owner {
 /// Finds which of `roots` contains the cgroup with id `target` (the root
 /// itself or any descendant).
 pub fn owner_of(roots: &[PathBuf], target: u64) -> Option<Owner> {
-    roots.iter().enumerate().find_map(|(root, dir)| {
-        find_id(dir, target, 0).map(|dir| Owner { root, dir })
-    })
+    roots
+        .iter()
+        .enumerate()
+        .find_map(|(root, dir)| find_id(dir, target, 0).map(|dir| Owner { root, dir }))
 }
 
 /// How many cgroup ids an [`OwnerCache`] remembers before it starts over.

@@ -14,8 +14,8 @@ use aya::{
     Ebpf,
 };
 use sluice_common::{
-    map_names, v4_mapped, EgressKey, FourTuple, GatewayConfig, OriginalDst, Redirect,
-    ServiceKey, EGRESS_PORT_BITS, PORT_RULE_REDIRECT,
+    map_names, v4_mapped, EgressKey, FourTuple, GatewayConfig, OriginalDst, Redirect, ServiceKey,
+    EGRESS_PORT_BITS, PORT_RULE_REDIRECT,
 };
 
 use super::programs::InterceptError;

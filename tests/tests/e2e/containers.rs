@@ -102,9 +102,19 @@ fn curl_in(w: &World, c: &Container, token: &str) -> (i32, u16, String) {
             &w.stack.sluice,
             &[],
             &[
-                "curl", "-sS", "--max-time", "15", "--cacert", CA_IN_CONTAINER, "-H",
-                &bearer(token), "-o", "/dev/null", "-w",
-                &format!("{MARK} %{{http_code}} %{{remote_ip}}"), &url,
+                "curl",
+                "-sS",
+                "--max-time",
+                "15",
+                "--cacert",
+                CA_IN_CONTAINER,
+                "-H",
+                &bearer(token),
+                "-o",
+                "/dev/null",
+                "-w",
+                &format!("{MARK} %{{http_code}} %{{remote_ip}}"),
+                &url,
             ],
         )
         .unwrap();
@@ -128,7 +138,13 @@ fn probe(w: &World, c: &Container, script: &str, to: SocketAddr) -> String {
         .run(
             &w.stack.sluice,
             &[],
-            &["python3", "-c", script, &to.ip().to_string(), &to.port().to_string()],
+            &[
+                "python3",
+                "-c",
+                script,
+                &to.ip().to_string(),
+                &to.port().to_string(),
+            ],
         )
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
@@ -151,7 +167,11 @@ fn agents_in_containers_reach_their_services_by_name_and_nothing_else() {
     // the service's address, not the bridge.
     let (exit, status, remote_ip) = curl_in(&w, &w.a, &token);
     assert_eq!((exit, status), (0, 200), "curl in the container");
-    assert_eq!(remote_ip, up.addr().ip().to_string(), "getpeername in the container");
+    assert_eq!(
+        remote_ip,
+        up.addr().ip().to_string(),
+        "getpeername in the container"
+    );
     let got = up.wait_for(1, WAIT).unwrap().pop().unwrap();
     assert_eq!(
         got.header("authorization"),
@@ -193,12 +213,20 @@ fn agents_in_containers_reach_their_services_by_name_and_nothing_else() {
         "host={DB_HOST} port={} user=agent dbname=billing password={db_token} sslmode=disable connect_timeout=20",
         pg.port()
     );
-    let out = w
-        .a
-        .run(
+    let out =
+        w.a.run(
             &stack.sluice,
             &[],
-            &["psql", "-X", "-w", "-At", "-d", &conninfo, "-c", "select 40 + 2"],
+            &[
+                "psql",
+                "-X",
+                "-w",
+                "-At",
+                "-d",
+                &conninfo,
+                "-c",
+                "select 40 + 2",
+            ],
         )
         .unwrap();
     assert_eq!(
@@ -237,7 +265,10 @@ fn agents_in_containers_reach_their_services_by_name_and_nothing_else() {
     bridge_port.set_nonblocking(true).unwrap();
     let other_ctr = SocketAddr::new(w.b.netns.addr.into(), 8080);
     for (what, to) in [
-        ("a non-service port on the bridge address", bridge_port.local_addr().unwrap()),
+        (
+            "a non-service port on the bridge address",
+            bridge_port.local_addr().unwrap(),
+        ),
         ("the other container", other_ctr),
         ("the Redis server", stack.redis.addr()),
         ("the redirect address, dialled directly", w.redirect),
@@ -245,7 +276,10 @@ fn agents_in_containers_reach_their_services_by_name_and_nothing_else() {
         let got = probe(&w, &w.a, TCP_CONNECT_PROBE, to);
         assert_eq!(got, "EPERM", "container connect to {what} ({to})");
     }
-    assert!(bridge_port.accept().is_err(), "the bridge port saw the container");
+    assert!(
+        bridge_port.accept().is_err(),
+        "the bridge port saw the container"
+    );
 
     // The container's DNS server, allowed through egress_allow; any other
     // UDP port is refused.
@@ -255,7 +289,10 @@ fn agents_in_containers_reach_their_services_by_name_and_nothing_else() {
     assert_eq!(probe(&w, &w.a, UDP_PROBE, to), "sent");
     let mut buf = [0u8; 16];
     let (n, from) = dns.recv_from(&mut buf).expect("the datagram arrives");
-    assert_eq!((&buf[..n], from.ip()), (&b"probe"[..], w.a.netns.addr.into()));
+    assert_eq!(
+        (&buf[..n], from.ip()),
+        (&b"probe"[..], w.a.netns.addr.into())
+    );
     let no_dns = SocketAddr::new(w.bridge.addr.into(), 54);
     assert_eq!(probe(&w, &w.a, UDP_PROBE, no_dns), "EPERM");
 
@@ -292,13 +329,21 @@ fn with_sluice_killed_containers_are_refused_and_nothing_is_left_behind() {
     // The pinned programs still redirect to the (now closed) redirect
     // address: refused (curl exit 7), never sent upstream directly.
     let (exit, status, _) = curl_in(&w, &w.a, &token);
-    assert_eq!((exit, status), (7, 0), "curl in the container with Sluice down");
+    assert_eq!(
+        (exit, status),
+        (7, 0),
+        "curl in the container with Sluice down"
+    );
     assert_eq!(
         probe(&w, &w.a, TCP_CONNECT_PROBE, w.stack.postgres(DB).addr()),
         "ECONNREFUSED",
         "PostgreSQL with Sluice down"
     );
-    assert_eq!(w.stack.upstream(API).count(), served, "nothing reached the upstream");
+    assert_eq!(
+        w.stack.upstream(API).count(),
+        served,
+        "nothing reached the upstream"
+    );
 
     let names = [
         w.a.netns.name.clone(),
