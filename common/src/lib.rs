@@ -71,7 +71,9 @@ pub struct GatewayConfig {
     /// The cookie of Sluice's network namespace (`SO_NETNS_COOKIE`, the
     /// value `bpf_get_netns_cookie()` returns there). A connection made in
     /// any other namespace is sent to its agent's [`Redirect`], or refused
-    /// when the agent has none.
+    /// when the agent has none. 0 when unknown (kernel < 5.14, and no agent
+    /// has a `redirect`): every connection then goes to the listener, which
+    /// a container does not reach (its own loopback), so it fails closed.
     pub netns_cookie: u64,
 }
 

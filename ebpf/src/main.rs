@@ -201,7 +201,9 @@ fn agent_redirect() -> Option<&'static Redirect> {
 #[inline(always)]
 fn landing(ctx: &SockAddrContext, gw: &GatewayConfig, v4: bool) -> Option<([u8; 16], u16, u64)> {
     let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-    if netns == gw.netns_cookie {
+    // 0: the daemon could not read its cookie (kernel < 5.14), and every
+    // connection goes to the listener as before containers were handled.
+    if gw.netns_cookie == 0 || netns == gw.netns_cookie {
         if gw.listen_port == 0 {
             return None;
         }

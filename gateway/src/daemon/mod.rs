@@ -86,7 +86,14 @@ pub async fn run(cfg: Config) -> Result<Arc<Recorder>, StartError> {
             .map_err(setup(&format!("binding agent redirect {addr}")))?;
         redirects.push(listener);
     }
-    let netns_cookie = netns::cookie_of(&v4).map_err(setup("SO_NETNS_COOKIE (kernel ≥ 5.14)"))?;
+    let netns_cookie = match netns::cookie_of(&v4) {
+        Ok(cookie) => cookie,
+        Err(e) if redirects.is_empty() => {
+            warn!(error = %e, "no network namespace cookie (kernel < 5.14); containers below agent cgroups are refused");
+            0
+        }
+        Err(e) => return Err(setup("agent redirect needs SO_NETNS_COOKIE (kernel ≥ 5.14)")(e)),
+    };
 
     let mut ebpf = programs::load(&gwc.bpf_dir)?;
     if let Err(e) = aya_log::EbpfLogger::init(&mut ebpf).map(spawn_bpf_logger) {
