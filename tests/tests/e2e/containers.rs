@@ -40,6 +40,10 @@ except OSError as e:
     print(errno.errorcode.get(e.errno, str(e)))
 "#;
 
+/// `python3 -c PY_REQUESTS URL TOKEN`: a GET with a bearer token through
+/// `requests`, printing the status.
+const PY_REQUESTS: &str = "import requests, sys; r = requests.get(sys.argv[1], headers={'Authorization': 'Bearer ' + sys.argv[2]}, timeout=15); print(r.status_code)";
+
 /// Fields drop in order: containers, then the stack (Sluice, its cgroups
 /// and pins), then the bridge.
 struct World {
@@ -132,28 +136,23 @@ fn curl_in(w: &World, c: &Container, token: &str) -> (i32, u16, String) {
     )
 }
 
-/// The one line a probe script printed in `c`.
-fn probe(w: &World, c: &Container, script: &str, to: SocketAddr) -> String {
-    let out: Output = c
-        .run(
-            &w.stack.sluice,
-            &[],
-            &[
-                "python3",
-                "-c",
-                script,
-                &to.ip().to_string(),
-                &to.port().to_string(),
-            ],
-        )
-        .unwrap();
+/// What `argv` printed in `c` (trimmed); `what` names it if it fails.
+fn stdout_of(w: &World, c: &Container, env: &[(&str, &str)], argv: &[&str], what: &str) -> String {
+    let out: Output = c.run(&w.stack.sluice, env, argv).unwrap();
     let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert!(
         out.status.success() && !text.is_empty(),
-        "probe to {to} failed: {}",
+        "{what} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     text
+}
+
+/// The one line a probe script printed in `c`.
+fn probe(w: &World, c: &Container, script: &str, to: SocketAddr) -> String {
+    let (ip, port) = (to.ip().to_string(), to.port().to_string());
+    let what = format!("probe to {to}");
+    stdout_of(w, c, &[], &["python3", "-c", script, &ip, &port], &what)
 }
 
 #[test]
@@ -180,26 +179,15 @@ fn agents_in_containers_reach_their_services_by_name_and_nothing_else() {
     assert_no_token(&got);
 
     // Python requests.
-    let out = w
-        .a
-        .run(
-            &stack.sluice,
-            &[("REQUESTS_CA_BUNDLE", CA_IN_CONTAINER)],
-            &[
-                "python3",
-                "-c",
-                "import requests, sys; r = requests.get(sys.argv[1], headers={'Authorization': 'Bearer ' + sys.argv[2]}, timeout=15); print(r.status_code)",
-                &stack.url(API, "/v1/charges"),
-                &token,
-            ],
-        )
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "200",
-        "python requests in the container: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let url = stack.url(API, "/v1/charges");
+    let status = stdout_of(
+        &w,
+        &w.a,
+        &[("REQUESTS_CA_BUNDLE", CA_IN_CONTAINER)],
+        &["python3", "-c", PY_REQUESTS, &url, &token],
+        "python requests in the container",
     );
+    assert_eq!(status, "200");
     let got = up.wait_for(2, WAIT).unwrap().pop().unwrap();
     assert_eq!(
         got.header("authorization"),
@@ -213,28 +201,18 @@ fn agents_in_containers_reach_their_services_by_name_and_nothing_else() {
         "host={DB_HOST} port={} user=agent dbname=billing password={db_token} sslmode=disable connect_timeout=20",
         pg.port()
     );
-    let out =
-        w.a.run(
-            &stack.sluice,
-            &[],
-            &[
-                "psql",
-                "-X",
-                "-w",
-                "-At",
-                "-d",
-                &conninfo,
-                "-c",
-                "select 40 + 2",
-            ],
-        )
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "42",
-        "psql in the container: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let argv = [
+        "psql",
+        "-X",
+        "-w",
+        "-At",
+        "-d",
+        &conninfo,
+        "-c",
+        "select 40 + 2",
+    ];
+    let answer = stdout_of(&w, &w.a, &[], &argv, "psql in the container");
+    assert_eq!(answer, "42");
 
     // The records name the container's cgroup and network namespace.
     let sessions = sessions_of(stack, API);
