@@ -20,7 +20,8 @@
 //!
 //! Requires root, the `sluice` binary (`SLUICE_BIN`, else
 //! `target/debug/sluice`), redis-server, curl, python3-requests, bpftool,
-//! PostgreSQL 15 server binaries, psql and pgbench.
+//! PostgreSQL 15 server binaries, psql and pgbench, and for the container
+//! tests ([`container`]) runc and iproute2's `ip`.
 
 pub mod approvals;
 pub mod ca;

@@ -10,6 +10,7 @@ use std::{
 };
 
 use sluice_tests::{
+    cgroup,
     container::{self, Bind, Bridge, Container},
     process,
     sluice::toml_str,
@@ -334,6 +335,10 @@ fn with_sluice_killed_containers_are_refused_and_nothing_is_left_behind() {
         .iter()
         .map(|a| w.stack.sluice.agent(a).rel.clone())
         .collect();
+    let cgroup_ids: Vec<u64> = [AGENT, OTHER]
+        .iter()
+        .map(|a| cgroup::id(&w.stack.sluice.agent(a).path).expect("agent cgroup"))
+        .collect();
     let bpf_dir = w.stack.sluice.bpf_dir.clone();
     drop(w);
 
@@ -343,4 +348,8 @@ fn with_sluice_killed_containers_are_refused_and_nothing_is_left_behind() {
         assert!(left.is_empty(), "left behind: {left:?}");
     }
     assert!(!bpf_dir.exists(), "pins left in {}", bpf_dir.display());
+    for id in cgroup_ids {
+        let links = cgroup::links_for_cgroup_id(id).unwrap();
+        assert!(links.is_empty(), "BPF links left on cgroup {id}: {links:?}");
+    }
 }
