@@ -353,3 +353,43 @@ fn with_sluice_killed_containers_are_refused_and_nothing_is_left_behind() {
         assert!(links.is_empty(), "BPF links left on cgroup {id}: {links:?}");
     }
 }
+
+#[test]
+fn an_agent_without_redirect_is_refused_from_another_network_namespace() {
+    let stack = Stack::builder("netns-no-redirect")
+        .service(ServiceSpec::https(API, API_HOST))
+        .start()
+        .expect("start the stack");
+    let service = stack.upstream(API).addr();
+    let (ip, port) = (service.ip().to_string(), service.port().to_string());
+    // A process of the agent in a network namespace of its own: with no
+    // `redirect` its service connection fails closed at connect().
+    let out = stack
+        .sluice
+        .exec(
+            AGENT,
+            &[
+                "unshare",
+                "--net",
+                "python3",
+                "-c",
+                TCP_CONNECT_PROBE,
+                &ip,
+                &port,
+            ],
+        )
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "EPERM",
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stack.upstream(API).count(), 0);
+    // The same process in Sluice's namespace is served as before.
+    assert_eq!(
+        stack.agent_tcp_connect(service).unwrap(),
+        Ok(()),
+        "the agent on the host"
+    );
+}
