@@ -145,6 +145,7 @@ approve = ["DELETE", "UPDATE"]
                     dir: gw_dir,
                     redis_url: redis.url(),
                     agents: vec![agent.to_string()],
+                    agent_toml: String::new(),
                     cgroup_prefix: "sluice-bench".into(),
                     egress: "deny".into(),
                     gateway_toml,

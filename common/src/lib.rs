@@ -24,6 +24,10 @@ pub mod map_names {
     pub const COOKIE_DST: &str = "SLUICE_COOKIE_DST";
     /// [`crate::FourTuple`] → [`crate::OriginalDst`], written by sock_ops.
     pub const TUPLE_DST: &str = "SLUICE_TUPLE_DST";
+    /// Agent cgroup id (`u64`) → [`crate::Redirect`]: where connections
+    /// made in another network namespace (a container) below that agent
+    /// cgroup go. Only agents with `redirect` have an entry.
+    pub const AGENT_REDIRECT: &str = "SLUICE_AGENT_REDIRECT";
 }
 
 /// Value stored in the port-rule map: every TCP connection to this port is
@@ -36,6 +40,12 @@ pub const MAX_TRACKED_CONNECTIONS: u32 = 65_536;
 pub const MAX_SERVICE_ENTRIES: u32 = 4_096;
 /// Maximum egress allow-list entries.
 pub const MAX_EGRESS_ENTRIES: u32 = 1_024;
+/// Maximum agents with a `redirect` address.
+pub const MAX_REDIRECT_AGENTS: u32 = 1_024;
+/// cgroup v2 levels below the root searched for an agent cgroup with a
+/// `redirect` (level 1 is a child of the root). A container's cgroup may
+/// sit anywhere up to this depth below it.
+pub const MAX_CGROUP_LEVEL: i32 = 32;
 
 /// Egress policy carried in [`GatewayConfig::egress`].
 pub const EGRESS_ALLOW_ALL: u8 = 0;
@@ -58,6 +68,28 @@ pub struct GatewayConfig {
     /// [`EGRESS_DENY`] or [`EGRESS_ALLOW_ALL`].
     pub egress: u8,
     pub _pad: u8,
+    /// The cookie of Sluice's network namespace (`SO_NETNS_COOKIE`, the
+    /// value `bpf_get_netns_cookie()` returns there). A connection made in
+    /// any other namespace is sent to its agent's [`Redirect`], or refused
+    /// when the agent has none. 0 when unknown (kernel < 5.14, and no agent
+    /// has a `redirect`): every connection then goes to the listener, which
+    /// a container does not reach (its own loopback), so it fails closed.
+    pub netns_cookie: u64,
+}
+
+/// Where an agent's connections from another network namespace (its
+/// containers) are sent: an address of this host they can reach, on which
+/// Sluice also listens. Value of [`map_names::AGENT_REDIRECT`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Redirect {
+    /// IPv6 or IPv4-mapped address, network byte order. An IPv4 address
+    /// serves IPv4 (and IPv4-mapped) connections only, an IPv6 one native
+    /// IPv6 only; the other family is refused.
+    pub addr: [u8; 16],
+    /// Port, host byte order.
+    pub port: u16,
+    pub _pad: [u8; 2],
 }
 
 /// Key of the (address, port) service map.
@@ -104,8 +136,13 @@ pub struct OriginalDst {
     pub uid: u32,
     /// Padding to align `cgroup_id`.
     pub _pad2: u32,
-    /// cgroup v2 id (the inode number of the cgroup directory).
+    /// cgroup v2 id (the inode number of the cgroup directory) of the
+    /// process: the agent cgroup or a container's cgroup below it.
     pub cgroup_id: u64,
+    /// Cookie of the network namespace the socket was made in
+    /// (`bpf_get_netns_cookie`); differs from
+    /// [`GatewayConfig::netns_cookie`] for a container.
+    pub netns_cookie: u64,
 }
 
 /// A TCP connection's 4-tuple as the agent's socket sees it: `src` is the
@@ -153,4 +190,5 @@ mod pod {
     unsafe impl aya::Pod for super::EgressKey {}
     unsafe impl aya::Pod for super::OriginalDst {}
     unsafe impl aya::Pod for super::FourTuple {}
+    unsafe impl aya::Pod for super::Redirect {}
 }

@@ -6,8 +6,13 @@
 //! - `cgroup/connect4`, `cgroup/connect6` (kernel ≥ 4.17): a TCP `connect()`
 //!   to a service (address, port) or to a port-wide TLS/HTTP port is rewritten
 //!   to Sluice's listener, and the original destination plus the caller's
-//!   identity (pid, uid, cgroup id) is stored under the socket cookie. Under
-//!   `egress = "deny"` everything else that is not allow-listed gets `EPERM`.
+//!   identity (pid, uid, cgroup id, netns cookie) is stored under the socket
+//!   cookie. Under `egress = "deny"` everything else that is not allow-listed
+//!   gets `EPERM`. A connection made in a network namespace other than
+//!   Sluice's (a container, whose `127.0.0.1` is its own; kernel ≥ 5.7 for
+//!   `bpf_get_netns_cookie` and `bpf_get_current_ancestor_cgroup_id` here)
+//!   goes to the `redirect` address of the agent whose cgroup is an ancestor
+//!   of the caller's, and is refused when that agent has none.
 //! - `cgroup/sendmsg4`, `cgroup/sendmsg6` (kernel ≥ 4.18): the same egress
 //!   decision for unconnected UDP; UDP to a service is always refused since
 //!   Sluice proxies only TCP.
@@ -35,7 +40,10 @@ use aya_ebpf::{
     },
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        generated::{bpf_get_current_cgroup_id, bpf_get_socket_cookie},
+        generated::{
+            bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_netns_cookie,
+            bpf_get_socket_cookie,
+        },
     },
     macros::{cgroup_sock, cgroup_sock_addr, map, sock_ops},
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap},
@@ -44,9 +52,9 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use sluice_common::{
-    is_v4_mapped, v4_mapped, EgressKey, FourTuple, GatewayConfig, OriginalDst, ServiceKey,
-    EGRESS_DENY, EGRESS_PORT_BITS, MAX_EGRESS_ENTRIES, MAX_SERVICE_ENTRIES,
-    MAX_TRACKED_CONNECTIONS,
+    is_v4_mapped, v4_mapped, EgressKey, FourTuple, GatewayConfig, OriginalDst, Redirect,
+    ServiceKey, EGRESS_DENY, EGRESS_PORT_BITS, MAX_CGROUP_LEVEL, MAX_EGRESS_ENTRIES,
+    MAX_REDIRECT_AGENTS, MAX_SERVICE_ENTRIES, MAX_TRACKED_CONNECTIONS,
 };
 
 const ALLOW: i32 = 1;
@@ -77,6 +85,9 @@ static COOKIE_DST: LruHashMap<u64, OriginalDst> = LruHashMap::pinned(MAX_TRACKED
 #[map(name = "SLUICE_TUPLE_DST")]
 static TUPLE_DST: LruHashMap<FourTuple, OriginalDst> =
     LruHashMap::pinned(MAX_TRACKED_CONNECTIONS, 0);
+
+#[map(name = "SLUICE_AGENT_REDIRECT")]
+static AGENT_REDIRECT: HashMap<u64, Redirect> = HashMap::pinned(MAX_REDIRECT_AGENTS, 0);
 
 /// What a `connect()`/`sendmsg()` destination is to Sluice.
 enum Decision {
@@ -146,7 +157,7 @@ fn decide(gw: &GatewayConfig, addr: &[u8; 16], port: u16, is_stream: bool) -> De
 }
 
 #[inline(always)]
-fn remember(ctx: &SockAddrContext, addr: [u8; 16], port: u16) -> bool {
+fn remember(ctx: &SockAddrContext, addr: [u8; 16], port: u16, netns_cookie: u64) -> bool {
     let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let uid = bpf_get_current_uid_gid() as u32;
     let dst = OriginalDst {
@@ -158,9 +169,56 @@ fn remember(ctx: &SockAddrContext, addr: [u8; 16], port: u16) -> bool {
         uid,
         _pad2: 0,
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        netns_cookie,
     };
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     COOKIE_DST.insert(&cookie, &dst, 0).is_ok()
+}
+
+/// The `redirect` of the agent whose cgroup is the caller's or one of its
+/// ancestors (the shallowest one that has an entry).
+#[inline(always)]
+fn agent_redirect() -> Option<&'static Redirect> {
+    let mut level = 1;
+    while level <= MAX_CGROUP_LEVEL {
+        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
+        if id == 0 {
+            return None;
+        }
+        if let Some(r) = unsafe { AGENT_REDIRECT.get(&id) } {
+            return Some(r);
+        }
+        level += 1;
+    }
+    None
+}
+
+/// Where a redirected connection lands, as (16-byte address, port), and
+/// the cookie of the namespace it was made in. `v4` is true for IPv4 and
+/// IPv4-mapped destinations. In Sluice's own network namespace: the
+/// listener. In another one: the agent's `redirect` of the same family.
+/// `None` (refuse) when there is no such target.
+#[inline(always)]
+fn landing(ctx: &SockAddrContext, gw: &GatewayConfig, v4: bool) -> Option<([u8; 16], u16, u64)> {
+    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    // 0: the daemon could not read its cookie (kernel < 5.14), and every
+    // connection goes to the listener as before containers were handled.
+    if gw.netns_cookie == 0 || netns == gw.netns_cookie {
+        if gw.listen_port == 0 {
+            return None;
+        }
+        let addr = if v4 {
+            v4_mapped(gw.listen4)
+        } else {
+            gw.listen6
+        };
+        return Some((addr, gw.listen_port, netns));
+    }
+    let r = agent_redirect()?;
+    if r.port == 0 || is_v4_mapped(&r.addr) != v4 {
+        return None;
+    }
+    Some((r.addr, r.port, netns))
 }
 
 #[inline(always)]
@@ -229,11 +287,16 @@ fn handle4(ctx: &SockAddrContext, redirect: bool) -> i32 {
             REFUSE
         }
         Decision::Redirect => {
-            if gw.listen_port == 0 || !remember(ctx, addr, port) {
+            let Some((to, to_port, netns)) = landing(ctx, gw, true) else {
+                return REFUSE;
+            };
+            if !remember(ctx, addr, port, netns) {
                 return REFUSE;
             }
-            unsafe { (*ctx.sock_addr).user_ip4 = u32::from_ne_bytes(gw.listen4) };
-            set_user_port(ctx, gw.listen_port);
+            unsafe {
+                (*ctx.sock_addr).user_ip4 = u32::from_ne_bytes([to[12], to[13], to[14], to[15]])
+            };
+            set_user_port(ctx, to_port);
             ALLOW
         }
     }
@@ -252,18 +315,17 @@ fn handle6(ctx: &SockAddrContext, redirect: bool) -> i32 {
             REFUSE
         }
         Decision::Redirect => {
-            if gw.listen_port == 0 || !remember(ctx, addr, port) {
+            // A dual-stack socket dialling a v4 service goes to the v4
+            // listener (or redirect) through its mapped form; native v6
+            // goes to listen6 (or an IPv6 redirect).
+            let Some((to, to_port, netns)) = landing(ctx, gw, is_v4_mapped(&addr)) else {
+                return REFUSE;
+            };
+            if !remember(ctx, addr, port, netns) {
                 return REFUSE;
             }
-            // A dual-stack socket dialling a v4 service goes to the v4
-            // listener through its mapped form; native v6 goes to listen6.
-            let target = if is_v4_mapped(&addr) {
-                v4_mapped(gw.listen4)
-            } else {
-                gw.listen6
-            };
-            write_ip6(ctx, &target);
-            set_user_port(ctx, gw.listen_port);
+            write_ip6(ctx, &to);
+            set_user_port(ctx, to_port);
             ALLOW
         }
     }

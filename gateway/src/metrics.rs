@@ -259,6 +259,8 @@ mod tests {
                 protocol: "https".into(),
                 original_dst: String::new(),
                 peer: String::new(),
+                cgroup: String::new(),
+                netns_cookie: 0,
             },
         );
         m.observe(

@@ -86,6 +86,15 @@ pub fn remove(cgroup: &Path, remove_parent: bool) -> Result<()> {
     Ok(())
 }
 
+/// Removes `cgroup` when it holds no process and no child (rmdir(2));
+/// a missing one is fine, one still in use stays and is an error.
+pub fn remove_empty(cgroup: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir(cgroup) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
 /// `bpftool cgroup show <path>`: the programs attached to exactly this
 /// cgroup (empty when none).
 pub fn attached_programs(cgroup: &Path) -> Result<String> {

@@ -13,18 +13,22 @@
 //!   never to the cgroup2 root;
 //! - traffic goes only to loopback (`127.0.0.0/8`, `::1`), with host names
 //!   mapped by `curl --resolve`, the service's `resolve` key or a private
-//!   `/etc/hosts` bind mount in the agent's own mount namespace;
+//!   `/etc/hosts` bind mount in the agent's own mount namespace; the
+//!   container tests add a bridge and network namespaces of their own
+//!   (`10.213.0.0/16`), removed on drop;
 //! - teardown runs on drop, on failure too: `sluice uninstall`, processes
 //!   killed by PID, cgroup removed, pin directory removed;
 //! - waiting is polling against a deadline, never a bare sleep.
 //!
 //! Requires root, the `sluice` binary (`SLUICE_BIN`, else
 //! `target/debug/sluice`), redis-server, curl, python3-requests, bpftool,
-//! PostgreSQL 15 server binaries, psql and pgbench.
+//! PostgreSQL 15 server binaries, psql and pgbench, and for the container
+//! tests ([`container`]) runc and iproute2's `ip`.
 
 pub mod approvals;
 pub mod ca;
 pub mod cgroup;
+pub mod container;
 pub mod echo_upstream;
 pub mod postgres;
 pub mod process;

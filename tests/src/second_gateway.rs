@@ -56,6 +56,7 @@ impl Stack {
             dir,
             redis_url: self.redis.url(),
             agents: vec![agent.to_string()],
+            agent_toml: String::new(),
             cgroup_prefix,
             egress: parts.egress,
             gateway_toml: parts.gateway_toml,

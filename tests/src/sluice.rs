@@ -42,6 +42,9 @@ pub struct SluiceOptions {
     pub agents: Vec<String>,
     /// Parent of the agent cgroups, e.g. `sluice-test`.
     pub cgroup_prefix: String,
+    /// Extra lines for every `[[agent]]` table, e.g. `redirect = "…"`
+    /// (may be empty).
+    pub agent_toml: String,
     /// `deny` or `allow`.
     pub egress: String,
     /// Extra `[gateway]` lines, already rendered (may be empty).
@@ -160,9 +163,10 @@ impl Sluice {
         config.push_str(&opts.gateway_toml);
         for a in &agents {
             config.push_str(&format!(
-                "\n[[agent]]\nname = {}\ncgroup = {}\n",
+                "\n[[agent]]\nname = {}\ncgroup = {}\n{}",
                 toml_str(&a.name),
-                toml_str(&a.rel)
+                toml_str(&a.rel),
+                opts.agent_toml,
             ));
         }
         config.push_str(&opts.services_toml);

@@ -205,6 +205,10 @@ impl ServiceSpec {
 pub struct StackBuilder {
     label: String,
     agent: String,
+    /// More agents besides `agent`, with cgroups of their own.
+    other_agents: Vec<String>,
+    /// Extra lines for every `[[agent]]` table.
+    agent_toml: String,
     services: Vec<ServiceSpec>,
     egress: String,
     cgroup_prefix: String,
@@ -242,6 +246,21 @@ impl StackBuilder {
     /// The agent's name (default [`AGENT`]).
     pub fn agent(mut self, name: &str) -> StackBuilder {
         self.agent = name.into();
+        self
+    }
+
+    /// A further `[[agent]]` named `name` with a cgroup of its own; its
+    /// tokens come from [`Sluice::token_issue`].
+    pub fn also_agent(mut self, name: &str) -> StackBuilder {
+        self.other_agents.push(name.into());
+        self
+    }
+
+    /// An extra line for every `[[agent]]` table, e.g.
+    /// `redirect = "10.213.0.1:15001"`.
+    pub fn agent_line(mut self, toml: &str) -> StackBuilder {
+        self.agent_toml.push_str(toml);
+        self.agent_toml.push('\n');
         self
     }
 
@@ -341,8 +360,11 @@ impl StackBuilder {
             label,
             dir: dir.path().to_path_buf(),
             redis_url: redis.url(),
-            agents: vec![self.agent.clone()],
+            agents: std::iter::once(self.agent.clone())
+                .chain(self.other_agents)
+                .collect(),
             cgroup_prefix: self.cgroup_prefix,
+            agent_toml: self.agent_toml,
             egress: self.egress,
             gateway_toml,
             services_toml,
@@ -399,7 +421,7 @@ pub struct Stack {
     pub redis: Redis,
     pub ca: TestCa,
     /// `/etc/hosts` for agents that resolve service names themselves.
-    hosts: PathBuf,
+    pub hosts: PathBuf,
     dir: Option<tempfile::TempDir>,
 }
 
@@ -428,6 +450,20 @@ impl CurlResult {
 
 const CURL_MARK: &str = "--sluice-test-curl--";
 
+/// `python3 -c TCP_CONNECT_PROBE ADDR PORT`: one TCP connect, printing
+/// `connected` or the errno name (`EPERM`, `ECONNREFUSED`, …).
+pub const TCP_CONNECT_PROBE: &str = r#"
+import errno, socket, sys
+family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+s = socket.socket(family, socket.SOCK_STREAM)
+s.settimeout(5)
+try:
+    s.connect((sys.argv[1], int(sys.argv[2])))
+    print("connected")
+except OSError as e:
+    print(errno.errorcode.get(e.errno, str(e)))
+"#;
+
 /// Upstream addresses: 127.0.0.2 – 127.0.0.254, spread over tests.
 pub fn next_upstream_ip() -> IpAddr {
     static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -441,6 +477,8 @@ impl Stack {
         StackBuilder {
             label: label.into(),
             agent: AGENT.into(),
+            other_agents: Vec::new(),
+            agent_toml: String::new(),
             services: Vec::new(),
             egress: "deny".into(),
             cgroup_prefix: "sluice-test".into(),
@@ -629,23 +667,12 @@ impl Stack {
         &self,
         addr: std::net::SocketAddr,
     ) -> Result<std::result::Result<(), String>> {
-        const SCRIPT: &str = r#"
-import errno, socket, sys
-family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
-s = socket.socket(family, socket.SOCK_STREAM)
-s.settimeout(5)
-try:
-    s.connect((sys.argv[1], int(sys.argv[2])))
-    print("connected")
-except OSError as e:
-    print(errno.errorcode.get(e.errno, str(e)))
-"#;
         let out = self.sluice.exec(
             &self.agent,
             &[
                 "python3",
                 "-c",
-                SCRIPT,
+                TCP_CONNECT_PROBE,
                 &addr.ip().to_string(),
                 &addr.port().to_string(),
             ],

@@ -10,7 +10,9 @@ use anyhow::{bail, Context, Result};
 use crate::sh;
 
 /// Debian packages: the LLVM that bpf-linker links against, the servers the
-/// end-to-end tests start, and the clients they drive.
+/// end-to-end tests start, the clients they drive, and the OCI runtime and
+/// `ip` tool the container tests use (runc rather than crun, which refuses
+/// hybrid cgroup hosts).
 pub const APT_PACKAGES: &[&str] = &[
     "clang",
     "llvm-22-dev",
@@ -24,6 +26,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "curl",
     "python3-requests",
     "bpftool",
+    "runc",
+    "iproute2",
 ];
 
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";

@@ -69,6 +69,14 @@ pub struct Agent {
     /// made outside the cgroup out of the agent's reach (README security notes).
     #[serde(default)]
     pub user: Option<String>,
+    /// `redirect = "ADDR:PORT"`: an address of this host that the agent's
+    /// containers (other network namespaces, below its cgroup) can reach,
+    /// such as a bridge address. Sluice listens there too, and connections
+    /// from another network namespace go there; without it they are
+    /// refused (DESIGN.md §8). Connections from Sluice's own namespace keep
+    /// using `gateway.listen`.
+    #[serde(default)]
+    pub redirect: Option<std::net::SocketAddr>,
 }
 
 #[derive(Deserialize)]
@@ -145,6 +153,15 @@ impl Config {
         })
     }
 
+    /// The distinct `redirect` addresses of all agents, sorted: one extra
+    /// listener each.
+    pub fn redirect_addrs(&self) -> Vec<std::net::SocketAddr> {
+        let mut addrs: Vec<_> = self.agents.iter().filter_map(|a| a.redirect).collect();
+        addrs.sort();
+        addrs.dedup();
+        addrs
+    }
+
     /// The agent named `name`.
     pub fn agent(&self, name: &str) -> Option<&Agent> {
         self.agents.iter().find(|a| a.name == name)
@@ -181,6 +198,14 @@ fn check_agents(agents: &[Agent]) -> Result<(), KeyError> {
                 format!("{key}.cgroup"),
                 "must be a non-empty path below the cgroup2 mount (the root is never used)".into(),
             ));
+        }
+        if let Some(to) = a.redirect {
+            if to.port() == 0 || to.ip().is_unspecified() || to.ip().is_loopback() {
+                return Err((
+                    format!("{key}.redirect"),
+                    "must be an address and port of this host that containers reach (not loopback, not 0.0.0.0, not port 0)".into(),
+                ));
+            }
         }
     }
     Ok(())
@@ -315,6 +340,27 @@ deny = [{ method = "DELETE", path = "/v1/customers/*" }]
         )
         .unwrap_err();
         assert_eq!(e.key, "service[0] (a).upstream");
+    }
+
+    #[test]
+    fn agent_redirects_are_host_addresses_listened_on_once() {
+        let cfg = parse(
+            "[[agent]]\nname='a'\ncgroup='x/a'\nredirect='10.200.0.1:15001'\n\
+             [[agent]]\nname='b'\ncgroup='x/b'\nredirect='10.200.0.1:15001'\n\
+             [[agent]]\nname='c'\ncgroup='x/c'\n",
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.redirect_addrs(),
+            vec!["10.200.0.1:15001".parse().unwrap()]
+        );
+        for bad in ["127.0.0.1:15001", "0.0.0.0:15001", "10.200.0.1:0"] {
+            let e = parse(&format!(
+                "[[agent]]\nname='a'\ncgroup='x'\nredirect='{bad}'\n"
+            ))
+            .unwrap_err();
+            assert_eq!(e.key, "agent[0].redirect", "{bad}");
+        }
     }
 
     #[test]

@@ -30,10 +30,13 @@ pub struct Control {
     pub ebpf: Ebpf,
     pub maps: InterceptMaps,
     pub mount: PathBuf,
+    /// Sluice's network namespace cookie ([`crate::intercept::netns`]).
+    pub netns_cookie: u64,
 }
 
-/// The listener and egress policy as the eBPF programs read them.
-pub fn gateway_map_value(cfg: &Config) -> GatewayConfig {
+/// The listener, egress policy and Sluice's network namespace cookie
+/// (`netns_cookie`) as the eBPF programs read them.
+pub fn gateway_map_value(cfg: &Config, netns_cookie: u64) -> GatewayConfig {
     let listen4 = match cfg.gateway.listen.ip() {
         IpAddr::V4(v4) => v4.octets(),
         IpAddr::V6(_) => unreachable!("config validation requires an IPv4 listener"),
@@ -48,6 +51,7 @@ pub fn gateway_map_value(cfg: &Config) -> GatewayConfig {
             EGRESS_ALLOW_ALL
         },
         _pad: 0,
+        netns_cookie,
     }
 }
 
@@ -93,7 +97,21 @@ pub fn attach_agents(
     for gone in programs::detach_others(&cfg.gateway.bpf_dir, &keep).map_err(|e| e.to_string())? {
         info!(agent = %gone, "detached agent no longer in the config");
     }
-    Ok(())
+    sync_redirects(ctl, cfg)
+}
+
+/// Writes each agent's `redirect` under its cgroup id, so connections
+/// from containers below it go there; agents without one are removed
+/// (their containers' connections are refused).
+fn sync_redirects(ctl: &mut Control, cfg: &Config) -> Result<(), String> {
+    let mut wanted = std::collections::HashMap::new();
+    for agent in &cfg.agents {
+        let Some(to) = agent.redirect else { continue };
+        let dir = cgroup::agent_dir(&ctl.mount, &agent.cgroup);
+        let id = cgroup::id(&dir).map_err(|e| format!("cgroup {}: {e}", dir.display()))?;
+        wanted.insert(id, to);
+    }
+    ctl.maps.sync_redirects(&wanted).map_err(|e| e.to_string())
 }
 
 /// Builds a snapshot for `cfg` (agents must be attached already).
@@ -137,6 +155,9 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.notify != new.notify {
         out.push("notify");
     }
+    if old.redirect_addrs() != new.redirect_addrs() {
+        out.push("agent.redirect (the set of addresses listened on)");
+    }
     out
 }
 
@@ -159,7 +180,7 @@ pub async fn reload(gw: &Gateway, ctl: &mut Control, path: &std::path::Path) -> 
     UpstreamClients::new(&new).map_err(|e| format!("upstream TLS: {e}"))?;
     attach_agents(ctl, &new, Some(&old))?;
     ctl.maps
-        .set_gateway(gateway_map_value(&new))
+        .set_gateway(gateway_map_value(&new, ctl.netns_cookie))
         .map_err(|e| e.to_string())?;
     let routes = resolver::resolve(&new).await;
     apply(&mut ctl.maps, &routes).map_err(|e| e.to_string())?;

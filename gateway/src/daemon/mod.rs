@@ -1,7 +1,8 @@
 //! `sluice run`: brings the gateway up in a safe order and serves.
 //!
 //! 1. config, vault, local CA, recorder (fail early, before touching BPF);
-//! 2. the listeners on `listen` and `[::1]:<port>`;
+//! 2. the listeners on `listen`, `[::1]:<port>` and every agent's
+//!    `redirect` address (for its containers, DESIGN.md §8);
 //! 3. eBPF: load (re-using pinned maps), write the listener and egress
 //!    policy, resolve services into the maps, create the agent cgroups,
 //!    attach and pin (replacing links of an earlier run), drop links of
@@ -22,7 +23,7 @@ use tracing::{info, warn};
 use crate::{
     config::Config,
     guard::{Guard, Parts},
-    intercept::{cgroup, maps::InterceptMaps, programs, resolver},
+    intercept::{cgroup, maps::InterceptMaps, netns, programs, resolver},
     metrics::{self, Metrics},
     notify::Notifier,
     proxy::{self, Gateway},
@@ -80,16 +81,41 @@ pub async fn run(cfg: Config) -> Result<Arc<Recorder>, StartError> {
         }
     };
 
+    let mut redirects = Vec::new();
+    for addr in cfg.redirect_addrs() {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(setup(&format!("binding agent redirect {addr}")))?;
+        redirects.push(listener);
+    }
+    let netns_cookie = match netns::cookie_of(&v4) {
+        Ok(cookie) => cookie,
+        Err(e) if redirects.is_empty() => {
+            warn!(error = %e, "no network namespace cookie (kernel < 5.14); containers below agent cgroups are refused");
+            0
+        }
+        Err(e) => {
+            return Err(setup(
+                "agent redirect needs SO_NETNS_COOKIE (kernel ≥ 5.14)",
+            )(e))
+        }
+    };
+
     let mut ebpf = programs::load(&gwc.bpf_dir)?;
     if let Err(e) = aya_log::EbpfLogger::init(&mut ebpf).map(spawn_bpf_logger) {
         warn!(error = %e, "eBPF log channel unavailable");
     }
     let (mut maps, lookup) = InterceptMaps::take(&mut ebpf)?;
-    maps.set_gateway(control::gateway_map_value(&cfg))?;
+    maps.set_gateway(control::gateway_map_value(&cfg, netns_cookie))?;
     let routes = resolver::resolve(&cfg).await;
     control::apply(&mut maps, &routes)?;
     let mount = cgroup::cgroup2_mount().map_err(setup("cgroup2"))?;
-    let mut ctl = control::Control { ebpf, maps, mount };
+    let mut ctl = control::Control {
+        ebpf,
+        maps,
+        mount,
+        netns_cookie,
+    };
     control::attach_agents(&mut ctl, &cfg, None).map_err(StartError::Setup)?;
     let snapshot = control::snapshot(cfg.clone(), &ctl.mount, routes).map_err(StartError::Setup)?;
 
@@ -133,8 +159,8 @@ pub async fn run(cfg: Config) -> Result<Arc<Recorder>, StartError> {
     }
     tokio::spawn(async move { state.watch_revocations().await });
     tokio::spawn(proxy::serve(gateway.clone(), v4));
-    if let Some(v6) = v6 {
-        tokio::spawn(proxy::serve(gateway.clone(), v6));
+    for listener in v6.into_iter().chain(redirects) {
+        tokio::spawn(proxy::serve(gateway.clone(), listener));
     }
     // Signal handlers exist before readiness, so an early reload or stop
     // never meets a default action.

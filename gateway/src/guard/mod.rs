@@ -58,6 +58,12 @@ pub struct AgentIdentity {
     pub uid: u32,
     /// Its cgroup v2 id.
     pub cgroup_id: u64,
+    /// That cgroup's path below the cgroup2 mount (`/sluice/ci/ctr-1`): the
+    /// agent cgroup or a container's cgroup below it (DESIGN.md §8).
+    pub cgroup: String,
+    /// Cookie of the network namespace the connection was made in; not
+    /// Sluice's own for a container.
+    pub netns_cookie: u64,
 }
 
 /// An accepted, intercepted connection before any protocol is spoken.
@@ -158,6 +164,8 @@ impl Guard {
                     protocol: protocol.to_string(),
                     original_dst: conn.original_dst.to_string(),
                     peer: conn.peer.to_string(),
+                    cgroup: id.cgroup.clone(),
+                    netns_cookie: id.netns_cookie,
                 })
                 .map(|()| r)
             })

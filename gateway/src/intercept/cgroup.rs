@@ -101,10 +101,23 @@ pub fn id(dir: &Path) -> io::Result<u64> {
     Ok(fs::metadata(dir)?.ino())
 }
 
+/// The agent cgroup that contains a cgroup, and where that cgroup is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    /// Index into the `roots` searched.
+    pub root: usize,
+    /// The cgroup's directory: the root itself or a descendant, such as a
+    /// container's cgroup created below the agent cgroup.
+    pub dir: PathBuf,
+}
+
 /// Finds which of `roots` contains the cgroup with id `target` (the root
-/// itself or any descendant). Returns the index into `roots`.
-pub fn owner_of(roots: &[PathBuf], target: u64) -> Option<usize> {
-    roots.iter().position(|root| contains_id(root, target, 0))
+/// itself or any descendant).
+pub fn owner_of(roots: &[PathBuf], target: u64) -> Option<Owner> {
+    roots
+        .iter()
+        .enumerate()
+        .find_map(|(root, dir)| find_id(dir, target, 0).map(|dir| Owner { root, dir }))
 }
 
 /// How many cgroup ids an [`OwnerCache`] remembers before it starts over.
@@ -117,41 +130,40 @@ pub const OWNER_CACHE_MAX: usize = 4096;
 /// cgroup cannot move, so an answer stays true.
 #[derive(Debug, Default)]
 pub struct OwnerCache {
-    known: std::sync::Mutex<std::collections::HashMap<u64, Option<usize>>>,
+    known: std::sync::Mutex<std::collections::HashMap<u64, Option<Owner>>>,
 }
 
 impl OwnerCache {
     /// [`owner_of`]`(roots, target)`, from the cache when known. `roots` must
     /// be the same for every call on one cache.
-    pub fn owner_of(&self, roots: &[PathBuf], target: u64) -> Option<usize> {
+    pub fn owner_of(&self, roots: &[PathBuf], target: u64) -> Option<Owner> {
         let lock = || self.known.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(hit) = lock().get(&target) {
-            return *hit;
+            return hit.clone();
         }
         let found = owner_of(roots, target);
         let mut known = lock();
         if known.len() >= OWNER_CACHE_MAX {
             known.clear();
         }
-        known.insert(target, found);
+        known.insert(target, found.clone());
         found
     }
 }
 
-fn contains_id(dir: &Path, target: u64, depth: u32) -> bool {
+/// The directory below `dir` (or `dir` itself) whose cgroup id is `target`.
+fn find_id(dir: &Path, target: u64, depth: u32) -> Option<PathBuf> {
     if depth > 16 {
-        return false;
+        return None;
     }
     if id(dir).ok() == Some(target) {
-        return true;
+        return Some(dir.to_path_buf());
     }
-    let Ok(entries) = fs::read_dir(dir) else {
-        return false;
-    };
-    entries
+    fs::read_dir(dir)
+        .ok()?
         .filter_map(Result::ok)
         .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
-        .any(|e| contains_id(&e.path(), target, depth + 1))
+        .find_map(|e| find_id(&e.path(), target, depth + 1))
 }
 
 #[cfg(test)]
@@ -178,11 +190,15 @@ mod tests {
         let child_id = id(&child).unwrap();
         let roots = vec![root.path().to_path_buf()];
         let cache = OwnerCache::default();
-        assert_eq!(cache.owner_of(&roots, child_id), Some(0));
+        let owner = Owner {
+            root: 0,
+            dir: child.clone(),
+        };
+        assert_eq!(cache.owner_of(&roots, child_id), Some(owner.clone()));
         // Answered without walking the tree again.
         fs::remove_dir(&child).unwrap();
         assert_eq!(owner_of(&roots, child_id), None);
-        assert_eq!(cache.owner_of(&roots, child_id), Some(0));
+        assert_eq!(cache.owner_of(&roots, child_id), Some(owner));
         for fake in 0..OWNER_CACHE_MAX as u64 + 5 {
             cache.owner_of(&roots, u64::MAX - fake);
         }

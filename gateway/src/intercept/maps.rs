@@ -14,7 +14,7 @@ use aya::{
     Ebpf,
 };
 use sluice_common::{
-    map_names, v4_mapped, EgressKey, FourTuple, GatewayConfig, OriginalDst, ServiceKey,
+    map_names, v4_mapped, EgressKey, FourTuple, GatewayConfig, OriginalDst, Redirect, ServiceKey,
     EGRESS_PORT_BITS, PORT_RULE_REDIRECT,
 };
 
@@ -67,6 +67,7 @@ pub struct InterceptMaps {
     services: HashMap<MapData, ServiceKey, u32>,
     port_rules: HashMap<MapData, u16, u8>,
     egress: LpmTrie<MapData, EgressKey, u8>,
+    redirects: HashMap<MapData, u64, Redirect>,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, InterceptError>
@@ -92,6 +93,7 @@ impl InterceptMaps {
             services: take(ebpf, map_names::SERVICES)?,
             port_rules: take(ebpf, map_names::PORT_RULES)?,
             egress: take(ebpf, map_names::EGRESS_ALLOW)?,
+            redirects: take(ebpf, map_names::AGENT_REDIRECT)?,
         };
         Ok((
             maps,
@@ -204,6 +206,41 @@ impl InterceptMaps {
         }
         for k in stale {
             self.egress.remove(&k).map_err(err)?;
+        }
+        Ok(())
+    }
+}
+
+impl InterceptMaps {
+    /// Makes the agent redirect map equal to `wanted`: agent cgroup id →
+    /// the `redirect` address its containers' connections go to.
+    ///
+    /// # Errors
+    /// Map update failures.
+    pub fn sync_redirects(
+        &mut self,
+        wanted: &std::collections::HashMap<u64, SocketAddr>,
+    ) -> Result<(), InterceptError> {
+        let err = |source| InterceptError::Map {
+            name: map_names::AGENT_REDIRECT,
+            source,
+        };
+        let stale: Vec<u64> = self
+            .redirects
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|id| !wanted.contains_key(id))
+            .collect();
+        for (id, to) in wanted {
+            let value = Redirect {
+                addr: addr16(to.ip()),
+                port: to.port(),
+                _pad: [0; 2],
+            };
+            self.redirects.insert(id, value, 0).map_err(err)?;
+        }
+        for id in stale {
+            self.redirects.remove(&id).map_err(err)?;
         }
         Ok(())
     }

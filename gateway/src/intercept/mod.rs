@@ -7,12 +7,15 @@
 //!   pinning links under the bpffs directory and re-adopting them.
 //! - [`maps`]: typed access to the pinned maps (services, egress, 4-tuples).
 //! - [`resolver`]: turning services and egress rules into map entries.
+//! - [`netns`]: Sluice's network namespace cookie, which tells containers
+//!   (other namespaces) apart.
 //! - [`procs`]: processes of a uid outside an agent's cgroup.
 //!
 //! Kernel: ≥ 5.8 (bpf_link for cgroup programs ≥ 5.7, getpeername hooks
 //! ≥ 5.8), with BTF and cgroup v2.
 pub mod cgroup;
 pub mod maps;
+pub mod netns;
 pub mod procs;
 pub mod programs;
 pub mod resolver;

@@ -84,7 +84,7 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> I
 /// The layout of the pinned maps (their names, key and value shapes in
 /// `sluice-common`). Bump it with any change to them: a daemon never reuses
 /// maps pinned under another layout.
-pub const MAP_LAYOUT: u32 = 2;
+pub const MAP_LAYOUT: u32 = 3;
 
 /// Directory of pinned maps: `bpf_dir/maps/v<MAP_LAYOUT>`.
 pub fn maps_dir(bpf_dir: &Path) -> PathBuf {

@@ -27,6 +27,8 @@ pub struct AgentTable {
     names: Vec<String>,
     dirs: Vec<PathBuf>,
     ids: Vec<u64>,
+    /// The cgroup2 mount, which cgroup paths are given relative to.
+    mount: PathBuf,
     /// Descendant cgroup → agent, for this table's agents only.
     owners: cgroup::OwnerCache,
 }
@@ -50,18 +52,23 @@ impl AgentTable {
             names: cfg.agents.iter().map(|a| a.name.clone()).collect(),
             dirs,
             ids,
+            mount: mount.to_path_buf(),
             owners: cgroup::OwnerCache::default(),
         })
     }
 
-    /// The agent whose cgroup is `cgroup_id` or an ancestor of it.
-    pub fn by_cgroup(&self, cgroup_id: u64) -> Option<&str> {
-        if let Some(i) = self.ids.iter().position(|id| *id == cgroup_id) {
-            return Some(&self.names[i]);
-        }
-        self.owners
-            .owner_of(&self.dirs, cgroup_id)
-            .map(|i| self.names[i].as_str())
+    /// The agent whose cgroup is `cgroup_id` or an ancestor of it, and the
+    /// path of cgroup `cgroup_id` below the cgroup2 mount.
+    pub fn by_cgroup(&self, cgroup_id: u64) -> Option<(&str, String)> {
+        let (agent, dir) = match self.ids.iter().position(|id| *id == cgroup_id) {
+            Some(i) => (i, self.dirs[i].clone()),
+            None => {
+                let owner = self.owners.owner_of(&self.dirs, cgroup_id)?;
+                (owner.root, owner.dir)
+            }
+        };
+        let rel = dir.strip_prefix(&self.mount).unwrap_or(&dir);
+        Some((&self.names[agent], format!("/{}", rel.display())))
     }
 }
 
@@ -161,7 +168,7 @@ impl Gateway {
             return;
         };
         let snap = self.snapshot();
-        let Some(agent) = snap.agents.by_cgroup(odst.cgroup_id) else {
+        let Some((agent, cgroup)) = snap.agents.by_cgroup(odst.cgroup_id) else {
             warn!(%peer, cgroup_id = odst.cgroup_id, "connection from a cgroup that is no configured agent; closing");
             return;
         };
@@ -172,6 +179,8 @@ impl Gateway {
                 pid: odst.pid,
                 uid: odst.uid,
                 cgroup_id: odst.cgroup_id,
+                cgroup,
+                netns_cookie: odst.netns_cookie,
             },
             original_dst,
             peer,

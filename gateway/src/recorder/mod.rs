@@ -63,11 +63,15 @@ const DIR_MODE: u32 = 0o750;
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     /// A redirected connection was accepted. `original_dst` and `peer` are
-    /// `ip:port`.
+    /// `ip:port`; `cgroup` is the connecting process's cgroup below the
+    /// cgroup2 mount (a container's, below the agent's) and `netns_cookie`
+    /// its network namespace cookie (DESIGN.md §8).
     Open {
         protocol: String,
         original_dst: String,
         peer: String,
+        cgroup: String,
+        netns_cookie: u64,
     },
     /// The agent's token was accepted.
     AuthOk { token_id: String },

@@ -15,6 +15,7 @@ mod attack_secrets;
 mod attack_statements;
 mod bad_tokens;
 mod cleanup;
+mod containers;
 mod egress;
 mod faults;
 mod harness;

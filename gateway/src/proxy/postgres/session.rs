@@ -37,10 +37,9 @@ pub(super) fn error_bytes(sqlstate: &str, message: &str) -> Bytes {
     out.freeze()
 }
 
-/// The ErrorResponse for a refused statement.
+/// The ErrorResponse for a refused statement: `42501` whatever the
+/// reason (the message names it, e.g. an approval store that is down),
+/// since the session goes on.
 pub(super) fn refusal_bytes(refused: &Refusal) -> Bytes {
-    error_bytes(
-        super::sqlstate(&refused.kind),
-        &format!("Sluice: {}", refused.message),
-    )
+    error_bytes("42501", &format!("Sluice: {}", refused.message))
 }
