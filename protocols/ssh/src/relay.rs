@@ -1,0 +1,384 @@
+//! One agent channel relayed to one upstream channel (RFC 4254 §5, §6).
+//!
+//! Each direction runs in its own task, so a full window one way never stalls
+//! the other. Agent → upstream carries data, EOF, close and the channel
+//! requests, each request decided by the [`Gate`] first; upstream → agent
+//! carries data, EOF, exit status and signal, close, and the replies to the
+//! requests. A request that needs a reply waits for the upstream reply
+//! before the next agent message is read, so replies reach the agent in the
+//! order of its requests (RFC 4254 §5.4).
+use std::{
+    collections::VecDeque,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+};
+
+use bytes::Bytes;
+use russh::{
+    client, server, Channel, ChannelId, ChannelMsg, ChannelReadHalf, ChannelWriteHalf, Sig,
+};
+use tokio::sync::oneshot;
+
+use crate::{
+    gate::{Decision, Gate, Operation, SshEvent, Stream},
+    DENIED_EXIT_STATUS,
+};
+
+/// Environment variables passed upstream (`env` requests, RFC 4254 §6.4);
+/// all others are dropped, as sshd's default `AcceptEnv` does.
+fn env_passes(name: &str) -> bool {
+    name == "LANG" || name.starts_with("LC_")
+}
+
+/// What one relay needs from its connection.
+pub(crate) struct Relay<G: Gate> {
+    /// The connection's gate.
+    pub gate: Arc<G>,
+    /// The agent's login.
+    pub login: Arc<G::Login>,
+    /// Writes replies, exit signals and the like to the agent.
+    pub server: server::Handle,
+}
+
+impl<G: Gate> Clone for Relay<G> {
+    fn clone(&self) -> Self {
+        Relay {
+            gate: self.gate.clone(),
+            login: self.login.clone(),
+            server: self.server.clone(),
+        }
+    }
+}
+
+/// Upstream replies awaited by the agent → upstream task, oldest first.
+type Pending = Arc<Mutex<VecDeque<oneshot::Sender<bool>>>>;
+
+impl<G: Gate> Relay<G> {
+    /// Relays `agent` ⇄ `upstream` until both are closed. `terminal` says
+    /// whether the channel's output is terminal output to record (session
+    /// channels once exec or shell started; never for direct-tcpip).
+    pub async fn run(
+        self,
+        agent: Channel<server::Msg>,
+        upstream: Channel<client::Msg>,
+        terminal: bool,
+    ) {
+        let id = agent.id();
+        let (agent_rx, agent_tx) = agent.split();
+        let (upstream_rx, upstream_tx) = upstream.split();
+        let agent_tx = Arc::new(agent_tx);
+        let pending = Pending::default();
+        let recording = Arc::new(AtomicBool::new(false));
+        let down = tokio::spawn(self.clone().downstream(
+            upstream_rx,
+            agent_tx.clone(),
+            pending.clone(),
+            recording.clone(),
+        ));
+        let outcome = self
+            .upstream(agent_rx, &agent_tx, &upstream_tx, &pending, &recording, terminal)
+            .await;
+        if let Err(e) = outcome {
+            tracing::debug!(channel = u32::from(id), "ssh relay agent side: {e}");
+        }
+        let _ = upstream_tx.close().await;
+        let _ = down.await;
+        self.gate.record(
+            &self.login,
+            SshEvent::ChannelClose {
+                channel: id.into(),
+            },
+        );
+    }
+
+    /// Agent → upstream: until the agent closes the channel.
+    async fn upstream(
+        &self,
+        mut agent_rx: ChannelReadHalf,
+        agent_tx: &ChannelWriteHalf<server::Msg>,
+        upstream_tx: &ChannelWriteHalf<client::Msg>,
+        pending: &Pending,
+        recording: &AtomicBool,
+        terminal: bool,
+    ) -> Result<(), russh::Error> {
+        let id = agent_tx.id();
+        let channel = u32::from(id);
+        while let Some(msg) = agent_rx.wait().await {
+            match msg {
+                ChannelMsg::Data { data } => upstream_tx.data_bytes(data).await?,
+                ChannelMsg::ExtendedData { data, ext } => {
+                    upstream_tx.extended_data_bytes(ext, data).await?
+                }
+                ChannelMsg::Eof => upstream_tx.eof().await?,
+                ChannelMsg::Close => break,
+                ChannelMsg::RequestPty {
+                    term,
+                    col_width,
+                    row_height,
+                    pix_width,
+                    pix_height,
+                    terminal_modes,
+                    ..
+                } => {
+                    self.gate.record(
+                        &self.login,
+                        SshEvent::Pty {
+                            channel,
+                            term: term.clone(),
+                            cols: col_width,
+                            rows: row_height,
+                        },
+                    );
+                    let reply = expect_reply(pending);
+                    upstream_tx
+                        .request_pty(
+                            true,
+                            &term,
+                            col_width,
+                            row_height,
+                            pix_width,
+                            pix_height,
+                            &terminal_modes,
+                        )
+                        .await?;
+                    self.relay_reply(id, reply).await;
+                }
+                ChannelMsg::WindowChange {
+                    col_width,
+                    row_height,
+                    pix_width,
+                    pix_height,
+                } => {
+                    self.gate.record(
+                        &self.login,
+                        SshEvent::WindowChange {
+                            channel,
+                            cols: col_width,
+                            rows: row_height,
+                        },
+                    );
+                    upstream_tx
+                        .window_change(col_width, row_height, pix_width, pix_height)
+                        .await?
+                }
+                ChannelMsg::SetEnv {
+                    variable_name,
+                    variable_value,
+                    ..
+                } if env_passes(&variable_name) => {
+                    upstream_tx
+                        .set_env(false, variable_name, variable_value)
+                        .await?
+                }
+                ChannelMsg::Signal { signal } => upstream_tx.signal(signal).await?,
+                ChannelMsg::Exec { command, .. } => {
+                    let operation = Operation::Exec {
+                        command: String::from_utf8_lossy(&command).into_owned(),
+                    };
+                    self.start(id, operation, agent_tx, upstream_tx, pending, recording, terminal)
+                        .await?
+                }
+                ChannelMsg::RequestShell { .. } => {
+                    self.start(id, Operation::Shell, agent_tx, upstream_tx, pending, recording, terminal)
+                        .await?
+                }
+                ChannelMsg::RequestSubsystem { name, .. } => {
+                    let operation = Operation::Subsystem { name };
+                    self.start(id, operation, agent_tx, upstream_tx, pending, recording, false)
+                        .await?
+                }
+                // Agent forwarding is refused by the connection handler
+                // (`agent_request`), X11 likewise; other environment
+                // variables and flow control are dropped.
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// An exec, shell or subsystem request: asks the gate, then either
+    /// starts it upstream or ends the channel with the refusal on stderr and
+    /// exit status [`DENIED_EXIT_STATUS`].
+    #[allow(clippy::too_many_arguments)]
+    async fn start(
+        &self,
+        id: ChannelId,
+        operation: Operation,
+        agent_tx: &ChannelWriteHalf<server::Msg>,
+        upstream_tx: &ChannelWriteHalf<client::Msg>,
+        pending: &Pending,
+        recording: &AtomicBool,
+        terminal: bool,
+    ) -> Result<(), russh::Error> {
+        let channel = u32::from(id);
+        if let Decision::Deny { message } = self.gate.authorize(&self.login, &operation).await {
+            self.gate.record(
+                &self.login,
+                SshEvent::Denied {
+                    channel,
+                    operation,
+                    message: message.clone(),
+                },
+            );
+            let _ = self.server.channel_success(id).await;
+            agent_tx
+                .extended_data_bytes(1, Bytes::from(format!("sluice: {message}\r\n")))
+                .await?;
+            agent_tx.exit_status(DENIED_EXIT_STATUS).await?;
+            agent_tx.eof().await?;
+            // Closing upstream ends the downstream task, which closes the
+            // agent's channel.
+            return upstream_tx.close().await;
+        }
+        recording.store(terminal, Ordering::Release);
+        let reply = expect_reply(pending);
+        match &operation {
+            Operation::Exec { command } => upstream_tx.exec(true, command.as_bytes()).await?,
+            Operation::Shell => upstream_tx.request_shell(true).await?,
+            Operation::Subsystem { name } => {
+                upstream_tx.request_subsystem(true, name.as_str()).await?
+            }
+            Operation::Session | Operation::Forward { .. } => {}
+        }
+        if self.relay_reply(id, reply).await {
+            self.gate
+                .record(&self.login, SshEvent::Started { channel, operation });
+        }
+        Ok(())
+    }
+
+    /// Waits for the upstream reply to the last request and passes it to
+    /// the agent; true if it was a success.
+    async fn relay_reply(&self, id: ChannelId, reply: oneshot::Receiver<bool>) -> bool {
+        let ok = reply.await.unwrap_or(false);
+        let _ = if ok {
+            self.server.channel_success(id).await
+        } else {
+            self.server.channel_failure(id).await
+        };
+        ok
+    }
+
+    /// Upstream → agent: until upstream closes the channel.
+    async fn downstream(
+        self,
+        mut upstream_rx: ChannelReadHalf,
+        agent_tx: Arc<ChannelWriteHalf<server::Msg>>,
+        pending: Pending,
+        recording: Arc<AtomicBool>,
+    ) {
+        let id = agent_tx.id();
+        let channel = u32::from(id);
+        let output = |stream: Stream, data: &Bytes| {
+            if recording.load(Ordering::Acquire) {
+                self.gate.record(
+                    &self.login,
+                    SshEvent::Output {
+                        channel,
+                        stream,
+                        data: data.to_vec(),
+                    },
+                );
+            }
+        };
+        while let Some(msg) = upstream_rx.wait().await {
+            let sent = match msg {
+                ChannelMsg::Data { data } => {
+                    output(Stream::Stdout, &data);
+                    agent_tx.data_bytes(data).await
+                }
+                ChannelMsg::ExtendedData { data, ext } => {
+                    output(Stream::Stderr, &data);
+                    agent_tx.extended_data_bytes(ext, data).await
+                }
+                ChannelMsg::Eof => agent_tx.eof().await,
+                ChannelMsg::ExitStatus { exit_status } => {
+                    self.gate.record(
+                        &self.login,
+                        SshEvent::ExitStatus {
+                            channel,
+                            status: exit_status,
+                        },
+                    );
+                    agent_tx.exit_status(exit_status).await
+                }
+                ChannelMsg::ExitSignal {
+                    signal_name,
+                    core_dumped,
+                    error_message,
+                    lang_tag,
+                } => {
+                    self.gate.record(
+                        &self.login,
+                        SshEvent::ExitSignal {
+                            channel,
+                            signal: signal_name_of(&signal_name),
+                        },
+                    );
+                    let _ = self
+                        .server
+                        .exit_signal_request(id, signal_name, core_dumped, error_message, lang_tag)
+                        .await;
+                    Ok(())
+                }
+                ChannelMsg::Success | ChannelMsg::Failure => {
+                    let waiter = pending.lock().map(|mut q| q.pop_front()).ok().flatten();
+                    if let Some(waiter) = waiter {
+                        let _ = waiter.send(matches!(msg, ChannelMsg::Success));
+                    }
+                    Ok(())
+                }
+                ChannelMsg::Close => break,
+                _ => Ok(()),
+            };
+            if let Err(e) = sent {
+                tracing::debug!(channel, "ssh relay upstream side: {e}");
+                break;
+            }
+        }
+        // Requests still waiting get a failure (their senders drop here).
+        if let Ok(mut q) = pending.lock() {
+            q.clear();
+        }
+        let _ = agent_tx.close().await;
+    }
+}
+
+/// Registers a wait for the next upstream reply on this channel.
+fn expect_reply(pending: &Pending) -> oneshot::Receiver<bool> {
+    let (tx, rx) = oneshot::channel();
+    if let Ok(mut q) = pending.lock() {
+        q.push_back(tx);
+    }
+    rx
+}
+
+/// A signal's name without `SIG`, as sent in `exit-signal` (RFC 4254 §6.10).
+fn signal_name_of(signal: &Sig) -> String {
+    match signal {
+        Sig::Custom(name) => name.clone(),
+        other => format!("{other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_locale_variables_pass() {
+        assert!(env_passes("LANG"));
+        assert!(env_passes("LC_ALL"));
+        assert!(!env_passes("LD_PRELOAD"));
+        assert!(!env_passes("PATH"));
+        assert!(!env_passes("lang"));
+    }
+
+    #[test]
+    fn signal_names_have_no_sig_prefix() {
+        assert_eq!(signal_name_of(&Sig::TERM), "TERM");
+        assert_eq!(signal_name_of(&Sig::Custom("WINCH".into())), "WINCH");
+    }
+}
