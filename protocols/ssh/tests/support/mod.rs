@@ -1,6 +1,10 @@
 //! Harness of the relay tests: a test [`Gate`] with one placeholder key and
 //! one password token, a Sluice SSH listener on its own `127.0.x.y`, and the
 //! real OpenSSH / git / paramiko clients run against it.
+//!
+//! Each test binary uses a part of this module.
+#![allow(dead_code)]
+pub mod paramiko;
 pub mod sshd;
 
 use std::{
@@ -21,12 +25,11 @@ use sluice_ssh::{
     placeholder::{AuthorizedKey, PlaceholderKey},
     Decision, Gate, Operation, Presented, Refusal, SshEvent, UpstreamCredential, UpstreamTarget,
 };
-use zeroize::Zeroizing;
 
 pub use sshd::Sshd;
 
 /// How long any client command may run.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A fresh loopback address per test (`127.0.2.x`, apart from the
 /// `127.0.0.x` of the end-to-end stacks).
@@ -61,10 +64,8 @@ pub struct Policy {
     pub events: Mutex<Vec<SshEvent>>,
 }
 
-/// The login the test gate hands out: which method was used.
-pub struct Login {
-    pub method: &'static str,
-}
+/// The login the test gate hands out.
+pub struct Login;
 
 /// The test [`Gate`].
 #[derive(Clone)]
@@ -75,10 +76,8 @@ impl Gate for TestGate {
 
     async fn authenticate(&self, _user: &str, presented: Presented) -> Result<Login, Refusal> {
         match presented {
-            Presented::PublicKey(key) if self.0.key.matches(&key) => Ok(Login { method: "key" }),
-            Presented::Password(p) if p.as_str() == self.0.token => {
-                Ok(Login { method: "password" })
-            }
+            Presented::PublicKey(key) if self.0.key.matches(&key) => Ok(Login),
+            Presented::Password(p) if p.as_str() == self.0.token => Ok(Login),
             _ => Err(Refusal::new("unknown key or token")),
         }
     }
@@ -126,8 +125,6 @@ pub struct Stack {
     pub addr: SocketAddr,
     /// Agent-side files: `id_placeholder`, `known_hosts`.
     pub dir: tempfile::TempDir,
-    /// The placeholder private key text.
-    pub placeholder_pem: Zeroizing<String>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -180,7 +177,6 @@ impl Stack {
             policy: gate,
             addr,
             dir,
-            placeholder_pem: placeholder.private_pem,
             task,
         }
     }
@@ -219,6 +215,21 @@ impl Stack {
         ]
         .map(String::from)
         .to_vec()
+    }
+
+    /// `ssh` arguments: `extra` options first (ssh keeps the first value
+    /// of an option), then [`Stack::ssh_options`], the port, the
+    /// destination and `command`.
+    pub fn ssh_args(&self, extra: &[&str], command: &str) -> Vec<String> {
+        let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        args.extend(self.ssh_options());
+        args.extend([
+            "-p".into(),
+            self.addr.port().to_string(),
+            format!("agent@{}", self.addr.ip()),
+            command.into(),
+        ]);
+        args
     }
 
     /// The `ssh` command line for `GIT_SSH_COMMAND`.

@@ -40,7 +40,7 @@ impl Sshd {
     pub fn start(ip: IpAddr) -> Sshd {
         let dir = tempfile::Builder::new().prefix("sluice-sshd-").tempdir().unwrap();
         let host = keygen(dir.path(), "host_key");
-        let user_key = keygen(dir.path(), "user_key");
+        keygen(dir.path(), "user_key");
         fs::copy(dir.path().join("user_key.pub"), dir.path().join("authorized_keys")).unwrap();
         // sshd refuses to start without its privilege separation directory,
         // which the package's tmpfiles.d entry creates at boot.

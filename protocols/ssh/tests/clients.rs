@@ -1,0 +1,135 @@
+//! Unmodified clients through Sluice's SSH handler to a real OpenSSH server
+//! (`support/sshd.rs`): `ssh` with a placeholder key and with a token as
+//! password, `sftp`, `git clone`/`git push`, paramiko. The agent trusts only
+//! Sluice's known_hosts line (`StrictHostKeyChecking=yes`); the real key
+//! appears in no client output. Run as root, as `cargo xtask test` does.
+mod support;
+
+use std::{fs, os::unix::fs::PermissionsExt, path::Path};
+
+use support::{assert_no_secret, paramiko::Paramiko, run, Output, Stack};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssh_exec_with_placeholder_key() {
+    let stack = Stack::start(&[], None, None).await;
+    let args = stack.ssh_args(&[], "echo hi; echo err >&2; exit 3");
+    let out = run("ssh", &args, &[], None, None).await;
+    assert_eq!(out.stdout, "hi\n", "{out:?}");
+    assert!(out.stderr.contains("err"), "{out:?}");
+    assert_eq!(out.status, Some(3), "{out:?}");
+    assert_no_secret(&stack.sshd.user_key_pem, &out.texts("ssh"));
+    let log = stack.sshd.log();
+    assert!(log.contains("Accepted publickey for"), "sshd log: {log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssh_exec_with_token_as_password() {
+    let stack = Stack::start(&[], None, None).await;
+    let askpass = stack.dir.path().join("askpass");
+    fs::write(&askpass, format!("#!/bin/sh\necho '{}'\n", stack.policy().token)).unwrap();
+    fs::set_permissions(&askpass, fs::Permissions::from_mode(0o700)).unwrap();
+    let extra = [
+        "-o", "BatchMode=no",
+        "-o", "PreferredAuthentications=password",
+        "-o", "PubkeyAuthentication=no",
+        "-o", "NumberOfPasswordPrompts=1",
+    ];
+    let env = [
+        ("SSH_ASKPASS", askpass.display().to_string()),
+        ("SSH_ASKPASS_REQUIRE", "force".to_string()),
+        ("DISPLAY", ":0".to_string()),
+    ];
+    let out = run("ssh", &stack.ssh_args(&extra, "id -un"), &env, None, None).await;
+    assert_eq!(out.status, Some(0), "{out:?}");
+    assert_eq!(out.stdout.trim(), stack.sshd.user, "{out:?}");
+    assert_no_secret(&stack.sshd.user_key_pem, &out.texts("ssh"));
+
+    fs::write(&askpass, "#!/bin/sh\necho slt_wrong\n").unwrap();
+    let out = run("ssh", &stack.ssh_args(&extra, "id -un"), &env, None, None).await;
+    assert_eq!(out.status, Some(255), "a wrong token is refused: {out:?}");
+    assert!(out.stderr.contains("Permission denied"), "{out:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sftp_put_and_get() {
+    let stack = Stack::start(&[], None, None).await;
+    let local = stack.dir.path().join("upload.bin");
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    fs::write(&local, &data).unwrap();
+    let remote = stack.sshd.dir().join("uploaded.bin");
+    let back = stack.dir.path().join("download.bin");
+    let batch = format!(
+        "put {} {}\nget {} {}\n",
+        local.display(),
+        remote.display(),
+        remote.display(),
+        back.display()
+    );
+    let mut args = vec!["-b".to_string(), "-".into(), "-P".into(), stack.addr.port().to_string()];
+    args.extend(stack.ssh_options());
+    args.push(format!("agent@{}", stack.addr.ip()));
+    let out = run("sftp", &args, &[], Some(batch.as_bytes()), None).await;
+    assert_eq!(out.status, Some(0), "{out:?}");
+    assert_eq!(fs::read(&remote).unwrap(), data, "uploaded file on the real host");
+    assert_eq!(fs::read(&back).unwrap(), data, "downloaded file");
+    assert_no_secret(&stack.sshd.user_key_pem, &out.texts("sftp"));
+}
+
+/// Runs git with `GIT_SSH_COMMAND` set to ssh through Sluice.
+async fn git(stack: &Stack, args: &[&str], cwd: &Path) -> Output {
+    let env = [
+        ("GIT_SSH_COMMAND", stack.git_ssh_command()),
+        ("GIT_AUTHOR_NAME", "Agent".to_string()),
+        ("GIT_AUTHOR_EMAIL", "agent@example.invalid".to_string()),
+        ("GIT_COMMITTER_NAME", "Agent".to_string()),
+        ("GIT_COMMITTER_EMAIL", "agent@example.invalid".to_string()),
+        ("GIT_CONFIG_NOSYSTEM", "1".to_string()),
+        ("GIT_CONFIG_GLOBAL", "/dev/null".to_string()),
+    ];
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let out = run("git", &args, &env, None, Some(cwd)).await;
+    assert_eq!(out.status, Some(0), "git {args:?}: {out:?}");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn git_clone_and_push_over_ssh() {
+    let stack = Stack::start(&[], None, None).await;
+    let host_dir = stack.sshd.dir();
+    let bare = host_dir.join("repo.git");
+    let seed = host_dir.join("seed");
+    git(&stack, &["init", "-q", "--bare", "-b", "main", bare.to_str().unwrap()], host_dir).await;
+    git(&stack, &["init", "-q", "-b", "main", seed.to_str().unwrap()], host_dir).await;
+    fs::write(seed.join("README"), "seed\n").unwrap();
+    git(&stack, &["add", "README"], &seed).await;
+    git(&stack, &["commit", "-q", "-m", "seed commit"], &seed).await;
+    git(&stack, &["push", "-q", bare.to_str().unwrap(), "main"], &seed).await;
+
+    let url = format!("ssh://agent@{}:{}{}", stack.addr.ip(), stack.addr.port(), bare.display());
+    let work = stack.dir.path().join("work");
+    let clone = git(&stack, &["clone", "-q", &url, work.to_str().unwrap()], stack.dir.path()).await;
+    assert_eq!(fs::read_to_string(work.join("README")).unwrap(), "seed\n");
+    fs::write(work.join("CHANGE"), "from the agent\n").unwrap();
+    git(&stack, &["add", "CHANGE"], &work).await;
+    git(&stack, &["commit", "-q", "-m", "agent commit"], &work).await;
+    let push = git(&stack, &["push", "-q", "origin", "main"], &work).await;
+
+    let log = git(&stack, &["--git-dir", bare.to_str().unwrap(), "log", "--format=%s", "main"], host_dir).await;
+    assert_eq!(log.stdout, "agent commit\nseed commit\n");
+    let mut texts = clone.texts("git clone");
+    texts.extend(push.texts("git push"));
+    assert_no_secret(&stack.sshd.user_key_pem, &texts);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paramiko_exec() {
+    let stack = Stack::start(&[], None, None).await;
+    let mut agent = Paramiko::connect(&stack).await;
+    let first = agent.exec("echo one; exit 4").await;
+    assert_eq!(first["stdout"], "one\n", "{first}");
+    assert_eq!(first["status"], 4, "{first}");
+    let second = agent.exec("printf two >&2").await;
+    assert_eq!(second["stderr"], "two", "{second}");
+    assert_eq!(second["status"], 0, "{second}");
+    assert_no_secret(&stack.sshd.user_key_pem, &[("paramiko".into(), agent.transcript.clone())]);
+}
