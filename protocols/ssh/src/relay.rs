@@ -83,7 +83,12 @@ impl<G: Gate> Relay<G> {
         if let Err(e) = outcome {
             tracing::debug!(channel = u32::from(id), "ssh relay agent side: {e}");
         }
+        // The agent has closed its channel: close upstream's. russh does not
+        // pass upstream's answering close to the reader of a channel we
+        // closed, so the downstream task is ended here (its data has nowhere
+        // to go any more).
         let _ = upstream_tx.close().await;
+        down.abort();
         let _ = down.await;
         self.gate.record(
             &self.login,
@@ -228,9 +233,9 @@ impl<G: Gate> Relay<G> {
                 .await?;
             agent_tx.exit_status(DENIED_EXIT_STATUS).await?;
             agent_tx.eof().await?;
-            // Closing upstream ends the downstream task, which closes the
-            // agent's channel.
-            return upstream_tx.close().await;
+            // The agent answers with its close, which ends this task; the
+            // unused upstream channel is closed then.
+            return agent_tx.close().await;
         }
         recording.store(terminal, Ordering::Release);
         let reply = expect_reply(pending);

@@ -219,7 +219,7 @@ impl Stack {
 
     /// `ssh` arguments: `extra` options first (ssh keeps the first value
     /// of an option), then [`Stack::ssh_options`], the port, the
-    /// destination and `command`.
+    /// destination and `command` (none if empty).
     pub fn ssh_args(&self, extra: &[&str], command: &str) -> Vec<String> {
         let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         args.extend(self.ssh_options());
@@ -227,8 +227,10 @@ impl Stack {
             "-p".into(),
             self.addr.port().to_string(),
             format!("agent@{}", self.addr.ip()),
-            command.into(),
         ]);
+        if !command.is_empty() {
+            args.push(command.into());
+        }
         args
     }
 
