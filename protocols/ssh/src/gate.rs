@@ -5,7 +5,7 @@
 //! The handler knows SSH and nothing of tokens, vaults or policy; the gateway
 //! knows policy and nothing of SSH. [`Gate`] is the seam between the two, one
 //! value per agent connection.
-use std::{fmt, future::Future, net::SocketAddr};
+use std::{fmt, future::Future, net::SocketAddr, sync::Arc};
 
 use russh::keys::{PrivateKey, PublicKey};
 use zeroize::Zeroizing;
@@ -70,8 +70,9 @@ pub struct UpstreamTarget {
 
 /// The secret Sluice logs in upstream with.
 pub enum UpstreamCredential {
-    /// An OpenSSH private key (ed25519, ECDSA or RSA).
-    Key(PrivateKey),
+    /// An OpenSSH private key (ed25519, ECDSA or RSA); see
+    /// [`parse_private_key`](crate::upstream::parse_private_key).
+    Key(Arc<PrivateKey>),
     /// A password.
     Password(Zeroizing<String>),
 }

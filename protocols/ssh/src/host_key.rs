@@ -51,19 +51,20 @@ pub fn load_or_generate(state_dir: &Path) -> Result<PrivateKey, HostKeyError> {
         source,
     };
     match fs::read_to_string(&path) {
-        Ok(text) => PrivateKey::from_openssh(text.as_bytes()).map_err(|source| {
-            HostKeyError::Format {
+        Ok(text) => {
+            PrivateKey::from_openssh(text.as_bytes()).map_err(|source| HostKeyError::Format {
                 path: path.clone(),
                 source,
-            }
-        }),
+            })
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            let key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).map_err(
-                |source| HostKeyError::Format {
-                    path: path.clone(),
-                    source,
-                },
-            )?;
+            let key =
+                PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).map_err(|source| {
+                    HostKeyError::Format {
+                        path: path.clone(),
+                        source,
+                    }
+                })?;
             let text = key
                 .to_openssh(LineEnding::LF)
                 .map_err(|source| HostKeyError::Format {
@@ -105,7 +106,10 @@ fn key_base64(key: &PublicKey) -> String {
     let mut bare = key.clone();
     bare.set_comment("");
     let line = bare.to_openssh().unwrap_or_default();
-    line.split_whitespace().nth(1).unwrap_or_default().to_string()
+    line.split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_string()
 }
 
 #[cfg(test)]

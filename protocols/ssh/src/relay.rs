@@ -52,71 +52,94 @@ impl<G: Gate> Clone for Relay<G> {
     }
 }
 
-/// Upstream replies awaited by the agent → upstream task, oldest first.
-type Pending = Arc<Mutex<VecDeque<oneshot::Sender<bool>>>>;
+/// The writing ends of a relayed channel pair and the state both
+/// directions share.
+struct Ends {
+    agent: ChannelWriteHalf<server::Msg>,
+    upstream: ChannelWriteHalf<client::Msg>,
+    /// Upstream replies awaited by the agent → upstream task, oldest first.
+    pending: Mutex<VecDeque<oneshot::Sender<bool>>>,
+    /// Whether output is terminal output to record (set once exec or shell
+    /// starts on a session channel).
+    recording: AtomicBool,
+    /// Whether exec and shell output of this channel is recorded at all
+    /// (session channels, not direct-tcpip).
+    terminal: bool,
+}
+
+impl Ends {
+    fn id(&self) -> ChannelId {
+        self.agent.id()
+    }
+
+    /// Registers a wait for the next upstream reply on this channel.
+    fn expect_reply(&self) -> oneshot::Receiver<bool> {
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut q) = self.pending.lock() {
+            q.push_back(tx);
+        }
+        rx
+    }
+
+    /// Hands an upstream reply to the oldest waiter.
+    fn reply(&self, success: bool) {
+        let waiter = self.pending.lock().ok().and_then(|mut q| q.pop_front());
+        if let Some(waiter) = waiter {
+            let _ = waiter.send(success);
+        }
+    }
+}
 
 impl<G: Gate> Relay<G> {
-    /// Relays `agent` ⇄ `upstream` until both are closed. `terminal` says
-    /// whether the channel's output is terminal output to record (session
-    /// channels once exec or shell started; never for direct-tcpip).
+    /// Relays `agent` ⇄ `upstream` until the agent's channel is closed.
+    /// `terminal` says whether exec and shell output is recorded (session
+    /// channels; never direct-tcpip).
     pub async fn run(
         self,
         agent: Channel<server::Msg>,
         upstream: Channel<client::Msg>,
         terminal: bool,
     ) {
-        let id = agent.id();
         let (agent_rx, agent_tx) = agent.split();
         let (upstream_rx, upstream_tx) = upstream.split();
-        let agent_tx = Arc::new(agent_tx);
-        let pending = Pending::default();
-        let recording = Arc::new(AtomicBool::new(false));
-        let down = tokio::spawn(self.clone().downstream(
-            upstream_rx,
-            agent_tx.clone(),
-            pending.clone(),
-            recording.clone(),
-        ));
-        let outcome = self
-            .upstream(agent_rx, &agent_tx, &upstream_tx, &pending, &recording, terminal)
-            .await;
-        if let Err(e) = outcome {
-            tracing::debug!(channel = u32::from(id), "ssh relay agent side: {e}");
+        let ends = Arc::new(Ends {
+            agent: agent_tx,
+            upstream: upstream_tx,
+            pending: Mutex::default(),
+            recording: AtomicBool::new(false),
+            terminal,
+        });
+        let channel = u32::from(ends.id());
+        let down = tokio::spawn(self.clone().downstream(upstream_rx, ends.clone()));
+        if let Err(e) = self.upstream(agent_rx, &ends).await {
+            tracing::debug!(channel, "ssh relay agent side: {e}");
         }
         // The agent has closed its channel: close upstream's. russh does not
         // pass upstream's answering close to the reader of a channel we
         // closed, so the downstream task is ended here (its data has nowhere
         // to go any more).
-        let _ = upstream_tx.close().await;
+        let _ = ends.upstream.close().await;
         down.abort();
         let _ = down.await;
-        self.gate.record(
-            &self.login,
-            SshEvent::ChannelClose {
-                channel: id.into(),
-            },
-        );
+        self.gate
+            .record(&self.login, SshEvent::ChannelClose { channel });
     }
 
     /// Agent → upstream: until the agent closes the channel.
     async fn upstream(
         &self,
         mut agent_rx: ChannelReadHalf,
-        agent_tx: &ChannelWriteHalf<server::Msg>,
-        upstream_tx: &ChannelWriteHalf<client::Msg>,
-        pending: &Pending,
-        recording: &AtomicBool,
-        terminal: bool,
+        ends: &Ends,
     ) -> Result<(), russh::Error> {
-        let id = agent_tx.id();
-        let channel = u32::from(id);
+        let channel = u32::from(ends.id());
+        let upstream = &ends.upstream;
         while let Some(msg) = agent_rx.wait().await {
             match msg {
-                ChannelMsg::Data { data } => upstream_tx.data_bytes(data).await?,
+                ChannelMsg::Data { data } => upstream.data_bytes(data).await?,
                 ChannelMsg::ExtendedData { data, ext } => {
-                    upstream_tx.extended_data_bytes(ext, data).await?
+                    upstream.extended_data_bytes(ext, data).await?
                 }
-                ChannelMsg::Eof => upstream_tx.eof().await?,
+                ChannelMsg::Eof => upstream.eof().await?,
                 ChannelMsg::Close => break,
                 ChannelMsg::RequestPty {
                     term,
@@ -136,8 +159,8 @@ impl<G: Gate> Relay<G> {
                             rows: row_height,
                         },
                     );
-                    let reply = expect_reply(pending);
-                    upstream_tx
+                    let reply = ends.expect_reply();
+                    upstream
                         .request_pty(
                             true,
                             &term,
@@ -148,7 +171,7 @@ impl<G: Gate> Relay<G> {
                             &terminal_modes,
                         )
                         .await?;
-                    self.relay_reply(id, reply).await;
+                    self.relay_reply(ends.id(), reply).await;
                 }
                 ChannelMsg::WindowChange {
                     col_width,
@@ -164,7 +187,7 @@ impl<G: Gate> Relay<G> {
                             rows: row_height,
                         },
                     );
-                    upstream_tx
+                    upstream
                         .window_change(col_width, row_height, pix_width, pix_height)
                         .await?
                 }
@@ -173,26 +196,18 @@ impl<G: Gate> Relay<G> {
                     variable_value,
                     ..
                 } if env_passes(&variable_name) => {
-                    upstream_tx
+                    upstream
                         .set_env(false, variable_name, variable_value)
                         .await?
                 }
-                ChannelMsg::Signal { signal } => upstream_tx.signal(signal).await?,
+                ChannelMsg::Signal { signal } => upstream.signal(signal).await?,
                 ChannelMsg::Exec { command, .. } => {
-                    let operation = Operation::Exec {
-                        command: String::from_utf8_lossy(&command).into_owned(),
-                    };
-                    self.start(id, operation, agent_tx, upstream_tx, pending, recording, terminal)
-                        .await?
+                    let command = String::from_utf8_lossy(&command).into_owned();
+                    self.start(Operation::Exec { command }, ends).await?
                 }
-                ChannelMsg::RequestShell { .. } => {
-                    self.start(id, Operation::Shell, agent_tx, upstream_tx, pending, recording, terminal)
-                        .await?
-                }
+                ChannelMsg::RequestShell { .. } => self.start(Operation::Shell, ends).await?,
                 ChannelMsg::RequestSubsystem { name, .. } => {
-                    let operation = Operation::Subsystem { name };
-                    self.start(id, operation, agent_tx, upstream_tx, pending, recording, false)
-                        .await?
+                    self.start(Operation::Subsystem { name }, ends).await?
                 }
                 // Agent forwarding is refused by the connection handler
                 // (`agent_request`), X11 likewise; other environment
@@ -206,17 +221,8 @@ impl<G: Gate> Relay<G> {
     /// An exec, shell or subsystem request: asks the gate, then either
     /// starts it upstream or ends the channel with the refusal on stderr and
     /// exit status [`DENIED_EXIT_STATUS`].
-    #[allow(clippy::too_many_arguments)]
-    async fn start(
-        &self,
-        id: ChannelId,
-        operation: Operation,
-        agent_tx: &ChannelWriteHalf<server::Msg>,
-        upstream_tx: &ChannelWriteHalf<client::Msg>,
-        pending: &Pending,
-        recording: &AtomicBool,
-        terminal: bool,
-    ) -> Result<(), russh::Error> {
+    async fn start(&self, operation: Operation, ends: &Ends) -> Result<(), russh::Error> {
+        let id = ends.id();
         let channel = u32::from(id);
         if let Decision::Deny { message } = self.gate.authorize(&self.login, &operation).await {
             self.gate.record(
@@ -228,22 +234,25 @@ impl<G: Gate> Relay<G> {
                 },
             );
             let _ = self.server.channel_success(id).await;
-            agent_tx
+            let agent = &ends.agent;
+            agent
                 .extended_data_bytes(1, Bytes::from(format!("sluice: {message}\r\n")))
                 .await?;
-            agent_tx.exit_status(DENIED_EXIT_STATUS).await?;
-            agent_tx.eof().await?;
-            // The agent answers with its close, which ends this task; the
+            agent.exit_status(DENIED_EXIT_STATUS).await?;
+            agent.eof().await?;
+            // The agent answers with its close, which ends this relay; the
             // unused upstream channel is closed then.
-            return agent_tx.close().await;
+            return agent.close().await;
         }
-        recording.store(terminal, Ordering::Release);
-        let reply = expect_reply(pending);
+        let terminal = ends.terminal && !matches!(operation, Operation::Subsystem { .. });
+        ends.recording.store(terminal, Ordering::Release);
+        let reply = ends.expect_reply();
+        let upstream = &ends.upstream;
         match &operation {
-            Operation::Exec { command } => upstream_tx.exec(true, command.as_bytes()).await?,
-            Operation::Shell => upstream_tx.request_shell(true).await?,
+            Operation::Exec { command } => upstream.exec(true, command.as_bytes()).await?,
+            Operation::Shell => upstream.request_shell(true).await?,
             Operation::Subsystem { name } => {
-                upstream_tx.request_subsystem(true, name.as_str()).await?
+                upstream.request_subsystem(true, name.as_str()).await?
             }
             Operation::Session | Operation::Forward { .. } => {}
         }
@@ -266,18 +275,14 @@ impl<G: Gate> Relay<G> {
         ok
     }
 
-    /// Upstream → agent: until upstream closes the channel.
-    async fn downstream(
-        self,
-        mut upstream_rx: ChannelReadHalf,
-        agent_tx: Arc<ChannelWriteHalf<server::Msg>>,
-        pending: Pending,
-        recording: Arc<AtomicBool>,
-    ) {
-        let id = agent_tx.id();
+    /// Upstream → agent: until upstream closes the channel (or the agent
+    /// side ends this task).
+    async fn downstream(self, mut upstream_rx: ChannelReadHalf, ends: Arc<Ends>) {
+        let id = ends.id();
         let channel = u32::from(id);
+        let agent = &ends.agent;
         let output = |stream: Stream, data: &Bytes| {
-            if recording.load(Ordering::Acquire) {
+            if ends.recording.load(Ordering::Acquire) {
                 self.gate.record(
                     &self.login,
                     SshEvent::Output {
@@ -292,13 +297,13 @@ impl<G: Gate> Relay<G> {
             let sent = match msg {
                 ChannelMsg::Data { data } => {
                     output(Stream::Stdout, &data);
-                    agent_tx.data_bytes(data).await
+                    agent.data_bytes(data).await
                 }
                 ChannelMsg::ExtendedData { data, ext } => {
                     output(Stream::Stderr, &data);
-                    agent_tx.extended_data_bytes(ext, data).await
+                    agent.extended_data_bytes(ext, data).await
                 }
-                ChannelMsg::Eof => agent_tx.eof().await,
+                ChannelMsg::Eof => agent.eof().await,
                 ChannelMsg::ExitStatus { exit_status } => {
                     self.gate.record(
                         &self.login,
@@ -307,7 +312,7 @@ impl<G: Gate> Relay<G> {
                             status: exit_status,
                         },
                     );
-                    agent_tx.exit_status(exit_status).await
+                    agent.exit_status(exit_status).await
                 }
                 ChannelMsg::ExitSignal {
                     signal_name,
@@ -315,13 +320,9 @@ impl<G: Gate> Relay<G> {
                     error_message,
                     lang_tag,
                 } => {
-                    self.gate.record(
-                        &self.login,
-                        SshEvent::ExitSignal {
-                            channel,
-                            signal: signal_name_of(&signal_name),
-                        },
-                    );
+                    let signal = signal_name_of(&signal_name);
+                    self.gate
+                        .record(&self.login, SshEvent::ExitSignal { channel, signal });
                     let _ = self
                         .server
                         .exit_signal_request(id, signal_name, core_dumped, error_message, lang_tag)
@@ -329,10 +330,7 @@ impl<G: Gate> Relay<G> {
                     Ok(())
                 }
                 ChannelMsg::Success | ChannelMsg::Failure => {
-                    let waiter = pending.lock().map(|mut q| q.pop_front()).ok().flatten();
-                    if let Some(waiter) = waiter {
-                        let _ = waiter.send(matches!(msg, ChannelMsg::Success));
-                    }
+                    ends.reply(matches!(msg, ChannelMsg::Success));
                     Ok(())
                 }
                 ChannelMsg::Close => break,
@@ -344,20 +342,11 @@ impl<G: Gate> Relay<G> {
             }
         }
         // Requests still waiting get a failure (their senders drop here).
-        if let Ok(mut q) = pending.lock() {
+        if let Ok(mut q) = ends.pending.lock() {
             q.clear();
         }
-        let _ = agent_tx.close().await;
+        let _ = agent.close().await;
     }
-}
-
-/// Registers a wait for the next upstream reply on this channel.
-fn expect_reply(pending: &Pending) -> oneshot::Receiver<bool> {
-    let (tx, rx) = oneshot::channel();
-    if let Ok(mut q) = pending.lock() {
-        q.push_back(tx);
-    }
-    rx
 }
 
 /// A signal's name without `SIG`, as sent in `exit-signal` (RFC 4254 §6.10).

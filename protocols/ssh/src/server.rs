@@ -167,7 +167,13 @@ impl<G: Gate> Opening<G> {
             Err(e) => return reply.reject(refused(format!("upstream: {e}"))).await,
         };
         reply.accept().await;
-        gate.record(login, SshEvent::ChannelOpen { channel, kind: operation.clone() });
+        gate.record(
+            login,
+            SshEvent::ChannelOpen {
+                channel,
+                kind: operation.clone(),
+            },
+        );
         let terminal = operation == Operation::Session;
         self.relay.run(agent, up_channel, terminal).await;
     }

@@ -69,12 +69,13 @@ impl Upstream {
     }
 
     async fn login(target: &UpstreamTarget) -> Result<Self, UpstreamError> {
-        let stream = TcpStream::connect(target.addr)
-            .await
-            .map_err(|source| UpstreamError::Connect {
-                addr: target.addr,
-                source,
-            })?;
+        let stream =
+            TcpStream::connect(target.addr)
+                .await
+                .map_err(|source| UpstreamError::Connect {
+                    addr: target.addr,
+                    source,
+                })?;
         stream.set_nodelay(true).ok();
         let config = Arc::new(client::Config {
             inactivity_timeout: None,
@@ -92,7 +93,7 @@ impl Upstream {
                 } else {
                     None
                 };
-                let key = PrivateKeyWithHashAlg::new(Arc::new(key.clone()), hash);
+                let key = PrivateKeyWithHashAlg::new(key.clone(), hash);
                 handle.authenticate_publickey(&target.user, key).await?
             }
             UpstreamCredential::Password(password) => {

@@ -26,13 +26,21 @@ async fn ssh_exec_with_placeholder_key() {
 async fn ssh_exec_with_token_as_password() {
     let stack = Stack::start(&[], None, None).await;
     let askpass = stack.dir.path().join("askpass");
-    fs::write(&askpass, format!("#!/bin/sh\necho '{}'\n", stack.policy().token)).unwrap();
+    fs::write(
+        &askpass,
+        format!("#!/bin/sh\necho '{}'\n", stack.policy().token),
+    )
+    .unwrap();
     fs::set_permissions(&askpass, fs::Permissions::from_mode(0o700)).unwrap();
     let extra = [
-        "-o", "BatchMode=no",
-        "-o", "PreferredAuthentications=password",
-        "-o", "PubkeyAuthentication=no",
-        "-o", "NumberOfPasswordPrompts=1",
+        "-o",
+        "BatchMode=no",
+        "-o",
+        "PreferredAuthentications=password",
+        "-o",
+        "PubkeyAuthentication=no",
+        "-o",
+        "NumberOfPasswordPrompts=1",
     ];
     let env = [
         ("SSH_ASKPASS", askpass.display().to_string()),
@@ -65,12 +73,21 @@ async fn sftp_put_and_get() {
         remote.display(),
         back.display()
     );
-    let mut args = vec!["-b".to_string(), "-".into(), "-P".into(), stack.addr.port().to_string()];
+    let mut args = vec![
+        "-b".to_string(),
+        "-".into(),
+        "-P".into(),
+        stack.addr.port().to_string(),
+    ];
     args.extend(stack.ssh_options());
     args.push(format!("agent@{}", stack.addr.ip()));
     let out = run("sftp", &args, &[], Some(batch.as_bytes()), None).await;
     assert_eq!(out.status, Some(0), "{out:?}");
-    assert_eq!(fs::read(&remote).unwrap(), data, "uploaded file on the real host");
+    assert_eq!(
+        fs::read(&remote).unwrap(),
+        data,
+        "uploaded file on the real host"
+    );
     assert_eq!(fs::read(&back).unwrap(), data, "downloaded file");
     assert_no_secret(&stack.sshd.user_key_pem, &out.texts("sftp"));
 }
@@ -98,23 +115,59 @@ async fn git_clone_and_push_over_ssh() {
     let host_dir = stack.sshd.dir();
     let bare = host_dir.join("repo.git");
     let seed = host_dir.join("seed");
-    git(&stack, &["init", "-q", "--bare", "-b", "main", bare.to_str().unwrap()], host_dir).await;
-    git(&stack, &["init", "-q", "-b", "main", seed.to_str().unwrap()], host_dir).await;
+    git(
+        &stack,
+        &["init", "-q", "--bare", "-b", "main", bare.to_str().unwrap()],
+        host_dir,
+    )
+    .await;
+    git(
+        &stack,
+        &["init", "-q", "-b", "main", seed.to_str().unwrap()],
+        host_dir,
+    )
+    .await;
     fs::write(seed.join("README"), "seed\n").unwrap();
     git(&stack, &["add", "README"], &seed).await;
     git(&stack, &["commit", "-q", "-m", "seed commit"], &seed).await;
-    git(&stack, &["push", "-q", bare.to_str().unwrap(), "main"], &seed).await;
+    git(
+        &stack,
+        &["push", "-q", bare.to_str().unwrap(), "main"],
+        &seed,
+    )
+    .await;
 
-    let url = format!("ssh://agent@{}:{}{}", stack.addr.ip(), stack.addr.port(), bare.display());
+    let url = format!(
+        "ssh://agent@{}:{}{}",
+        stack.addr.ip(),
+        stack.addr.port(),
+        bare.display()
+    );
     let work = stack.dir.path().join("work");
-    let clone = git(&stack, &["clone", "-q", &url, work.to_str().unwrap()], stack.dir.path()).await;
+    let clone = git(
+        &stack,
+        &["clone", "-q", &url, work.to_str().unwrap()],
+        stack.dir.path(),
+    )
+    .await;
     assert_eq!(fs::read_to_string(work.join("README")).unwrap(), "seed\n");
     fs::write(work.join("CHANGE"), "from the agent\n").unwrap();
     git(&stack, &["add", "CHANGE"], &work).await;
     git(&stack, &["commit", "-q", "-m", "agent commit"], &work).await;
     let push = git(&stack, &["push", "-q", "origin", "main"], &work).await;
 
-    let log = git(&stack, &["--git-dir", bare.to_str().unwrap(), "log", "--format=%s", "main"], host_dir).await;
+    let log = git(
+        &stack,
+        &[
+            "--git-dir",
+            bare.to_str().unwrap(),
+            "log",
+            "--format=%s",
+            "main",
+        ],
+        host_dir,
+    )
+    .await;
     assert_eq!(log.stdout, "agent commit\nseed commit\n");
     let mut texts = clone.texts("git clone");
     texts.extend(push.texts("git push"));
@@ -131,5 +184,8 @@ async fn paramiko_exec() {
     let second = agent.exec("printf two >&2").await;
     assert_eq!(second["stderr"], "two", "{second}");
     assert_eq!(second["status"], 0, "{second}");
-    assert_no_secret(&stack.sshd.user_key_pem, &[("paramiko".into(), agent.transcript.clone())]);
+    assert_no_secret(
+        &stack.sshd.user_key_pem,
+        &[("paramiko".into(), agent.transcript.clone())],
+    );
 }

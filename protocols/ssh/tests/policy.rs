@@ -19,13 +19,22 @@ async fn denied_command_gets_126_and_stderr_and_the_connection_stays_usable() {
     let stack = Stack::start(&[DENIED], None, None).await;
     let out = run("ssh", &stack.ssh_args(&[], DENIED), &[], None, None).await;
     assert_eq!(out.status, Some(DENIED_EXIT_STATUS as i32), "{out:?}");
-    assert!(out.stderr.contains("denied by rule: rm -rf /srv/data"), "{out:?}");
+    assert!(
+        out.stderr.contains("denied by rule: rm -rf /srv/data"),
+        "{out:?}"
+    );
     assert_eq!(out.stdout, "");
 
     let mut agent = Paramiko::connect(&stack).await;
     let denied = agent.exec(DENIED).await;
     assert_eq!(denied["status"], DENIED_EXIT_STATUS, "{denied}");
-    assert!(denied["stderr"].as_str().unwrap().contains("denied by rule"), "{denied}");
+    assert!(
+        denied["stderr"]
+            .as_str()
+            .unwrap()
+            .contains("denied by rule"),
+        "{denied}"
+    );
     let allowed = agent.exec("echo still here").await;
     assert_eq!(allowed["stdout"], "still here\n", "{allowed}");
     assert_eq!(allowed["status"], 0, "{allowed}");
@@ -66,17 +75,58 @@ async fn pty_shell_passes_window_changes_and_is_recorded() {
     let shell = agent.shell().await;
     assert_eq!(shell["status"], 0, "{shell}");
     let output = shell["output"].as_str().unwrap();
-    assert!(output.contains("24 80") && output.contains("40 100"), "{shell}");
+    assert!(
+        output.contains("24 80") && output.contains("40 100"),
+        "{shell}"
+    );
 
     let events = stack.events();
-    assert!(events.iter().any(|e| matches!(e, SshEvent::Pty { cols: 80, rows: 24, .. })), "{events:?}");
-    assert!(events.iter().any(|e| matches!(e, SshEvent::WindowChange { cols: 100, rows: 40, .. })), "{events:?}");
-    assert!(events.iter().any(|e| matches!(e, SshEvent::Started { operation: Operation::Shell, .. })), "{events:?}");
-    assert!(events.iter().any(|e| matches!(e, SshEvent::ExitStatus { status: 0, .. })), "{events:?}");
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            SshEvent::Pty {
+                cols: 80,
+                rows: 24,
+                ..
+            }
+        )),
+        "{events:?}"
+    );
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            SshEvent::WindowChange {
+                cols: 100,
+                rows: 40,
+                ..
+            }
+        )),
+        "{events:?}"
+    );
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            SshEvent::Started {
+                operation: Operation::Shell,
+                ..
+            }
+        )),
+        "{events:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, SshEvent::ExitStatus { status: 0, .. })),
+        "{events:?}"
+    );
     let recorded: Vec<u8> = events
         .iter()
         .filter_map(|e| match e {
-            SshEvent::Output { stream: Stream::Stdout, data, .. } => Some(data.clone()),
+            SshEvent::Output {
+                stream: Stream::Stdout,
+                data,
+                ..
+            } => Some(data.clone()),
             _ => None,
         })
         .flatten()
@@ -85,12 +135,17 @@ async fn pty_shell_passes_window_changes_and_is_recorded() {
     let first = recorded.find("24 80").expect("first stty size recorded");
     let second = recorded.find("40 100").expect("second stty size recorded");
     assert!(first < second, "output recorded in order");
-    assert_no_secret(&stack.sshd.user_key_pem, &[("records".into(), format!("{events:?}"))]);
+    assert_no_secret(
+        &stack.sshd.user_key_pem,
+        &[("records".into(), format!("{events:?}"))],
+    );
 }
 
 /// A TCP server on a fresh loopback address that sends one line and closes.
 async fn hello_server() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind((fresh_ip(), 0)).await.unwrap();
+    let listener = tokio::net::TcpListener::bind((fresh_ip(), 0))
+        .await
+        .unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
@@ -109,7 +164,10 @@ async fn forwarding_only_when_allowed_and_remote_forwarding_never() {
 
     let refused = run("ssh", &stack.ssh_args(&w, ""), &[], None, None).await;
     assert_eq!(refused.status, Some(255), "{refused:?}");
-    assert!(refused.stderr.contains("forwarding is not allowed"), "{refused:?}");
+    assert!(
+        refused.stderr.contains("forwarding is not allowed"),
+        "{refused:?}"
+    );
 
     stack.policy().forward.store(true, Ordering::SeqCst);
     let allowed = run("ssh", &stack.ssh_args(&w, ""), &[], None, None).await;
@@ -118,7 +176,10 @@ async fn forwarding_only_when_allowed_and_remote_forwarding_never() {
     let remote = ["-o", "ExitOnForwardFailure=yes", "-R", "0:127.0.0.1:9"];
     let out = run("ssh", &stack.ssh_args(&remote, "echo ran"), &[], None, None).await;
     assert_eq!(out.status, Some(255), "{out:?}");
-    assert!(out.stderr.contains("remote port forwarding failed"), "{out:?}");
+    assert!(
+        out.stderr.contains("remote port forwarding failed"),
+        "{out:?}"
+    );
     assert!(!out.stdout.contains("ran"), "{out:?}");
 }
 
@@ -127,11 +188,16 @@ async fn unknown_key_is_refused_and_nothing_reaches_upstream() {
     let stack = Stack::start(&[], None, None).await;
     let stranger = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap();
     let path = stack.dir.path().join("id_stranger");
-    stranger.write_openssh_file(&path, Default::default()).unwrap();
+    stranger
+        .write_openssh_file(&path, Default::default())
+        .unwrap();
     let identity = path.display().to_string();
     let mut args = vec!["-F".to_string(), "/dev/null".into()];
     for option in [
-        format!("UserKnownHostsFile={}/known_hosts", stack.dir.path().display()),
+        format!(
+            "UserKnownHostsFile={}/known_hosts",
+            stack.dir.path().display()
+        ),
         "StrictHostKeyChecking=yes".into(),
         "BatchMode=yes".into(),
         "IdentitiesOnly=yes".into(),
@@ -139,12 +205,20 @@ async fn unknown_key_is_refused_and_nothing_reaches_upstream() {
     ] {
         args.extend(["-o".into(), option]);
     }
-    args.extend(["-i".into(), identity, "-p".into(), stack.addr.port().to_string()]);
+    args.extend([
+        "-i".into(),
+        identity,
+        "-p".into(),
+        stack.addr.port().to_string(),
+    ]);
     args.extend([format!("agent@{}", stack.addr.ip()), "echo hi".into()]);
     let out = run("ssh", &args, &[], None, None).await;
     assert_eq!(out.status, Some(255), "{out:?}");
     assert!(out.stderr.contains("Permission denied"), "{out:?}");
-    assert!(!stack.sshd.log().contains("userauth-request"), "no upstream login for a refused agent");
+    assert!(
+        !stack.sshd.log().contains("userauth-request"),
+        "no upstream login for a refused agent"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -86,7 +86,7 @@ impl Gate for TestGate {
         Ok(UpstreamTarget {
             addr: self.0.upstream,
             user: self.0.user.clone(),
-            credential: UpstreamCredential::Key(self.0.credential.clone()),
+            credential: UpstreamCredential::Key(Arc::new(self.0.credential.clone())),
             host_keys: vec![self.0.host_key.clone()],
         })
     }
@@ -101,11 +101,9 @@ impl Gate for TestGate {
             Operation::Exec { command } if self.0.denied.contains(command) => Decision::Deny {
                 message: format!("denied by rule: {command}"),
             },
-            Operation::Forward { .. } if !self.0.forward.load(Ordering::SeqCst) => {
-                Decision::Deny {
-                    message: "forwarding is not allowed".into(),
-                }
-            }
+            Operation::Forward { .. } if !self.0.forward.load(Ordering::SeqCst) => Decision::Deny {
+                message: "forwarding is not allowed".into(),
+            },
             _ => Decision::Allow,
         }
     }
@@ -132,9 +130,16 @@ impl Stack {
     /// Starts an sshd and a Sluice listener whose gate expects
     /// `expected_host_key` (the sshd's own key if `None`) and logs in to
     /// `upstream` (the sshd if `None`).
-    pub async fn start(denied: &[&str], expected_host_key: Option<PublicKey>, upstream: Option<SocketAddr>) -> Stack {
+    pub async fn start(
+        denied: &[&str],
+        expected_host_key: Option<PublicKey>,
+        upstream: Option<SocketAddr>,
+    ) -> Stack {
         let sshd = Sshd::start(fresh_ip());
-        let dir = tempfile::Builder::new().prefix("sluice-ssh-agent-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("sluice-ssh-agent-")
+            .tempdir()
+            .unwrap();
         let placeholder = PlaceholderKey::generate("agent@ssh-test").unwrap();
         let key_path = dir.path().join("id_placeholder");
         write_private(&key_path, &placeholder.private_pem);
@@ -164,7 +169,9 @@ impl Stack {
         let accept_gate = gate.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
                 let config = config.clone();
                 let gate = TestGate::clone(&accept_gate);
                 tokio::spawn(async move {
@@ -270,19 +277,31 @@ impl Output {
 }
 
 /// Runs `program args` with `env`, stdin from `stdin`, and a deadline.
-pub async fn run(program: &str, args: &[String], env: &[(&str, String)], stdin: Option<&[u8]>, cwd: Option<&Path>) -> Output {
+pub async fn run(
+    program: &str,
+    args: &[String],
+    env: &[(&str, String)],
+    stdin: Option<&[u8]>,
+    cwd: Option<&Path>,
+) -> Output {
     use tokio::io::AsyncWriteExt;
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args)
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     if let Some(cwd) = cwd {
         cmd.current_dir(cwd);
     }
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("start {program}: {e}"));
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {program}: {e}"));
     if let Some(input) = stdin {
         let mut pipe = child.stdin.take().unwrap();
         pipe.write_all(input).await.unwrap();
@@ -302,9 +321,15 @@ pub async fn run(program: &str, args: &[String], env: &[(&str, String)], stdin: 
 /// Asserts that no text contains the secret (the real key's body lines, or
 /// a token); names the source on a hit, never the secret.
 pub fn assert_no_secret(secret: &str, texts: &[(String, String)]) {
-    for line in secret.lines().filter(|l| l.len() >= 16 && !l.starts_with("-----")) {
+    for line in secret
+        .lines()
+        .filter(|l| l.len() >= 16 && !l.starts_with("-----"))
+    {
         for (label, text) in texts {
-            assert!(!text.contains(line), "a line of the real secret appears in {label}");
+            assert!(
+                !text.contains(line),
+                "a line of the real secret appears in {label}"
+            );
         }
     }
 }

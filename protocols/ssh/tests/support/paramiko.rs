@@ -22,7 +22,10 @@ pub struct Paramiko {
 impl Paramiko {
     /// Connects with the placeholder key; panics if the connection fails.
     pub async fn connect(stack: &Stack) -> Paramiko {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/paramiko_agent.py");
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/support/paramiko_agent.py"
+        );
         let mut child = tokio::process::Command::new("python3")
             .arg(script)
             .arg(stack.addr.ip().to_string())
@@ -51,7 +54,8 @@ impl Paramiko {
 
     /// Runs `command` on a new exec channel of the same connection.
     pub async fn exec(&mut self, command: &str) -> Value {
-        self.request(json!({"op": "exec", "command": command})).await
+        self.request(json!({"op": "exec", "command": command}))
+            .await
     }
 
     /// Runs the pty shell script (see `paramiko_agent.py`).

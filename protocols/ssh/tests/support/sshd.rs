@@ -38,10 +38,17 @@ impl Sshd {
     /// ed25519 user key, logging at DEBUG1 (every `userauth-request`) to
     /// `sshd.log` in its dir.
     pub fn start(ip: IpAddr) -> Sshd {
-        let dir = tempfile::Builder::new().prefix("sluice-sshd-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("sluice-sshd-")
+            .tempdir()
+            .unwrap();
         let host = keygen(dir.path(), "host_key");
         keygen(dir.path(), "user_key");
-        fs::copy(dir.path().join("user_key.pub"), dir.path().join("authorized_keys")).unwrap();
+        fs::copy(
+            dir.path().join("user_key.pub"),
+            dir.path().join("authorized_keys"),
+        )
+        .unwrap();
         // sshd refuses to start without its privilege separation directory,
         // which the package's tmpfiles.d entry creates at boot.
         fs::create_dir_all("/run/sshd").unwrap();
@@ -89,7 +96,11 @@ impl Sshd {
         };
         let deadline = Instant::now() + START_TIMEOUT;
         while TcpStream::connect(addr).is_err() {
-            assert!(Instant::now() < deadline, "sshd did not listen on {addr}: {}", sshd.log());
+            assert!(
+                Instant::now() < deadline,
+                "sshd did not listen on {addr}: {}",
+                sshd.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         sshd
