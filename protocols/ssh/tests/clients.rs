@@ -7,24 +7,26 @@ mod support;
 
 use std::{fs, os::unix::fs::PermissionsExt, path::Path};
 
-use support::{assert_no_secret, paramiko::Paramiko, run, Output, Stack};
+use sluice_ssh::SshEvent;
+
+use support::{assert_no_secret, paramiko::Paramiko, run, Options, Output, Stack, UserKey};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ssh_exec_with_placeholder_key() {
-    let stack = Stack::start(&[], None, None).await;
+    let stack = Stack::start(Options::default()).await;
     let args = stack.ssh_args(&[], "echo hi; echo err >&2; exit 3");
     let out = run("ssh", &args, &[], None, None).await;
     assert_eq!(out.stdout, "hi\n", "{out:?}");
     assert!(out.stderr.contains("err"), "{out:?}");
     assert_eq!(out.status, Some(3), "{out:?}");
-    assert_no_secret(&stack.sshd.user_key_pem, &out.texts("ssh"));
+    assert_no_secret(&stack.secret, &out.texts("ssh"));
     let log = stack.sshd.log();
     assert!(log.contains("Accepted publickey for"), "sshd log: {log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ssh_exec_with_token_as_password() {
-    let stack = Stack::start(&[], None, None).await;
+    let stack = Stack::start(Options::default()).await;
     let askpass = stack.dir.path().join("askpass");
     fs::write(
         &askpass,
@@ -50,7 +52,7 @@ async fn ssh_exec_with_token_as_password() {
     let out = run("ssh", &stack.ssh_args(&extra, "id -un"), &env, None, None).await;
     assert_eq!(out.status, Some(0), "{out:?}");
     assert_eq!(out.stdout.trim(), stack.sshd.user, "{out:?}");
-    assert_no_secret(&stack.sshd.user_key_pem, &out.texts("ssh"));
+    assert_no_secret(&stack.secret, &out.texts("ssh"));
 
     fs::write(&askpass, "#!/bin/sh\necho slt_wrong\n").unwrap();
     let out = run("ssh", &stack.ssh_args(&extra, "id -un"), &env, None, None).await;
@@ -60,7 +62,7 @@ async fn ssh_exec_with_token_as_password() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sftp_put_and_get() {
-    let stack = Stack::start(&[], None, None).await;
+    let stack = Stack::start(Options::default()).await;
     let local = stack.dir.path().join("upload.bin");
     let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
     fs::write(&local, &data).unwrap();
@@ -89,7 +91,7 @@ async fn sftp_put_and_get() {
         "uploaded file on the real host"
     );
     assert_eq!(fs::read(&back).unwrap(), data, "downloaded file");
-    assert_no_secret(&stack.sshd.user_key_pem, &out.texts("sftp"));
+    assert_no_secret(&stack.secret, &out.texts("sftp"));
 }
 
 /// Runs git with `GIT_SSH_COMMAND` set to ssh through Sluice.
@@ -111,7 +113,7 @@ async fn git(stack: &Stack, args: &[&str], cwd: &Path) -> Output {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn git_clone_and_push_over_ssh() {
-    let stack = Stack::start(&[], None, None).await;
+    let stack = Stack::start(Options::default()).await;
     let host_dir = stack.sshd.dir();
     let bare = host_dir.join("repo.git");
     let seed = host_dir.join("seed");
@@ -171,12 +173,12 @@ async fn git_clone_and_push_over_ssh() {
     assert_eq!(log.stdout, "agent commit\nseed commit\n");
     let mut texts = clone.texts("git clone");
     texts.extend(push.texts("git push"));
-    assert_no_secret(&stack.sshd.user_key_pem, &texts);
+    assert_no_secret(&stack.secret, &texts);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paramiko_exec() {
-    let stack = Stack::start(&[], None, None).await;
+    let stack = Stack::start(Options::default()).await;
     let mut agent = Paramiko::connect(&stack).await;
     let first = agent.exec("echo one; exit 4").await;
     assert_eq!(first["stdout"], "one\n", "{first}");
@@ -184,8 +186,90 @@ async fn paramiko_exec() {
     let second = agent.exec("printf two >&2").await;
     assert_eq!(second["stderr"], "two", "{second}");
     assert_eq!(second["status"], 0, "{second}");
+    // A killed command has no exit status (paramiko: -1), only an
+    // exit-signal, relayed and recorded.
+    let killed = agent.exec("kill -TERM $$").await;
+    assert_eq!(killed["status"], -1, "{killed}");
+    let events = stack.events();
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, SshEvent::ExitSignal { signal, .. } if signal == "TERM")),
+        "{events:?}"
+    );
     assert_no_secret(
-        &stack.sshd.user_key_pem,
+        &stack.secret,
         &[("paramiko".into(), agent.transcript.clone())],
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scp_both_ways_in_sftp_and_legacy_modes() {
+    let stack = Stack::start(Options::default()).await;
+    let local = stack.dir.path().join("big.bin");
+    let data: Vec<u8> = (0..16u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    fs::write(&local, &data).unwrap();
+    let mut texts = Vec::new();
+    // Default scp speaks SFTP; -O is the original protocol, an exec of
+    // `scp -t` / `scp -f` upstream.
+    for mode in [None, Some("-O")] {
+        let label = mode.unwrap_or("sftp mode");
+        let remote = stack.sshd.dir().join(format!("copied{}.bin", texts.len()));
+        let back = stack.dir.path().join(format!("back{}.bin", texts.len()));
+        let host = format!("agent@{}", stack.addr.ip());
+        for (from, to) in [
+            (
+                local.display().to_string(),
+                format!("{host}:{}", remote.display()),
+            ),
+            (
+                format!("{host}:{}", remote.display()),
+                back.display().to_string(),
+            ),
+        ] {
+            let mut args: Vec<String> = mode.map(String::from).into_iter().collect();
+            args.extend(["-q".into(), "-P".into(), stack.addr.port().to_string()]);
+            args.extend(stack.ssh_options());
+            args.extend([from, to]);
+            let out = run("scp", &args, &[], None, None).await;
+            assert_eq!(out.status, Some(0), "scp {label}: {out:?}");
+            texts.extend(out.texts(label));
+        }
+        assert!(
+            fs::read(&remote).unwrap() == data,
+            "{label}: upload differs"
+        );
+        assert!(
+            fs::read(&back).unwrap() == data,
+            "{label}: download differs"
+        );
+    }
+    assert_no_secret(&stack.secret, &texts);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_login_with_ecdsa_and_rsa_keys() {
+    for user_key in [UserKey::Ecdsa, UserKey::Rsa] {
+        let stack = Stack::start(Options {
+            user_key,
+            ..Options::default()
+        })
+        .await;
+        let out = run("ssh", &stack.ssh_args(&[], "echo via $0"), &[], None, None).await;
+        assert_eq!(out.status, Some(0), "{user_key:?}: {out:?}");
+        assert!(out.stdout.starts_with("via "), "{user_key:?}: {out:?}");
+        let log = stack.sshd.log();
+        let algorithm = match user_key {
+            UserKey::Ecdsa => "ECDSA",
+            _ => "RSA",
+        };
+        assert!(
+            log.lines()
+                .any(|l| l.contains("Accepted publickey for") && l.contains(algorithm)),
+            "{user_key:?}: sshd log: {log}"
+        );
+        assert_no_secret(&stack.secret, &out.texts("ssh"));
+    }
 }

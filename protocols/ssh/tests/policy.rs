@@ -9,14 +9,18 @@ use std::{net::SocketAddr, sync::atomic::Ordering};
 
 use russh::keys::{ssh_key::Algorithm, PrivateKey};
 use sluice_ssh::{Operation, SshEvent, Stream, DENIED_EXIT_STATUS};
-use support::{assert_no_secret, fresh_ip, paramiko::Paramiko, run, Stack};
+use support::{assert_no_secret, fresh_ip, paramiko::Paramiko, run, Options, Stack};
 use tokio::io::AsyncWriteExt;
 
 const DENIED: &str = "rm -rf /srv/data";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn denied_command_gets_126_and_stderr_and_the_connection_stays_usable() {
-    let stack = Stack::start(&[DENIED], None, None).await;
+    let stack = Stack::start(Options {
+        denied: vec![DENIED],
+        ..Options::default()
+    })
+    .await;
     let out = run("ssh", &stack.ssh_args(&[], DENIED), &[], None, None).await;
     assert_eq!(out.status, Some(DENIED_EXIT_STATUS as i32), "{out:?}");
     assert!(
@@ -53,7 +57,7 @@ async fn denied_command_gets_126_and_stderr_and_the_connection_stays_usable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revocation_ends_new_channels_of_an_open_connection() {
-    let stack = Stack::start(&[], None, None).await;
+    let stack = Stack::start(Options::default()).await;
     let mut agent = Paramiko::connect(&stack).await;
     let before = agent.exec("echo before").await;
     assert_eq!(before["stdout"], "before\n", "{before}");
@@ -70,7 +74,7 @@ async fn revocation_ends_new_channels_of_an_open_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pty_shell_passes_window_changes_and_is_recorded() {
-    let stack = Stack::start(&[], None, None).await;
+    let stack = Stack::start(Options::default()).await;
     let mut agent = Paramiko::connect(&stack).await;
     let shell = agent.shell().await;
     assert_eq!(shell["status"], 0, "{shell}");
@@ -135,10 +139,7 @@ async fn pty_shell_passes_window_changes_and_is_recorded() {
     let first = recorded.find("24 80").expect("first stty size recorded");
     let second = recorded.find("40 100").expect("second stty size recorded");
     assert!(first < second, "output recorded in order");
-    assert_no_secret(
-        &stack.sshd.user_key_pem,
-        &[("records".into(), format!("{events:?}"))],
-    );
+    assert_no_secret(&stack.secret, &[("records".into(), format!("{events:?}"))]);
 }
 
 /// A TCP server on a fresh loopback address that sends one line and closes.
@@ -157,7 +158,7 @@ async fn hello_server() -> SocketAddr {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarding_only_when_allowed_and_remote_forwarding_never() {
-    let stack = Stack::start(&[], None, None).await;
+    let stack = Stack::start(Options::default()).await;
     let target = hello_server().await;
     let forward = format!("{}:{}", target.ip(), target.port());
     let w = ["-W", forward.as_str()];
@@ -185,7 +186,7 @@ async fn forwarding_only_when_allowed_and_remote_forwarding_never() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_key_is_refused_and_nothing_reaches_upstream() {
-    let stack = Stack::start(&[], None, None).await;
+    let stack = Stack::start(Options::default()).await;
     let stranger = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap();
     let path = stack.dir.path().join("id_stranger");
     stranger
@@ -224,7 +225,11 @@ async fn unknown_key_is_refused_and_nothing_reaches_upstream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_upstream_host_key_is_refused_before_the_credential_is_offered() {
     let expected = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap();
-    let stack = Stack::start(&[], Some(expected.public_key().clone()), None).await;
+    let stack = Stack::start(Options {
+        expected_host_key: Some(expected.public_key().clone()),
+        ..Options::default()
+    })
+    .await;
     let out = run("ssh", &stack.ssh_args(&[], "echo hi"), &[], None, None).await;
     assert_eq!(out.status, Some(255), "{out:?}");
     assert!(out.stderr.contains("upstream_host_key"), "{out:?}");
@@ -235,5 +240,5 @@ async fn wrong_upstream_host_key_is_refused_before_the_credential_is_offered() {
     assert!(log.contains("Connection from"), "sshd log: {log}");
     assert!(!log.contains("userauth-request"), "sshd log: {log}");
     assert!(!log.contains("publickey"), "sshd log: {log}");
-    assert_no_secret(&stack.sshd.user_key_pem, &out.texts("ssh"));
+    assert_no_secret(&stack.secret, &out.texts("ssh"));
 }

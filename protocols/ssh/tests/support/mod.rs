@@ -26,7 +26,7 @@ use sluice_ssh::{
     Decision, Gate, Operation, Presented, Refusal, SshEvent, UpstreamCredential, UpstreamTarget,
 };
 
-pub use sshd::Sshd;
+pub use sshd::{Sshd, UserKey};
 
 /// How long any client command may run.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -113,10 +113,24 @@ impl Gate for TestGate {
     }
 }
 
+/// How a [`Stack`] is set up.
+#[derive(Default)]
+pub struct Options {
+    /// Exec command lines the gate refuses.
+    pub denied: Vec<&'static str>,
+    /// The upstream host key the gate expects (the sshd's own if `None`).
+    pub expected_host_key: Option<PublicKey>,
+    /// Which of the sshd's user keys is the vault secret.
+    pub user_key: UserKey,
+}
+
 /// Sluice's SSH listener for one test, with the agent-side files.
 pub struct Stack {
     /// The upstream sshd.
     pub sshd: Sshd,
+    /// The real private key Sluice logs in with (OpenSSH format): must
+    /// appear in no output.
+    pub secret: String,
     /// The gate's policy.
     pub policy: Arc<TestGate>,
     /// Where agents connect.
@@ -127,32 +141,29 @@ pub struct Stack {
 }
 
 impl Stack {
-    /// Starts an sshd and a Sluice listener whose gate expects
-    /// `expected_host_key` (the sshd's own key if `None`) and logs in to
-    /// `upstream` (the sshd if `None`).
-    pub async fn start(
-        denied: &[&str],
-        expected_host_key: Option<PublicKey>,
-        upstream: Option<SocketAddr>,
-    ) -> Stack {
+    /// Starts an sshd and a Sluice listener as `options` say.
+    pub async fn start(options: Options) -> Stack {
         let sshd = Sshd::start(fresh_ip());
         let dir = tempfile::Builder::new()
             .prefix("sluice-ssh-agent-")
             .tempdir()
             .unwrap();
         let placeholder = PlaceholderKey::generate("agent@ssh-test").unwrap();
+        let secret = sshd.user_key_pem(options.user_key);
         let key_path = dir.path().join("id_placeholder");
         write_private(&key_path, &placeholder.private_pem);
         let policy = Policy {
             key: placeholder.public.clone(),
             token: format!("slt_{}", hex_token()),
-            denied: denied.iter().map(|s| s.to_string()).collect(),
+            denied: options.denied.iter().map(|s| s.to_string()).collect(),
             forward: AtomicBool::new(false),
             revoked: AtomicBool::new(false),
-            upstream: upstream.unwrap_or(sshd.addr),
+            upstream: sshd.addr,
             user: sshd.user.clone(),
-            credential: sshd.user_key(),
-            host_key: expected_host_key.unwrap_or_else(|| sshd.host_key.clone()),
+            credential: sluice_ssh::upstream::parse_private_key(&secret).unwrap(),
+            host_key: options
+                .expected_host_key
+                .unwrap_or_else(|| sshd.host_key.clone()),
             events: Mutex::new(Vec::new()),
         };
         let gate = Arc::new(TestGate(Arc::new(policy)));
@@ -181,6 +192,7 @@ impl Stack {
         });
         Stack {
             sshd,
+            secret,
             policy: gate,
             addr,
             dir,

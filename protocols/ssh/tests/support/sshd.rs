@@ -23,9 +23,6 @@ pub struct Sshd {
     pub addr: SocketAddr,
     /// Its host public key (what `upstream_host_key` must say).
     pub host_key: PublicKey,
-    /// The private key it accepts for the test user (the "real" key, the
-    /// vault secret), in OpenSSH format.
-    pub user_key_pem: String,
     /// The test user's name (the user running the tests, root under
     /// `cargo xtask test`).
     pub user: String,
@@ -34,21 +31,23 @@ pub struct Sshd {
 }
 
 impl Sshd {
-    /// Starts sshd on `ip` with a fresh host key and a fresh authorized
-    /// ed25519 user key, logging at DEBUG1 (every `userauth-request`) to
-    /// `sshd.log` in its dir.
+    /// Starts sshd on `ip` with a fresh host key and fresh authorized user
+    /// keys, logging at DEBUG1 (every `userauth-request`) to
+    /// `sshd.log` in its dir. ed25519, ECDSA and RSA user keys are all
+    /// authorized ([`UserKey`]).
     pub fn start(ip: IpAddr) -> Sshd {
         let dir = tempfile::Builder::new()
             .prefix("sluice-sshd-")
             .tempdir()
             .unwrap();
-        let host = keygen(dir.path(), "host_key");
-        keygen(dir.path(), "user_key");
-        fs::copy(
-            dir.path().join("user_key.pub"),
-            dir.path().join("authorized_keys"),
-        )
-        .unwrap();
+        let host = keygen(dir.path(), "host_key", &["-t", "ed25519"]);
+        let mut authorized = String::new();
+        for kind in UserKey::ALL {
+            keygen(dir.path(), kind.file(), kind.keygen_args());
+            authorized +=
+                &fs::read_to_string(dir.path().join(format!("{}.pub", kind.file()))).unwrap();
+        }
+        fs::write(dir.path().join("authorized_keys"), authorized).unwrap();
         // sshd refuses to start without its privilege separation directory,
         // which the package's tmpfiles.d entry creates at boot.
         fs::create_dir_all("/run/sshd").unwrap();
@@ -89,7 +88,6 @@ impl Sshd {
         let sshd = Sshd {
             addr,
             host_key: host.public_key().clone(),
-            user_key_pem: fs::read_to_string(dir.path().join("user_key")).unwrap(),
             user: current_user(),
             dir,
             child,
@@ -116,9 +114,41 @@ impl Sshd {
         self.dir.path()
     }
 
-    /// The user key as parsed by russh (the vault credential).
-    pub fn user_key(&self) -> PrivateKey {
-        sluice_ssh::upstream::parse_private_key(&self.user_key_pem).unwrap()
+    /// The private key of `kind` it accepts for the test user (the real
+    /// key, the vault secret), in OpenSSH format.
+    pub fn user_key_pem(&self, kind: UserKey) -> String {
+        fs::read_to_string(self.dir.path().join(kind.file())).unwrap()
+    }
+}
+
+/// The kinds of user key the server accepts (all three are authorized).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum UserKey {
+    #[default]
+    Ed25519,
+    /// ECDSA on NIST P-256.
+    Ecdsa,
+    /// RSA, 3072 bits (signed with rsa-sha2-512/256, RFC 8332).
+    Rsa,
+}
+
+impl UserKey {
+    const ALL: [UserKey; 3] = [UserKey::Ed25519, UserKey::Ecdsa, UserKey::Rsa];
+
+    fn file(self) -> &'static str {
+        match self {
+            UserKey::Ed25519 => "user_ed25519",
+            UserKey::Ecdsa => "user_ecdsa",
+            UserKey::Rsa => "user_rsa",
+        }
+    }
+
+    fn keygen_args(self) -> &'static [&'static str] {
+        match self {
+            UserKey::Ed25519 => &["-t", "ed25519"],
+            UserKey::Ecdsa => &["-t", "ecdsa", "-b", "256"],
+            UserKey::Rsa => &["-t", "rsa", "-b", "3072"],
+        }
     }
 }
 
@@ -130,12 +160,14 @@ impl Drop for Sshd {
     }
 }
 
-/// Writes an ed25519 key pair `dir/name`, `dir/name.pub` with ssh-keygen and
-/// returns the private key.
-fn keygen(dir: &Path, name: &str) -> PrivateKey {
+/// Writes a key pair `dir/name`, `dir/name.pub` with `ssh-keygen args`
+/// and returns the private key.
+fn keygen(dir: &Path, name: &str, args: &[&str]) -> PrivateKey {
     let path: PathBuf = dir.join(name);
     let status = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .args(["-q", "-N", "", "-C", name])
+        .args(args)
+        .arg("-f")
         .arg(&path)
         .stdout(Stdio::null())
         .status()
