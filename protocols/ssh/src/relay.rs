@@ -3,10 +3,13 @@
 //! Each direction runs in its own task, so a full window one way never stalls
 //! the other. Agent → upstream carries data, EOF, close and the channel
 //! requests, each request decided by the [`Gate`] first; upstream → agent
-//! carries data, EOF, exit status and signal, close, and the replies to the
-//! requests. A request that needs a reply waits for the upstream reply
-//! before the next agent message is read, so replies reach the agent in the
-//! order of its requests (RFC 4254 §5.4).
+//! carries data, EOF, exit status and signal, and close.
+//!
+//! The agent's requests are answered at once by the connection handler
+//! (RFC 4254 §5.4 replies must come in request order, and russh tracks only
+//! the latest `want reply` flag of a channel), so upstream's replies are not
+//! relayed: a request upstream refuses ends the agent's channel with the
+//! reason on stderr, as a denied one does.
 use std::{
     collections::VecDeque,
     sync::{
@@ -28,7 +31,7 @@ use crate::{
 
 /// Environment variables passed upstream (`env` requests, RFC 4254 §6.4);
 /// all others are dropped, as sshd's default `AcceptEnv` does.
-fn env_passes(name: &str) -> bool {
+pub(crate) fn env_passes(name: &str) -> bool {
     name == "LANG" || name.starts_with("LC_")
 }
 
@@ -159,10 +162,9 @@ impl<G: Gate> Relay<G> {
                             rows: row_height,
                         },
                     );
-                    let reply = ends.expect_reply();
                     upstream
                         .request_pty(
-                            true,
+                            false,
                             &term,
                             col_width,
                             row_height,
@@ -171,7 +173,6 @@ impl<G: Gate> Relay<G> {
                             &terminal_modes,
                         )
                         .await?;
-                    self.relay_reply(ends.id(), reply).await;
                 }
                 ChannelMsg::WindowChange {
                     col_width,
@@ -233,16 +234,7 @@ impl<G: Gate> Relay<G> {
                     message: message.clone(),
                 },
             );
-            let _ = self.server.channel_success(id).await;
-            let agent = &ends.agent;
-            agent
-                .extended_data_bytes(1, Bytes::from(format!("sluice: {message}\r\n")))
-                .await?;
-            agent.exit_status(DENIED_EXIT_STATUS).await?;
-            agent.eof().await?;
-            // The agent answers with its close, which ends this relay; the
-            // unused upstream channel is closed then.
-            return agent.close().await;
+            return refuse(&ends.agent, &message, Some(DENIED_EXIT_STATUS)).await;
         }
         let terminal = ends.terminal && !matches!(operation, Operation::Subsystem { .. });
         ends.recording.store(terminal, Ordering::Release);
@@ -256,23 +248,13 @@ impl<G: Gate> Relay<G> {
             }
             Operation::Session | Operation::Forward { .. } => {}
         }
-        if self.relay_reply(id, reply).await {
+        if reply.await.unwrap_or(false) {
             self.gate
                 .record(&self.login, SshEvent::Started { channel, operation });
-        }
-        Ok(())
-    }
-
-    /// Waits for the upstream reply to the last request and passes it to
-    /// the agent; true if it was a success.
-    async fn relay_reply(&self, id: ChannelId, reply: oneshot::Receiver<bool>) -> bool {
-        let ok = reply.await.unwrap_or(false);
-        let _ = if ok {
-            self.server.channel_success(id).await
+            Ok(())
         } else {
-            self.server.channel_failure(id).await
-        };
-        ok
+            refuse(&ends.agent, "the upstream host refused the request", None).await
+        }
     }
 
     /// Upstream → agent: until upstream closes the channel (or the agent
@@ -347,6 +329,24 @@ impl<G: Gate> Relay<G> {
         }
         let _ = agent.close().await;
     }
+}
+
+/// Ends the agent's channel with `message` on stderr and, if given, an exit
+/// status. The agent answers with its close, which ends the relay; the
+/// upstream channel is closed then.
+async fn refuse(
+    agent: &ChannelWriteHalf<server::Msg>,
+    message: &str,
+    exit_status: Option<u32>,
+) -> Result<(), russh::Error> {
+    agent
+        .extended_data_bytes(1, Bytes::from(format!("sluice: {message}\r\n")))
+        .await?;
+    if let Some(status) = exit_status {
+        agent.exit_status(status).await?;
+    }
+    agent.eof().await?;
+    agent.close().await
 }
 
 /// A signal's name without `SIG`, as sent in `exit-signal` (RFC 4254 §6.10).

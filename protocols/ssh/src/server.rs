@@ -10,7 +10,7 @@ use std::{sync::Arc, time::Duration};
 
 use russh::{
     server::{self, Auth, ChannelOpenHandle, Msg, Session, VerifiedPublicKey},
-    Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet,
+    Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet, Pty,
 };
 use tokio::{
     io::{AsyncRead, AsyncWrite},
@@ -20,7 +20,7 @@ use zeroize::Zeroizing;
 
 use crate::{
     gate::{Decision, Gate, Operation, Presented, SshEvent},
-    relay::Relay,
+    relay::{env_passes, Relay},
     upstream::Upstream,
 };
 
@@ -237,6 +237,65 @@ impl<G: Gate> server::Handler for Connection<G> {
             tokio::spawn(opening.open(channel, reply, operation, originator));
         }
         Ok(())
+    }
+
+    // Channel requests are answered here, as they arrive (RFC 4254 §5.4:
+    // in order; russh sends the answer only if the agent asked for one).
+    // The relay decides and starts them; a refusal ends the channel with
+    // the reason on stderr.
+
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        _term: &str,
+        _col_width: u32,
+        _row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _modes: &[(Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_success(channel)
+    }
+
+    async fn env_request(
+        &mut self,
+        channel: ChannelId,
+        variable_name: &str,
+        _variable_value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if env_passes(variable_name) {
+            session.channel_success(channel)
+        } else {
+            session.channel_failure(channel)
+        }
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        _data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_success(channel)
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_success(channel)
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        _name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_success(channel)
     }
 
     async fn x11_request(

@@ -273,3 +273,25 @@ async fn upstream_login_with_ecdsa_and_rsa_keys() {
         assert_no_secret(&stack.secret, &out.texts("ssh"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pty_exec_gets_locale_variables_only() {
+    let stack = Stack::start(Options::default()).await;
+    // pty-req and exec want replies, env does not: the replies must still
+    // reach ssh in order. The upstream sshd accepts any variable; Sluice
+    // passes only LANG and LC_*.
+    let extra = ["-tt", "-o", "SendEnv=LANG LC_TIME SLUICE_TEST_LEAK"];
+    let env = [
+        ("LANG", "C.UTF-8".to_string()),
+        ("LC_TIME", "C".to_string()),
+        ("SLUICE_TEST_LEAK", "leaked".to_string()),
+    ];
+    let command = "echo lang=$LANG time=$LC_TIME leak=${SLUICE_TEST_LEAK:-none}; tty";
+    let out = run("ssh", &stack.ssh_args(&extra, command), &env, None, None).await;
+    assert_eq!(out.status, Some(0), "{out:?}");
+    assert!(
+        out.stdout.contains("lang=C.UTF-8 time=C leak=none"),
+        "{out:?}"
+    );
+    assert!(out.stdout.contains("/dev/pts/"), "a pty upstream: {out:?}");
+}

@@ -66,7 +66,7 @@ impl Sshd {
              KbdInteractiveAuthentication no\n\
              UsePAM no\n\
              UseDNS no\n\
-             AcceptEnv LANG LC_*\n\
+             AcceptEnv *\n\
              AllowTcpForwarding yes\n\
              AllowAgentForwarding yes\n\
              X11Forwarding no\n\
