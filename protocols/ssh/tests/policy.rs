@@ -246,9 +246,20 @@ async fn wrong_upstream_host_key_is_refused_before_the_credential_is_offered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_upstream_refuses_ends_the_channel_with_the_reason() {
     let stack = Stack::start(Options::default()).await;
-    let out = run("ssh", &stack.ssh_args(&["-s"], "no-such-subsystem"), &[], None, None).await;
+    let out = run(
+        "ssh",
+        &stack.ssh_args(&["-s"], "no-such-subsystem"),
+        &[],
+        None,
+        None,
+    )
+    .await;
     assert_ne!(out.status, Some(0), "{out:?}");
-    assert!(out.stderr.contains("sluice: the upstream host refused the request"), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("sluice: the upstream host refused the request"),
+        "{out:?}"
+    );
     let ok = run("ssh", &stack.ssh_args(&[], "echo fine"), &[], None, None).await;
     assert_eq!(ok.stdout, "fine\n", "{ok:?}");
 }

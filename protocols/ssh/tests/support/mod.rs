@@ -143,13 +143,13 @@ pub struct Stack {
 impl Stack {
     /// Starts an sshd and a Sluice listener as `options` say.
     pub async fn start(options: Options) -> Stack {
-        let sshd = Sshd::start(fresh_ip());
+        let sshd = Sshd::start(fresh_ip(), options.user_key);
         let dir = tempfile::Builder::new()
             .prefix("sluice-ssh-agent-")
             .tempdir()
             .unwrap();
         let placeholder = PlaceholderKey::generate("agent@ssh-test").unwrap();
-        let secret = sshd.user_key_pem(options.user_key);
+        let secret = sshd.user_key_pem();
         let key_path = dir.path().join("id_placeholder");
         write_private(&key_path, &placeholder.private_pem);
         let policy = Policy {

@@ -26,28 +26,27 @@ pub struct Sshd {
     /// The test user's name (the user running the tests, root under
     /// `cargo xtask test`).
     pub user: String,
+    user_key: UserKey,
     dir: tempfile::TempDir,
     child: Child,
 }
 
 impl Sshd {
-    /// Starts sshd on `ip` with a fresh host key and fresh authorized user
-    /// keys, logging at DEBUG1 (every `userauth-request`) to
-    /// `sshd.log` in its dir. ed25519, ECDSA and RSA user keys are all
-    /// authorized ([`UserKey`]).
-    pub fn start(ip: IpAddr) -> Sshd {
+    /// Starts sshd on `ip` with a fresh host key and a fresh authorized
+    /// user key of kind `user_key`, logging at DEBUG1 (every
+    /// `userauth-request`) to `sshd.log` in its dir.
+    pub fn start(ip: IpAddr, user_key: UserKey) -> Sshd {
         let dir = tempfile::Builder::new()
             .prefix("sluice-sshd-")
             .tempdir()
             .unwrap();
         let host = keygen(dir.path(), "host_key", &["-t", "ed25519"]);
-        let mut authorized = String::new();
-        for kind in UserKey::ALL {
-            keygen(dir.path(), kind.file(), kind.keygen_args());
-            authorized +=
-                &fs::read_to_string(dir.path().join(format!("{}.pub", kind.file()))).unwrap();
-        }
-        fs::write(dir.path().join("authorized_keys"), authorized).unwrap();
+        keygen(dir.path(), user_key.file(), user_key.keygen_args());
+        fs::copy(
+            dir.path().join(format!("{}.pub", user_key.file())),
+            dir.path().join("authorized_keys"),
+        )
+        .unwrap();
         // sshd refuses to start without its privilege separation directory,
         // which the package's tmpfiles.d entry creates at boot.
         fs::create_dir_all("/run/sshd").unwrap();
@@ -89,6 +88,7 @@ impl Sshd {
             addr,
             host_key: host.public_key().clone(),
             user: current_user(),
+            user_key,
             dir,
             child,
         };
@@ -114,14 +114,14 @@ impl Sshd {
         self.dir.path()
     }
 
-    /// The private key of `kind` it accepts for the test user (the real
-    /// key, the vault secret), in OpenSSH format.
-    pub fn user_key_pem(&self, kind: UserKey) -> String {
-        fs::read_to_string(self.dir.path().join(kind.file())).unwrap()
+    /// The private key it accepts for the test user (the real key, the
+    /// vault secret), in OpenSSH format.
+    pub fn user_key_pem(&self) -> String {
+        fs::read_to_string(self.dir.path().join(self.user_key.file())).unwrap()
     }
 }
 
-/// The kinds of user key the server accepts (all three are authorized).
+/// The kinds of user key the server can authorize.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum UserKey {
     #[default]
@@ -133,8 +133,6 @@ pub enum UserKey {
 }
 
 impl UserKey {
-    const ALL: [UserKey; 3] = [UserKey::Ed25519, UserKey::Ecdsa, UserKey::Rsa];
-
     fn file(self) -> &'static str {
         match self {
             UserKey::Ed25519 => "user_ed25519",
