@@ -263,3 +263,42 @@ async fn a_request_upstream_refuses_ends_the_channel_with_the_reason() {
     let ok = run("ssh", &stack.ssh_args(&[], "echo fine"), &[], None, None).await;
     assert_eq!(ok.stdout, "fine\n", "{ok:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_forwarding_is_refused() {
+    let stack = Stack::start(Options::default()).await;
+    let command = "echo agent=${SSH_AUTH_SOCK:-none}";
+    // `ssh-agent CMD` runs CMD with a fresh agent and ends with it.
+    let forward = ["-A", "-o", "IdentityAgent=SSH_AUTH_SOCK"];
+    let mut args = vec!["ssh".to_string()];
+    args.extend(stack.ssh_args(&forward, command));
+    let out = run("ssh-agent", &args, &[], None, None).await;
+    assert_eq!(out.status, Some(0), "{out:?}");
+    assert_eq!(out.stdout.trim(), "agent=none", "{out:?}");
+
+    // Control: the same client straight to the upstream sshd (which allows
+    // agent forwarding) does get an agent socket.
+    let key = stack.dir.path().join("real_key");
+    std::fs::write(&key, &stack.secret).unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let mut args = vec!["ssh".to_string(), "-F".into(), "/dev/null".into()];
+    for option in [
+        "StrictHostKeyChecking=no",
+        "UserKnownHostsFile=/dev/null",
+        "BatchMode=yes",
+        "IdentitiesOnly=yes",
+        "IdentityAgent=SSH_AUTH_SOCK",
+        "LogLevel=ERROR",
+    ] {
+        args.extend(["-o".into(), option.into()]);
+    }
+    args.extend(["-A".into(), "-i".into(), key.display().to_string()]);
+    args.extend(["-p".into(), stack.sshd.addr.port().to_string()]);
+    args.extend([
+        format!("{}@{}", stack.sshd.user, stack.sshd.addr.ip()),
+        command.into(),
+    ]);
+    let direct = run("ssh-agent", &args, &[], None, None).await;
+    assert_eq!(direct.status, Some(0), "{direct:?}");
+    assert!(direct.stdout.starts_with("agent=/"), "{direct:?}");
+}
