@@ -143,6 +143,12 @@ pub enum Stream {
 /// record. Channel ids are the agent-side ids.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SshEvent {
+    /// Sluice could not log in upstream (unreachable, host key mismatch,
+    /// credential refused); the agent's channel open failed with `message`.
+    UpstreamFailed {
+        /// Why, as the agent was told; never the credential.
+        message: String,
+    },
     /// A channel was opened upstream and confirmed to the agent.
     ChannelOpen {
         /// Agent-side channel id.

@@ -13,6 +13,7 @@
 //! - [`server`]: the agent-facing server ([`server::serve`]);
 //! - `relay`: one channel relayed both ways.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod gate;
 pub mod host_key;

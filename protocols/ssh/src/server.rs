@@ -116,10 +116,11 @@ impl<G: Gate> Connection<G> {
 }
 
 impl<G: Gate> Opening<G> {
-    /// Asks the gate about `operation`, logs in upstream if not yet done and
-    /// opens the upstream channel with `open`; on refusal or failure the
-    /// agent's channel open fails with the reason.
-    /// `originator` is the agent-side address of a `direct-tcpip` request.
+    /// Asks the gate about `operation` (a session, or a forward), logs in
+    /// upstream if not yet done, opens the same kind of channel upstream and
+    /// relays the two; on refusal or failure the agent's channel open fails
+    /// with the reason. `originator` is the agent-side address of a
+    /// `direct-tcpip` request.
     async fn open(
         self,
         agent: Channel<Msg>,
@@ -151,6 +152,12 @@ impl<G: Gate> Opening<G> {
             Ok(upstream) => upstream,
             Err(message) => {
                 tracing::warn!("ssh upstream login failed: {message}");
+                gate.record(
+                    login,
+                    SshEvent::UpstreamFailed {
+                        message: message.clone(),
+                    },
+                );
                 return reply.reject(refused(message)).await;
             }
         };

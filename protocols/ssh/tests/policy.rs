@@ -240,6 +240,11 @@ async fn wrong_upstream_host_key_is_refused_before_the_credential_is_offered() {
     assert!(log.contains("Connection from"), "sshd log: {log}");
     assert!(!log.contains("userauth-request"), "sshd log: {log}");
     assert!(!log.contains("publickey"), "sshd log: {log}");
+    let events = stack.events();
+    assert!(
+        events.iter().any(|e| matches!(e, SshEvent::UpstreamFailed { message } if message.contains("upstream_host_key"))),
+        "the mismatch is recorded: {events:?}"
+    );
     assert_no_secret(&stack.secret, &out.texts("ssh"));
 }
 
