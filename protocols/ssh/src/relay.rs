@@ -30,7 +30,7 @@ use crate::{
 };
 
 /// Environment variables passed upstream (`env` requests, RFC 4254 §6.4);
-/// all others are dropped, as sshd's default `AcceptEnv` does.
+/// all others are dropped, as Debian's `AcceptEnv LANG LC_*` does.
 pub(crate) fn env_passes(name: &str) -> bool {
     name == "LANG" || name.starts_with("LC_")
 }
@@ -41,7 +41,7 @@ pub(crate) struct Relay<G: Gate> {
     pub gate: Arc<G>,
     /// The agent's login.
     pub login: Arc<G::Login>,
-    /// Writes replies, exit signals and the like to the agent.
+    /// Sends the agent what a channel's write half cannot (`exit-signal`).
     pub server: server::Handle,
 }
 
