@@ -50,6 +50,10 @@ pub enum UpstreamError {
 
 /// Parses a vault secret as a private key: OpenSSH, PKCS#8 or PKCS#1 PEM
 /// (unencrypted).
+///
+/// Known limitation of the parser (ssh-key 0.7.0-rc.11): an OpenSSH ECDSA
+/// P-256 key whose private scalar starts with a zero byte (1 key in 256) is
+/// rejected with a length error; re-generate such a key.
 pub fn parse_private_key(text: &str) -> Result<PrivateKey, russh::keys::Error> {
     russh::keys::decode_secret_key(text, None)
 }

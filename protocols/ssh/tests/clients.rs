@@ -7,9 +7,9 @@ mod support;
 
 use std::{fs, os::unix::fs::PermissionsExt, path::Path};
 
-use sluice_ssh::SshEvent;
+use sluice_ssh::{Operation, SshEvent};
 
-use support::{assert_no_secret, paramiko::Paramiko, run, Options, Output, Stack, UserKey};
+use support::{assert_no_secret, paramiko::Paramiko, run, Hop, Options, Output, Stack, UserKey};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ssh_exec_with_placeholder_key() {
@@ -294,4 +294,39 @@ async fn pty_exec_gets_locale_variables_only() {
         "{out:?}"
     );
     assert!(out.stdout.contains("/dev/pts/"), "a pty upstream: {out:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_login_with_a_password() {
+    // The password upstream is another Sluice: it accepts its token as
+    // password and logs in to its sshd with a key.
+    let inner = Stack::start(Options::default()).await;
+    let outer = Stack::start(Options {
+        hop: Some(Hop {
+            addr: inner.addr,
+            host_key: inner.host_key.clone(),
+            password: inner.policy().token.clone(),
+        }),
+        ..Options::default()
+    })
+    .await;
+    let out = run(
+        "ssh",
+        &outer.ssh_args(&[], "echo two hops"),
+        &[],
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(out.stdout, "two hops\n", "{out:?}");
+    assert_eq!(out.status, Some(0), "{out:?}");
+    let events = inner.events();
+    assert!(
+        events.iter().any(|e| matches!(e, SshEvent::Started { operation: Operation::Exec { command }, .. } if command == "echo two hops")),
+        "{events:?}"
+    );
+    let mut texts = out.texts("ssh");
+    texts.push(("outer records".into(), format!("{:?}", outer.events())));
+    assert_no_secret(&inner.policy().token, &texts);
+    assert_no_secret(&inner.secret, &texts);
 }

@@ -56,12 +56,20 @@ pub struct Policy {
     pub upstream: SocketAddr,
     /// The upstream user.
     pub user: String,
-    /// The real key (the vault secret).
-    pub credential: PrivateKey,
+    /// The vault secret.
+    pub credential: Credential,
     /// The upstream host key Sluice expects.
     pub host_key: PublicKey,
     /// Everything recorded, in order.
     pub events: Mutex<Vec<SshEvent>>,
+}
+
+/// The vault secret of the test gate.
+pub enum Credential {
+    /// The sshd's authorized user key.
+    Key(Arc<PrivateKey>),
+    /// A password (another Sluice's token, see [`Options::hop`]).
+    Password(String),
 }
 
 /// The login the test gate hands out.
@@ -86,7 +94,10 @@ impl Gate for TestGate {
         Ok(UpstreamTarget {
             addr: self.0.upstream,
             user: self.0.user.clone(),
-            credential: UpstreamCredential::Key(Arc::new(self.0.credential.clone())),
+            credential: match &self.0.credential {
+                Credential::Key(key) => UpstreamCredential::Key(key.clone()),
+                Credential::Password(p) => UpstreamCredential::Password(p.clone().into()),
+            },
             host_keys: vec![self.0.host_key.clone()],
         })
     }
@@ -122,6 +133,19 @@ pub struct Options {
     pub expected_host_key: Option<PublicKey>,
     /// Which of the sshd's user keys is the vault secret.
     pub user_key: UserKey,
+    /// Log in not to the sshd but to this SSH server with a password.
+    pub hop: Option<Hop>,
+}
+
+/// An upstream reached with a password: another Sluice [`Stack`], whose
+/// token is the password.
+pub struct Hop {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Its host key.
+    pub host_key: PublicKey,
+    /// The password.
+    pub password: String,
 }
 
 /// Sluice's SSH listener for one test, with the agent-side files.
@@ -135,6 +159,8 @@ pub struct Stack {
     pub policy: Arc<TestGate>,
     /// Where agents connect.
     pub addr: SocketAddr,
+    /// Sluice's host key.
+    pub host_key: PublicKey,
     /// Agent-side files: `id_placeholder`, `known_hosts`.
     pub dir: tempfile::TempDir,
     task: tokio::task::JoinHandle<()>,
@@ -152,7 +178,7 @@ impl Stack {
         let secret = sshd.user_key_pem();
         let key_path = dir.path().join("id_placeholder");
         write_private(&key_path, &placeholder.private_pem);
-        let policy = Policy {
+        let mut policy = Policy {
             key: placeholder.public.clone(),
             token: format!("slt_{}", hex_token()),
             denied: options.denied.iter().map(|s| s.to_string()).collect(),
@@ -160,12 +186,20 @@ impl Stack {
             revoked: AtomicBool::new(false),
             upstream: sshd.addr,
             user: sshd.user.clone(),
-            credential: sluice_ssh::upstream::parse_private_key(&secret).unwrap(),
+            credential: Credential::Key(Arc::new(
+                sluice_ssh::upstream::parse_private_key(&secret).unwrap(),
+            )),
             host_key: options
                 .expected_host_key
                 .unwrap_or_else(|| sshd.host_key.clone()),
             events: Mutex::new(Vec::new()),
         };
+        if let Some(hop) = options.hop {
+            policy.upstream = hop.addr;
+            policy.user = "agent".into();
+            policy.credential = Credential::Password(hop.password);
+            policy.host_key = hop.host_key;
+        }
         let gate = Arc::new(TestGate(Arc::new(policy)));
         let host = host_key::load_or_generate(dir.path()).unwrap();
         let ip = fresh_ip();
@@ -176,6 +210,7 @@ impl Stack {
             host_key::known_hosts_line(&ip.to_string(), addr.port(), host.public_key()) + "\n",
         )
         .unwrap();
+        let host_public = host.public_key().clone();
         let config = sluice_ssh::server::config(host);
         let accept_gate = gate.clone();
         let task = tokio::spawn(async move {
@@ -195,6 +230,7 @@ impl Stack {
             secret,
             policy: gate,
             addr,
+            host_key: host_public,
             dir,
             task,
         }

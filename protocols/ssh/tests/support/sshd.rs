@@ -40,8 +40,22 @@ impl Sshd {
             .prefix("sluice-sshd-")
             .tempdir()
             .unwrap();
-        let host = keygen(dir.path(), "host_key", &["-t", "ed25519"]);
-        keygen(dir.path(), user_key.file(), user_key.keygen_args());
+        let host =
+            PrivateKey::from_openssh(keygen(dir.path(), "host_key", &["-t", "ed25519"])).unwrap();
+        // ssh-key (russh's key parser) rejects a P-256 private scalar with a
+        // leading zero byte, encoded in 31 bytes (1 key in 256; RustCrypto/SSH
+        // ssh-key 0.7.0-rc.11, `EcdsaPrivateKey::decode` MIN_SIZE): such a
+        // key would fail to load as a vault secret, so draw another.
+        while sluice_ssh::upstream::parse_private_key(&keygen(
+            dir.path(),
+            user_key.file(),
+            user_key.keygen_args(),
+        ))
+        .is_err()
+        {
+            fs::remove_file(dir.path().join(user_key.file())).unwrap();
+            fs::remove_file(dir.path().join(format!("{}.pub", user_key.file()))).unwrap();
+        }
         fs::copy(
             dir.path().join(format!("{}.pub", user_key.file())),
             dir.path().join("authorized_keys"),
@@ -159,8 +173,8 @@ impl Drop for Sshd {
 }
 
 /// Writes a key pair `dir/name`, `dir/name.pub` with `ssh-keygen args`
-/// and returns the private key.
-fn keygen(dir: &Path, name: &str, args: &[&str]) -> PrivateKey {
+/// and returns the private key file's text.
+fn keygen(dir: &Path, name: &str, args: &[&str]) -> String {
     let path: PathBuf = dir.join(name);
     let status = Command::new("ssh-keygen")
         .args(["-q", "-N", "", "-C", name])
@@ -171,7 +185,7 @@ fn keygen(dir: &Path, name: &str, args: &[&str]) -> PrivateKey {
         .status()
         .expect("ssh-keygen (apt-get install openssh-client)");
     assert!(status.success(), "ssh-keygen failed");
-    PrivateKey::read_openssh_file(&path).unwrap()
+    fs::read_to_string(&path).unwrap()
 }
 
 /// A port free on `ip` right now.
