@@ -248,7 +248,11 @@ pub trait Gate: Send + Sync + 'static {
         login: &Self::Login,
     ) -> impl Future<Output = Result<UpstreamTarget, Refusal>> + Send;
 
-    /// Decides one channel open or channel request.
+    /// Decides one channel open or channel request. It may wait (a JIT
+    /// approval hold); the agent then just waits. Other channels are served
+    /// meanwhile, until the held channel's input queue in russh (100
+    /// messages) is full: input sent before the program starts (`cmd <
+    /// file`) then stalls the whole connection until the decision.
     fn authorize(
         &self,
         login: &Self::Login,

@@ -117,10 +117,12 @@ impl<G: Gate> Relay<G> {
         if let Err(e) = self.upstream(agent_rx, &ends).await {
             tracing::debug!(channel, "ssh relay agent side: {e}");
         }
-        // The agent has closed its channel: close upstream's. russh does not
-        // pass upstream's answering close to the reader of a channel we
-        // closed, so the downstream task is ended here (its data has nowhere
-        // to go any more).
+        // The agent has closed its channel (or writing upstream failed: close
+        // the agent's too; russh ignores a close of a closed channel). Close
+        // upstream's: russh does not pass upstream's answering close to the
+        // reader of a channel we closed, so the downstream task is ended here
+        // (its data has nowhere to go any more).
+        let _ = ends.agent.close().await;
         let _ = ends.upstream.close().await;
         down.abort();
         let _ = down.await;
