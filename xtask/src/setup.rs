@@ -28,6 +28,11 @@ pub const APT_PACKAGES: &[&str] = &[
     "bpftool",
     "runc",
     "iproute2",
+    // The SSH tests: a private sshd per test (never the system one), and the
+    // ssh/sftp/git clients agents use.
+    "openssh-server",
+    "openssh-client",
+    "git",
 ];
 
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
@@ -106,11 +111,13 @@ fn node_packages(verbose: bool) -> Result<()> {
 /// PyPI packages the end-to-end tests drive as agents: (import name,
 /// requirement). psycopg's binary wheel bundles its own libpq (≥ 17, which
 /// Debian 12 lacks), the client for PostgreSQL direct TLS; grpcio and
-/// websockets are the gRPC and WebSocket clients and servers.
+/// websockets are the gRPC and WebSocket clients and servers; paramiko is
+/// the Python SSH client.
 pub const PYTHON_PACKAGES: &[(&str, &str)] = &[
     ("psycopg", "psycopg[binary]>=3.2"),
     ("grpc", "grpcio>=1.60"),
     ("websockets", "websockets>=12"),
+    ("paramiko", "paramiko>=3.4"),
 ];
 
 /// Installs the missing [`PYTHON_PACKAGES`] for the `python3` on `PATH`.
