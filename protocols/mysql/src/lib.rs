@@ -14,6 +14,8 @@ pub mod capability;
 pub mod handshake;
 pub mod packet;
 pub mod response;
+pub mod transport;
+pub mod upstream;
 pub mod wire;
 
 pub use capability::Capabilities;

@@ -188,6 +188,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PacketStream<S> {
         Ok(())
     }
 
+    /// The underlying stream.
+    pub fn get_ref(&self) -> &S {
+        &self.io
+    }
+
     /// Whether bytes of a next packet already arrived (a TLS upgrade must
     /// not leave any behind in this buffer).
     pub fn has_buffered(&self) -> bool {
