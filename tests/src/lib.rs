@@ -20,12 +20,14 @@
 //!
 //! Requires root, the `sluice` binary (`SLUICE_BIN`, else
 //! `target/debug/sluice`), redis-server, curl, python3-requests, bpftool,
-//! PostgreSQL 15 server binaries, psql and pgbench.
+//! PostgreSQL 15 server binaries, psql and pgbench, mariadb-server and
+//! mariadb-client.
 
 pub mod approvals;
 pub mod ca;
 pub mod cgroup;
 pub mod echo_upstream;
+pub mod mariadb;
 pub mod postgres;
 pub mod process;
 pub mod redis;

@@ -21,6 +21,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "redis-server",
     "postgresql",
     "postgresql-client",
+    "mariadb-server",
+    "mariadb-client",
     "curl",
     "python3-requests",
     "bpftool",
@@ -102,11 +104,14 @@ fn node_packages(verbose: bool) -> Result<()> {
 /// PyPI packages the end-to-end tests drive as agents: (import name,
 /// requirement). psycopg's binary wheel bundles its own libpq (≥ 17, which
 /// Debian 12 lacks), the client for PostgreSQL direct TLS; grpcio and
-/// websockets are the gRPC and WebSocket clients and servers.
+/// websockets are the gRPC and WebSocket clients and servers; PyMySQL and
+/// mysql-connector-python are the MySQL clients agents use.
 pub const PYTHON_PACKAGES: &[(&str, &str)] = &[
     ("psycopg", "psycopg[binary]>=3.2"),
     ("grpc", "grpcio>=1.60"),
     ("websockets", "websockets>=12"),
+    ("pymysql", "PyMySQL>=1.0"),
+    ("mysql.connector", "mysql-connector-python>=8.0"),
 ];
 
 /// Installs the missing [`PYTHON_PACKAGES`] for the `python3` on `PATH`.
@@ -187,7 +192,7 @@ pub fn apt_install(packages: &[&'static str], verbose: bool) -> Result<()> {
         );
     }
     println!("setup: installing apt packages: {}", missing.join(" "));
-    // Package installation must not leave redis-server or postgresql running
+    // Package installation must not leave redis-server, postgresql or mariadb running
     // as system services: the tests start their own. A policy-rc.d that
     // answers 101 keeps invoke-rc.d / deb-systemd-invoke from starting them.
     let own_policy = !Path::new(POLICY_RC_D).exists();

@@ -76,6 +76,20 @@ mod tests {
     use ed25519_dalek::{Signature, Verifier};
 
     #[test]
+    fn ed25519_public_key_is_what_mariadb_stores() {
+        // MariaDB 10.11: CREATE USER … IDENTIFIED VIA ed25519 USING
+        // PASSWORD('secret') stores base64 "ZIgUREUg5PVgQ6LskhXmO+eZLS0nC8be6HPjYWR4YJY".
+        let hex: String = ed25519_public_key(b"secret")
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(
+            hex,
+            "648814444520e4f56043a2ec9215e63be7992d2d270bc6dee873e36164786096"
+        );
+    }
+
+    #[test]
     fn ed25519_signature_verifies_under_the_derived_public_key() {
         let sig = ed25519(
             b"pw with any length, not 32 bytes",
