@@ -11,6 +11,7 @@
 
 pub mod auth;
 pub mod capability;
+pub mod classify;
 pub mod handshake;
 pub mod packet;
 pub mod response;
