@@ -12,6 +12,7 @@
 pub mod auth;
 pub mod capability;
 pub mod classify;
+pub mod gate;
 pub mod handshake;
 pub mod packet;
 pub mod response;
