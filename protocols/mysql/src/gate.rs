@@ -103,7 +103,10 @@ pub enum Allowed {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// A statement was relayed.
-    Query { sql: String, kinds: Vec<&'static str> },
+    Query {
+        sql: String,
+        kinds: Vec<&'static str>,
+    },
     /// Columns were masked in a result.
     Masked { columns: Vec<String> },
     /// The upstream reported an error.
@@ -136,17 +139,25 @@ mod tests {
     use super::*;
 
     fn refusal(kind: RefusalKind) -> ErrPacket {
-        Refusal { kind, message: "no".into() }.err_packet()
+        Refusal {
+            kind,
+            message: "no".into(),
+        }
+        .err_packet()
     }
 
     #[test]
     fn refusals_render_as_mysql_errors() {
         let e = refusal(RefusalKind::Unauthenticated);
         assert_eq!((e.code, e.sql_state), (1045, Some(*b"28000")));
-        let e = refusal(RefusalKind::Denied { rule: "DROP".into() });
+        let e = refusal(RefusalKind::Denied {
+            rule: "DROP".into(),
+        });
         assert_eq!((e.code, e.sql_state), (1227, Some(*b"42000")));
         assert!(e.message.contains("DROP"));
-        let e = refusal(RefusalKind::Rejected { approval: "apr_123".into() });
+        let e = refusal(RefusalKind::Rejected {
+            approval: "apr_123".into(),
+        });
         assert_eq!(e.code, 1227);
         assert!(e.message.contains("apr_123"));
         let e = refusal(RefusalKind::Unavailable);

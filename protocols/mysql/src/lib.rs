@@ -16,6 +16,7 @@ pub mod gate;
 pub mod handshake;
 pub mod packet;
 pub mod response;
+pub mod resultset;
 pub mod transport;
 pub mod upstream;
 pub mod wire;
