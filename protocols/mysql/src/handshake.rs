@@ -249,9 +249,13 @@ impl HandshakeResponse {
         put_nul_bytes(&mut out, &self.user);
         if caps.contains(Capabilities::PLUGIN_AUTH_LENENC_CLIENT_DATA) {
             put_lenenc_bytes(&mut out, &self.auth_response);
+        } else if caps.contains(Capabilities::SECURE_CONNECTION) {
+            // A 1-byte length: longer answers need the lenenc capability.
+            let n = self.auth_response.len().min(255);
+            out.put_u8(n as u8);
+            out.put_slice(&self.auth_response[..n]);
         } else {
-            out.put_u8(self.auth_response.len() as u8);
-            out.put_slice(&self.auth_response);
+            put_nul_bytes(&mut out, &self.auth_response);
         }
         if caps.contains(Capabilities::CONNECT_WITH_DB) {
             put_nul_bytes(&mut out, self.database.as_deref().unwrap_or_default());
