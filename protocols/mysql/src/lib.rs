@@ -9,6 +9,7 @@
 //! Software / Client Libraries / Client/Server Protocol".
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod auth;
 pub mod capability;
 pub mod classify;

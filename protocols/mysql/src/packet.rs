@@ -179,6 +179,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PacketStream<S> {
         }
     }
 
+    /// Reads one single-frame packet without reading a byte past it, for
+    /// the client's first packet: after an `SSLRequest` the client starts
+    /// TLS at once, and those bytes belong to the TLS handshake.
+    pub async fn read_exact_frame(&mut self) -> Result<Packet, PacketError> {
+        if !self.read_buf.is_empty() {
+            return self.read().await;
+        }
+        let mut header = [0u8; 4];
+        self.io.read_exact(&mut header).await.map_err(closed)?;
+        let len =
+            usize::from(header[0]) | usize::from(header[1]) << 8 | usize::from(header[2]) << 16;
+        if len >= MAX_FRAME.min(self.decoder.max_packet) {
+            return Err(PacketError::TooLarge {
+                limit: MAX_FRAME.min(self.decoder.max_packet) - 1,
+            });
+        }
+        let mut payload = vec![0u8; len];
+        self.io.read_exact(&mut payload).await.map_err(closed)?;
+        self.seq = header[3].wrapping_add(1);
+        Ok(Packet {
+            seq: header[3],
+            payload: payload.into(),
+        })
+    }
+
     /// Writes one logical packet and flushes it.
     pub async fn write(&mut self, payload: &[u8]) -> Result<(), PacketError> {
         self.write_buf.clear();
@@ -191,6 +216,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PacketStream<S> {
     /// The underlying stream.
     pub fn get_ref(&self) -> &S {
         &self.io
+    }
+
+    /// Flushes and closes the write side (TLS `close_notify`, TCP FIN), so
+    /// a last ERR packet reaches the peer before the connection drops.
+    pub async fn shutdown(&mut self) -> Result<(), PacketError> {
+        Ok(self.io.shutdown().await?)
     }
 
     /// Whether bytes of a next packet already arrived (a TLS upgrade must
@@ -210,6 +241,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PacketStream<S> {
         let mut s = PacketStream::new(io);
         s.seq = seq;
         s
+    }
+}
+
+fn closed(e: std::io::Error) -> PacketError {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        PacketError::Closed
+    } else {
+        PacketError::Io(e)
     }
 }
 

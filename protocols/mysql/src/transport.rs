@@ -1,5 +1,6 @@
 //! A connection that is plain or TLS after the MySQL `SSLRequest`
-//! upgrade, as one `AsyncRead + AsyncWrite` type.
+//! upgrade, as one `AsyncRead + AsyncWrite` type, on either side (Sluice
+//! as the agent's server, or as the upstream's client).
 use std::{
     io,
     pin::Pin,
@@ -7,15 +8,15 @@ use std::{
 };
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsStream;
 
-/// An upstream connection: `S` itself, or TLS over it.
+/// A connection: `S` itself, or TLS over it.
 #[derive(Debug)]
 pub enum Transport<S> {
-    /// No TLS (`upstream_tls = "disable"`, or before the upgrade).
+    /// No TLS.
     Plain(S),
-    /// TLS; `verified` when the certificate was checked against trusted
-    /// roots and the service's host name.
+    /// TLS; `verified` when Sluice, as the client, checked the server's
+    /// certificate against trusted roots and the service's host name.
     Tls {
         stream: Box<TlsStream<S>>,
         verified: bool,

@@ -196,7 +196,7 @@ async fn secure<S: AsyncRead + AsyncWrite + Unpin>(
         .await
         .map_err(UpstreamError::Tls)?;
     let transport = Transport::Tls {
-        stream: Box::new(tls),
+        stream: Box::new(tls.into()),
         verified: params.tls == UpstreamTls::VerifyFull,
     };
     Ok(Secured {
