@@ -282,7 +282,9 @@ pub enum AuthPacket {
     Ok(Bytes),
     /// `0xFF`: refused (an ERR packet, payload kept whole).
     Err(Bytes),
-    /// `0xFE` `AuthSwitchRequest`: use `plugin` with this nonce.
+    /// `0xFE` `AuthSwitchRequest`: use `plugin` with this data, as sent
+    /// (the built-in plugins' nonce ends with a NUL terminator, see
+    /// [`crate::auth::Plugin::nonce`]; `client_ed25519`'s 32 bytes do not).
     Switch { plugin: Vec<u8>, data: Vec<u8> },
     /// `0x01` `AuthMoreData`: plugin-specific data.
     MoreData(Vec<u8>),
@@ -297,9 +299,7 @@ impl AuthPacket {
             Some(0xFE) => {
                 let mut r = Reader::new(&payload[1..]);
                 let plugin = r.nul_bytes_or_rest().to_vec();
-                let data = r.take_rest();
-                // The nonce of the built-in plugins ends with a NUL.
-                let data = data.strip_suffix(&[0]).unwrap_or(data).to_vec();
+                let data = r.take_rest().to_vec();
                 Ok(AuthPacket::Switch { plugin, data })
             }
             Some(0x01) => Ok(AuthPacket::MoreData(payload[1..].to_vec())),
@@ -307,8 +307,8 @@ impl AuthPacket {
         }
     }
 
-    /// The payload of an `AuthSwitchRequest` (the nonce NUL-terminated, as
-    /// servers send it) or `AuthMoreData`; OK and ERR as kept.
+    /// The payload of an `AuthSwitchRequest` or `AuthMoreData`; OK and ERR
+    /// as kept.
     pub fn encode(&self) -> BytesMut {
         let mut out = BytesMut::new();
         match self {
@@ -316,7 +316,7 @@ impl AuthPacket {
             AuthPacket::Switch { plugin, data } => {
                 out.put_u8(0xFE);
                 put_nul_bytes(&mut out, plugin);
-                put_nul_bytes(&mut out, data);
+                out.put_slice(data);
             }
             AuthPacket::MoreData(d) => {
                 out.put_u8(0x01);
@@ -385,10 +385,10 @@ mod tests {
     }
 
     #[test]
-    fn auth_switch_round_trips_without_the_nonce_terminator() {
+    fn auth_switch_round_trips() {
         let p = AuthPacket::Switch {
-            plugin: b"mysql_native_password".to_vec(),
-            data: vec![7; 20],
+            plugin: b"client_ed25519".to_vec(),
+            data: vec![0; 32],
         };
         assert_eq!(AuthPacket::decode(p.encode().freeze()).unwrap(), p);
     }

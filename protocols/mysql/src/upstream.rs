@@ -255,7 +255,7 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
                 plugin = Plugin::from_name(&name).ok_or_else(|| {
                     UpstreamError::UnsupportedPlugin(String::from_utf8_lossy(&name).into_owned())
                 })?;
-                nonce = data;
+                nonce = plugin.nonce(&data).to_vec();
                 let reply = answer(plugin, params.password, &nonce);
                 stream.write(&reply).await?;
             }

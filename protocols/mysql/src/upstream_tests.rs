@@ -111,7 +111,9 @@ async fn auth_switch_to_ed25519_signs_the_new_nonce() {
         greet_client(Plugin::MysqlNativePassword, all_capabilities()).await;
     let script = tokio::spawn(async move {
         read_response(&mut server).await;
-        let nonce = [7u8; 32];
+        // A zero last byte is part of ed25519's nonce, not a terminator.
+        let mut nonce = [7u8; 32];
+        nonce[31] = 0;
         let switch = AuthPacket::Switch {
             plugin: b"client_ed25519".to_vec(),
             data: nonce.to_vec(),

@@ -39,6 +39,18 @@ impl Plugin {
         }
     }
 
+    /// The nonce in an `AuthSwitchRequest`'s `data` for this plugin: the
+    /// built-in plugins' 20 bytes are sent NUL-terminated, which is not
+    /// part of the nonce; `client_ed25519`'s 32 bytes are sent as they are
+    /// (and may end with a zero byte).
+    pub fn nonce(self, data: &[u8]) -> &[u8] {
+        match self {
+            Plugin::ClientEd25519 => data,
+            _ if data.len() == NONCE_LEN + 1 => &data[..NONCE_LEN],
+            _ => data,
+        }
+    }
+
     /// The plugin named `name`, if Sluice knows it.
     pub fn from_name(name: &[u8]) -> Option<Plugin> {
         [

@@ -127,7 +127,7 @@ impl ServerAuth {
                 Step::Send(
                     AuthPacket::Switch {
                         plugin: self.announced.name().as_bytes().to_vec(),
-                        data: self.nonce.to_vec(),
+                        data: [&self.nonce[..], &[0]].concat(),
                     }
                     .encode(),
                 )
@@ -249,7 +249,9 @@ mod tests {
             panic!()
         };
         assert_eq!(plugin, b"mysql_native_password");
-        let ok = check(a.reply(&scramble::native_password(TOKEN, &data)));
+        assert_eq!(data.last(), Some(&0), "the nonce is NUL-terminated");
+        let nonce = Plugin::MysqlNativePassword.nonce(&data);
+        let ok = check(a.reply(&scramble::native_password(TOKEN, nonce)));
         assert!(matches!(a.verdict(ok), Step::Accept { .. }));
     }
 
