@@ -11,7 +11,7 @@ use sluice_mysql::{
     resultset::{mask_binary_row, mask_text_row, ColumnDefinition, MASKED_TEXT},
     upstream::{login, LoginParams, Upstream, UpstreamTls},
     wire::Reader,
-    PacketStream,
+    Capabilities, PacketStream,
 };
 use sluice_tests::{
     mariadb::{MariaDb, DATABASE, NATIVE_USER},
@@ -31,6 +31,7 @@ async fn connect(db: &MariaDb) -> Upstream<TcpStream> {
         tls: UpstreamTls::Disable,
         tls_config: None,
         server_name: ServerName::try_from("mysql.sluice.test").unwrap(),
+        capabilities: Capabilities::UPSTREAM,
     };
     login(TcpStream::connect(db.addr()).await.unwrap(), &params)
         .await

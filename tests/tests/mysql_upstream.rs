@@ -12,6 +12,7 @@ use sluice_mysql::{
     response::{EofPacket, ErrPacket},
     upstream::{login, LoginParams, Upstream, UpstreamError, UpstreamTls},
     wire::Reader,
+    Capabilities,
 };
 use sluice_tests::{
     mariadb::{MariaDb, DATABASE, ED25519_USER, NATIVE_USER},
@@ -53,6 +54,8 @@ impl Fixture {
             tls,
             tls_config: Some(self.ca.client_config().unwrap()),
             server_name: ServerName::try_from(name.to_string()).unwrap(),
+            // Even when asked for, LOCAL_FILES is never sent.
+            capabilities: Capabilities::UPSTREAM | Capabilities::LOCAL_FILES,
         }
     }
 

@@ -70,6 +70,12 @@ pub struct LoginParams<'a> {
     pub tls_config: Option<Arc<rustls::ClientConfig>>,
     /// The name the certificate must carry.
     pub server_name: ServerName<'static>,
+    /// What to ask for, before intersecting with the server's offer: the
+    /// agent's own flags within [`Capabilities::UPSTREAM`] (so
+    /// `CLIENT_FOUND_ROWS` and the like mean what the agent expects).
+    /// `CLIENT_LOCAL_FILES` and `CLIENT_COMPRESS` are dropped whatever is
+    /// given.
+    pub capabilities: Capabilities,
 }
 
 /// Why the upstream login failed. No variant carries the password.
@@ -159,7 +165,8 @@ async fn secure<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<Secured<S>, UpstreamError> {
     let Greeted { stream, handshake } = greeted;
     let offered = handshake.capabilities.contains(Capabilities::SSL);
-    let mut capabilities = Capabilities::UPSTREAM & handshake.capabilities;
+    let mut capabilities = (params.capabilities & handshake.capabilities)
+        .without(Capabilities::LOCAL_FILES | Capabilities::COMPRESS | Capabilities::SSL);
     if params.database.is_none() {
         capabilities = capabilities.without(Capabilities::CONNECT_WITH_DB);
     }

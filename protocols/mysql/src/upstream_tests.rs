@@ -22,6 +22,8 @@ fn params(tls: UpstreamTls) -> LoginParams<'static> {
         tls,
         tls_config: None,
         server_name: ServerName::try_from("db.internal").unwrap(),
+        // Even when asked for, LOCAL_FILES is never sent.
+        capabilities: Capabilities::UPSTREAM | Capabilities::LOCAL_FILES,
     }
 }
 
