@@ -542,9 +542,10 @@ pub mod seeds {
 }
 
 /// What an agent sends a MySQL service: frames reassembled by the packet
-/// decoder, each read as an `SSLRequest` / `HandshakeResponse41` and, for
-/// `COM_QUERY` / `COM_STMT_PREPARE`, classified. A parsed response must
-/// parse again after encoding, with the same user and database.
+/// decoder, each read as an `SSLRequest` / `HandshakeResponse41` and as a
+/// command; `COM_QUERY` text is classified and read as a `KILL`. A parsed
+/// response must parse again after encoding, with the same user and
+/// database.
 pub fn mysql_client(data: &[u8]) {
     use sluice_mysql::handshake::{ClientHello, HandshakeResponse};
     for payload in mysql_packets(data) {
@@ -552,8 +553,11 @@ pub fn mysql_client(data: &[u8]) {
             let again = HandshakeResponse::decode(&r.encode()).expect("an encoded response parses");
             assert_eq!((&again.user, &again.database), (&r.user, &r.database));
         }
-        if let [0x03 | 0x16, sql @ ..] = &payload[..] {
+        if let Ok(sluice_mysql::command::Command::Query(sql)) =
+            sluice_mysql::command::Command::decode(&payload)
+        {
             mysql_classify(sql);
+            let _ = sluice_mysql::command::parse_kill(&String::from_utf8_lossy(sql));
         }
     }
 }

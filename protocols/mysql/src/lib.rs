@@ -13,6 +13,7 @@ pub mod agent;
 pub mod auth;
 pub mod capability;
 pub mod classify;
+pub mod command;
 pub mod gate;
 pub mod handshake;
 pub mod packet;
