@@ -40,7 +40,9 @@ pub const AGENT_CAPABILITIES: Capabilities = Capabilities(
 pub struct AgentSettings {
     /// The connection id the agent sees (its `KILL QUERY` target).
     pub connection_id: u32,
-    /// The server version the agent sees.
+    /// The server version the agent sees: the upstream's own (clients
+    /// choose defaults by it; mysql-connector-python asks a "8.x" server
+    /// for `utf8mb4_0900_ai_ci`, which MariaDB, "5.5.5-10.x", lacks).
     pub server_version: String,
     /// The plugin announced in the handshake.
     pub plugin: Plugin,

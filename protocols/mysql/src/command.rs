@@ -32,8 +32,9 @@ pub enum Command<'a> {
     ChangeUser,
     /// `COM_STMT_PREPARE`: SQL text of one statement.
     StmtPrepare(&'a [u8]),
-    /// `COM_STMT_EXECUTE` of a prepared statement.
-    StmtExecute { statement_id: u32 },
+    /// `COM_STMT_EXECUTE` of a prepared statement; `flags` are the cursor
+    /// flags (`CURSOR_TYPE_*`, 0 for none).
+    StmtExecute { statement_id: u32, flags: u8 },
     /// `COM_STMT_SEND_LONG_DATA`.
     StmtSendLongData { statement_id: u32 },
     /// `COM_STMT_CLOSE`.
@@ -69,6 +70,7 @@ impl<'a> Command<'a> {
             0x16 => Command::StmtPrepare(r.take_rest()),
             0x17 => Command::StmtExecute {
                 statement_id: id(&mut r)?,
+                flags: r.u8("flags")?,
             },
             0x18 => Command::StmtSendLongData {
                 statement_id: id(&mut r)?,
@@ -138,7 +140,10 @@ mod tests {
         assert_eq!(Command::decode(b"\x01").unwrap(), Command::Quit);
         assert_eq!(
             Command::decode(b"\x17\x05\0\0\0\0\x01\0\0\0").unwrap(),
-            Command::StmtExecute { statement_id: 5 }
+            Command::StmtExecute {
+                statement_id: 5,
+                flags: 0
+            }
         );
         assert_eq!(
             Command::decode(b"\x04customers\0%").unwrap(),

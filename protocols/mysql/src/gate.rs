@@ -132,6 +132,11 @@ pub trait Gate: Send {
 
     /// Writes an event to the session record.
     fn record(&mut self, event: Event) -> impl Future<Output = Result<(), Refusal>> + Send;
+
+    /// The upstream thread id behind `connection_id`, a connection id
+    /// Sluice gave this same agent; `None` for any other id (`KILL` of it
+    /// is refused).
+    fn upstream_thread(&self, connection_id: u64) -> Option<u32>;
 }
 
 #[cfg(test)]

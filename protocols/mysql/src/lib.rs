@@ -17,6 +17,7 @@ pub mod command;
 pub mod gate;
 pub mod handshake;
 pub mod packet;
+pub mod relay;
 pub mod response;
 pub mod resultset;
 pub mod transport;
