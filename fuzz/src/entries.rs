@@ -595,12 +595,14 @@ pub fn mysql_server(data: &[u8]) {
     }
 }
 
-/// SQL text through the MySQL classifier, in both string-escape modes.
+/// SQL text through the MySQL classifier, in both string-escape modes,
+/// and the masked-column exposure check.
 pub fn mysql_classify(data: &[u8]) {
-    use sluice_mysql::classify::{classify, Escapes};
+    use sluice_mysql::classify::{check_exposure, classify, Escapes};
     let text = String::from_utf8_lossy(&data[..data.len().min(MAX_SQL)]);
     let _ = classify(&text, Escapes::Backslash);
     let _ = classify(&text, Escapes::NoBackslash);
+    let _ = check_exposure(&text, Escapes::Backslash, &["ssn".to_string()]);
 }
 
 /// The logical packets of `data` (at most [`MAX_MESSAGES`], 1 MiB each).

@@ -21,6 +21,7 @@
 //! ```
 mod dialect;
 mod kinds;
+mod masked;
 pub mod tokens;
 
 use std::collections::BTreeSet;
@@ -33,6 +34,7 @@ use sqlparser::{
 use tokens::TokenForm;
 
 pub use dialect::NoBackslashMySql;
+pub use masked::{check_exposure, Exposure};
 
 macro_rules! kinds {
     ($($(#[doc = $doc:literal])* $variant:ident = $name:literal,)*) => {

@@ -4,7 +4,9 @@
 //!
 //! - `COM_QUERY` and `COM_STMT_PREPARE` are classified ([`classify`]) and
 //!   authorized; `COM_STMT_EXECUTE` is authorized again with the text it
-//!   was prepared from, so a revoked token stops the next statement.
+//!   was prepared from, so a revoked token stops the next statement. Where
+//!   columns are masked, a statement that reads one in a way masking
+//!   cannot follow is refused ([`check_exposure`]).
 //! - `KILL [QUERY] <id>` is translated to the upstream thread id of the
 //!   agent's own connection ([`Gate::upstream_thread`]); other ids get
 //!   ERR 1094 (unknown thread id).
@@ -19,7 +21,7 @@ use std::collections::HashMap;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::{
-    classify::{classify, Escapes, Kind},
+    classify::{check_exposure, classify, Escapes, Kind},
     command::{parse_kill, translate_kill, Command},
     gate::{Allowed, Event, Gate, Refusal, Statement},
     packet::{PacketError, PacketStream},
@@ -237,10 +239,13 @@ impl Session {
         })
         .await
         .map_err(|r: Refusal| r.err_packet())?;
-        Ok(match allowed {
+        let mask = match allowed {
             Allowed::AsIs => Vec::new(),
             Allowed::Masked(columns) => columns,
-        })
+        };
+        check_exposure(sql, self.escapes, &mask)
+            .map_err(|e| ErrPacket::policy_denied(format!("{e} (sluice rule MASK)")))?;
+        Ok(mask)
     }
 
     async fn answer<A, U>(
