@@ -12,7 +12,11 @@ use std::{net::SocketAddr, path::PathBuf, process::Command, time::Duration};
 
 use sluice_mysql::{
     agent::{accept, AgentSettings},
-    auth::{verifier::Verifier, Plugin},
+    auth::{
+        verifier::{Proof, Verifier},
+        Plugin,
+    },
+    gate::{Allowed, Event, Gate, Refusal, RefusalKind, Statement, UpstreamTarget},
     response::OkPacket,
 };
 use sluice_tests::{process, random_secret, stack::next_upstream_ip, TestCa};
@@ -26,6 +30,39 @@ struct Server {
     token: String,
     ca_pem: PathBuf,
     _dir: tempfile::TempDir,
+}
+
+/// A gate that knows one token's verifier and nothing else.
+struct LoginGate {
+    verifier: Verifier,
+}
+
+impl Gate for LoginGate {
+    async fn authenticate(&mut self, proof: &Proof) -> Result<(), Refusal> {
+        match proof.matches(&self.verifier) {
+            true => Ok(()),
+            false => Err(Refusal {
+                kind: RefusalKind::Unauthenticated,
+                message: "bad token".into(),
+            }),
+        }
+    }
+
+    async fn upstream(&mut self) -> Result<UpstreamTarget, Refusal> {
+        unreachable!("no upstream in this test")
+    }
+
+    async fn authorize(&mut self, _: &Statement<'_>) -> Result<Allowed, Refusal> {
+        unreachable!("no relay in this test")
+    }
+
+    async fn record(&mut self, _: Event) -> Result<(), Refusal> {
+        Ok(())
+    }
+
+    fn upstream_thread(&self, _: u64) -> Option<u32> {
+        None
+    }
 }
 
 /// Starts a server announcing `plugin` that accepts `token` (by its
@@ -52,11 +89,8 @@ async fn server(plugin: Plugin) -> Server {
             };
             let verifier = verifier.clone();
             tokio::spawn(async move {
-                let check = |proof: sluice_mysql::auth::verifier::Proof| {
-                    let ok = proof.matches(&verifier);
-                    async move { ok }
-                };
-                let Ok(mut agent) = accept(io, &settings, check).await else {
+                let mut gate = LoginGate { verifier };
+                let Ok(mut agent) = accept(io, &settings, &mut gate).await else {
                     return;
                 };
                 let ok = OkPacket {

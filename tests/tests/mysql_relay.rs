@@ -58,11 +58,18 @@ struct Shared {
 
 struct TestGate {
     shared: Shared,
+    verifier: Verifier,
 }
 
 impl Gate for TestGate {
-    async fn authenticate(&mut self, _proof: &Proof) -> Result<(), Refusal> {
-        Ok(())
+    async fn authenticate(&mut self, proof: &Proof) -> Result<(), Refusal> {
+        match proof.matches(&self.verifier) {
+            true => Ok(()),
+            false => Err(Refusal {
+                kind: RefusalKind::Unauthenticated,
+                message: "bad token".into(),
+            }),
+        }
     }
 
     async fn upstream(&mut self) -> Result<UpstreamTarget, Refusal> {
@@ -138,11 +145,8 @@ async fn start_relay(db: &MariaDb) -> Relay {
                     plugin: Plugin::MysqlNativePassword,
                     tls: None,
                 };
-                let check = |p: Proof| {
-                    let ok = p.matches(&verifier);
-                    async move { ok }
-                };
-                let Ok(mut agent) = accept(io, &settings, check).await else {
+                let mut gate = TestGate { shared, verifier };
+                let Ok(mut agent) = accept(io, &settings, &mut gate).await else {
                     return;
                 };
                 let database = agent.response.database.clone();
@@ -157,7 +161,7 @@ async fn start_relay(db: &MariaDb) -> Relay {
                 };
                 let tcp = TcpStream::connect(upstream_addr).await.unwrap();
                 let mut up = login(tcp, &params).await.unwrap();
-                shared
+                gate.shared
                     .threads
                     .lock()
                     .unwrap()
@@ -167,7 +171,6 @@ async fn start_relay(db: &MariaDb) -> Relay {
                     ..OkPacket::default()
                 };
                 agent.stream.write(&ok.encode()).await.unwrap();
-                let mut gate = TestGate { shared };
                 let _ = relay(
                     &mut agent.stream,
                     &mut up.stream,

@@ -3,24 +3,22 @@
 //!
 //! 1. send HandshakeV10 with Sluice's own connection id and nonce;
 //! 2. answer an `SSLRequest` with TLS (certificate for the service host);
-//! 3. run [`ServerAuth`] on the `HandshakeResponse41`, asking the caller to
-//!    check each proof against the agent's token verifiers.
+//! 3. run [`ServerAuth`] on the `HandshakeResponse41`, asking the
+//!    [`Gate`] to check each proof against the agent's token verifiers.
 //!
 //! The OK packet is the caller's to send, once the upstream login
 //! succeeded ([`Accepted::stream`]'s sequence id is already right for it);
 //! a refusal is answered here with ERR 1045 / `28000`.
-use std::future::Future;
-
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::TlsAcceptor;
 
 use crate::{
     auth::{
         server::{Refused, ServerAuth, Step},
-        verifier::Proof,
         Plugin,
     },
     capability::Capabilities,
+    gate::Gate,
     handshake::{
         ClientHello, HandshakeResponse, InitialHandshake, STATUS_AUTOCOMMIT, UTF8MB4_GENERAL_CI,
     },
@@ -81,17 +79,16 @@ pub struct Accepted<S> {
     pub capabilities: Capabilities,
 }
 
-/// Greets the agent on `io` and authenticates it; `check` says whether a
+/// Greets the agent on `io` and authenticates it: `gate` says whether a
 /// proof matches one of the agent's valid tokens.
-pub async fn accept<S, F, Fut>(
+pub async fn accept<S, G>(
     io: S,
     settings: &AgentSettings,
-    mut check: F,
+    gate: &mut G,
 ) -> Result<Accepted<S>, AgentError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
-    F: FnMut(Proof) -> Fut,
-    Fut: Future<Output = bool>,
+    G: Gate,
 {
     let mut auth = ServerAuth::new(settings.plugin, false);
     let offered = match settings.tls {
@@ -139,7 +136,7 @@ where
                 auth.reply(&reply.payload)
             }
             Step::Check(proof) => {
-                let matched = check(proof).await;
+                let matched = gate.authenticate(&proof).await.is_ok();
                 auth.verdict(matched)
             }
             Step::Accept { preface } => {
