@@ -28,6 +28,7 @@ pub mod ca;
 pub mod cgroup;
 pub mod echo_upstream;
 pub mod mariadb;
+pub mod mysql_gate;
 pub mod postgres;
 pub mod process;
 pub mod redis;

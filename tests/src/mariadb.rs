@@ -60,21 +60,10 @@ impl MariaDb {
         if let Some(leaf) = tls {
             db.install_certificate(leaf)?;
         }
-        let mut last = None;
-        // The free port may be taken between probing and binding: retry.
-        for _ in 0..3 {
-            db.addr.set_port(process::free_port(ip)?);
-            match db.spawn() {
-                Ok(()) => {
-                    last = None;
-                    break;
-                }
-                Err(e) => last = Some(e),
-            }
-        }
-        if let Some(e) = last {
-            return Err(e);
-        }
+        process::on_free_port(ip, |port| {
+            db.addr.set_port(port);
+            db.spawn()
+        })?;
         db.create_billing()?;
         Ok(db)
     }

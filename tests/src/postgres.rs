@@ -83,21 +83,10 @@ impl Postgres {
         if let Some(leaf) = tls {
             pg.install_certificate(leaf)?;
         }
-        let mut last = None;
-        // The free port may be taken between probing and binding: retry.
-        for _ in 0..3 {
-            pg.addr.set_port(process::free_port(ip)?);
-            match pg.spawn() {
-                Ok(()) => {
-                    last = None;
-                    break;
-                }
-                Err(e) => last = Some(e),
-            }
-        }
-        if let Some(e) = last {
-            return Err(e);
-        }
+        process::on_free_port(ip, |port| {
+            pg.addr.set_port(port);
+            pg.spawn()
+        })?;
         pg.create_billing()?;
         Ok(pg)
     }

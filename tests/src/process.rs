@@ -162,6 +162,19 @@ pub fn free_port(ip: std::net::IpAddr) -> Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
+/// Runs `start` with a free port of `ip`, up to three times: the port may
+/// be taken between probing and binding.
+pub fn on_free_port<T>(ip: std::net::IpAddr, mut start: impl FnMut(u16) -> Result<T>) -> Result<T> {
+    let mut last = None;
+    for _ in 0..3 {
+        match start(free_port(ip)?) {
+            Ok(v) => return Ok(v),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.expect("three tries"))
+}
+
 /// A `kB` field of `/proc/<pid>/status` (`"VmRSS:"`, `"VmSize:"`), in KiB.
 ///
 /// # Panics

@@ -16,7 +16,7 @@ use sluice_mysql::{
         verifier::{Proof, Verifier},
         Plugin,
     },
-    gate::{Allowed, Event, Gate, Refusal, RefusalKind, Statement, UpstreamTarget},
+    gate::{Allowed, Event, Gate, Refusal, Statement, UpstreamTarget},
     response::OkPacket,
 };
 use sluice_tests::{process, random_secret, stack::next_upstream_ip, TestCa};
@@ -39,13 +39,7 @@ struct LoginGate {
 
 impl Gate for LoginGate {
     async fn authenticate(&mut self, proof: &Proof) -> Result<(), Refusal> {
-        match proof.matches(&self.verifier) {
-            true => Ok(()),
-            false => Err(Refusal {
-                kind: RefusalKind::Unauthenticated,
-                message: "bad token".into(),
-            }),
-        }
+        sluice_tests::mysql_gate::authenticate(&self.verifier, proof)
     }
 
     async fn upstream(&mut self) -> Result<UpstreamTarget, Refusal> {

@@ -63,13 +63,7 @@ struct TestGate {
 
 impl Gate for TestGate {
     async fn authenticate(&mut self, proof: &Proof) -> Result<(), Refusal> {
-        match proof.matches(&self.verifier) {
-            true => Ok(()),
-            false => Err(Refusal {
-                kind: RefusalKind::Unauthenticated,
-                message: "bad token".into(),
-            }),
-        }
+        sluice_tests::mysql_gate::authenticate(&self.verifier, proof)
     }
 
     async fn upstream(&mut self) -> Result<UpstreamTarget, Refusal> {
