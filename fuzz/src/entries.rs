@@ -5,7 +5,7 @@
 //! Each entry takes arbitrary bytes, drives one public parser of the
 //! `sluice` crate the way the proxy does, and panics (a libFuzzer crash)
 //! only when an invariant of that parser breaks. Allowed crates: `sluice`,
-//! `bytes`, `hyper` and std, which both builds have.
+//! `sluice_mysql`, `bytes`, `hyper` and std, which both builds have.
 use std::{
     future::Future,
     pin::pin,
@@ -38,6 +38,9 @@ pub const TARGETS: &[(&str, Entry)] = &[
     ("json_mask", json_mask),
     ("sql_classify", sql_classify),
     ("scram", scram),
+    ("mysql_client", mysql_client),
+    ("mysql_server", mysql_server),
+    ("mysql_classify", mysql_classify),
 ];
 
 /// Most typed messages one input is read as (keeps each run short).
@@ -539,4 +542,82 @@ pub mod seeds {
         }
         message(b'D', &b)
     }
+}
+
+/// What an agent sends a MySQL service: frames reassembled by the packet
+/// decoder, each read as an `SSLRequest` / `HandshakeResponse41` and as a
+/// command; `COM_QUERY` text is classified and read as a `KILL`. A parsed
+/// response must parse again after encoding, with the same user and
+/// database.
+pub fn mysql_client(data: &[u8]) {
+    use sluice_mysql::handshake::{ClientHello, HandshakeResponse};
+    for payload in mysql_packets(data) {
+        if let Ok(ClientHello::Response(r)) = ClientHello::decode(&payload) {
+            let again = HandshakeResponse::decode(&r.encode()).expect("an encoded response parses");
+            assert_eq!((&again.user, &again.database), (&r.user, &r.database));
+        }
+        if let Ok(sluice_mysql::command::Command::Query(sql)) =
+            sluice_mysql::command::Command::decode(&payload)
+        {
+            mysql_classify(sql);
+            let _ = sluice_mysql::command::parse_kill(&String::from_utf8_lossy(sql));
+        }
+    }
+}
+
+/// What an upstream server sends: every packet read as a handshake, an
+/// authentication packet, OK/ERR/EOF and a column definition (which must
+/// round-trip), and masked as a text and a binary row.
+pub fn mysql_server(data: &[u8]) {
+    use sluice_mysql::{
+        handshake::{AuthPacket, InitialHandshake},
+        response::{EofPacket, ErrPacket, OkPacket},
+        resultset::{mask_binary_row, mask_text_row, ColumnDefinition},
+    };
+    for payload in mysql_packets(data) {
+        if let Ok(h) = InitialHandshake::decode(&payload) {
+            let _ = InitialHandshake::decode(&h.encode());
+        }
+        let _ = AuthPacket::decode(payload.clone().freeze());
+        let _ = (
+            OkPacket::decode(&payload),
+            ErrPacket::decode(&payload),
+            EofPacket::decode(&payload),
+        );
+        if let Ok(c) = ColumnDefinition::decode(&payload) {
+            assert_eq!(
+                ColumnDefinition::decode(&c.encode()).expect("re-encoded"),
+                c
+            );
+        }
+        let columns = usize::from(payload.first().copied().unwrap_or(0) % 16);
+        let masked: Vec<bool> = (0..columns).map(|i| i % 2 == 0).collect();
+        let _ = mask_text_row(&payload, &masked);
+        let types: Vec<u8> = payload.iter().skip(1).take(columns).copied().collect();
+        let _ = mask_binary_row(&payload, &types, &masked[..types.len()]);
+    }
+}
+
+/// SQL text through the MySQL classifier, in both string-escape modes,
+/// and the masked-column exposure check.
+pub fn mysql_classify(data: &[u8]) {
+    use sluice_mysql::classify::{check_exposure, classify, Escapes};
+    let text = String::from_utf8_lossy(&data[..data.len().min(MAX_SQL)]);
+    let _ = classify(&text, Escapes::Backslash);
+    let _ = classify(&text, Escapes::NoBackslash);
+    let _ = check_exposure(&text, Escapes::Backslash, &["ssn".to_string()]);
+}
+
+/// The logical packets of `data` (at most [`MAX_MESSAGES`], 1 MiB each).
+fn mysql_packets(data: &[u8]) -> Vec<BytesMut> {
+    let mut decoder = sluice_mysql::PacketDecoder::new(1 << 20);
+    let mut buf = BytesMut::from(data);
+    let mut out = Vec::new();
+    while out.len() < MAX_MESSAGES {
+        match decoder.decode(&mut buf) {
+            Ok(Some(p)) => out.push(BytesMut::from(&p.payload[..])),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    out
 }

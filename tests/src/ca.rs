@@ -76,6 +76,19 @@ impl TestCa {
         })
     }
 
+    /// A rustls client config that trusts this CA only (what Sluice does
+    /// with `upstream_ca`).
+    pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.issuer.der().clone())?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Arc::new(config))
+    }
+
     /// A rustls server config presenting a leaf for `names`, offering
     /// `alpn` (e.g. `[b"h2", b"http/1.1"]`).
     pub fn server_config(

@@ -22,14 +22,17 @@
 //!
 //! Requires root, the `sluice` binary (`SLUICE_BIN`, else
 //! `target/debug/sluice`), redis-server, curl, python3-requests, bpftool,
-//! PostgreSQL 15 server binaries, psql and pgbench, and for the container
-//! tests ([`container`]) runc and iproute2's `ip`.
+//! PostgreSQL 15 server binaries, psql and pgbench, mariadb-server and
+//! mariadb-client, and for the container tests ([`container`]) runc and
+//! iproute2's `ip`.
 
 pub mod approvals;
 pub mod ca;
 pub mod cgroup;
 pub mod container;
 pub mod echo_upstream;
+pub mod mariadb;
+pub mod mysql_gate;
 pub mod postgres;
 pub mod process;
 pub mod redis;

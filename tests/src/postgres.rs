@@ -83,21 +83,10 @@ impl Postgres {
         if let Some(leaf) = tls {
             pg.install_certificate(leaf)?;
         }
-        let mut last = None;
-        // The free port may be taken between probing and binding: retry.
-        for _ in 0..3 {
-            pg.addr.set_port(process::free_port(ip)?);
-            match pg.spawn() {
-                Ok(()) => {
-                    last = None;
-                    break;
-                }
-                Err(e) => last = Some(e),
-            }
-        }
-        if let Some(e) = last {
-            return Err(e);
-        }
+        process::on_free_port(ip, |port| {
+            pg.addr.set_port(port);
+            pg.spawn()
+        })?;
         pg.create_billing()?;
         Ok(pg)
     }
@@ -526,23 +515,11 @@ pub fn conninfo_value(s: &str) -> String {
 }
 
 fn postgres_ids() -> Result<(u32, u32)> {
-    let passwd = std::fs::read_to_string("/etc/passwd").context("read /etc/passwd")?;
-    passwd
-        .lines()
-        .map(|l| l.split(':').collect::<Vec<_>>())
-        .find(|f| f.len() > 3 && f[0] == "postgres")
-        .and_then(|f| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
-        .context("no postgres user in /etc/passwd; cargo xtask setup installs postgresql")
+    process::os_user_ids("postgres")
 }
 
 fn chown_postgres(path: &Path) -> Result<()> {
-    let (uid, gid) = postgres_ids()?;
-    std::os::unix::fs::chown(path, Some(uid), Some(gid))
-        .with_context(|| format!("chown postgres {}", path.display()))?;
-    if path.is_dir() {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))?;
-    }
-    Ok(())
+    process::chown_private(path, "postgres")
 }
 
 /// How long an agent's psql may run unless told otherwise.

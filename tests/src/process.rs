@@ -129,10 +129,50 @@ pub fn tcp_accepts(addr: std::net::SocketAddr) -> bool {
     std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
 }
 
+/// The uid and gid of the OS user `name` (a server's own user, such as
+/// `postgres` or `mysql`, created by its Debian package).
+pub fn os_user_ids(name: &str) -> Result<(u32, u32)> {
+    let passwd = std::fs::read_to_string("/etc/passwd").context("read /etc/passwd")?;
+    passwd
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.len() > 3 && f[0] == name)
+        .and_then(|f| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
+        .with_context(|| {
+            format!("no {name} user in /etc/passwd; cargo xtask setup installs its server")
+        })
+}
+
+/// Gives `path` to the OS user `user`; a directory becomes private to it
+/// (mode 0700).
+pub fn chown_private(path: &std::path::Path, user: &str) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let (uid, gid) = os_user_ids(user)?;
+    std::os::unix::fs::chown(path, Some(uid), Some(gid))
+        .with_context(|| format!("chown {user} {}", path.display()))?;
+    if path.is_dir() {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
 /// A loopback port that was free a moment ago.
 pub fn free_port(ip: std::net::IpAddr) -> Result<u16> {
     let l = std::net::TcpListener::bind((ip, 0)).context("bind a free port")?;
     Ok(l.local_addr()?.port())
+}
+
+/// Runs `start` with a free port of `ip`, up to three times: the port may
+/// be taken between probing and binding.
+pub fn on_free_port<T>(ip: std::net::IpAddr, mut start: impl FnMut(u16) -> Result<T>) -> Result<T> {
+    let mut last = None;
+    for _ in 0..3 {
+        match start(free_port(ip)?) {
+            Ok(v) => return Ok(v),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.expect("three tries"))
 }
 
 /// A `kB` field of `/proc/<pid>/status` (`"VmRSS:"`, `"VmSize:"`), in KiB.

@@ -23,6 +23,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "redis-server",
     "postgresql",
     "postgresql-client",
+    "mariadb-server",
+    "mariadb-client",
     "curl",
     "python3-requests",
     "bpftool",
@@ -112,12 +114,15 @@ fn node_packages(verbose: bool) -> Result<()> {
 /// requirement). psycopg's binary wheel bundles its own libpq (≥ 17, which
 /// Debian 12 lacks), the client for PostgreSQL direct TLS; grpcio and
 /// websockets are the gRPC and WebSocket clients and servers; paramiko is
-/// the Python SSH client.
+/// the Python SSH client; PyMySQL and mysql-connector-python are the MySQL
+/// clients agents use.
 pub const PYTHON_PACKAGES: &[(&str, &str)] = &[
     ("psycopg", "psycopg[binary]>=3.2"),
     ("grpc", "grpcio>=1.60"),
     ("websockets", "websockets>=12"),
     ("paramiko", "paramiko>=3.4"),
+    ("pymysql", "PyMySQL>=1.0"),
+    ("mysql.connector", "mysql-connector-python>=8.0"),
 ];
 
 /// Installs the missing [`PYTHON_PACKAGES`] for the `python3` on `PATH`.
@@ -198,7 +203,7 @@ pub fn apt_install(packages: &[&'static str], verbose: bool) -> Result<()> {
         );
     }
     println!("setup: installing apt packages: {}", missing.join(" "));
-    // Package installation must not leave redis-server or postgresql running
+    // Package installation must not leave redis-server, postgresql or mariadb running
     // as system services: the tests start their own. A policy-rc.d that
     // answers 101 keeps invoke-rc.d / deb-systemd-invoke from starting them.
     let own_policy = !Path::new(POLICY_RC_D).exists();

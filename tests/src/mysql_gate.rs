@@ -1,0 +1,18 @@
+//! Pieces of `sluice_mysql::gate::Gate` implementations for the MySQL
+//! tests, which stand in for the gateway's guard pipeline.
+use sluice_mysql::{
+    auth::verifier::{Proof, Verifier},
+    gate::{Refusal, RefusalKind},
+};
+
+/// `Gate::authenticate` against one token's stored verifier.
+pub fn authenticate(verifier: &Verifier, proof: &Proof) -> Result<(), Refusal> {
+    if proof.matches(verifier) {
+        Ok(())
+    } else {
+        Err(Refusal {
+            kind: RefusalKind::Unauthenticated,
+            message: "bad token".into(),
+        })
+    }
+}
