@@ -368,11 +368,17 @@ pub fn http_token(data: &[u8]) {
         2 => b"\xff\xfe not utf-8",
         _ => b"line\r\nbreak",
     };
+    let header = |name: &str, format: &str| Injection::Header {
+        name: name.into(),
+        format: format.into(),
+    };
     let shapes = [
-        cred(None, None, None),
-        cred(Some("Authorization"), Some("Bearer {}"), None),
-        cred(Some("x-api-key"), None, None),
-        cred(None, None, Some("api_key")),
+        Injection::InPlace,
+        header("Authorization", "Bearer {}"),
+        header("x-api-key", "{}"),
+        Injection::Query {
+            name: "api_key".into(),
+        },
     ];
     for shape in &shapes {
         let mut p = parts.clone();
@@ -397,17 +403,6 @@ pub fn http_token(data: &[u8]) {
                 "the secret went nowhere"
             );
         }
-    }
-}
-
-fn cred(header: Option<&str>, format: Option<&str>, query: Option<&str>) -> Injection {
-    match (header, query) {
-        (Some(name), _) => Injection::Header {
-            name: name.into(),
-            format: format.unwrap_or("{}").into(),
-        },
-        (None, Some(name)) => Injection::Query { name: name.into() },
-        (None, None) => Injection::InPlace,
     }
 }
 
