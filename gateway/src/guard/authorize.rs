@@ -20,7 +20,7 @@ pub enum Allowed {
 impl Session {
     /// The decision on `op` under the service's current rules.
     pub fn decide(&self, op: Operation<'_>) -> Decision {
-        policy::decide(&self.current(), op)
+        self.with_current(|service| policy::decide(service, op))
     }
 
     /// Decides `op` and carries the decision out ([`Session::enforce`]).

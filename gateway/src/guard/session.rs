@@ -18,7 +18,7 @@ pub struct Session {
     guard: Arc<Guard>,
     pub identity: AgentIdentity,
     /// The service as configured when the session opened: its upstream
-    /// and masks stay fixed for the session ([`Session::current`] has the
+    /// and masks stay fixed for the session ([`Session::with_current`] has the
     /// rules now).
     service: Arc<Service>,
     record: SessionRecord,
@@ -61,16 +61,15 @@ impl Session {
         &self.service
     }
 
-    /// The service as configured now: a reload's new rules apply to the
-    /// next operation of open sessions. The session's own copy if a reload
-    /// removed the service or changed its protocol.
-    pub fn current(&self) -> Arc<Service> {
-        self.guard
-            .config()
+    /// Runs `f` on the service as configured now: a reload's new rules
+    /// apply to the next operation of open sessions. The session's own
+    /// copy if a reload removed the service or changed its protocol.
+    pub fn with_current<T>(&self, f: impl FnOnce(&Service) -> T) -> T {
+        let config = self.guard.config();
+        let now = config
             .service(&self.service.name)
-            .filter(|s| s.protocol() == self.service.protocol())
-            .map(|s| Arc::new(s.clone()))
-            .unwrap_or_else(|| self.service.clone())
+            .filter(|s| s.protocol() == self.service.protocol());
+        f(now.unwrap_or(&self.service))
     }
 
     /// Queues `event`; [`Session::flush`] waits until it is written.

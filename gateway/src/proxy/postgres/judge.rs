@@ -93,19 +93,20 @@ pub(super) fn bound(
 /// Runs `f` with the service's SQL rules now (a reload's new rules apply
 /// to the next statement) and the session's masks.
 fn with_policy<T>(s: &Session, f: impl FnOnce(SqlPolicy<'_>) -> T) -> T {
-    let current = s.guard.current();
     let fixed = s.guard.service();
     let mask = &fixed.mask;
-    // The guard keeps the session's own copy when a reload changed the
-    // service's protocol, so the first is always there.
-    match current.sql().or(fixed.sql()) {
-        Some(rules) => f(rules.policy(mask)),
-        None => f(SqlPolicy {
-            deny: &[],
-            approve: &[],
-            mask,
-        }),
-    }
+    s.guard.with_current(|now| {
+        // The guard keeps the session's own copy when a reload changed the
+        // service's protocol, so the first is always there.
+        match now.sql().or(fixed.sql()) {
+            Some(rules) => f(rules.policy(mask)),
+            None => f(SqlPolicy {
+                deny: &[],
+                approve: &[],
+                mask,
+            }),
+        }
+    })
 }
 
 /// The judgement for `decision`, recording a denial.

@@ -25,8 +25,10 @@ impl Session {
     /// Whether the service has deny rules now, or masked columns: then
     /// what bypasses classification (FunctionCall) is refused.
     pub(super) fn guarded(&self) -> bool {
-        let current = self.guard.current();
-        current.sql().is_some_and(|q| !q.deny.is_empty()) || !self.mask().is_empty()
+        let denies = self
+            .guard
+            .with_current(|now| now.sql().is_some_and(|q| !q.deny.is_empty()));
+        denies || !self.mask().is_empty()
     }
 }
 
