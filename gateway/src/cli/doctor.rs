@@ -68,6 +68,12 @@ pub fn run(path: &Path) -> Result<(), CliError> {
                 name: "attached",
                 result: attached(&cfg),
             });
+            if !cfg.redirect_addrs().is_empty() {
+                checks.push(Check {
+                    name: "containers",
+                    result: netns_cookie(),
+                });
+            }
             for agent in &cfg.agents {
                 match own_uid(agent) {
                     Ok(msg) => checks.push(Check {
@@ -132,6 +138,15 @@ fn btf() -> Result<String, String> {
     } else {
         Err("no /sys/kernel/btf/vmlinux: use a kernel built with CONFIG_DEBUG_INFO_BTF=y".into())
     }
+}
+
+/// Agents with `redirect` need the network namespace cookie (kernel ≥ 5.14,
+/// `SO_NETNS_COOKIE`) to tell their containers' connections from the host's.
+fn netns_cookie() -> Result<String, String> {
+    let probe = std::net::UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    crate::intercept::netns::cookie_of(&probe)
+        .map(|c| format!("network namespace cookie {c}: agents' redirect addresses can serve containers"))
+        .map_err(|e| format!("this kernel gives no network namespace cookie ({e}); agents with `redirect` need Linux 5.14 or later: upgrade the kernel or remove `redirect`"))
 }
 
 fn cgroup2() -> Result<String, String> {
