@@ -20,7 +20,7 @@ use tokio_rustls::LazyConfigAcceptor;
 use tracing::{debug, warn};
 
 use super::{Gateway, Intercepted};
-use crate::{config::Protocol, tls::agent_server_config};
+use crate::tls::agent_server_config;
 
 pub mod counted;
 pub mod credential;
@@ -116,7 +116,8 @@ fn pick_https(
 ) -> Option<String> {
     let snap = gw.snapshot();
     let port = conn.original_dst.port();
-    let https = |s: &&crate::config::Service| s.protocol() == Protocol::Https && s.port == port;
+    let https =
+        |s: &&crate::config::Service| s.protocol().http_tls() == Some(true) && s.port == port;
     match sni {
         Some(name) => snap
             .cfg
