@@ -16,7 +16,8 @@ use gateway::defaults;
 pub use gateway::Gateway;
 use service::RawService;
 pub use service::{
-    HttpService, Injection, Protocol, Service, ServiceKind, SqlService, UpstreamTls,
+    HttpService, Injection, KubeService, Protocol, Service, ServiceKind, SqlService, UpstreamTls,
+    MASK_SECRETS,
 };
 
 /// Default config path, overridable with `--config` or `SLUICE_CONFIG`.

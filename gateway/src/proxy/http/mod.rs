@@ -26,6 +26,8 @@ pub mod counted;
 pub mod credential;
 pub mod echo_guard;
 pub mod json_mask;
+pub mod kube;
+pub mod kube_mask;
 pub mod operation;
 pub mod reply;
 pub mod request;
