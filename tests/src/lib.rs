@@ -30,6 +30,7 @@ pub mod ca;
 pub mod cgroup;
 pub mod container;
 pub mod echo_upstream;
+pub mod kube_api;
 pub mod postgres;
 pub mod process;
 pub mod redis;

@@ -1,0 +1,371 @@
+//! The Kubernetes API (issue #14, DESIGN.md §6): the real `kubectl`, with a
+//! kubeconfig holding a Sluice token and Sluice's CA, against the API
+//! server stand-in (`sluice_tests::kube_api`), which accepts only the real
+//! bearer token from the vault.
+use std::{
+    io::Read,
+    path::PathBuf,
+    process::{Child, Output},
+};
+
+use serde_json::Value;
+use sluice_tests::{ServiceSpec, Stack};
+
+use crate::{assert_no_token, events, Lines, WAIT};
+
+const KUBE: &str = "prod-k8s";
+const KUBE_HOST: &str = "kube.prod.test";
+/// DESIGN.md §6's example rules, as far as the stand-in serves them.
+const RULES: &str = r#"deny = [{ verb = "delete", resource = "namespaces" }, { verb = "*", resource = "secrets", namespace = "kube-system" }]
+approve = [{ verb = "delete", resource = "pods", namespace = "default" }]"#;
+/// base64 of `****`.
+const MASKED_DATA: &str = "KioqKg==";
+
+fn kube_stack(label: &str, extra: &str) -> Stack {
+    Stack::builder(label)
+        .gateway(r#"approval_timeout = "60s""#)
+        .service(ServiceSpec::kubernetes(KUBE, KUBE_HOST).extra(extra))
+        .service(ServiceSpec::https("payments-api", "api.payments.test"))
+        .start()
+        .expect("start the stack")
+}
+
+/// `kubectl` as the agent, with a kubeconfig of its own.
+struct Kubectl<'a> {
+    stack: &'a Stack,
+    kubeconfig: PathBuf,
+    home: PathBuf,
+}
+
+impl<'a> Kubectl<'a> {
+    /// A kubeconfig for service [`KUBE`] whose token is `token` and whose
+    /// CA is Sluice's.
+    fn new(stack: &'a Stack, token: &str) -> Kubectl<'a> {
+        let dir = stack.dir().join(sluice_tests::unique_name("kubectl"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let kubeconfig = dir.join("config");
+        let ca = stack.sluice.ca_cert_path().unwrap();
+        let config = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: prod\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: agent\n  user:\n    token: {token}\ncontexts:\n- name: prod\n  context:\n    cluster: prod\n    user: agent\n    namespace: default\ncurrent-context: prod\n",
+            stack.kube(KUBE).server(),
+            ca.display()
+        );
+        std::fs::write(&kubeconfig, config).unwrap();
+        Kubectl {
+            stack,
+            kubeconfig,
+            home: dir,
+        }
+    }
+
+    fn argv<'s>(&self, args: &[&'s str]) -> Vec<&'s str> {
+        let mut argv = vec!["kubectl", "--request-timeout=30s"];
+        argv.extend_from_slice(args);
+        argv
+    }
+
+    fn env(&self) -> [(&'static str, String); 2] {
+        [
+            ("KUBECONFIG", self.kubeconfig.display().to_string()),
+            ("HOME", self.home.display().to_string()),
+        ]
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let env = self.env();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        self.stack.agent_with_hosts(&env, &self.argv(args)).unwrap()
+    }
+
+    fn spawn(&self, args: &[&str]) -> Child {
+        let env = self.env();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        self.stack
+            .spawn_agent_with_hosts(&env, &self.argv(args))
+            .unwrap()
+    }
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[track_caller]
+fn assert_ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "kubectl failed: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout(out)
+}
+
+/// The `request` lines of service [`KUBE`] in the audit log.
+fn kube_requests(stack: &Stack) -> Vec<Value> {
+    let audit = stack.sluice.audit_events().unwrap();
+    events(&audit, "request")
+        .into_iter()
+        .filter(|e| e["service"] == KUBE)
+        .cloned()
+        .collect()
+}
+
+/// Every request reached the stand-in with the real token and no trace of
+/// the agent's.
+fn assert_real_token_only(stack: &Stack) {
+    let real = format!("Bearer {}", stack.secret(KUBE));
+    for r in stack.kube(KUBE).requests() {
+        assert_no_token(&r);
+        assert_eq!(
+            r.header("authorization"),
+            Some(real.as_str()),
+            "{}",
+            r.target
+        );
+    }
+}
+
+fn kill(mut child: Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn kubectl_gets_watches_follows_logs_and_execs_through_sluice() {
+    let stack = kube_stack("kube-read", RULES);
+    let token = stack.token(KUBE).unwrap();
+    let kubectl = Kubectl::new(&stack, &token);
+
+    // get pods
+    let out = assert_ok(&kubectl.run(&["get", "pods", "-o", "name"]));
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["pod/web-1", "pod/web-2"]);
+    let listed = kube_requests(&stack);
+    assert!(
+        listed.iter().any(|e| e["verb"] == "list"
+            && e["resource"] == "pods"
+            && e["namespace"] == "default"
+            && e["status"] == 200),
+        "{listed:?}"
+    );
+
+    // get pods -w: a watch event arrives while the stream stays open.
+    let mut watch = kubectl.spawn(&["get", "pods", "-w", "-o", "name"]);
+    let lines = Lines::new(watch.stdout.take().unwrap());
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l == "pod/web-2") {
+        seen.push(lines.next("a pod from the watch"));
+    }
+    kill(watch);
+    let watched = stack.kube(KUBE).requests().into_iter().any(|r| {
+        r.path() == "/api/v1/namespaces/default/pods" && r.query("watch").as_deref() == Some("true")
+    });
+    assert!(watched, "kubectl's watch reached the API server");
+
+    // logs -f: line 1 reaches the agent before the server sends line 2.
+    let mut logs = kubectl.spawn(&["logs", "-f", "web-1"]);
+    let lines = Lines::new(logs.stdout.take().unwrap());
+    assert_eq!(lines.next("the first log line"), "log line 1");
+    stack.kube(KUBE).release_logs();
+    assert_eq!(lines.next("the second log line"), "log line 2");
+    assert!(logs.wait().unwrap().success());
+
+    // exec over WebSocket, its command recorded.
+    let out = assert_ok(&kubectl.run(&["exec", "web-1", "--", "echo", "hello"]));
+    assert_eq!(out, "hello\n");
+    let exec = stack
+        .kube(KUBE)
+        .requests_to("GET", "/api/v1/namespaces/default/pods/web-1/exec");
+    assert_eq!(exec.len(), 1, "one WebSocket exec reached the API server");
+    assert_eq!(
+        exec[0].version, "HTTP/1.1",
+        "exec runs over HTTP/1.1 upstream"
+    );
+    let command = stack
+        .sluice
+        .wait_for_event("the exec's command event", WAIT, |e| {
+            e["event"] == "command"
+        })
+        .unwrap();
+    assert_eq!(command["command"], "echo hello");
+    assert!(kube_requests(&stack)
+        .iter()
+        .any(|e| e["resource"] == "pods/exec" && e["name"] == "web-1" && e["status"] == 101));
+
+    assert_real_token_only(&stack);
+    stack.assert_no_secret_leaked();
+}
+
+#[test]
+fn kubectl_delete_pod_waits_for_approval_and_delete_namespace_is_denied() {
+    let stack = kube_stack("kube-policy", RULES);
+    let token = stack.token(KUBE).unwrap();
+    let kubectl = Kubectl::new(&stack, &token);
+    let api = stack.kube(KUBE);
+    let pod_path = "/api/v1/namespaces/default/pods/web-1";
+
+    let mut delete = kubectl.spawn(&["delete", "pod", "web-1", "--wait=false"]);
+    let pending = stack
+        .sluice
+        .wait_for_pending("delete pods web-1 -n default", WAIT)
+        .unwrap();
+    assert!(
+        api.requests_to("DELETE", pod_path).is_empty(),
+        "held, not sent"
+    );
+    stack
+        .sluice
+        .approve(pending["id"].as_str().unwrap())
+        .unwrap();
+    let mut out = String::new();
+    delete
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert!(
+        delete.wait().unwrap().success(),
+        "kubectl delete pod: {out}"
+    );
+    assert!(out.contains("pod \"web-1\" deleted"), "{out}");
+    assert_eq!(api.requests_to("DELETE", pod_path).len(), 1, "deleted once");
+    assert_eq!(api.pods(), ["web-2"]);
+
+    let out = kubectl.run(&["delete", "namespace", "prod"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Forbidden") || stderr.contains("403"),
+        "{stderr}"
+    );
+    assert!(
+        api.requests()
+            .iter()
+            .all(|r| r.method != "DELETE" || r.path() == pod_path),
+        "the API server saw no namespace deletion"
+    );
+    let denied = stack
+        .sluice
+        .wait_for_event("the denial", WAIT, |e| e["event"] == "denied")
+        .unwrap();
+    assert_eq!(denied["rule"], "delete namespaces");
+    assert!(kube_requests(&stack).iter().any(|e| e["verb"] == "delete"
+        && e["resource"] == "pods"
+        && e["name"] == "web-1"
+        && e["status"] == 200));
+
+    assert_real_token_only(&stack);
+    stack.assert_no_secret_leaked();
+}
+
+#[test]
+fn secrets_are_masked_in_get_list_and_watch() {
+    let stack = kube_stack("kube-mask", &format!("{RULES}\nmask = [\"secrets\"]"));
+    let token = stack.token(KUBE).unwrap();
+    let kubectl = Kubectl::new(&stack, &token);
+    let value = stack.kube(KUBE).secret_value().to_string();
+    let encoded = base64_of(&value);
+
+    let out = assert_ok(&kubectl.run(&["get", "secret", "db", "-o", "json"]));
+    let secret: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(secret["data"]["password"], MASKED_DATA);
+    let out = assert_ok(&kubectl.run(&["get", "secrets", "-o", "json"]));
+    let list: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(list["items"][0]["data"]["password"], MASKED_DATA);
+    let masked = stack
+        .sluice
+        .wait_for_event("a masked line", WAIT, |e| e["event"] == "masked")
+        .unwrap();
+    assert_eq!(masked["fields"], serde_json::json!(["secrets"]));
+
+    // A watch of secrets is masked event by event, the stream held open.
+    let auth = format!("Authorization: Bearer {token}");
+    let url = format!(
+        "{}/api/v1/namespaces/default/secrets?watch=true",
+        stack.kube(KUBE).server()
+    );
+    let watch = stack
+        .curl(&[
+            "-N",
+            "--max-time",
+            "3",
+            "-H",
+            &auth,
+            "--resolve",
+            &resolve(&stack),
+            &url,
+        ])
+        .unwrap();
+    assert_eq!(watch.status, 200, "{watch:?}");
+    assert!(watch.body.contains(MASKED_DATA), "{}", watch.body);
+
+    // Protobuf alone cannot be masked: 406, the API server not asked.
+    let before = stack.kube(KUBE).requests().len();
+    let proto = stack
+        .curl(&[
+            "-H",
+            &auth,
+            "-H",
+            "Accept: application/vnd.kubernetes.protobuf",
+            "--resolve",
+            &resolve(&stack),
+            &format!(
+                "{}/api/v1/namespaces/default/secrets/db",
+                stack.kube(KUBE).server()
+            ),
+        ])
+        .unwrap();
+    assert_eq!(proto.status, 406, "{proto:?}");
+    assert_eq!(stack.kube(KUBE).requests().len(), before);
+
+    for text in stack
+        .sluice
+        .all_output_text()
+        .iter()
+        .chain([("watch".to_string(), watch.body.clone())].iter())
+    {
+        assert!(
+            !text.1.contains(&encoded) && !text.1.contains(&value),
+            "secret data in {}",
+            text.0
+        );
+    }
+    stack.assert_no_secret_leaked();
+}
+
+#[test]
+fn bad_revoked_and_other_service_tokens_get_401() {
+    let stack = kube_stack("kube-tokens", RULES);
+    let other = stack.token("payments-api").unwrap();
+    let revoked = stack.token(KUBE).unwrap();
+    stack.sluice.token_revoke(&revoked).unwrap();
+    let bad = format!("slt_{}", "A".repeat(40));
+    for token in [bad.as_str(), other.as_str(), revoked.as_str()] {
+        let out = Kubectl::new(&stack, token).run(&["get", "pods"]);
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("Unauthorized") || stderr.contains("logged in"),
+            "{stderr}"
+        );
+    }
+    assert!(
+        stack.kube(KUBE).requests().is_empty(),
+        "the API server saw nothing"
+    );
+    let fails = stack.sluice.audit_events().unwrap();
+    assert!(events(&fails, "auth_fail").len() >= 3);
+    stack.assert_no_secret_leaked();
+}
+
+/// `--resolve` for the Kubernetes service (curl).
+fn resolve(stack: &Stack) -> String {
+    let addr = stack.kube(KUBE).addr();
+    format!("{KUBE_HOST}:{}:{}", addr.port(), addr.ip())
+}
+
+fn base64_of(value: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(value)
+}
