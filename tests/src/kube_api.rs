@@ -5,7 +5,8 @@
 //! - discovery: `/version`, `/api`, `/apis`, `/api/v1` (pods, pods/log,
 //!   pods/exec, namespaces, secrets);
 //! - pods in namespace `default` (`web-1`, `web-2`): get, list, delete,
-//!   watch (`?watch=true`: an `ADDED` event per pod, then held open), logs
+//!   watch (`?watch=true`: an `ADDED` event for a new pod `web-3`, which
+//!   no list shows, then held open), logs
 //!   (`?follow=true`: the first line at once, the second when the test
 //!   calls [`KubeApi::release_logs`]);
 //! - namespaces: list, get, delete;
@@ -224,14 +225,7 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr, state: Arc<State>) -> 
         ("GET", ["api", "v1", "namespaces", ns]) => json_ok(namespace(ns)),
         ("DELETE", ["api", "v1", "namespaces", ns]) => json_ok(namespace(ns)),
         ("GET", ["api", "v1", "namespaces", "default", "pods"]) if watch => {
-            let events: Vec<Value> = state
-                .pods
-                .lock()
-                .unwrap()
-                .iter()
-                .map(|p| json!({"type": "ADDED", "object": pod(p)}))
-                .collect();
-            held_open(events)
+            held_open(vec![json!({"type": "ADDED", "object": pod("web-3")})])
         }
         ("GET", ["api", "v1", "namespaces", "default", "pods"]) => json_ok(list(
             "PodList",

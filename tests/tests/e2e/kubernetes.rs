@@ -149,12 +149,16 @@ fn kubectl_gets_watches_follows_logs_and_execs_through_sluice() {
         "{listed:?}"
     );
 
-    // get pods -w: a watch event arrives while the stream stays open.
+    // get pods -w: a watch event (a new pod only the watch shows) arrives
+    // while the stream stays open.
     let mut watch = kubectl.spawn(&["get", "pods", "-w", "-o", "name"]);
     let lines = Lines::new(watch.stdout.take().unwrap());
     let mut seen = Vec::new();
-    while !seen.iter().any(|l: &String| l == "pod/web-2") {
-        seen.push(lines.next("a pod from the watch"));
+    while !seen.iter().any(|l| l == "pod/web-3") {
+        match lines.0.recv_timeout(WAIT) {
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("no pod/web-3 from the watch; kubectl printed {seen:?}"),
+        }
     }
     kill(watch);
     let watched = stack.kube(KUBE).requests().into_iter().any(|r| {
@@ -342,7 +346,9 @@ fn bad_revoked_and_other_service_tokens_get_401() {
     stack.sluice.token_revoke(&revoked).unwrap();
     let bad = format!("slt_{}", "A".repeat(40));
     for token in [bad.as_str(), other.as_str(), revoked.as_str()] {
-        let out = Kubectl::new(&stack, token).run(&["get", "pods"]);
+        // One request each (no discovery), under the token-guessing throttle.
+        let out =
+            Kubectl::new(&stack, token).run(&["get", "--raw", "/api/v1/namespaces/default/pods"]);
         assert!(!out.status.success());
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
