@@ -99,7 +99,7 @@ pub async fn authorize(
         .await
         .map_err(|r| refused(&r, Some(session.id())))?;
     let masked = allowed == Allowed::Masked && service.mask_secrets && holds_secrets(&info);
-    if masked && accept_json_only(&mut parts.headers).is_err() {
+    if masked && !accept_json_only(&mut parts.headers) {
         let reason = "protobuf responses for Secrets are refused on a service with mask = [\"secrets\"]: Sluice masks JSON only; accept application/json";
         return Err(deny(session, StatusCode::NOT_ACCEPTABLE, "MASK", reason));
     }
@@ -172,11 +172,9 @@ fn quote(word: &str) -> String {
 const PROTOBUF: &str = "application/vnd.kubernetes.protobuf";
 
 /// Keeps only the non-protobuf media ranges of `Accept`, so the upstream
-/// answers JSON that can be masked; no `Accept` asks for JSON.
-///
-/// # Errors
-/// When every range asks for protobuf (the caller answers 406).
-pub fn accept_json_only(headers: &mut header::HeaderMap) -> Result<(), ()> {
+/// answers JSON that can be masked; no `Accept` asks for JSON. `false`
+/// when every range asks for protobuf (the caller answers 406).
+pub fn accept_json_only(headers: &mut header::HeaderMap) -> bool {
     let ranges: Vec<String> = headers
         .get_all(header::ACCEPT)
         .iter()
@@ -191,16 +189,20 @@ pub fn accept_json_only(headers: &mut header::HeaderMap) -> Result<(), ()> {
         .filter(|r| !r.to_ascii_lowercase().starts_with(PROTOBUF))
         .collect();
     if !ranges.is_empty() && kept.is_empty() {
-        return Err(());
+        return false;
     }
     let value = if kept.is_empty() {
         "application/json".to_string()
     } else {
         kept.join(",")
     };
-    let value = HeaderValue::from_str(&value).map_err(|_| ())?;
-    headers.insert(header::ACCEPT, value);
-    Ok(())
+    match HeaderValue::from_str(&value) {
+        Ok(value) => {
+            headers.insert(header::ACCEPT, value);
+            true
+        }
+        Err(_) => false,
+    }
 }
 
 #[cfg(test)]
@@ -285,15 +287,15 @@ mod tests {
             header::ACCEPT,
             HeaderValue::from_static("application/vnd.kubernetes.protobuf, application/json"),
         );
-        accept_json_only(&mut h).unwrap();
+        assert!(accept_json_only(&mut h));
         assert_eq!(h[header::ACCEPT], "application/json");
         h.insert(
             header::ACCEPT,
             HeaderValue::from_static("application/vnd.kubernetes.protobuf;as=Table"),
         );
-        assert!(accept_json_only(&mut h).is_err());
+        assert!(!accept_json_only(&mut h));
         h.remove(header::ACCEPT);
-        accept_json_only(&mut h).unwrap();
+        assert!(accept_json_only(&mut h));
         assert_eq!(h[header::ACCEPT], "application/json");
     }
 }

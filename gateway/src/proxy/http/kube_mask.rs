@@ -291,5 +291,10 @@ mod tests {
         assert_eq!(count, 1);
         assert!(String::from_utf8(out).unwrap().contains(MASKED_DATA));
         assert!(mask_document(b"\x0ak8s\x00protobuf").is_err());
+        // A Table (`Accept: application/json;as=Table`) with full objects.
+        let table = br#"{"kind":"Table","columnDefinitions":[],"rows":[{"cells":["db","Opaque",1],"object":{"kind":"Secret","data":{"k":"dg=="}}}]}"#;
+        let (out, count) = mask_document(table).unwrap();
+        assert_eq!(count, 1);
+        assert!(!String::from_utf8(out).unwrap().contains("dg=="));
     }
 }
