@@ -52,6 +52,7 @@ fn setup(verbose: bool) -> Result<()> {
     bpf_linker(verbose)?;
     cargo_deb(verbose)?;
     bpffs(verbose)?;
+    kubectl(verbose)?;
     python_packages(verbose)?;
     node_packages(verbose)?;
     Ok(())
@@ -103,14 +104,28 @@ fn node_packages(verbose: bool) -> Result<()> {
     )
 }
 
+/// The Kubernetes client the Kubernetes tests drive: any `kubectl` on
+/// `PATH`, else Debian's `kubernetes-client`.
+fn kubectl(verbose: bool) -> Result<()> {
+    if sh::find_program("kubectl").is_some() {
+        if verbose {
+            println!("setup: kubectl present");
+        }
+        return Ok(());
+    }
+    apt_install(&["kubernetes-client"], verbose)
+}
+
 /// PyPI packages the end-to-end tests drive as agents: (import name,
 /// requirement). psycopg's binary wheel bundles its own libpq (≥ 17, which
 /// Debian 12 lacks), the client for PostgreSQL direct TLS; grpcio and
-/// websockets are the gRPC and WebSocket clients and servers.
+/// websockets are the gRPC and WebSocket clients and servers; kubernetes
+/// is the official Python Kubernetes client.
 pub const PYTHON_PACKAGES: &[(&str, &str)] = &[
     ("psycopg", "psycopg[binary]>=3.2"),
     ("grpc", "grpcio>=1.60"),
     ("websockets", "websockets>=12"),
+    ("kubernetes", "kubernetes>=29"),
 ];
 
 /// Installs the missing [`PYTHON_PACKAGES`] for the `python3` on `PATH`.

@@ -263,8 +263,18 @@ fn kubectl_delete_pod_waits_for_approval_and_delete_namespace_is_denied() {
     stack.assert_no_secret_leaked();
 }
 
+/// The Python `kubernetes` client listing the Secrets of `default` with
+/// the kubeconfig `argv[1]`: `name data.password` per line.
+const PYTHON_LIST_SECRETS: &str = r#"
+import sys
+from kubernetes import client, config
+config.load_kube_config(config_file=sys.argv[1])
+for s in client.CoreV1Api().list_namespaced_secret("default").items:
+    print(s.metadata.name, s.data["password"])
+"#;
+
 #[test]
-fn secrets_are_masked_in_get_list_and_watch() {
+fn secrets_are_masked_for_kubectl_the_python_client_and_watches() {
     let stack = kube_stack("kube-mask", &format!("{RULES}\nmask = [\"secrets\"]"));
     let token = stack.token(KUBE).unwrap();
     let kubectl = Kubectl::new(&stack, &token);
@@ -282,6 +292,16 @@ fn secrets_are_masked_in_get_list_and_watch() {
         .wait_for_event("a masked line", WAIT, |e| e["event"] == "masked")
         .unwrap();
     assert_eq!(masked["fields"], serde_json::json!(["secrets"]));
+
+    // The official Python client's list too.
+    let out = stack
+        .python(
+            &[("HOME", &kubectl.home.display().to_string())],
+            PYTHON_LIST_SECRETS,
+            &[&kubectl.kubeconfig.display().to_string()],
+        )
+        .unwrap();
+    assert_eq!(assert_ok(&out), format!("db {MASKED_DATA}\n"));
 
     // A watch of secrets is masked event by event, the stream held open.
     let auth = format!("Authorization: Bearer {token}");
