@@ -12,7 +12,7 @@ use hyper::{
 
 use super::{
     operation,
-    reply::ProxyBody,
+    reply::{self, ProxyBody},
     request::{deny, refused, AMBIGUOUS_PATH},
 };
 use crate::{
@@ -132,6 +132,36 @@ pub fn read(parts: &Parts, upgrade: bool) -> Result<RequestInfo, ReadError> {
         upgrade,
     )?;
     Ok(info)
+}
+
+/// Sluice's own error `response` in the form Kubernetes clients read: a
+/// `Status` object (`kind`, `status: Failure`, `message`, `reason`,
+/// `code`; Kubernetes API conventions, "Response Status Kind") that also
+/// keeps Sluice's `error` and `sluice.session` keys. Upstream responses
+/// pass unchanged.
+pub fn status_form(response: Response<ProxyBody>) -> Response<ProxyBody> {
+    let Some(generated) = response.extensions().get::<reply::Generated>().cloned() else {
+        return response;
+    };
+    let code = response.status();
+    let reason = match code {
+        StatusCode::UNAUTHORIZED => "Unauthorized",
+        StatusCode::FORBIDDEN => "Forbidden",
+        StatusCode::BAD_REQUEST => "BadRequest",
+        StatusCode::NOT_ACCEPTABLE => "NotAcceptable",
+        StatusCode::TOO_MANY_REQUESTS => "TooManyRequests",
+        StatusCode::SERVICE_UNAVAILABLE => "ServiceUnavailable",
+        StatusCode::GATEWAY_TIMEOUT => "Timeout",
+        _ => "InternalError",
+    };
+    let body = serde_json::json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": generated.message, "reason": reason, "code": code.as_u16(),
+        "error": generated.message, "sluice": { "session": generated.session },
+    });
+    let (mut parts, _) = response.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, reply::full(body.to_string().into()))
 }
 
 /// True when the response to `info` may hold Secret objects: requests for
@@ -278,6 +308,34 @@ mod tests {
             serde_json::to_value(&http).unwrap(),
             serde_json::json!({"event": "request", "method": "GET", "path": "/v1", "status": 200})
         );
+    }
+
+    #[test]
+    fn sluice_errors_become_status_objects() {
+        let generated = reply::error(
+            StatusCode::FORBIDDEN,
+            "denied by policy: delete namespaces",
+            Some("s-1"),
+        );
+        let response = status_form(generated);
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+        let body = body_json(response);
+        assert_eq!(body["kind"], "Status");
+        assert_eq!(body["reason"], "Forbidden");
+        assert_eq!(body["code"], 403);
+        assert_eq!(body["message"], "denied by policy: delete namespaces");
+        assert_eq!(body["sluice"]["session"], "s-1");
+    }
+
+    fn body_json(response: Response<ProxyBody>) -> serde_json::Value {
+        use http_body_util::BodyExt;
+        let bytes = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(response.into_body().collect())
+            .unwrap()
+            .to_bytes();
+        serde_json::from_slice(&bytes).unwrap()
     }
 
     #[test]

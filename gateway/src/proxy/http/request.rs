@@ -117,11 +117,15 @@ async fn respond(ctx: &Arc<ConnCtx>, mut req: Request<Incoming>) -> Response<Pro
         upgrading,
         kube: None,
     };
-    match admit(session, &routed, http, request).await {
+    let response = match admit(session, &routed, http, request).await {
         Ok((request, found, allowed)) => {
             forward(ctx, session, &routed, http, request, found, allowed).await
         }
         Err(response) => response,
+    };
+    match service.kube() {
+        Some(_) => kube::status_form(response),
+        None => response,
     }
 }
 
