@@ -263,6 +263,61 @@ fn kubectl_delete_pod_waits_for_approval_and_delete_namespace_is_denied() {
     stack.assert_no_secret_leaked();
 }
 
+#[test]
+fn requests_read_otherwise_than_the_api_server_would_are_refused() {
+    let stack = kube_stack("kube-ambiguous", RULES);
+    let token = stack.token(KUBE).unwrap();
+    let auth = format!("Authorization: Bearer {token}");
+    let server = stack.kube(KUBE).server();
+    let curl = |method: &str, target: &str| {
+        let url = format!("{server}{target}");
+        stack
+            .curl(&[
+                "--path-as-is",
+                "-X",
+                method,
+                "-H",
+                &auth,
+                "--resolve",
+                &resolve(&stack),
+                &url,
+            ])
+            .unwrap()
+    };
+    // The deny rule on kube-system's secrets, reached every way.
+    for (method, target, status) in [
+        ("GET", "/api/v1/namespaces/kube-system/secrets", 403),
+        ("GET", "/api/v1/watch/namespaces/kube-system/secrets", 403),
+        ("GET", "/api/v1/secrets", 403),
+        (
+            "GET",
+            "/api/v1/namespaces/default/../kube-system/secrets",
+            400,
+        ),
+        ("GET", "/api/v1/namespaces/kube-system%2Fsecrets", 400),
+        ("GET", "/api/v1//namespaces/kube-system/secrets", 400),
+        ("DELETE", "/api/v1/namespaces/kube%2Dsystem", 403),
+        (
+            "GET",
+            "/api/v1/namespaces/default/pods?watch=1&watch=false",
+            400,
+        ),
+        ("OPTIONS", "/api/v1/namespaces/default/pods", 400),
+    ] {
+        let res = curl(method, target);
+        assert_eq!(res.status, status, "{method} {target}: {}", res.body);
+        let body: Value = serde_json::from_str(&res.body).unwrap();
+        assert_eq!(body["kind"], "Status", "{}", res.body);
+    }
+    assert!(
+        stack.kube(KUBE).requests().is_empty(),
+        "the API server saw none of them"
+    );
+    // Non-resource URLs pass.
+    assert_eq!(curl("GET", "/version").status, 200);
+    stack.assert_no_secret_leaked();
+}
+
 /// The Python `kubernetes` client listing the Secrets of `default` with
 /// the kubeconfig `argv[1]`: `name data.password` per line.
 const PYTHON_LIST_SECRETS: &str = r#"
