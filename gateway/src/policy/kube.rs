@@ -271,13 +271,14 @@ impl RequestInfo {
         }
     }
 
-    /// `verb resource[/sub] [name] [-n namespace]`, or `verb path` for a
-    /// non-resource URL: the summary approvals show.
+    /// `verbs resource[/sub] [name] [-n namespace]` (verbs joined by `|`),
+    /// or `verb path` for a non-resource URL: the summary approvals show.
     pub fn summary(&self) -> String {
+        let verbs = self.verbs.join("|");
         match &self.target {
-            Target::NonResource { path } => format!("{} {path}", self.verb()),
+            Target::NonResource { path } => format!("{verbs} {path}"),
             Target::Resource(r) => {
-                let mut s = format!("{} {}", self.verb(), r.resource_path());
+                let mut s = format!("{verbs} {}", r.resource_path());
                 if let Some(name) = &r.name {
                     s.push(' ');
                     s.push_str(name);

@@ -217,7 +217,7 @@ fn a_streaming_upgrade_is_also_a_create() {
     let i = RequestInfo::derive("GET", path, Some("command=echo&command=hello"), true).unwrap();
     assert_eq!(i.verbs, ["get", "create"]);
     assert_eq!(info("POST", path, None).verbs, ["create"]);
-    assert_eq!(i.summary(), "get pods/exec web-1 -n prod");
+    assert_eq!(i.summary(), "get|create pods/exec web-1 -n prod");
 }
 
 fn rule(verb: &str, resource: &str, namespace: Option<&str>, name: Option<&str>) -> KubeRule {

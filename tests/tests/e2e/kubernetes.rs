@@ -18,6 +18,9 @@ const KUBE_HOST: &str = "kube.prod.test";
 /// DESIGN.md §6's example rules, as far as the stand-in serves them.
 const RULES: &str = r#"deny = [{ verb = "delete", resource = "namespaces" }, { verb = "*", resource = "secrets", namespace = "kube-system" }]
 approve = [{ verb = "delete", resource = "pods", namespace = "default" }]"#;
+/// [`RULES`], and `kubectl exec` held for approval too.
+const RULES_EXEC_HELD: &str = r#"deny = [{ verb = "delete", resource = "namespaces" }, { verb = "*", resource = "secrets", namespace = "kube-system" }]
+approve = [{ verb = "delete", resource = "pods", namespace = "default" }, { verb = "create", resource = "pods/exec" }]"#;
 /// base64 of `****`.
 const MASKED_DATA: &str = "KioqKg==";
 
@@ -201,8 +204,8 @@ fn kubectl_gets_watches_follows_logs_and_execs_through_sluice() {
 }
 
 #[test]
-fn kubectl_delete_pod_waits_for_approval_and_delete_namespace_is_denied() {
-    let stack = kube_stack("kube-policy", RULES);
+fn kubectl_delete_pod_and_exec_wait_for_approval_and_delete_namespace_is_denied() {
+    let stack = kube_stack("kube-policy", RULES_EXEC_HELD);
     let token = stack.token(KUBE).unwrap();
     let kubectl = Kubectl::new(&stack, &token);
     let api = stack.kube(KUBE);
@@ -235,6 +238,26 @@ fn kubectl_delete_pod_waits_for_approval_and_delete_namespace_is_denied() {
     assert!(out.contains("pod \"web-1\" deleted"), "{out}");
     assert_eq!(api.requests_to("DELETE", pod_path).len(), 1, "deleted once");
     assert_eq!(api.pods(), ["web-2"]);
+
+    // A WebSocket exec (a GET) is held as the `create` the API server
+    // authorizes it as.
+    let exec = kubectl.spawn(&["exec", "web-2", "--", "echo", "held"]);
+    let pending = stack
+        .sluice
+        .wait_for_pending("get|create pods/exec web-2 -n default: echo held", WAIT)
+        .unwrap();
+    let exec_path = "/api/v1/namespaces/default/pods/web-2/exec";
+    assert!(
+        api.requests_to("GET", exec_path).is_empty(),
+        "held, not sent"
+    );
+    stack
+        .sluice
+        .approve(pending["id"].as_str().unwrap())
+        .unwrap();
+    let out = exec.wait_with_output().unwrap();
+    assert_eq!(assert_ok(&out), "held\n");
+    assert_eq!(api.requests_to("GET", exec_path).len(), 1);
 
     let out = kubectl.run(&["delete", "namespace", "prod"]);
     assert!(!out.status.success());

@@ -71,8 +71,9 @@ pub enum ReadError {
 }
 
 /// Reads the request as the API server does and authorizes it under the
-/// service's rules (a held request waits for its JIT approval); records
-/// an exec's or attach's command. The request is [`Allowed::Masked`] only
+/// service's rules (a held request waits for its JIT approval, its
+/// summary showing an exec's command); records an exec's or attach's
+/// command. The request is [`Allowed::Masked`] only
 /// when its response may hold Secrets to mask; its `Accept` then asks
 /// for JSON only.
 ///
@@ -94,8 +95,13 @@ pub async fn authorize(
             &e.to_string(),
         )
     })?;
+    let command = command(&info, parts.uri.query());
+    let summary = match &command {
+        Some(command) => format!("{}: {command}", info.summary()),
+        None => info.summary(),
+    };
     let allowed = session
-        .authorize(Operation::Kube(&info), &info.summary())
+        .authorize(Operation::Kube(&info), &summary)
         .await
         .map_err(|r| refused(&r, Some(session.id())))?;
     let masked = allowed == Allowed::Masked && service.mask_secrets && holds_secrets(&info);
@@ -103,7 +109,7 @@ pub async fn authorize(
         let reason = "protobuf responses for Secrets are refused on a service with mask = [\"secrets\"]: Sluice masks JSON only; accept application/json";
         return Err(deny(session, StatusCode::NOT_ACCEPTABLE, "MASK", reason));
     }
-    if let Some(command) = command(&info, parts.uri.query()) {
+    if let Some(command) = command {
         let _ = session.record(Event::Command { command });
     }
     let allowed = if masked {
