@@ -87,6 +87,45 @@ impl<'a> Kubectl<'a> {
             .spawn_agent_with_hosts(&env, &self.argv(args))
             .unwrap()
     }
+
+    /// The Python client's exec of `command` in pod `pod` (always over
+    /// WebSocket, `v4.channel.k8s.io`), spawned.
+    fn python_exec(&self, pod: &str, command: &[&str]) -> Child {
+        let env = self.env();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let config = self.kubeconfig.display().to_string();
+        let mut argv = vec!["python3", "-c", PYTHON_EXEC, &config, pod];
+        argv.extend_from_slice(command);
+        self.stack.spawn_agent_with_hosts(&env, &argv).unwrap()
+    }
+
+    /// Whether this kubectl runs exec over WebSocket (1.30 and later; older
+    /// ones, such as Debian 12's kubernetes-client 1.20, use SPDY, which
+    /// Sluice does not relay yet).
+    fn execs_over_websocket(&self) -> bool {
+        let out = assert_ok(&self.run(&["version", "--client", "-o", "json"]));
+        let v: Value = serde_json::from_str(&out).unwrap();
+        let minor = v["clientVersion"]["minor"].as_str().unwrap_or("0");
+        minor.trim_end_matches('+').parse::<u32>().unwrap_or(0) >= 30
+    }
+}
+
+/// The Python client's exec: kubeconfig `argv[1]`, pod `argv[2]` in
+/// `default`, the command after; prints what the command printed.
+const PYTHON_EXEC: &str = r#"
+import sys
+from kubernetes import client, config
+from kubernetes.stream import stream
+config.load_kube_config(config_file=sys.argv[1])
+out = stream(client.CoreV1Api().connect_get_namespaced_pod_exec, sys.argv[2], "default",
+             command=sys.argv[3:], stdout=True, stderr=True, stdin=False, tty=False)
+sys.stdout.write(out)
+"#;
+
+/// A spawned agent's stdout, once it ended successfully.
+#[track_caller]
+fn finished(child: Child) -> String {
+    assert_ok(&child.wait_with_output().unwrap())
 }
 
 fn stdout(out: &Output) -> String {
@@ -135,7 +174,7 @@ fn kill(mut child: Child) {
 }
 
 #[test]
-fn kubectl_gets_watches_follows_logs_and_execs_through_sluice() {
+fn kubectl_and_python_get_watch_follow_logs_and_exec_through_sluice() {
     let stack = kube_stack("kube-read", RULES);
     let token = stack.token(KUBE).unwrap();
     let kubectl = Kubectl::new(&stack, &token);
@@ -177,13 +216,30 @@ fn kubectl_gets_watches_follows_logs_and_execs_through_sluice() {
     assert_eq!(lines.next("the second log line"), "log line 2");
     assert!(logs.wait().unwrap().success());
 
-    // exec over WebSocket, its command recorded.
-    let out = assert_ok(&kubectl.run(&["exec", "web-1", "--", "echo", "hello"]));
-    assert_eq!(out, "hello\n");
+    // exec over WebSocket, its command recorded: the Python client's,
+    // then kubectl's where it speaks WebSocket.
+    assert_eq!(
+        finished(kubectl.python_exec("web-1", &["echo", "hello"])),
+        "hello\n"
+    );
+    let mut execs = 1;
+    if kubectl.execs_over_websocket() {
+        let out = assert_ok(&kubectl.run(&["exec", "web-1", "--", "echo", "hello"]));
+        assert_eq!(out, "hello\n");
+        execs += 1;
+    } else {
+        eprintln!(
+            "note: this kubectl runs exec over SPDY; only the Python client's exec was tested"
+        );
+    }
     let exec = stack
         .kube(KUBE)
         .requests_to("GET", "/api/v1/namespaces/default/pods/web-1/exec");
-    assert_eq!(exec.len(), 1, "one WebSocket exec reached the API server");
+    assert_eq!(
+        exec.len(),
+        execs,
+        "each WebSocket exec reached the API server"
+    );
     assert_eq!(
         exec[0].version, "HTTP/1.1",
         "exec runs over HTTP/1.1 upstream"
@@ -204,7 +260,7 @@ fn kubectl_gets_watches_follows_logs_and_execs_through_sluice() {
 }
 
 #[test]
-fn kubectl_delete_pod_and_exec_wait_for_approval_and_delete_namespace_is_denied() {
+fn delete_pod_and_exec_wait_for_approval_and_delete_namespace_is_denied() {
     let stack = kube_stack("kube-policy", RULES_EXEC_HELD);
     let token = stack.token(KUBE).unwrap();
     let kubectl = Kubectl::new(&stack, &token);
@@ -241,7 +297,7 @@ fn kubectl_delete_pod_and_exec_wait_for_approval_and_delete_namespace_is_denied(
 
     // A WebSocket exec (a GET) is held as the `create` the API server
     // authorizes it as.
-    let exec = kubectl.spawn(&["exec", "web-2", "--", "echo", "held"]);
+    let exec = kubectl.python_exec("web-2", &["echo", "held"]);
     let pending = stack
         .sluice
         .wait_for_pending("get|create pods/exec web-2 -n default: echo held", WAIT)
@@ -255,8 +311,7 @@ fn kubectl_delete_pod_and_exec_wait_for_approval_and_delete_namespace_is_denied(
         .sluice
         .approve(pending["id"].as_str().unwrap())
         .unwrap();
-    let out = exec.wait_with_output().unwrap();
-    assert_eq!(assert_ok(&out), "held\n");
+    assert_eq!(finished(exec), "held\n");
     assert_eq!(api.requests_to("GET", exec_path).len(), 1);
 
     let out = kubectl.run(&["delete", "namespace", "prod"]);
