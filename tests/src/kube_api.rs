@@ -15,7 +15,8 @@
 //!   watch;
 //! - `pods/{name}/exec` over WebSocket (`v5.channel.k8s.io`,
 //!   `v4.channel.k8s.io`; RFC 6455): `echo ARGS` writes ARGS on the stdout
-//!   channel, then a `Success` status on the error channel, then closes.
+//!   channel, then a `Success` status on the error channel, then closes;
+//!   a SPDY/3.1 upgrade is switched and answered with [`SPDY_MARK`] only.
 //!
 //! Every request must carry `Authorization: Bearer <the real token>`, else
 //! it gets a 401 `Status`. Requests are recorded as [`RecordedRequest`]s.
@@ -415,6 +416,12 @@ const WEBSOCKET_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 /// `pods/exec` over WebSocket: the handshake (RFC 6455 §4.2.2), then the
 /// command's output in the channel protocol of `v4`/`v5.channel.k8s.io`.
 fn exec(mut req: Request<Incoming>, seen: &RecordedRequest) -> Response<ApiBody> {
+    if seen
+        .header("upgrade")
+        .is_some_and(|u| u.eq_ignore_ascii_case("SPDY/3.1"))
+    {
+        return spdy(req);
+    }
     let offered = seen
         .header("sec-websocket-protocol")
         .unwrap_or("")
@@ -486,6 +493,37 @@ fn exec(mut req: Request<Incoming>, seen: &RecordedRequest) -> Response<ApiBody>
         .body(full(String::new()))
         .expect("valid response")
 }
+
+/// A SPDY/3.1 upgrade of `pods/exec`: switched, then the bytes
+/// [`SPDY_MARK`] (no SPDY framing: this shows the relay, not SPDY).
+fn spdy(mut req: Request<Incoming>) -> Response<ApiBody> {
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let mut io = TokioIo::new(upgraded);
+        let _ = io.write_all(SPDY_MARK).await;
+        let _ = io.flush().await;
+        let mut sink = [0u8; 1024];
+        while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(5), io.read(&mut sink)).await
+        {
+            if n == 0 {
+                break;
+            }
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("upgrade", "SPDY/3.1")
+        .header("connection", "Upgrade")
+        .header("x-stream-protocol-version", "v4.channel.k8s.io")
+        .body(full(String::new()))
+        .expect("valid response")
+}
+
+/// What the stand-in sends after switching an exec to SPDY/3.1.
+pub const SPDY_MARK: &[u8] = b"spdy-stream-relayed\n";
 
 /// An unmasked server frame with FIN set (RFC 6455 §5.2).
 fn frame(opcode: u8, payload: &[u8]) -> Vec<u8> {

@@ -122,6 +122,29 @@ out = stream(client.CoreV1Api().connect_get_namespaced_pod_exec, sys.argv[2], "d
 sys.stdout.write(out)
 "#;
 
+/// A raw HTTP/1.1 upgrade over TLS: host, port, CA file, token, path,
+/// `Upgrade` value; prints the status line, then `relayed` when the
+/// stand-in's SPDY mark came through.
+const PYTHON_UPGRADE: &str = r#"
+import socket, ssl, sys
+host, port, ca, token, path, upgrade = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6]
+ctx = ssl.create_default_context(cafile=ca)
+ctx.set_alpn_protocols(["http/1.1"])
+with socket.create_connection((host, port), timeout=10) as raw, ctx.wrap_socket(raw, server_hostname=host) as s:
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {token}\r\n"
+              f"Connection: Upgrade\r\nUpgrade: {upgrade}\r\nX-Stream-Protocol-Version: v4.channel.k8s.io\r\n\r\n".encode())
+    data = b""
+    while b"spdy-stream-relayed" not in data:
+        if b"\r\n\r\n" in data and not data.startswith(b"HTTP/1.1 101"):
+            break
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    print(data.split(b"\r\n")[0].decode())
+    print("relayed" if b"spdy-stream-relayed" in data else "not relayed")
+"#;
+
 /// A spawned agent's stdout, once it ended successfully.
 #[track_caller]
 fn finished(child: Child) -> String {
@@ -391,6 +414,27 @@ fn requests_read_otherwise_than_the_api_server_would_are_refused() {
         stack.kube(KUBE).requests().is_empty(),
         "the API server saw none of them"
     );
+    // SPDY/3.1 (kubectl before 1.30) is relayed for exec only; h2c never.
+    let ca = stack.sluice.ca_cert_path().unwrap().display().to_string();
+    let port = stack.kube(KUBE).addr().port().to_string();
+    let upgrade = |path: &str, protocol: &str| {
+        let args = [KUBE_HOST, &port, &ca, &token, path, protocol];
+        let out = stack.python(&[], PYTHON_UPGRADE, &args).unwrap();
+        assert_ok(&out)
+    };
+    let exec = "/api/v1/namespaces/default/pods/web-1/exec?command=ls&stdout=true";
+    assert_eq!(
+        upgrade(exec, "SPDY/3.1"),
+        "HTTP/1.1 101 Switching Protocols\nrelayed\n"
+    );
+    assert!(upgrade(exec, "h2c").starts_with("HTTP/1.1 400"));
+    assert!(upgrade("/api/v1/namespaces/default/pods", "SPDY/3.1").starts_with("HTTP/1.1 400"));
+    let execs = stack
+        .kube(KUBE)
+        .requests_to("GET", "/api/v1/namespaces/default/pods/web-1/exec");
+    assert_eq!(execs.len(), 1, "only the SPDY exec reached the API server");
+    assert!(stack.kube(KUBE).requests().len() == 1);
+
     // Non-resource URLs pass.
     assert_eq!(curl("GET", "/version").status, 200);
     stack.assert_no_secret_leaked();

@@ -14,6 +14,7 @@ use super::{
     operation,
     reply::{self, ProxyBody},
     request::{deny, refused, AMBIGUOUS_PATH},
+    upgrade,
 };
 use crate::{
     config::KubeService,
@@ -50,6 +51,23 @@ impl KubeRequest {
                 name: r.name.clone(),
             },
         }
+    }
+
+    /// An `exec`, `attach` or `port-forward`, whose upgrade may be SPDY.
+    pub fn streams(&self) -> bool {
+        self.info.resource().is_some_and(|r| {
+            matches!(
+                r.subresource.as_deref(),
+                Some("exec" | "attach" | "portforward")
+            )
+        })
+    }
+
+    /// Whether an upgrade to `value` is relayed for this request:
+    /// WebSocket, or SPDY/3.1 for a stream ([`KubeRequest::streams`]).
+    pub fn relays(request: Option<&KubeRequest>, value: &HeaderValue) -> bool {
+        upgrade::is_websocket(value)
+            || (upgrade::is_spdy(value) && request.is_some_and(KubeRequest::streams))
     }
 
     /// A streaming watch (`watch` verb): its events are masked line by

@@ -175,8 +175,8 @@ async fn admit(
         None => authorize_http(session, routed, http, &mut request).await?,
     };
     if let Some((_, value)) = &request.upgrading {
-        if !upgrade::is_websocket(value) {
-            let reason = "only WebSocket upgrades are relayed; other protocol upgrades (h2c, …) would carry requests past policy";
+        if !KubeRequest::relays(request.kube.as_ref(), value) {
+            let reason = "only WebSocket upgrades (and SPDY/3.1 for Kubernetes exec, attach and port-forward) are relayed; other protocol upgrades (h2c, …) would carry requests past policy";
             return Err(deny(
                 session,
                 StatusCode::BAD_REQUEST,
@@ -421,9 +421,11 @@ async fn respond_upstream(
 ) -> Response<ProxyBody> {
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     let upstream_upgrade = resp.headers().get(header::UPGRADE).cloned();
-    let to_websocket = upstream_upgrade.as_ref().is_some_and(upgrade::is_websocket);
+    let relayed = upstream_upgrade
+        .as_ref()
+        .is_some_and(|v| KubeRequest::relays(answer.kube.as_ref(), v));
     match answer.agent_upgrade.take() {
-        Some(agent) if switching && to_websocket => upgrade::relay(ctx.clone(), agent, &mut resp),
+        Some(agent) if switching && relayed => upgrade::relay(ctx.clone(), agent, &mut resp),
         _ if switching => {
             let msg = "upstream switched to a protocol the agent did not ask for";
             return error(session, StatusCode::BAD_GATEWAY, msg);
