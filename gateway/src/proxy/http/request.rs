@@ -138,10 +138,12 @@ struct Pending {
     kube: Option<KubeRequest>,
 }
 
-/// Authenticate and authorize: the token, then policy on every reading of
-/// the request a backend may act on, then what the service's guarantees
-/// exclude (non-WebSocket upgrades; upgrades and gRPC where responses are
-/// masked or scanned).
+/// Authenticate and authorize: the token, then policy (on every reading of
+/// the request a backend may act on, or, for a Kubernetes service, on the
+/// request as the API server reads it), then what the service's
+/// guarantees exclude (upgrades other than WebSocket, or SPDY for
+/// Kubernetes streams; upgrades and gRPC where responses are masked or
+/// scanned).
 async fn admit(
     session: &Session,
     routed: &Routed,
