@@ -167,6 +167,21 @@ SCRAM = {
     "bad-utf8": b"n,,n=\xff,r=a\n\xff",
 }
 
+KUBE = {
+    # selector byte, then "METHOD\ntarget"; selector bit 1: a Secret response body
+    "list-pods": b"\x00GET\n/api/v1/namespaces/default/pods?limit=500",
+    "watch-param": b"\x00GET\n/api/v1/namespaces/default/pods?watch=true&fieldSelector=metadata.name%3Dweb-1",
+    "watch-verb": b"\x00GET\n/api/v1/watch/namespaces/default/pods/web-1",
+    "exec-upgrade": b"\x01GET\n/api/v1/namespaces/default/pods/web-1/exec?command=echo&command=hello",
+    "delete-namespace": b"\x00DELETE\n/api/v1/namespaces/kube-system",
+    "named-group": b"\x00PATCH\n/apis/apps/v1/namespaces/prod/deployments/web/scale",
+    "non-resource": b"\x00GET\n/openapi/v3/apis/apps/v1",
+    "encoded-slash": b"\x00GET\n/api/v1/namespaces/default/pods/a%2Fb",
+    "secret-list": b'\x02{"kind":"SecretList","items":[{"data":{"a":"Yg==","n":null},"stringData":{"s":"t"},'
+    b'"metadata":{"annotations":{"kubectl.kubernetes.io/last-applied-configuration":"{\\"data\\":{\\"a\\":\\"Yg==\\"}}"}}}]}',
+    "watch-event": b'\x02{"type":"ADDED","object":{"kind":"Secret","data":{"k":"dg=="}}}',
+}
+
 
 def write(target, seeds):
     d = os.path.join(ROOT, target)
@@ -182,3 +197,4 @@ write("http_token", HTTP)
 write("json_mask", JSON)
 write("sql_classify", SQL)
 write("scram", SCRAM)
+write("kube_request", KUBE)

@@ -16,7 +16,7 @@ use bytes::{BufMut, BytesMut};
 use sluice::{
     config::Injection,
     proxy::{
-        http::{credential, json_mask},
+        http::{credential, json_mask, kube, kube_mask},
         postgres::{
             self,
             codec::{self, CodecError, Reader},
@@ -41,6 +41,7 @@ pub const TARGETS: &[(&str, Entry)] = &[
     ("mysql_client", mysql_client),
     ("mysql_server", mysql_server),
     ("mysql_classify", mysql_classify),
+    ("kube_request", kube_request),
 ];
 
 /// Most typed messages one input is read as (keeps each run short).
@@ -615,4 +616,59 @@ fn mysql_packets(data: &[u8]) -> Vec<BytesMut> {
         }
     }
     out
+}
+
+/// Kubernetes: a request read as the API server reads it (first line the
+/// method, second the request target; bit 0 of the selector: a protocol
+/// upgrade) never panics, a resource request names a resource and one
+/// known verb first; with bit 1, the rest is a response for Secrets whose
+/// masking is idempotent (so leaves no `data` value unmasked).
+pub fn kube_request(data: &[u8]) {
+    let Some((&selector, rest)) = data.split_first() else {
+        return;
+    };
+    if selector & 2 != 0 {
+        let Ok((out, _)) = kube_mask::mask_document(rest) else {
+            return;
+        };
+        // Idempotence also means no `data` value is left unmasked: one
+        // would change on the second pass.
+        let (again, _) = kube_mask::mask_document(&out).expect("masked output is JSON");
+        assert_eq!(out, again, "masking is idempotent");
+        return;
+    }
+    let text = String::from_utf8_lossy(rest);
+    let mut lines = text.split('\n');
+    let method = lines.next().unwrap_or("GET").trim();
+    let target = lines.next().unwrap_or("/").trim();
+    let Ok(request) = hyper::Request::builder()
+        .method(method)
+        .uri(target)
+        .body(())
+    else {
+        return;
+    };
+    let (parts, ()) = request.into_parts();
+    let Ok(info) = kube::read(&parts, selector & 1 != 0) else {
+        return;
+    };
+    let _ = info.summary();
+    if let Some(r) = info.resource() {
+        assert!(
+            !r.resource.is_empty(),
+            "a resource request names its resource"
+        );
+        const VERBS: [&str; 9] = [
+            "get",
+            "list",
+            "watch",
+            "create",
+            "update",
+            "patch",
+            "delete",
+            "deletecollection",
+            "proxy",
+        ];
+        assert!(VERBS.contains(&info.verb()), "unknown verb {}", info.verb());
+    }
 }

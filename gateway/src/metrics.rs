@@ -269,6 +269,7 @@ mod tests {
                 method: "GET".into(),
                 path: "/".into(),
                 status: 200,
+                kube: None,
             },
         );
         m.observe(

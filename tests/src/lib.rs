@@ -31,6 +31,7 @@ pub mod ca;
 pub mod cgroup;
 pub mod container;
 pub mod echo_upstream;
+pub mod kube_api;
 pub mod mariadb;
 pub mod mysql_gate;
 pub mod postgres;

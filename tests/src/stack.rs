@@ -22,6 +22,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 use crate::{
+    kube_api::KubeApi,
     postgres::Postgres,
     redis::Redis,
     sluice::{toml_str, Sluice, SluiceOptions},
@@ -110,6 +111,9 @@ pub enum Protocol {
     Http,
     /// A real PostgreSQL server ([`Postgres`]) with database `billing`.
     Postgres,
+    /// The Kubernetes API server stand-in ([`KubeApi`]), which accepts the
+    /// service's secret as its bearer token.
+    Kubernetes,
 }
 
 impl Protocol {
@@ -118,6 +122,7 @@ impl Protocol {
             Protocol::Https => "https",
             Protocol::Http => "http",
             Protocol::Postgres => "postgres",
+            Protocol::Kubernetes => "kubernetes",
         }
     }
 }
@@ -167,6 +172,15 @@ impl ServiceSpec {
             protocol: Protocol::Postgres,
             upstream_tls: Some("disable".into()),
             credential: Credential::PgUser(crate::postgres::ROLE.into()),
+            ..ServiceSpec::https(name, host)
+        }
+    }
+
+    /// A `kubernetes` service for `host`: the API server stand-in
+    /// ([`KubeApi`]), the secret as bearer token.
+    pub fn kubernetes(name: &str, host: &str) -> ServiceSpec {
+        ServiceSpec {
+            protocol: Protocol::Kubernetes,
             ..ServiceSpec::https(name, host)
         }
     }
@@ -323,6 +337,10 @@ impl StackBuilder {
             let backend = match spec.protocol {
                 Protocol::Https => Backend::Http(Upstream::https(&ca, &spec.host, ip)?),
                 Protocol::Http => Backend::Http(Upstream::http(&spec.host, ip)?),
+                Protocol::Kubernetes => {
+                    let value = crate::random_secret();
+                    Backend::Kube(KubeApi::start(&ca, &spec.host, ip, &secret, &value)?)
+                }
                 Protocol::Postgres => {
                     let leaf = if pg_tls {
                         Some(ca.leaf(&[&spec.host])?)
@@ -340,7 +358,7 @@ impl StackBuilder {
                 toml_str(ip.to_string()),
                 spec.credential.toml(&spec.secret_name()),
             ));
-            if spec.protocol == Protocol::Https || pg_tls {
+            if matches!(spec.protocol, Protocol::Https | Protocol::Kubernetes) || pg_tls {
                 services_toml.push_str(&format!(
                     "upstream_ca = {}\n",
                     toml_str(ca.pem_path().to_str().expect("utf-8"))
@@ -400,6 +418,7 @@ pub struct StackService {
 pub enum Backend {
     Http(Upstream),
     Postgres(Postgres),
+    Kube(KubeApi),
 }
 
 impl Backend {
@@ -408,6 +427,7 @@ impl Backend {
         match self {
             Backend::Http(u) => u.addr(),
             Backend::Postgres(p) => p.addr(),
+            Backend::Kube(k) => k.addr(),
         }
     }
 }
@@ -512,7 +532,15 @@ impl Stack {
     pub fn upstream(&self, name: &str) -> &Upstream {
         match &self.service(name).backend {
             Backend::Http(u) => u,
-            Backend::Postgres(_) => panic!("service {name:?} is PostgreSQL, not HTTP"),
+            _ => panic!("service {name:?} is not an HTTP service"),
+        }
+    }
+
+    /// The Kubernetes API server stand-in of service `name`.
+    pub fn kube(&self, name: &str) -> &KubeApi {
+        match &self.service(name).backend {
+            Backend::Kube(k) => k,
+            _ => panic!("service {name:?} is not a Kubernetes service"),
         }
     }
 
@@ -520,7 +548,7 @@ impl Stack {
     pub fn postgres(&self, name: &str) -> &Postgres {
         match &self.service(name).backend {
             Backend::Postgres(p) => p,
-            Backend::Http(_) => panic!("service {name:?} is HTTP, not PostgreSQL"),
+            _ => panic!("service {name:?} is not PostgreSQL"),
         }
     }
 
@@ -533,7 +561,7 @@ impl Stack {
             .expect("service in this stack");
         match &mut s.backend {
             Backend::Postgres(p) => p,
-            Backend::Http(_) => panic!("service {name:?} is HTTP, not PostgreSQL"),
+            _ => panic!("service {name:?} is not PostgreSQL"),
         }
     }
 

@@ -59,6 +59,7 @@ fn setup(verbose: bool) -> Result<()> {
     bpf_linker(verbose)?;
     cargo_deb(verbose)?;
     bpffs(verbose)?;
+    kubectl(verbose)?;
     python_packages(verbose)?;
     node_packages(verbose)?;
     Ok(())
@@ -110,12 +111,24 @@ fn node_packages(verbose: bool) -> Result<()> {
     )
 }
 
+/// The Kubernetes client the Kubernetes tests drive: any `kubectl` on
+/// `PATH`, else Debian's `kubernetes-client`.
+fn kubectl(verbose: bool) -> Result<()> {
+    if sh::find_program("kubectl").is_some() {
+        if verbose {
+            println!("setup: kubectl present");
+        }
+        return Ok(());
+    }
+    apt_install(&["kubernetes-client"], verbose)
+}
+
 /// PyPI packages the end-to-end tests drive as agents: (import name,
 /// requirement). psycopg's binary wheel bundles its own libpq (≥ 17, which
 /// Debian 12 lacks), the client for PostgreSQL direct TLS; grpcio and
 /// websockets are the gRPC and WebSocket clients and servers; paramiko is
 /// the Python SSH client; PyMySQL and mysql-connector-python are the MySQL
-/// clients agents use.
+/// clients agents use; kubernetes is the official Python Kubernetes client.
 pub const PYTHON_PACKAGES: &[(&str, &str)] = &[
     ("psycopg", "psycopg[binary]>=3.2"),
     ("grpc", "grpcio>=1.60"),
@@ -123,6 +136,7 @@ pub const PYTHON_PACKAGES: &[(&str, &str)] = &[
     ("paramiko", "paramiko>=3.4"),
     ("pymysql", "PyMySQL>=1.0"),
     ("mysql.connector", "mysql-connector-python>=8.0"),
+    ("kubernetes", "kubernetes>=29"),
 ];
 
 /// Installs the missing [`PYTHON_PACKAGES`] for the `python3` on `PATH`.

@@ -16,7 +16,8 @@ use gateway::defaults;
 pub use gateway::Gateway;
 use service::RawService;
 pub use service::{
-    HttpService, Injection, Protocol, Service, ServiceKind, SqlService, UpstreamTls,
+    HttpService, Injection, KubeService, Protocol, Service, ServiceKind, SqlService, UpstreamTls,
+    MASK_SECRETS,
 };
 
 /// Default config path, overridable with `--config` or `SLUICE_CONFIG`.
@@ -361,6 +362,43 @@ deny = [{ method = "DELETE", path = "/v1/customers/*" }]
             .unwrap_err();
             assert_eq!(e.key, "agent[0].redirect", "{bad}");
         }
+    }
+
+    #[test]
+    fn kubernetes_service_from_design_parses() {
+        let service = |extra: &str| {
+            format!(
+                "[[service]]\nname='k'\nprotocol='kubernetes'\nupstream='kube.internal:6443'\n\
+                 credential={{secret='t', header='Authorization', format='Bearer {{}}'}}\n{extra}"
+            )
+        };
+        let cfg = parse(&service(
+            r#"deny = [{ verb = "delete", resource = "namespaces" }, { verb = "*", resource = "secrets", namespace = "kube-system" }]
+approve = [{ verb = "create", resource = "pods/exec" }, { verb = "delete", resource = "pods", namespace = "prod" }]
+mask = ["secrets"]"#,
+        ))
+        .unwrap();
+        let s = &cfg.services[0];
+        assert_eq!(s.protocol(), Protocol::Kubernetes);
+        let kube = s.kube().unwrap();
+        assert_eq!((kube.deny.len(), kube.approve.len()), (2, 1 + 1));
+        assert!(kube.mask_secrets && kube.http.tls && kube.http.deny.is_empty());
+        assert_eq!(kube.deny[1].to_string(), "* secrets namespace=kube-system");
+        for (extra, key) in [
+            ("mask = ['ssn']", "mask"),
+            ("deny = ['DROP']", "deny"),
+            ("deny = [{ method = 'GET', path = '/api*' }]", "deny"),
+            ("approve = [{ verb = 'get', path = '/x' }]", "approve"),
+            ("approve = [{ }]", "approve"),
+        ] {
+            let e = parse(&service(extra)).unwrap_err();
+            assert_eq!(e.key, format!("service[0] (k).{key}"), "{extra}");
+        }
+        let no_header = "[[service]]\nname='k'\nprotocol='kubernetes'\nupstream='kube.internal:6443'\ncredential={secret='t'}\n";
+        assert_eq!(
+            parse(no_header).unwrap_err().key,
+            "service[0] (k).credential.header"
+        );
     }
 
     #[test]

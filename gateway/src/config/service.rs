@@ -6,7 +6,7 @@ use std::{net::IpAddr, path::PathBuf};
 
 use serde::Deserialize;
 
-use crate::policy::{http::HttpRule, statement::SqlRule};
+use crate::policy::{http::HttpRule, kube::KubeRule, statement::SqlRule};
 
 /// `protocol = …`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -15,13 +15,26 @@ pub enum Protocol {
     Postgres,
     Https,
     Http,
+    /// The Kubernetes API (DESIGN.md §6): HTTPS read as the API server
+    /// reads it.
+    Kubernetes,
 }
 
 impl Protocol {
     /// HTTP services get the port-wide rule: every agent connection to the
     /// port is redirected and routed by SNI or `Host`.
     pub fn is_http(self) -> bool {
-        matches!(self, Protocol::Https | Protocol::Http)
+        self.http_tls().is_some()
+    }
+
+    /// For a protocol the HTTP handler serves, whether it speaks TLS
+    /// (towards the agent and upstream); `None` for the others.
+    pub fn http_tls(self) -> Option<bool> {
+        match self {
+            Protocol::Https | Protocol::Kubernetes => Some(true),
+            Protocol::Http => Some(false),
+            Protocol::Postgres => None,
+        }
     }
 }
 
@@ -64,6 +77,8 @@ pub enum ServiceKind {
     Http(HttpService),
     /// `protocol = "postgres"`.
     Postgres(SqlService),
+    /// `protocol = "kubernetes"`: an HTTPS service with Kubernetes rules.
+    Kubernetes(KubeService),
 }
 
 impl Service {
@@ -73,14 +88,24 @@ impl Service {
             ServiceKind::Http(h) if h.tls => Protocol::Https,
             ServiceKind::Http(_) => Protocol::Http,
             ServiceKind::Postgres(_) => Protocol::Postgres,
+            ServiceKind::Kubernetes(_) => Protocol::Kubernetes,
         }
     }
 
-    /// The HTTP part, for an HTTP(S) service.
+    /// The HTTP part, for an HTTP(S) or Kubernetes service.
     pub fn http(&self) -> Option<&HttpService> {
         match &self.kind {
             ServiceKind::Http(h) => Some(h),
+            ServiceKind::Kubernetes(k) => Some(&k.http),
             ServiceKind::Postgres(_) => None,
+        }
+    }
+
+    /// The Kubernetes part, for a Kubernetes API service.
+    pub fn kube(&self) -> Option<&KubeService> {
+        match &self.kind {
+            ServiceKind::Kubernetes(k) => Some(k),
+            ServiceKind::Http(_) | ServiceKind::Postgres(_) => None,
         }
     }
 
@@ -88,7 +113,7 @@ impl Service {
     pub fn sql(&self) -> Option<&SqlService> {
         match &self.kind {
             ServiceKind::Postgres(s) => Some(s),
-            ServiceKind::Http(_) => None,
+            ServiceKind::Http(_) | ServiceKind::Kubernetes(_) => None,
         }
     }
 }
@@ -106,6 +131,24 @@ pub struct HttpService {
     /// them in a response (headers or body).
     pub echo_guard: bool,
 }
+
+/// A Kubernetes API service's own settings (DESIGN.md §6 "Kubernetes
+/// API"): the HTTPS part the HTTP handler serves (TLS both ways, the
+/// credential header, no HTTP rules), and rules on requests as the API
+/// server reads them.
+#[derive(Debug, Clone)]
+pub struct KubeService {
+    /// TLS and the bearer header injection; no `deny`/`approve` of its own.
+    pub http: HttpService,
+    pub deny: Vec<KubeRule>,
+    pub approve: Vec<KubeRule>,
+    /// `mask = ["secrets"]`: `data`/`stringData` values of Secrets in
+    /// responses are masked.
+    pub mask_secrets: bool,
+}
+
+/// The one `mask` entry a Kubernetes service takes.
+pub const MASK_SECRETS: &str = "secrets";
 
 /// Where an HTTP request gets the real credential.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,8 +194,8 @@ pub(super) struct RawCredential {
     query: Option<String>,
 }
 
-/// One `deny`/`approve` entry as written: a SQL kind (`"DROP"`) or an
-/// HTTP rule.
+/// One `deny`/`approve` entry as written: a SQL kind (`"DROP"`), an
+/// HTTP rule or a Kubernetes rule.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 pub(super) enum RawRule {
@@ -162,6 +205,7 @@ pub(super) enum RawRule {
         method: Option<String>,
         path: String,
     },
+    Kube(KubeRule),
 }
 
 /// `[[service]]` as written.
@@ -221,6 +265,7 @@ impl RawService {
         let kind = match self.protocol {
             Protocol::Postgres => ServiceKind::Postgres(self.sql()?),
             Protocol::Https | Protocol::Http => ServiceKind::Http(self.http()?),
+            Protocol::Kubernetes => ServiceKind::Kubernetes(self.kube()?),
         };
         Ok(Service {
             name: self.name,
@@ -246,7 +291,7 @@ impl RawService {
                 .iter()
                 .map(|r| match r {
                     RawRule::Sql(kind) => SqlRule::parse(kind).map_err(|m| key_error(field, m)),
-                    RawRule::Http { .. } => Err(key_error(
+                    RawRule::Http { .. } | RawRule::Kube(_) => Err(key_error(
                         field,
                         "postgres rules are statement kinds like \"DROP\"",
                     )),
@@ -262,6 +307,33 @@ impl RawService {
     }
 
     fn http(&self) -> Result<HttpService, KeyError> {
+        let inject = self.injection()?;
+        let rules = |field: &str, rules: &[RawRule]| {
+            rules
+                .iter()
+                .map(|r| match r {
+                    RawRule::Http { method, path } => Ok(HttpRule {
+                        method: method.clone(),
+                        path: path.clone(),
+                    }),
+                    RawRule::Sql(_) | RawRule::Kube(_) => Err(key_error(
+                        field,
+                        "http rules are { method = \"…\", path = \"/glob*\" }",
+                    )),
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok(HttpService {
+            tls: self.protocol.http_tls() == Some(true),
+            inject,
+            deny: rules("deny", &self.deny)?,
+            approve: rules("approve", &self.approve)?,
+            echo_guard: self.echo_guard,
+        })
+    }
+
+    /// Where the real credential goes (`credential.header`/`format`/`query`).
+    fn injection(&self) -> Result<Injection, KeyError> {
         let c = &self.credential;
         let inject = match (&c.header, &c.query) {
             (Some(_), Some(_)) => {
@@ -288,27 +360,58 @@ impl RawService {
                 "must contain {} where the secret goes",
             ));
         }
+        Ok(inject)
+    }
+
+    /// The Kubernetes part: the bearer header (`credential = { header,
+    /// format }`, required), rules of `verb`/`resource`/`namespace`/`name`,
+    /// and `mask` naming only `secrets`.
+    fn kube(&self) -> Result<KubeService, KeyError> {
+        if self.credential.header.is_none() {
+            return Err(key_error(
+                "credential.header",
+                "kubernetes services put the real token in a header: { header = \"Authorization\", format = \"Bearer {}\" }",
+            ));
+        }
+        if self.echo_guard {
+            return Err(key_error(
+                "echo_guard",
+                "does not apply to kubernetes services",
+            ));
+        }
+        if let Some(other) = self.mask.iter().find(|m| m.as_str() != MASK_SECRETS) {
+            return Err(key_error(
+                "mask",
+                format!("kubernetes services mask only \"{MASK_SECRETS}\", not {other:?}"),
+            ));
+        }
         let rules = |field: &str, rules: &[RawRule]| {
             rules
                 .iter()
                 .map(|r| match r {
-                    RawRule::Http { method, path } => Ok(HttpRule {
-                        method: method.clone(),
-                        path: path.clone(),
-                    }),
-                    RawRule::Sql(_) => Err(key_error(
+                    RawRule::Kube(rule) => rule
+                        .validate()
+                        .map(|()| rule.clone())
+                        .map_err(|m| key_error(field, m)),
+                    RawRule::Sql(_) | RawRule::Http { .. } => Err(key_error(
                         field,
-                        "http rules are { method = \"…\", path = \"/glob*\" }",
+                        "kubernetes rules are { verb = \"delete\", resource = \"pods\", namespace = \"prod\", name = \"web-*\" }",
                     )),
                 })
                 .collect::<Result<Vec<_>, _>>()
         };
-        Ok(HttpService {
-            tls: self.protocol == Protocol::Https,
-            inject,
+        let http = HttpService {
+            tls: true,
+            inject: self.injection()?,
+            deny: Vec::new(),
+            approve: Vec::new(),
+            echo_guard: false,
+        };
+        Ok(KubeService {
+            http,
             deny: rules("deny", &self.deny)?,
             approve: rules("approve", &self.approve)?,
-            echo_guard: self.echo_guard,
+            mask_secrets: !self.mask.is_empty(),
         })
     }
 }

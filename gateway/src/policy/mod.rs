@@ -5,6 +5,7 @@ use crate::config::{Service, ServiceKind};
 
 pub mod glob;
 pub mod http;
+pub mod kube;
 pub mod statement;
 
 /// One operation of any protocol, as policy sees it.
@@ -14,6 +15,8 @@ pub enum Operation<'a> {
     Http(http::HttpOperation<'a>),
     /// A SQL text: what the dialect's parser found, or its error message.
     Sql(Result<statement::SqlFacts<'a>, &'a str>),
+    /// A Kubernetes API request, read as the API server reads it.
+    Kube(&'a kube::RequestInfo),
 }
 
 /// What to do with an operation.
@@ -41,6 +44,9 @@ pub fn decide(service: &Service, op: Operation<'_>) -> Decision {
         (ServiceKind::Http(h), Operation::Http(op)) => http::decide(&h.deny, &h.approve, op),
         (ServiceKind::Postgres(s), Operation::Sql(facts)) => {
             statement::decide(s.policy(&service.mask), facts)
+        }
+        (ServiceKind::Kubernetes(k), Operation::Kube(info)) => {
+            kube::decide(&k.deny, &k.approve, info)
         }
         _ => Decision::Deny {
             rule: WRONG_PROTOCOL.into(),

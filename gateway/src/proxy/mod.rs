@@ -194,7 +194,9 @@ impl Gateway {
             }
         };
         match service.kind {
-            ServiceKind::Http(_) => http::serve(self, conn, stream, Some(service.name)).await,
+            ServiceKind::Http(_) | ServiceKind::Kubernetes(_) => {
+                http::serve(self, conn, stream, Some(service.name)).await
+            }
             ServiceKind::Postgres(_) => {
                 postgres::serve(self, conn, stream, Arc::new(service)).await
             }
@@ -203,7 +205,8 @@ impl Gateway {
 }
 
 /// Prepares a token just issued for `service` for its protocol's login:
-/// PostgreSQL stores the token's SCRAM verifier, HTTP needs nothing. With
+/// PostgreSQL stores the token's SCRAM verifier, HTTP and Kubernetes need
+/// nothing. With
 /// [`Gateway::handle`]'s match, the one place a protocol is registered.
 ///
 /// # Errors
@@ -215,7 +218,7 @@ pub async fn enrol_token(
     record: &TokenRecord,
 ) -> Result<(), StateError> {
     match service.kind {
-        ServiceKind::Http(_) => Ok(()),
+        ServiceKind::Http(_) | ServiceKind::Kubernetes(_) => Ok(()),
         ServiceKind::Postgres(_) => postgres::auth::enrol(state, record, token).await,
     }
 }

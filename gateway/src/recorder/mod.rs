@@ -79,11 +79,14 @@ pub enum Event {
     AuthFail { reason: String },
     /// A PostgreSQL statement.
     Query { sql: String },
-    /// An HTTP request and the status returned to the agent.
+    /// An HTTP request and the status returned to the agent; for a
+    /// Kubernetes service also the request as the API server reads it.
     Request {
         method: String,
         path: String,
         status: u16,
+        #[serde(flatten, skip_serializing_if = "Option::is_none")]
+        kube: Option<KubeFields>,
     },
     /// An upstream response: status and body bytes. After a protocol
     /// upgrade (status 101), `bytes` went to the agent and `bytes_up` to
@@ -104,6 +107,9 @@ pub enum Event {
     Rejected { approval: String, reason: String },
     /// Columns or JSON fields masked, and how many values; never the values.
     Masked { fields: Vec<String>, count: u64 },
+    /// A command run in the session: a Kubernetes exec or attach (the
+    /// `command` query parameters, shell-quoted and joined).
+    Command { command: String },
     /// A failure worth recording.
     Error { message: String },
     /// The session ended after `duration_ms` milliseconds. The recorder adds
@@ -112,7 +118,7 @@ pub enum Event {
 }
 
 /// Every `event` name the recorder writes, in [`Event`] order.
-pub const EVENT_NAMES: [&str; 13] = [
+pub const EVENT_NAMES: [&str; 14] = [
     "open",
     "auth_ok",
     "auth_fail",
@@ -124,6 +130,7 @@ pub const EVENT_NAMES: [&str; 13] = [
     "approved",
     "rejected",
     "masked",
+    "command",
     "error",
     "close",
 ];
@@ -144,10 +151,24 @@ impl Event {
             Event::Approved { .. } => "approved",
             Event::Rejected { .. } => "rejected",
             Event::Masked { .. } => "masked",
+            Event::Command { .. } => "command",
             Event::Error { .. } => "error",
             Event::Close { .. } => "close",
         }
     }
+}
+
+/// A Kubernetes request's `request` fields (DESIGN.md §6): `verb` and
+/// `resource` (`pods/exec` with its subresource; the path for a
+/// non-resource URL), `namespace` and `name` when it has them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct KubeFields {
+    pub verb: String,
+    pub resource: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// Who a session belongs to: the agent identity from interception and the

@@ -35,6 +35,7 @@ fn request(path: &str) -> Event {
         method: "GET".into(),
         path: path.into(),
         status: 200,
+        kube: None,
     }
 }
 

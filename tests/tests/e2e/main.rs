@@ -24,6 +24,7 @@ mod https_swap;
 mod install_package;
 mod install_readiness;
 mod install_units;
+mod kubernetes;
 mod load;
 mod notify;
 mod operate;

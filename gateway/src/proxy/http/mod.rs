@@ -20,12 +20,14 @@ use tokio_rustls::LazyConfigAcceptor;
 use tracing::{debug, warn};
 
 use super::{Gateway, Intercepted};
-use crate::{config::Protocol, tls::agent_server_config};
+use crate::tls::agent_server_config;
 
 pub mod counted;
 pub mod credential;
 pub mod echo_guard;
 pub mod json_mask;
+pub mod kube;
+pub mod kube_mask;
 pub mod operation;
 pub mod reply;
 pub mod request;
@@ -116,7 +118,8 @@ fn pick_https(
 ) -> Option<String> {
     let snap = gw.snapshot();
     let port = conn.original_dst.port();
-    let https = |s: &&crate::config::Service| s.protocol() == Protocol::Https && s.port == port;
+    let https =
+        |s: &&crate::config::Service| s.protocol().http_tls() == Some(true) && s.port == port;
     match sni {
         Some(name) => snap
             .cfg

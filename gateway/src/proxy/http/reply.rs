@@ -9,7 +9,9 @@ use hyper::{header, Response, StatusCode};
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
 /// A JSON error response. `session` is the session id, when one is open.
-/// `message` must never contain a secret or a token.
+/// `message` must never contain a secret or a token. The response carries
+/// its [`Generated`] error as an extension, for protocols that answer
+/// errors in a form of their own ([`super::kube::status_form`]).
 pub fn error(status: StatusCode, message: &str, session: Option<&str>) -> Response<ProxyBody> {
     let body = serde_json::json!({ "error": message, "sluice": { "session": session } });
     let mut resp = Response::new(full(Bytes::from(body.to_string())));
@@ -18,7 +20,18 @@ pub fn error(status: StatusCode, message: &str, session: Option<&str>) -> Respon
         header::CONTENT_TYPE,
         header::HeaderValue::from_static("application/json"),
     );
+    resp.extensions_mut().insert(Generated {
+        message: message.to_string(),
+        session: session.map(str::to_string),
+    });
     resp
+}
+
+/// The error of a response Sluice generated with [`error`].
+#[derive(Debug, Clone)]
+pub struct Generated {
+    pub message: String,
+    pub session: Option<String>,
 }
 
 /// A fixed body as a [`ProxyBody`].

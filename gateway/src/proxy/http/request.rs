@@ -15,7 +15,9 @@ use super::{
     counted::Counted,
     credential::{self, FoundToken},
     echo_guard::{self, EchoGuard},
-    json_mask, operation,
+    json_mask,
+    kube::{self, KubeRequest},
+    kube_mask, operation,
     reply::{self, ProxyBody},
     session::{ConnCtx, Routed},
     upgrade, upstream,
@@ -45,7 +47,7 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Proxy
 
 /// The response for a refusal of the pipeline (DESIGN.md §4 "Errors the
 /// agent sees").
-fn refused(refusal: &Refusal, session: Option<&str>) -> Response<ProxyBody> {
+pub(super) fn refused(refusal: &Refusal, session: Option<&str>) -> Response<ProxyBody> {
     let status = match refusal.kind {
         RefusalKind::Unauthenticated => StatusCode::UNAUTHORIZED,
         RefusalKind::Malformed => StatusCode::BAD_REQUEST,
@@ -74,7 +76,12 @@ fn error(session: &Session, status: StatusCode, message: &str) -> Response<Proxy
 
 /// Refuses a request Sluice cannot read one way only (400, rule
 /// [`AMBIGUOUS_PATH`]), or a feature the service's guarantees exclude.
-fn deny(session: &Session, status: StatusCode, rule: &str, reason: &str) -> Response<ProxyBody> {
+pub(super) fn deny(
+    session: &Session,
+    status: StatusCode,
+    rule: &str,
+    reason: &str,
+) -> Response<ProxyBody> {
     let refusal = session.deny(rule.to_string(), reason.to_string());
     reply::error(status, &refusal.message, Some(session.id()))
 }
@@ -108,12 +115,17 @@ async fn respond(ctx: &Arc<ConnCtx>, mut req: Request<Incoming>) -> Response<Pro
         parts,
         body: body.boxed(),
         upgrading,
+        kube: None,
     };
-    match admit(session, &routed, http, request).await {
+    let response = match admit(session, &routed, http, request).await {
         Ok((request, found, allowed)) => {
             forward(ctx, session, &routed, http, request, found, allowed).await
         }
         Err(response) => response,
+    };
+    match service.kube() {
+        Some(_) => kube::status_form(response),
+        None => response,
     }
 }
 
@@ -122,12 +134,16 @@ struct Pending {
     parts: hyper::http::request::Parts,
     body: ProxyBody,
     upgrading: Upgrading,
+    /// How a Kubernetes service reads the request.
+    kube: Option<KubeRequest>,
 }
 
-/// Authenticate and authorize: the token, then policy on every reading of
-/// the request a backend may act on, then what the service's guarantees
-/// exclude (non-WebSocket upgrades; upgrades and gRPC where responses are
-/// masked or scanned).
+/// Authenticate and authorize: the token, then policy (on every reading of
+/// the request a backend may act on, or, for a Kubernetes service, on the
+/// request as the API server reads it), then what the service's
+/// guarantees exclude (upgrades other than WebSocket, or SPDY for
+/// Kubernetes streams; upgrades and gRPC where responses are masked or
+/// scanned).
 async fn admit(
     session: &Session,
     routed: &Routed,
@@ -150,6 +166,49 @@ async fn admit(
         .await
         .map_err(|r| refused(&r, sid))?;
 
+    let allowed = match routed.service().kube() {
+        Some(service) => {
+            let upgrade = request.upgrading.is_some();
+            let (allowed, read) =
+                kube::authorize(session, service, &mut request.parts, upgrade).await?;
+            request.kube = Some(read);
+            allowed
+        }
+        None => authorize_http(session, routed, http, &mut request).await?,
+    };
+    if let Some((_, value)) = &request.upgrading {
+        if !KubeRequest::relays(request.kube.as_ref(), value) {
+            let reason = "only WebSocket upgrades (and SPDY/3.1 for Kubernetes exec, attach and port-forward) are relayed; other protocol upgrades (h2c, …) would carry requests past policy";
+            return Err(deny(
+                session,
+                StatusCode::BAD_REQUEST,
+                AMBIGUOUS_PATH,
+                reason,
+            ));
+        }
+        if allowed == Allowed::Masked || http.echo_guard {
+            let reason = "protocol upgrades (WebSocket) are refused on a service with mask or echo_guard: Sluice cannot mask or scan their frames";
+            return Err(deny(session, StatusCode::FORBIDDEN, "MASK", reason));
+        }
+    }
+    if allowed == Allowed::Masked && reply::is_grpc(&request.parts.headers) {
+        // Protobuf bodies cannot be masked by field name.
+        let reason =
+            "gRPC is refused on a service with masked fields: Sluice cannot mask protobuf messages";
+        session.deny("MASK".into(), reason.into());
+        return Err(reply::grpc_error(reply::GRPC_PERMISSION_DENIED, reason));
+    }
+    Ok((request, found, allowed))
+}
+
+/// Authorizes an HTTP request: policy on every reading of it a backend
+/// may act on (path readings, method overrides, form bodies).
+async fn authorize_http(
+    session: &Session,
+    routed: &Routed,
+    http: &HttpService,
+    request: &mut Pending,
+) -> Result<Allowed, Response<ProxyBody>> {
     let ruled = !http.deny.is_empty() || !http.approve.is_empty();
     let uri_path = request.parts.uri.path().to_string();
     let readings = match operation::read_path(&uri_path, ruled) {
@@ -190,34 +249,10 @@ async fn admit(
         methods: &methods,
         paths: &readings.readings,
     });
-    let allowed = session
+    session
         .authorize(op, &summary)
         .await
-        .map_err(|r| refused(&r, sid))?;
-
-    if let Some((_, value)) = &request.upgrading {
-        if !upgrade::is_websocket(value) {
-            let reason = "only WebSocket upgrades are relayed; other protocol upgrades (h2c, …) would carry requests past policy";
-            return Err(deny(
-                session,
-                StatusCode::BAD_REQUEST,
-                AMBIGUOUS_PATH,
-                reason,
-            ));
-        }
-        if allowed == Allowed::Masked || http.echo_guard {
-            let reason = "protocol upgrades (WebSocket) are refused on a service with mask or echo_guard: Sluice cannot mask or scan their frames";
-            return Err(deny(session, StatusCode::FORBIDDEN, "MASK", reason));
-        }
-    }
-    if allowed == Allowed::Masked && reply::is_grpc(&request.parts.headers) {
-        // Protobuf bodies cannot be masked by field name.
-        let reason =
-            "gRPC is refused on a service with masked fields: Sluice cannot mask protobuf messages";
-        session.deny("MASK".into(), reason.into());
-        return Err(reply::grpc_error(reply::GRPC_PERMISSION_DENIED, reason));
-    }
-    Ok((request, found, allowed))
+        .map_err(|r| refused(&r, Some(session.id())))
 }
 
 /// Credential and upstream: swaps the token for the real secret, sends the
@@ -235,6 +270,7 @@ async fn forward(
         mut parts,
         body,
         upgrading,
+        kube,
     } = request;
     let method = parts.method.as_str().to_string();
     let path = operation::lenient(parts.uri.path());
@@ -255,17 +291,17 @@ async fn forward(
         parts.headers.remove(header::ACCEPT_ENCODING);
     }
     let sent = Request::from_parts(parts, body);
-    let upgrade = agent_upgrade.is_some();
-    let resp = match send(ctx, session, routed, sent, upgrade, &method, &path).await {
-        Ok(resp) => resp,
-        Err(response) => return response,
-    };
     let answer = Answer {
         method,
         path,
         agent_upgrade,
         echo,
         masked,
+        kube,
+    };
+    let resp = match send(ctx, session, routed, sent, &answer).await {
+        Ok(resp) => resp,
+        Err(response) => return response,
     };
     respond_upstream(ctx, session, routed, resp, answer).await
 }
@@ -304,11 +340,10 @@ async fn send(
     session: &Session,
     routed: &Routed,
     request: Request<ProxyBody>,
-    upgrade: bool,
-    method: &str,
-    path: &str,
+    answer: &Answer,
 ) -> Result<Response<hyper::body::Incoming>, Response<ProxyBody>> {
     let service = routed.service();
+    let upgrade = answer.agent_upgrade.is_some();
     let Some(client) = routed.snap.http.get(routed.idx, upgrade) else {
         return Err(error(
             session,
@@ -321,11 +356,7 @@ async fn send(
         .await
         .map_err(|r| refused(&r, Some(session.id())))?;
     let failed = |status: StatusCode, msg: &str| {
-        let _ = session.record(Event::Request {
-            method: method.to_string(),
-            path: path.to_string(),
-            status: status.as_u16(),
-        });
+        let _ = session.record(answer.request_event(status.as_u16()));
         error(session, status, msg)
     };
     let sent = std::time::Instant::now();
@@ -366,6 +397,19 @@ struct Answer {
     /// The secret, when echo_guard scans the response for it.
     echo: Option<Secret>,
     masked: bool,
+    kube: Option<KubeRequest>,
+}
+
+impl Answer {
+    /// The request's `request` line, with `status`.
+    fn request_event(&self, status: u16) -> Event {
+        Event::Request {
+            method: self.method.clone(),
+            path: self.path.clone(),
+            status,
+            kube: self.kube.as_ref().map(KubeRequest::fields),
+        }
+    }
 }
 
 /// Relays the upstream's response: a WebSocket switch, hop-by-hop headers
@@ -375,13 +419,15 @@ async fn respond_upstream(
     session: &Session,
     routed: &Routed,
     mut resp: Response<hyper::body::Incoming>,
-    answer: Answer,
+    mut answer: Answer,
 ) -> Response<ProxyBody> {
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     let upstream_upgrade = resp.headers().get(header::UPGRADE).cloned();
-    let to_websocket = upstream_upgrade.as_ref().is_some_and(upgrade::is_websocket);
-    match answer.agent_upgrade {
-        Some(agent) if switching && to_websocket => upgrade::relay(ctx.clone(), agent, &mut resp),
+    let relayed = upstream_upgrade
+        .as_ref()
+        .is_some_and(|v| KubeRequest::relays(answer.kube.as_ref(), v));
+    match answer.agent_upgrade.take() {
+        Some(agent) if switching && relayed => upgrade::relay(ctx.clone(), agent, &mut resp),
         _ if switching => {
             let msg = "upstream switched to a protocol the agent did not ask for";
             return error(session, StatusCode::BAD_GATEWAY, msg);
@@ -411,11 +457,7 @@ async fn respond_upstream(
         rbody = EchoGuard::wrap(rbody, redactor);
     }
     let status = rparts.status.as_u16();
-    let _ = session.record(Event::Request {
-        method: answer.method,
-        path: answer.path,
-        status,
-    });
+    let _ = session.record(answer.request_event(status));
     if switching {
         // The relay records the `response` line when it ends.
         return Response::from_parts(rparts, rbody);
@@ -425,7 +467,11 @@ async fn respond_upstream(
     }
     let limit = routed.snap.cfg.gateway.json_mask_max_bytes;
     let mask = &routed.service().mask;
-    match mask_body(session, mask, limit, &rparts.headers, rbody).await {
+    let masking = match &answer.kube {
+        Some(k) => kube_mask::mask_response(ctx, session, k, limit, &rparts.headers, rbody).await,
+        None => mask_body(session, mask, limit, &rparts.headers, rbody).await,
+    };
+    match masking {
         Ok(body) => {
             rparts.headers.remove(header::CONTENT_LENGTH);
             Response::from_parts(rparts, Counted::wrap(body, ctx.clone(), status))

@@ -85,12 +85,7 @@ impl ConnCtx {
     pub fn service_for(&self, host: Option<&str>) -> Result<Routed, RouteError> {
         let snap = self.gw.snapshot();
         let port = self.conn.original_dst.port();
-        let wanted = if self.tls {
-            Protocol::Https
-        } else {
-            Protocol::Http
-        };
-        let fits = |s: &Service| s.protocol() == wanted && s.port == port;
+        let fits = |s: &Service| s.protocol().http_tls() == Some(self.tls) && s.port == port;
         let by_host = host.and_then(|h| {
             snap.cfg
                 .services
@@ -126,7 +121,11 @@ impl ConnCtx {
     pub fn session(&self, service: &Service) -> Result<&Session, Refusal> {
         self.session
             .get_or_init(|| {
-                let protocol = if self.tls { "https" } else { "http" };
+                let protocol = match service.protocol() {
+                    Protocol::Kubernetes => "kubernetes",
+                    _ if self.tls => "https",
+                    _ => "http",
+                };
                 self.gw.guard.open(&self.conn, service, protocol).ok()
             })
             .as_ref()

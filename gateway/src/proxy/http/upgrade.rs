@@ -39,15 +39,31 @@ pub fn requested(headers: &HeaderMap) -> bool {
     connection_upgrade && headers.contains_key(header::UPGRADE)
 }
 
-/// The one protocol Sluice relays upgrades to (RFC 6455 §4.1). Others
-/// (`h2c`, …) would tunnel requests past policy and are refused.
+/// The protocol Sluice relays upgrades to (RFC 6455 §4.1), with [`SPDY`]
+/// for Kubernetes streams. Others (`h2c`, …) would tunnel requests past
+/// policy and are refused.
 pub const WEBSOCKET: &str = "websocket";
 
 /// True when an `Upgrade` value names WebSocket alone.
 pub fn is_websocket(value: &HeaderValue) -> bool {
+    names(value, WEBSOCKET)
+}
+
+/// SPDY/3.1, which Kubernetes clients before WebSocket support (kubectl
+/// before 1.30) stream `exec`, `attach` and `port-forward` over. Relayed
+/// for those subresources of a Kubernetes service only, where the
+/// streams carry a command's input and output, not API requests.
+pub const SPDY: &str = "SPDY/3.1";
+
+/// True when an `Upgrade` value names SPDY/3.1 alone.
+pub fn is_spdy(value: &HeaderValue) -> bool {
+    names(value, SPDY)
+}
+
+fn names(value: &HeaderValue, protocol: &str) -> bool {
     value
         .to_str()
-        .is_ok_and(|v| v.trim().eq_ignore_ascii_case(WEBSOCKET))
+        .is_ok_and(|v| v.trim().eq_ignore_ascii_case(protocol))
 }
 
 /// Puts `Connection: upgrade` and the agent's `Upgrade` value back on the

@@ -26,7 +26,7 @@ use hyper_util::{
 };
 
 use crate::{
-    config::{Config, Protocol, Service},
+    config::{Config, Service},
     intercept::resolver::service_addrs,
     tls::{upstream_client_config, TlsError},
 };
@@ -144,16 +144,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// service's scheme, host and port; `Host` rewritten to match; HTTP/1.1 on
 /// the wire unless ALPN picks h2.
 pub fn retarget(parts: &mut Parts, service: &Service) -> Result<(), hyper::http::Error> {
-    let scheme = if service.protocol() == Protocol::Https {
-        "https"
-    } else {
-        "http"
-    };
-    let default_port = if service.protocol() == Protocol::Https {
-        443
-    } else {
-        80
-    };
+    let tls = service.protocol().http_tls() == Some(true);
+    let (scheme, default_port) = if tls { ("https", 443) } else { ("http", 80) };
     let host = if service.host.contains(':') {
         format!("[{}]", service.host)
     } else {

@@ -258,6 +258,7 @@ fn two_hundred_thousand_events_across_rotations_lose_no_line_and_tail_f_sees_the
                             method: "GET".into(),
                             path,
                             status: 200,
+                            kube: None,
                         })
                         .unwrap();
                     }
