@@ -11,6 +11,7 @@ use serde::Deserialize;
 mod gateway;
 pub mod notify;
 mod service;
+mod ssh;
 
 use gateway::defaults;
 pub use gateway::Gateway;
@@ -18,6 +19,7 @@ use service::RawService;
 pub use service::{
     HttpService, Injection, Protocol, Service, ServiceKind, SqlService, UpstreamTls,
 };
+pub use ssh::{parse_host_key, SshService};
 
 /// Default config path, overridable with `--config` or `SLUICE_CONFIG`.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/sluice/sluice.toml";

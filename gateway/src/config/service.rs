@@ -15,6 +15,7 @@ pub enum Protocol {
     Postgres,
     Https,
     Http,
+    Ssh,
 }
 
 impl Protocol {
@@ -64,6 +65,8 @@ pub enum ServiceKind {
     Http(HttpService),
     /// `protocol = "postgres"`.
     Postgres(SqlService),
+    /// `protocol = "ssh"`.
+    Ssh(super::ssh::SshService),
 }
 
 impl Service {
@@ -73,6 +76,7 @@ impl Service {
             ServiceKind::Http(h) if h.tls => Protocol::Https,
             ServiceKind::Http(_) => Protocol::Http,
             ServiceKind::Postgres(_) => Protocol::Postgres,
+            ServiceKind::Ssh(_) => Protocol::Ssh,
         }
     }
 
@@ -80,7 +84,7 @@ impl Service {
     pub fn http(&self) -> Option<&HttpService> {
         match &self.kind {
             ServiceKind::Http(h) => Some(h),
-            ServiceKind::Postgres(_) => None,
+            _ => None,
         }
     }
 
@@ -88,7 +92,15 @@ impl Service {
     pub fn sql(&self) -> Option<&SqlService> {
         match &self.kind {
             ServiceKind::Postgres(s) => Some(s),
-            ServiceKind::Http(_) => None,
+            _ => None,
+        }
+    }
+
+    /// The SSH part, for an SSH service.
+    pub fn ssh(&self) -> Option<&super::ssh::SshService> {
+        match &self.kind {
+            ServiceKind::Ssh(s) => Some(s),
+            _ => None,
         }
     }
 }
@@ -145,7 +157,7 @@ impl SqlService {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawCredential {
     secret: String,
-    user: Option<String>,
+    pub(super) user: Option<String>,
     header: Option<String>,
     format: Option<String>,
     query: Option<String>,
@@ -162,6 +174,10 @@ pub(super) enum RawRule {
         method: Option<String>,
         path: String,
     },
+    /// An SSH command glob: `{ command = "rm *" }`.
+    Command {
+        command: String,
+    },
 }
 
 /// `[[service]]` as written.
@@ -176,21 +192,25 @@ pub(super) struct RawService {
     #[serde(default)]
     upstream_tls: UpstreamTls,
     upstream_ca: Option<PathBuf>,
-    credential: RawCredential,
+    pub(super) credential: RawCredential,
     #[serde(default)]
-    deny: Vec<RawRule>,
+    pub(super) deny: Vec<RawRule>,
     #[serde(default)]
-    approve: Vec<RawRule>,
+    pub(super) approve: Vec<RawRule>,
     #[serde(default)]
-    mask: Vec<String>,
+    pub(super) mask: Vec<String>,
     #[serde(default)]
     echo_guard: bool,
+    /// SSH: the real server's host key, as in known_hosts.
+    pub(super) upstream_host_key: Option<String>,
+    /// SSH: the channel kinds allowed.
+    pub(super) allow: Option<Vec<String>>,
 }
 
 /// A problem with one key of a service: `(key below the service, message)`.
-type KeyError = (String, String);
+pub(super) type KeyError = (String, String);
 
-fn key_error(key: &str, message: impl Into<String>) -> KeyError {
+pub(super) fn key_error(key: &str, message: impl Into<String>) -> KeyError {
     (key.to_string(), message.into())
 }
 
@@ -221,7 +241,16 @@ impl RawService {
         let kind = match self.protocol {
             Protocol::Postgres => ServiceKind::Postgres(self.sql()?),
             Protocol::Https | Protocol::Http => ServiceKind::Http(self.http()?),
+            Protocol::Ssh => ServiceKind::Ssh(self.ssh()?),
         };
+        if self.protocol != Protocol::Ssh
+            && (self.upstream_host_key.is_some() || self.allow.is_some())
+        {
+            return Err(key_error(
+                "upstream_host_key",
+                "upstream_host_key and allow only apply to ssh services",
+            ));
+        }
         Ok(Service {
             name: self.name,
             host,
@@ -246,7 +275,7 @@ impl RawService {
                 .iter()
                 .map(|r| match r {
                     RawRule::Sql(kind) => SqlRule::parse(kind).map_err(|m| key_error(field, m)),
-                    RawRule::Http { .. } => Err(key_error(
+                    _ => Err(key_error(
                         field,
                         "postgres rules are statement kinds like \"DROP\"",
                     )),
@@ -296,7 +325,7 @@ impl RawService {
                         method: method.clone(),
                         path: path.clone(),
                     }),
-                    RawRule::Sql(_) => Err(key_error(
+                    _ => Err(key_error(
                         field,
                         "http rules are { method = \"…\", path = \"/glob*\" }",
                     )),

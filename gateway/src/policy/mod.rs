@@ -5,6 +5,7 @@ use crate::config::{Service, ServiceKind};
 
 pub mod glob;
 pub mod http;
+pub mod ssh;
 pub mod statement;
 
 /// One operation of any protocol, as policy sees it.
@@ -14,6 +15,8 @@ pub enum Operation<'a> {
     Http(http::HttpOperation<'a>),
     /// A SQL text: what the dialect's parser found, or its error message.
     Sql(Result<statement::SqlFacts<'a>, &'a str>),
+    /// An SSH channel open or channel request.
+    Ssh(ssh::SshOperation<'a>),
 }
 
 /// What to do with an operation.
@@ -42,6 +45,7 @@ pub fn decide(service: &Service, op: Operation<'_>) -> Decision {
         (ServiceKind::Postgres(s), Operation::Sql(facts)) => {
             statement::decide(s.policy(&service.mask), facts)
         }
+        (ServiceKind::Ssh(s), Operation::Ssh(op)) => ssh::decide(s.policy(), op),
         _ => Decision::Deny {
             rule: WRONG_PROTOCOL.into(),
             reason: format!(

@@ -198,6 +198,9 @@ impl Gateway {
             ServiceKind::Postgres(_) => {
                 postgres::serve(self, conn, stream, Arc::new(service)).await
             }
+            ServiceKind::Ssh(_) => {
+                warn!(service = %service.name, "ssh services are not served yet; closing")
+            }
         }
     }
 }
@@ -215,7 +218,7 @@ pub async fn enrol_token(
     record: &TokenRecord,
 ) -> Result<(), StateError> {
     match service.kind {
-        ServiceKind::Http(_) => Ok(()),
+        ServiceKind::Http(_) | ServiceKind::Ssh(_) => Ok(()),
         ServiceKind::Postgres(_) => postgres::auth::enrol(state, record, token).await,
     }
 }
