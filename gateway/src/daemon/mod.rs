@@ -149,7 +149,8 @@ pub async fn run(cfg: Config) -> Result<Arc<Recorder>, StartError> {
         cfg.clone(),
     ));
     let postgres = proxy::postgres::Postgres::new(SQL_CACHE_ENTRIES);
-    let gateway = Arc::new(Gateway::new(guard, lookup, snapshot, postgres));
+    let ssh = proxy::ssh::Ssh::load(&gwc.state_dir).map_err(setup("ssh host key"))?;
+    let gateway = Arc::new(Gateway::new(guard, lookup, snapshot, postgres, ssh));
     if let Some(addr) = gwc.metrics {
         let gw = gateway.clone();
         let render = Arc::new(move || gw.guard.metrics.render(gw.lookup.len()));

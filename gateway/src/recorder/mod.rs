@@ -94,6 +94,9 @@ pub enum Event {
         #[serde(skip_serializing_if = "Option::is_none")]
         bytes_up: Option<u64>,
     },
+    /// An SSH exec command line, or a Kubernetes exec/attach command
+    /// (DESIGN.md §5 "Session records"), before its decision.
+    Command { command: String },
     /// Refused by policy `rule`.
     Denied { reason: String, rule: String },
     /// Held for a JIT approval of `summary` (the SQL, or `METHOD path`).
@@ -112,13 +115,14 @@ pub enum Event {
 }
 
 /// Every `event` name the recorder writes, in [`Event`] order.
-pub const EVENT_NAMES: [&str; 13] = [
+pub const EVENT_NAMES: [&str; 14] = [
     "open",
     "auth_ok",
     "auth_fail",
     "query",
     "request",
     "response",
+    "command",
     "denied",
     "approval_wait",
     "approved",
@@ -139,6 +143,7 @@ impl Event {
             Event::Query { .. } => "query",
             Event::Request { .. } => "request",
             Event::Response { .. } => "response",
+            Event::Command { .. } => "command",
             Event::Denied { .. } => "denied",
             Event::ApprovalWait { .. } => "approval_wait",
             Event::Approved { .. } => "approved",
