@@ -40,6 +40,7 @@ pub mod redteam;
 pub mod rogue_postgres;
 pub mod second_gateway;
 pub mod sluice;
+pub mod sshd;
 pub mod stack;
 pub mod upstream;
 

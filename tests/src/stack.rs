@@ -25,6 +25,7 @@ use crate::{
     postgres::Postgres,
     redis::Redis,
     sluice::{toml_str, Sluice, SluiceOptions},
+    sshd::{Sshd, UserKey},
     upstream::Upstream,
     TestCa,
 };
@@ -110,6 +111,9 @@ pub enum Protocol {
     Http,
     /// A real PostgreSQL server ([`Postgres`]) with database `billing`.
     Postgres,
+    /// A private OpenSSH server ([`Sshd`]) whose authorized ed25519 key is
+    /// the vault secret; Sluice logs in as the user running the tests.
+    Ssh,
 }
 
 impl Protocol {
@@ -118,6 +122,7 @@ impl Protocol {
             Protocol::Https => "https",
             Protocol::Http => "http",
             Protocol::Postgres => "postgres",
+            Protocol::Ssh => "ssh",
         }
     }
 }
@@ -135,6 +140,8 @@ pub struct ServiceSpec {
     pub credential: Credential,
     /// Extra TOML lines for the table, e.g. `deny = [...]`.
     pub extra: String,
+    /// SSH: `upstream_host_key`; the sshd's own key when `None`.
+    pub upstream_host_key: Option<String>,
 }
 
 impl ServiceSpec {
@@ -147,6 +154,7 @@ impl ServiceSpec {
             upstream_tls: None,
             credential: Credential::bearer(),
             extra: String::new(),
+            upstream_host_key: None,
         }
     }
 
@@ -169,6 +177,24 @@ impl ServiceSpec {
             credential: Credential::PgUser(crate::postgres::ROLE.into()),
             ..ServiceSpec::https(name, host)
         }
+    }
+
+    /// An `ssh` service for `host`: a private sshd ([`Sshd`]) whose
+    /// authorized key is the vault secret, `credential.user` the user
+    /// running the tests, `upstream_host_key` the sshd's host key unless
+    /// [`ServiceSpec::upstream_host_key`] says otherwise.
+    pub fn ssh(name: &str, host: &str) -> ServiceSpec {
+        ServiceSpec {
+            protocol: Protocol::Ssh,
+            credential: Credential::InPlace,
+            ..ServiceSpec::https(name, host)
+        }
+    }
+
+    /// `upstream_host_key = LINE` (SSH) instead of the sshd's own key.
+    pub fn upstream_host_key(mut self, line: &str) -> ServiceSpec {
+        self.upstream_host_key = Some(line.into());
+        self
     }
 
     /// No `upstream_tls` key (PostgreSQL): Sluice's default, `verify-full`;
@@ -314,7 +340,7 @@ impl StackBuilder {
         let mut services_toml = String::new();
         for spec in self.services {
             let ip = next_upstream_ip();
-            let secret = crate::random_secret();
+            let mut secret = crate::random_secret();
             let pg_tls = spec.protocol == Protocol::Postgres
                 && matches!(
                     spec.upstream_tls.as_deref(),
@@ -331,6 +357,19 @@ impl StackBuilder {
                     };
                     Backend::Postgres(Postgres::start(ip, &secret, leaf.as_ref())?)
                 }
+                Protocol::Ssh => {
+                    let sshd = Sshd::start(ip, UserKey::Ed25519);
+                    secret = sshd.user_key_pem();
+                    Backend::Ssh(sshd)
+                }
+            };
+            let credential = match &backend {
+                Backend::Ssh(sshd) => format!(
+                    "{{ secret = {}, user = {} }}",
+                    toml_str(&spec.secret_name()),
+                    toml_str(&sshd.user)
+                ),
+                _ => spec.credential.toml(&spec.secret_name()),
             };
             services_toml.push_str(&format!(
                 "\n[[service]]\nname = {}\nprotocol = {}\nupstream = {}\nresolve = [{}]\ncredential = {}\n",
@@ -338,8 +377,15 @@ impl StackBuilder {
                 toml_str(spec.protocol.keyword()),
                 toml_str(format!("{}:{}", spec.host, backend.addr().port())),
                 toml_str(ip.to_string()),
-                spec.credential.toml(&spec.secret_name()),
+                credential,
             ));
+            if let Backend::Ssh(sshd) = &backend {
+                let key = spec
+                    .upstream_host_key
+                    .clone()
+                    .unwrap_or_else(|| sshd.host_key.to_openssh().expect("encodable key"));
+                services_toml.push_str(&format!("upstream_host_key = {}\n", toml_str(key)));
+            }
             if spec.protocol == Protocol::Https || pg_tls {
                 services_toml.push_str(&format!(
                     "upstream_ca = {}\n",
@@ -400,6 +446,7 @@ pub struct StackService {
 pub enum Backend {
     Http(Upstream),
     Postgres(Postgres),
+    Ssh(Sshd),
 }
 
 impl Backend {
@@ -408,6 +455,7 @@ impl Backend {
         match self {
             Backend::Http(u) => u.addr(),
             Backend::Postgres(p) => p.addr(),
+            Backend::Ssh(s) => s.addr,
         }
     }
 }
@@ -512,7 +560,15 @@ impl Stack {
     pub fn upstream(&self, name: &str) -> &Upstream {
         match &self.service(name).backend {
             Backend::Http(u) => u,
-            Backend::Postgres(_) => panic!("service {name:?} is PostgreSQL, not HTTP"),
+            _ => panic!("service {name:?} is not HTTP"),
+        }
+    }
+
+    /// The sshd of service `name`.
+    pub fn sshd(&self, name: &str) -> &Sshd {
+        match &self.service(name).backend {
+            Backend::Ssh(s) => s,
+            _ => panic!("service {name:?} is not SSH"),
         }
     }
 
@@ -520,7 +576,7 @@ impl Stack {
     pub fn postgres(&self, name: &str) -> &Postgres {
         match &self.service(name).backend {
             Backend::Postgres(p) => p,
-            Backend::Http(_) => panic!("service {name:?} is HTTP, not PostgreSQL"),
+            _ => panic!("service {name:?} is not PostgreSQL"),
         }
     }
 
@@ -533,7 +589,7 @@ impl Stack {
             .expect("service in this stack");
         match &mut s.backend {
             Backend::Postgres(p) => p,
-            Backend::Http(_) => panic!("service {name:?} is HTTP, not PostgreSQL"),
+            _ => panic!("service {name:?} is not PostgreSQL"),
         }
     }
 

@@ -37,6 +37,7 @@ mod redis_down;
 mod redis_tamper;
 mod restart;
 mod run_in_agent;
+mod ssh;
 mod token_placement;
 mod tuple_map;
 mod two_gateways;

@@ -1,0 +1,315 @@
+//! SSH (DESIGN.md §6 "SSH") through the real eBPF redirect: unmodified
+//! OpenSSH `ssh` and `git` in the agent's cgroup dial `git.test` (the
+//! private sshd's address) with a placeholder key or an `slt_` token as
+//! password; Sluice trusts only `upstream_host_key` and logs in upstream
+//! with the real key from the vault, which appears in no output, log or
+//! record.
+use std::{fs, os::unix::fs::PermissionsExt, path::Path, process::Command};
+
+use serde_json::Value;
+use sluice_tests::{ServiceSpec, Stack};
+
+use crate::{events, sessions_of};
+
+const SVC: &str = "git";
+const HOST: &str = "git.test";
+
+fn ssh_stack(label: &str, spec: ServiceSpec) -> Stack {
+    Stack::builder(label).service(spec).start().unwrap()
+}
+
+fn git_service() -> ServiceSpec {
+    ServiceSpec::ssh(SVC, HOST)
+        .extra(r#"deny = [{ command = "rm *" }]"#)
+        .extra(r#"approve = [{ command = "git-receive-pack *" }]"#)
+}
+
+/// The agent's files: `known_hosts` from `sluice ssh known-hosts` only,
+/// and the placeholder key from `sluice token issue --ssh-key`.
+struct AgentFiles {
+    dir: std::path::PathBuf,
+    port: u16,
+}
+
+impl AgentFiles {
+    fn new(stack: &Stack) -> AgentFiles {
+        let dir = stack.dir().join("agent-ssh");
+        fs::create_dir_all(&dir).unwrap();
+        let known = stack.sluice.cli(&["ssh", "known-hosts"]).unwrap();
+        let port = stack.sshd(SVC).addr.port();
+        assert_eq!(known.lines().count(), 1, "one line per ssh service: {known}");
+        assert!(
+            known.starts_with(&format!("[{HOST}]:{port} ssh-ed25519 AAAA")),
+            "{known}"
+        );
+        fs::write(dir.join("known_hosts"), known).unwrap();
+        AgentFiles { dir, port }
+    }
+
+    /// `sluice token issue --ssh-key` into `id_placeholder` (0600).
+    fn issue_key(&self, stack: &Stack) {
+        let pem = stack
+            .sluice
+            .cli(&[
+                "token", "issue", "--agent", stack.agent(), "--service", SVC, "--ssh-key",
+                "--ttl", "1h",
+            ])
+            .unwrap();
+        assert!(pem.starts_with("-----BEGIN OPENSSH PRIVATE KEY-----"), "{pem}");
+        let path = self.dir.join("id_placeholder");
+        fs::write(&path, pem).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+    }
+
+    /// Options trusting only Sluice's known_hosts line, offering only the
+    /// placeholder key, never prompting.
+    fn options(&self) -> Vec<String> {
+        let d = self.dir.display();
+        [
+            "-F",
+            "/dev/null",
+            "-o",
+            &format!("UserKnownHostsFile={d}/known_hosts"),
+            "-o",
+            "GlobalKnownHostsFile=/dev/null",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "IdentityAgent=none",
+            "-i",
+            &format!("{d}/id_placeholder"),
+            "-p",
+            &self.port.to_string(),
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
+    /// Runs `ssh [extra] OPTIONS agent@git.test command` as the agent.
+    fn ssh(&self, stack: &Stack, env: &[(&str, &str)], extra: &[&str], command: &str) -> Out {
+        let mut argv: Vec<String> = vec!["ssh".into()];
+        argv.extend(extra.iter().map(|s| s.to_string()));
+        argv.extend(self.options());
+        argv.push(format!("agent@{HOST}"));
+        argv.push(command.into());
+        Out::of(stack.agent_with_hosts(env, &argv).unwrap())
+    }
+}
+
+struct Out {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Out {
+    fn of(o: std::process::Output) -> Out {
+        Out {
+            code: o.status.code(),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+/// Asserts that no line of the real private key appears in anything Sluice
+/// or the agent produced (logs, records, state, captured output).
+fn assert_real_key_leaks_nowhere(stack: &Stack) {
+    let texts = stack.sluice.all_output_text();
+    let key = stack.secret(SVC);
+    let mut lines = key
+        .lines()
+        .filter(|l| l.len() >= 16 && !l.starts_with("-----"))
+        .peekable();
+    assert!(lines.peek().is_some(), "the real key has body lines");
+    for line in lines {
+        for (label, text) in &texts {
+            assert!(!text.contains(line), "a line of the real key appears in {label}");
+        }
+    }
+}
+
+fn all_events(stack: &Stack) -> Vec<Value> {
+    sessions_of(stack, SVC).into_iter().flatten().collect()
+}
+
+/// A bare repository with one commit, in the sshd's dir.
+fn bare_repo(dir: &Path) -> std::path::PathBuf {
+    let git = |args: &[&str]| {
+        let st = Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@test", "-c", "init.defaultBranch=main"])
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(st.success(), "git {args:?}");
+    };
+    let src = dir.join("src");
+    git(&["init", "-q", src.to_str().unwrap()]);
+    fs::write(src.join("README"), "cloned through sluice\n").unwrap();
+    git(&["-C", src.to_str().unwrap(), "add", "README"]);
+    git(&["-C", src.to_str().unwrap(), "commit", "-q", "-m", "first"]);
+    let bare = dir.join("repo.git");
+    git(&["clone", "-q", "--bare", src.to_str().unwrap(), bare.to_str().unwrap()]);
+    bare
+}
+
+#[test]
+fn placeholder_key_runs_commands_clones_with_git_and_denied_commands_exit_126() {
+    let stack = ssh_stack("ssh-key", git_service());
+    let agent = AgentFiles::new(&stack);
+    agent.issue_key(&stack);
+
+    let hi = agent.ssh(&stack, &[], &[], "echo hi from $USER");
+    assert_eq!(hi.code, Some(0), "stderr: {}", hi.stderr);
+    assert_eq!(
+        hi.stdout.trim(),
+        format!("hi from {}", stack.sshd(SVC).user),
+        "ran upstream as credential.user"
+    );
+
+    let denied = agent.ssh(&stack, &[], &[], "rm -rf /tmp/sluice-never");
+    assert_eq!(denied.code, Some(126), "stderr: {}", denied.stderr);
+    assert!(
+        denied.stderr.contains("denied by policy: rm *"),
+        "stderr: {}",
+        denied.stderr
+    );
+
+    let bare = bare_repo(stack.sshd(SVC).dir());
+    let dest = agent.dir.join("clone");
+    let git_ssh = format!("ssh {}", agent.options().join(" "));
+    let url = format!("ssh://agent@{HOST}:{}{}", agent.port, bare.display());
+    let clone = Out::of(
+        stack
+            .agent_with_hosts(
+                &[("GIT_SSH_COMMAND", &git_ssh)],
+                &["git", "clone", "-q", &url, dest.to_str().unwrap()],
+            )
+            .unwrap(),
+    );
+    assert_eq!(clone.code, Some(0), "git clone: {}", clone.stderr);
+    assert_eq!(
+        fs::read_to_string(dest.join("README")).unwrap(),
+        "cloned through sluice\n"
+    );
+
+    let recorded = all_events(&stack);
+    let commands: Vec<&str> = recorded
+        .iter()
+        .filter(|e| e["event"] == "command")
+        .filter_map(|e| e["command"].as_str())
+        .collect();
+    assert!(commands.contains(&"rm -rf /tmp/sluice-never"), "{commands:?}");
+    assert!(
+        commands.iter().any(|c| c.starts_with("git-upload-pack ")),
+        "{commands:?}"
+    );
+    let denials = events(&recorded, "denied");
+    assert!(
+        denials.iter().any(|d| d["rule"] == "rm *"),
+        "denied recorded: {denials:?}"
+    );
+    assert!(events(&recorded, "open").iter().all(|e| e["protocol"] == "ssh"));
+    assert_eq!(events(&recorded, "auth_ok").len(), 3, "one login per ssh run");
+    assert_real_key_leaks_nowhere(&stack);
+}
+
+#[test]
+fn an_slt_token_works_as_the_ssh_password() {
+    let stack = ssh_stack("ssh-password", ServiceSpec::ssh(SVC, HOST));
+    let agent = AgentFiles::new(&stack);
+    let token = stack.token(SVC).unwrap();
+    let askpass = agent.dir.join("askpass");
+    fs::write(&askpass, format!("#!/bin/sh\necho {token}\n")).unwrap();
+    fs::set_permissions(&askpass, fs::Permissions::from_mode(0o700)).unwrap();
+    let env = [
+        ("SSH_ASKPASS", askpass.to_str().unwrap()),
+        ("SSH_ASKPASS_REQUIRE", "force"),
+        ("DISPLAY", ":0"),
+    ];
+    // Options before the defaults win: password only, prompting allowed.
+    let password_only = [
+        "-o",
+        "BatchMode=no",
+        "-o",
+        "PreferredAuthentications=password",
+        "-o",
+        "PubkeyAuthentication=no",
+        "-o",
+        "NumberOfPasswordPrompts=1",
+    ];
+    let out = agent.ssh(&stack, &env, &password_only, "echo password-ok");
+    assert_eq!(out.code, Some(0), "stderr: {}", out.stderr);
+    assert_eq!(out.stdout.trim(), "password-ok");
+
+    fs::write(&askpass, "#!/bin/sh\necho slt_notarealtoken0000000000000000000000\n").unwrap();
+    let refused = agent.ssh(&stack, &env, &password_only, "echo never");
+    assert_ne!(refused.code, Some(0));
+    assert!(!refused.stdout.contains("never"));
+    assert!(all_events(&stack).iter().any(|e| e["event"] == "auth_fail"));
+    assert_real_key_leaks_nowhere(&stack);
+}
+
+#[test]
+fn a_revoked_placeholder_key_is_refused() {
+    let stack = ssh_stack("ssh-revoked", ServiceSpec::ssh(SVC, HOST));
+    let agent = AgentFiles::new(&stack);
+    agent.issue_key(&stack);
+    let before = agent.ssh(&stack, &[], &[], "echo before");
+    assert_eq!(before.code, Some(0), "stderr: {}", before.stderr);
+
+    let list = stack.sluice.cli(&["--json", "token", "list"]).unwrap();
+    let ids: Vec<String> = list
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|t| t["service"] == SVC && t["state"] == "active")
+        .map(|t| t["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 1, "token list shows the key's token: {list}");
+    stack.sluice.token_revoke(&ids[0]).unwrap();
+
+    let after = agent.ssh(&stack, &[], &[], "echo after");
+    assert_eq!(after.code, Some(255), "stdout: {} stderr: {}", after.stdout, after.stderr);
+    assert!(after.stderr.contains("Permission denied"), "{}", after.stderr);
+    assert!(!after.stdout.contains("after"));
+    let fails = all_events(&stack)
+        .into_iter()
+        .filter(|e| e["event"] == "auth_fail")
+        .count();
+    assert!(fails >= 1, "the refused key is recorded");
+}
+
+#[test]
+fn a_wrong_upstream_host_key_is_refused_and_the_real_key_never_offered() {
+    let other = sluice_ssh::placeholder::PlaceholderKey::generate("impostor").unwrap();
+    let spec = ServiceSpec::ssh(SVC, HOST).upstream_host_key(&other.public.to_line());
+    let stack = ssh_stack("ssh-hostkey", spec);
+    let agent = AgentFiles::new(&stack);
+    agent.issue_key(&stack);
+
+    let out = agent.ssh(&stack, &[], &[], "echo never");
+    assert_ne!(out.code, Some(0));
+    assert!(!out.stdout.contains("never"));
+    assert!(
+        out.stderr.contains("not the configured upstream_host_key"),
+        "stderr: {}",
+        out.stderr
+    );
+    let log = stack.sshd(SVC).log();
+    assert!(!log.contains("userauth-request"), "sshd saw a login attempt: {log}");
+    let errors: Vec<Value> = all_events(&stack)
+        .into_iter()
+        .filter(|e| e["event"] == "error")
+        .collect();
+    assert!(
+        errors.iter().any(|e| e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("upstream_host_key"))),
+        "{errors:?}"
+    );
+    assert_real_key_leaks_nowhere(&stack);
+}
