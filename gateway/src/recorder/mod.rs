@@ -95,7 +95,7 @@ pub enum Event {
         bytes_up: Option<u64>,
     },
     /// An SSH exec command line, or a Kubernetes exec/attach command
-    /// (DESIGN.md §5 "Session records"), before its decision.
+    /// (DESIGN.md §4 "Session records"), before its decision.
     Command { command: String },
     /// Refused by policy `rule`.
     Denied { reason: String, rule: String },

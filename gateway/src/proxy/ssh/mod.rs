@@ -8,7 +8,6 @@
 //! the upstream login uses the vault secret.
 use std::{path::Path, sync::Arc, time::Instant};
 
-use russh::keys::PublicKey;
 use tracing::{debug, warn};
 
 use super::{Gateway, Intercepted};
@@ -34,11 +33,6 @@ impl Ssh {
         Ok(Arc::new(Ssh {
             config: sluice_ssh::server::config(key),
         }))
-    }
-
-    /// The host key agents see.
-    pub fn host_key(&self) -> &PublicKey {
-        self.config.keys[0].public_key()
     }
 }
 
