@@ -1,9 +1,11 @@
 //! SSH (DESIGN.md §6 "SSH") through the real eBPF redirect: unmodified
-//! OpenSSH `ssh` and `git` in the agent's cgroup dial `git.test` (the
-//! private sshd's address) with a placeholder key or an `slt_` token as
-//! password; Sluice trusts only `upstream_host_key` and logs in upstream
-//! with the real key from the vault, which appears in no output, log or
-//! record.
+//! OpenSSH `ssh`, `scp` and `git` in the agent's cgroup dial `git.test`
+//! (the private sshd's address) with a placeholder key or an `slt_` token
+//! as password, trusting only `sluice ssh known-hosts`; Sluice trusts only
+//! `upstream_host_key` and logs in upstream with the real key from the
+//! vault, which appears in no output, log or record. Commands are decided
+//! by `deny`/`approve` globs (126 on refusal, pushes held for a human),
+//! channel kinds by `allow`.
 use std::{fs, os::unix::fs::PermissionsExt, path::Path, process::Command};
 
 use serde_json::Value;
@@ -103,13 +105,15 @@ impl AgentFiles {
         .to_vec()
     }
 
-    /// Runs `ssh [extra] OPTIONS agent@git.test command` as the agent.
+    /// Runs `ssh [extra] OPTIONS agent@git.test [command]` as the agent.
     fn ssh(&self, stack: &Stack, env: &[(&str, &str)], extra: &[&str], command: &str) -> Out {
         let mut argv: Vec<String> = vec!["ssh".into()];
         argv.extend(extra.iter().map(|s| s.to_string()));
         argv.extend(self.options());
         argv.push(format!("agent@{HOST}"));
-        argv.push(command.into());
+        if !command.is_empty() {
+            argv.push(command.into());
+        }
         Out::of(stack.agent_with_hosts(env, &argv).unwrap())
     }
 }
@@ -462,5 +466,57 @@ fn a_git_push_under_approve_waits_for_the_human_and_a_denied_push_changes_nothin
         denied.stderr
     );
     assert_eq!(head(), before, "the repository is unchanged");
+    assert_real_key_leaks_nowhere(&stack);
+}
+
+#[test]
+fn scp_and_sftp_pass_and_forwarding_is_refused_unless_allowed() {
+    let spec = ServiceSpec::ssh(SVC, HOST).extra(r#"allow = ["exec", "sftp"]"#);
+    let stack = ssh_stack("ssh-files", spec);
+    let agent = AgentFiles::new(&stack);
+    agent.issue_key(&stack);
+    let remote = stack.sshd(SVC).dir().join("remote.txt");
+    let local = agent.dir.join("local.txt");
+    fs::write(&local, "up through sluice\n").unwrap();
+    // scp's options: ssh's, with -P for the port.
+    let scp_options: Vec<String> = agent
+        .options()
+        .into_iter()
+        .map(|o| if o == "-p" { "-P".into() } else { o })
+        .collect();
+    let scp = |from: String, to: String| {
+        let mut argv = vec!["scp".to_string(), "-q".into()];
+        argv.extend(scp_options.clone());
+        argv.extend([from, to]);
+        Out::of(stack.agent_with_hosts(&[], &argv).unwrap())
+    };
+    let up = scp(
+        local.display().to_string(),
+        format!("agent@{HOST}:{}", remote.display()),
+    );
+    assert_eq!(up.code, Some(0), "scp up: {}", up.stderr);
+    assert_eq!(fs::read_to_string(&remote).unwrap(), "up through sluice\n");
+    let back = agent.dir.join("back.txt");
+    let down = scp(
+        format!("agent@{HOST}:{}", remote.display()),
+        back.display().to_string(),
+    );
+    assert_eq!(down.code, Some(0), "scp down: {}", down.stderr);
+    assert_eq!(fs::read_to_string(&back).unwrap(), "up through sluice\n");
+
+    let forward = agent.ssh(&stack, &[], &["-W", "127.0.0.1:9"], "");
+    assert_eq!(forward.code, Some(255), "ssh -W: {}", forward.stderr);
+    assert!(
+        forward.stderr.contains("forwarding is not allowed"),
+        "ssh -W: {}",
+        forward.stderr
+    );
+    let recorded = all_events(&stack);
+    assert!(
+        events(&recorded, "denied")
+            .iter()
+            .any(|d| d["rule"] == "allow"),
+        "{recorded:?}"
+    );
     assert_real_key_leaks_nowhere(&stack);
 }
