@@ -478,7 +478,7 @@ fn scp_and_sftp_pass_and_forwarding_is_refused_unless_allowed() {
     let remote = stack.sshd(SVC).dir().join("remote.txt");
     let local = agent.dir.join("local.txt");
     fs::write(&local, "up through sluice\n").unwrap();
-    // scp's options: ssh's, with -P for the port.
+    // scp's and sftp's options: ssh's, with -P for the port.
     let scp_options: Vec<String> = agent
         .options()
         .into_iter()
@@ -503,6 +503,21 @@ fn scp_and_sftp_pass_and_forwarding_is_refused_unless_allowed() {
     );
     assert_eq!(down.code, Some(0), "scp down: {}", down.stderr);
     assert_eq!(fs::read_to_string(&back).unwrap(), "up through sluice\n");
+
+    let batch = agent.dir.join("sftp.batch");
+    let fetched = agent.dir.join("fetched.txt");
+    fs::write(
+        &batch,
+        format!("get {} {}\n", remote.display(), fetched.display()),
+    )
+    .unwrap();
+    let mut argv = vec!["sftp".to_string(), "-q".into(), "-b".into()];
+    argv.push(batch.display().to_string());
+    argv.extend(scp_options.clone());
+    argv.push(format!("agent@{HOST}"));
+    let sftp = Out::of(stack.agent_with_hosts(&[], &argv).unwrap());
+    assert_eq!(sftp.code, Some(0), "sftp: {}", sftp.stderr);
+    assert_eq!(fs::read_to_string(&fetched).unwrap(), "up through sluice\n");
 
     let forward = agent.ssh(&stack, &[], &["-W", "127.0.0.1:9"], "");
     assert_eq!(forward.code, Some(255), "ssh -W: {}", forward.stderr);
