@@ -535,3 +535,72 @@ fn scp_and_sftp_pass_and_forwarding_is_refused_unless_allowed() {
     );
     assert_real_key_leaks_nowhere(&stack);
 }
+
+#[test]
+fn revoking_the_key_refuses_new_channels_of_an_open_connection() {
+    let stack = ssh_stack("ssh-revoke-live", ServiceSpec::ssh(SVC, HOST));
+    let agent = AgentFiles::new(&stack);
+    agent.issue_key(&stack);
+    let socket = format!("ControlPath={}/cm", agent.dir.display());
+    // One connection, kept open by a background master (ended by `-O exit`
+    // below, or by the teardown's kill of what is left in the cgroup).
+    let master = agent.ssh(
+        &stack,
+        &[],
+        &[
+            "-o",
+            "ControlMaster=yes",
+            "-o",
+            &socket,
+            "-o",
+            "ControlPersist=60",
+            "-f",
+            "-N",
+        ],
+        "",
+    );
+    assert_eq!(master.code, Some(0), "master: {}", master.stderr);
+    let over_master = |command: &str| {
+        agent.ssh(
+            &stack,
+            &[],
+            &["-o", "ControlMaster=no", "-o", &socket],
+            command,
+        )
+    };
+    let first = over_master("echo first");
+    assert_eq!(first.code, Some(0), "stderr: {}", first.stderr);
+    assert_eq!(first.stdout.trim(), "first");
+
+    let list = stack.sluice.cli(&["--json", "token", "list"]).unwrap();
+    let id = list
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|t| t["service"] == SVC)
+        .map(|t| t["id"].as_str().unwrap().to_string())
+        .unwrap();
+    stack.sluice.token_revoke(&id).unwrap();
+    let refused = sluice_tests::poll("a new channel refused after revocation", WAIT, || {
+        let out = over_master("echo after");
+        (out.code != Some(0)).then_some(out)
+    })
+    .unwrap();
+    assert!(!refused.stdout.contains("after"));
+    // The mux client shows no reason; the master's session records it.
+    assert!(
+        refused.stderr.contains("Session open refused by peer"),
+        "stderr: {}",
+        refused.stderr
+    );
+    let sessions = sessions_of(&stack, SVC);
+    assert!(
+        sessions.iter().any(|s| {
+            events(s, "auth_ok").len() == 1
+                && events(s, "auth_fail")
+                    .iter()
+                    .any(|f| f["reason"].as_str().is_some_and(|r| r.contains("revoked")))
+        }),
+        "the open connection's session records the revocation: {sessions:?}"
+    );
+    let _ = agent.ssh(&stack, &[], &["-o", &socket, "-O", "exit"], "");
+}
