@@ -182,6 +182,15 @@ KUBE = {
     "watch-event": b'\x02{"type":"ADDED","object":{"kind":"Secret","data":{"k":"dg=="}}}',
 }
 
+# deny glob, command line, upstream_host_key (known_hosts forms)
+SSH_KEY = b"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+SSH_RULES = {
+    "push-held": b"git-receive-pack *\ngit-receive-pack 'repo.git'\n" + SSH_KEY,
+    "rm-denied": b"rm *\nrm -rf /srv\n[git.internal]:2222,10.0.0.5 " + SSH_KEY + b" root@git",
+    "literal": b"id\nid\nssh-ed25519 not-base64",
+    "stars": b"***\n\n",
+}
+
 
 def write(target, seeds):
     d = os.path.join(ROOT, target)
@@ -198,3 +207,4 @@ write("json_mask", JSON)
 write("sql_classify", SQL)
 write("scram", SCRAM)
 write("kube_request", KUBE)
+write("ssh_rules", SSH_RULES)

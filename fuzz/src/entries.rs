@@ -42,6 +42,7 @@ pub const TARGETS: &[(&str, Entry)] = &[
     ("mysql_server", mysql_server),
     ("mysql_classify", mysql_classify),
     ("kube_request", kube_request),
+    ("ssh_rules", ssh_rules),
 ];
 
 /// Most typed messages one input is read as (keeps each run short).
@@ -473,6 +474,54 @@ pub fn scram(data: &[u8]) {
     if let Ok(Some(_)) = server.verify(last, &[v]) {
         panic!("a fuzzer-made proof matched a verifier");
     }
+}
+
+/// Longest glob, command line or key text of one `ssh_rules` input.
+const MAX_SSH_TEXT: usize = 4 * 1024;
+
+/// SSH command rules and `upstream_host_key` parsing (the parsing Sluice
+/// adds on top of russh): line one is a `deny` glob, line two an exec
+/// command line, the rest a known_hosts entry. A glob without `*` matches
+/// exactly its own text; a glob of stars alone matches everything.
+pub fn ssh_rules(data: &[u8]) {
+    use sluice::policy::{
+        ssh::{self, CommandRule, SshAllow, SshOperation, SshPolicy},
+        Decision,
+    };
+    let text = String::from_utf8_lossy(data);
+    let mut parts = text.splitn(3, '\n');
+    let mut next = || {
+        let part = parts.next().unwrap_or("");
+        let mut end = part.len().min(MAX_SSH_TEXT);
+        while !part.is_char_boundary(end) {
+            end -= 1;
+        }
+        &part[..end]
+    };
+    let (glob, command, key) = (next(), next(), next());
+    let deny = [CommandRule {
+        command: glob.to_string(),
+    }];
+    let policy = SshPolicy {
+        allow: SshAllow::default(),
+        deny: &deny,
+        approve: &[],
+    };
+    let denied = matches!(
+        ssh::decide(policy, SshOperation::Exec { command }),
+        Decision::Deny { .. }
+    );
+    if !glob.contains('*') {
+        assert_eq!(
+            denied,
+            glob == command,
+            "a literal rule matches only itself"
+        );
+    }
+    if glob.chars().all(|c| c == '*') && !glob.is_empty() {
+        assert!(denied, "a rule of stars matches every command");
+    }
+    let _ = sluice::config::parse_host_key(key);
 }
 
 /// Builders for hand-made seed inputs (used by the replay test to check

@@ -23,8 +23,9 @@
 //! Requires root, the `sluice` binary (`SLUICE_BIN`, else
 //! `target/debug/sluice`), redis-server, curl, python3-requests, bpftool,
 //! PostgreSQL 15 server binaries, psql and pgbench, mariadb-server and
-//! mariadb-client, and for the container tests ([`container`]) runc and
-//! iproute2's `ip`.
+//! mariadb-client, OpenSSH's sshd, ssh, scp, sftp and ssh-keygen with git
+//! for the SSH tests ([`sshd`]), and for the container tests
+//! ([`container`]) runc and iproute2's `ip`.
 
 pub mod approvals;
 pub mod ca;
@@ -41,6 +42,7 @@ pub mod redteam;
 pub mod rogue_postgres;
 pub mod second_gateway;
 pub mod sluice;
+pub mod sshd;
 pub mod stack;
 pub mod upstream;
 

@@ -26,6 +26,7 @@ use crate::{
     postgres::Postgres,
     redis::Redis,
     sluice::{toml_str, Sluice, SluiceOptions},
+    sshd::{Sshd, UserKey},
     upstream::Upstream,
     TestCa,
 };
@@ -114,6 +115,9 @@ pub enum Protocol {
     /// The Kubernetes API server stand-in ([`KubeApi`]), which accepts the
     /// service's secret as its bearer token.
     Kubernetes,
+    /// A private OpenSSH server ([`Sshd`]) whose authorized ed25519 key is
+    /// the vault secret; Sluice logs in as the user running the tests.
+    Ssh,
 }
 
 impl Protocol {
@@ -123,6 +127,7 @@ impl Protocol {
             Protocol::Http => "http",
             Protocol::Postgres => "postgres",
             Protocol::Kubernetes => "kubernetes",
+            Protocol::Ssh => "ssh",
         }
     }
 }
@@ -140,6 +145,8 @@ pub struct ServiceSpec {
     pub credential: Credential,
     /// Extra TOML lines for the table, e.g. `deny = [...]`.
     pub extra: String,
+    /// SSH: `upstream_host_key`; the sshd's own key when `None`.
+    pub upstream_host_key: Option<String>,
 }
 
 impl ServiceSpec {
@@ -152,6 +159,7 @@ impl ServiceSpec {
             upstream_tls: None,
             credential: Credential::bearer(),
             extra: String::new(),
+            upstream_host_key: None,
         }
     }
 
@@ -183,6 +191,24 @@ impl ServiceSpec {
             protocol: Protocol::Kubernetes,
             ..ServiceSpec::https(name, host)
         }
+    }
+
+    /// An `ssh` service for `host`: a private sshd ([`Sshd`]) whose
+    /// authorized key is the vault secret, `credential.user` the user
+    /// running the tests, `upstream_host_key` the sshd's host key unless
+    /// [`ServiceSpec::upstream_host_key`] says otherwise.
+    pub fn ssh(name: &str, host: &str) -> ServiceSpec {
+        ServiceSpec {
+            protocol: Protocol::Ssh,
+            credential: Credential::InPlace,
+            ..ServiceSpec::https(name, host)
+        }
+    }
+
+    /// `upstream_host_key = LINE` (SSH) instead of the sshd's own key.
+    pub fn upstream_host_key(mut self, line: &str) -> ServiceSpec {
+        self.upstream_host_key = Some(line.into());
+        self
     }
 
     /// No `upstream_tls` key (PostgreSQL): Sluice's default, `verify-full`;
@@ -328,7 +354,7 @@ impl StackBuilder {
         let mut services_toml = String::new();
         for spec in self.services {
             let ip = next_upstream_ip();
-            let secret = crate::random_secret();
+            let mut secret = crate::random_secret();
             let pg_tls = spec.protocol == Protocol::Postgres
                 && matches!(
                     spec.upstream_tls.as_deref(),
@@ -349,6 +375,19 @@ impl StackBuilder {
                     };
                     Backend::Postgres(Postgres::start(ip, &secret, leaf.as_ref())?)
                 }
+                Protocol::Ssh => {
+                    let sshd = Sshd::start(ip, UserKey::Ed25519);
+                    secret = sshd.user_key_pem();
+                    Backend::Ssh(sshd)
+                }
+            };
+            let credential = match &backend {
+                Backend::Ssh(sshd) => format!(
+                    "{{ secret = {}, user = {} }}",
+                    toml_str(&spec.secret_name()),
+                    toml_str(&sshd.user)
+                ),
+                _ => spec.credential.toml(&spec.secret_name()),
             };
             services_toml.push_str(&format!(
                 "\n[[service]]\nname = {}\nprotocol = {}\nupstream = {}\nresolve = [{}]\ncredential = {}\n",
@@ -356,8 +395,15 @@ impl StackBuilder {
                 toml_str(spec.protocol.keyword()),
                 toml_str(format!("{}:{}", spec.host, backend.addr().port())),
                 toml_str(ip.to_string()),
-                spec.credential.toml(&spec.secret_name()),
+                credential,
             ));
+            if let Backend::Ssh(sshd) = &backend {
+                let key = spec
+                    .upstream_host_key
+                    .clone()
+                    .unwrap_or_else(|| sshd.host_key.to_openssh().expect("encodable key"));
+                services_toml.push_str(&format!("upstream_host_key = {}\n", toml_str(key)));
+            }
             if matches!(spec.protocol, Protocol::Https | Protocol::Kubernetes) || pg_tls {
                 services_toml.push_str(&format!(
                     "upstream_ca = {}\n",
@@ -419,6 +465,7 @@ pub enum Backend {
     Http(Upstream),
     Postgres(Postgres),
     Kube(KubeApi),
+    Ssh(Sshd),
 }
 
 impl Backend {
@@ -428,6 +475,7 @@ impl Backend {
             Backend::Http(u) => u.addr(),
             Backend::Postgres(p) => p.addr(),
             Backend::Kube(k) => k.addr(),
+            Backend::Ssh(s) => s.addr,
         }
     }
 }
@@ -541,6 +589,14 @@ impl Stack {
         match &self.service(name).backend {
             Backend::Kube(k) => k,
             _ => panic!("service {name:?} is not a Kubernetes service"),
+        }
+    }
+
+    /// The sshd of service `name`.
+    pub fn sshd(&self, name: &str) -> &Sshd {
+        match &self.service(name).backend {
+            Backend::Ssh(s) => s,
+            _ => panic!("service {name:?} is not SSH"),
         }
     }
 

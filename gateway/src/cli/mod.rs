@@ -15,6 +15,7 @@ pub mod exec;
 pub mod run;
 pub mod secret;
 pub mod sessions;
+pub mod ssh;
 pub mod token;
 pub mod uninstall;
 
@@ -87,6 +88,9 @@ pub enum Command {
     /// Local CA operations
     #[command(subcommand)]
     Ca(ca::CaCmd),
+    /// SSH: the known_hosts lines agents trust Sluice with
+    #[command(subcommand)]
+    Ssh(ssh::SshCmd),
     /// Check kernel, BPF, cgroup2, bpffs, Redis and config; say what to fix
     Doctor,
     /// Remove pinned programs and maps
@@ -135,6 +139,7 @@ fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::Approve(args) => block_on(approvals::decide(&cfg, args, true)),
         Command::Deny(args) => block_on(approvals::decide(&cfg, args, false)),
         Command::Ca(cmd) => ca::run(&cfg, cmd),
+        Command::Ssh(cmd) => ssh::run(&cfg, cmd),
         Command::Uninstall(args) => uninstall::run(&cfg, args),
         Command::Doctor => unreachable!(),
     }

@@ -25,6 +25,10 @@ pub enum TokenCmd {
         /// Lifetime, e.g. 30m, 1h, 7d
         #[arg(long, default_value = "1h", value_parser = parse_ttl)]
         ttl: Duration,
+        /// For an ssh service: print a fresh OpenSSH private key (a
+        /// placeholder key) instead of a token; only its public key is kept
+        #[arg(long)]
+        ssh_key: bool,
     },
     /// List known tokens: id, agent, service, expiry, state (never the token)
     List,
@@ -64,6 +68,7 @@ pub async fn run(cfg: &Config, cmd: TokenCmd, json: bool) -> Result<(), CliError
             agent,
             service,
             ttl,
+            ssh_key,
         } => {
             if cfg.agent(&agent).is_none() {
                 return Err(CliError::Usage(format!(
@@ -77,8 +82,22 @@ pub async fn run(cfg: &Config, cmd: TokenCmd, json: bool) -> Result<(), CliError
                     cfg.path.display()
                 )));
             };
+            if ssh_key && configured.ssh().is_none() {
+                return Err(CliError::Usage(format!(
+                    "--ssh-key: service {service} is not an ssh service"
+                )));
+            }
             let state = open(cfg).await?;
             let (token, record) = state.issue(&agent, &service, ttl).await?;
+            if ssh_key {
+                // The token is never shown: the key stands for it.
+                let key = sluice_ssh::placeholder::PlaceholderKey::generate(&format!(
+                    "{agent}@{service}"
+                ))
+                .map_err(CliError::runtime)?;
+                crate::proxy::ssh::keys::enrol(&state, &record, &token, &key.public).await?;
+                return print_line(key.private_pem.trim_end());
+            }
             crate::proxy::enrol_token(&state, configured, &token, &record).await?;
             print_line(&token)
         }

@@ -11,6 +11,7 @@ use serde::Deserialize;
 mod gateway;
 pub mod notify;
 mod service;
+mod ssh;
 
 use gateway::defaults;
 pub use gateway::Gateway;
@@ -19,6 +20,7 @@ pub use service::{
     HttpService, Injection, KubeService, Protocol, Service, ServiceKind, SqlService, UpstreamTls,
     MASK_SECRETS,
 };
+pub use ssh::{parse_host_key, SshService};
 
 /// Default config path, overridable with `--config` or `SLUICE_CONFIG`.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/sluice/sluice.toml";

@@ -18,6 +18,7 @@ pub enum Protocol {
     /// The Kubernetes API (DESIGN.md §6): HTTPS read as the API server
     /// reads it.
     Kubernetes,
+    Ssh,
 }
 
 impl Protocol {
@@ -33,7 +34,7 @@ impl Protocol {
         match self {
             Protocol::Https | Protocol::Kubernetes => Some(true),
             Protocol::Http => Some(false),
-            Protocol::Postgres => None,
+            Protocol::Postgres | Protocol::Ssh => None,
         }
     }
 }
@@ -79,6 +80,8 @@ pub enum ServiceKind {
     Postgres(SqlService),
     /// `protocol = "kubernetes"`: an HTTPS service with Kubernetes rules.
     Kubernetes(KubeService),
+    /// `protocol = "ssh"`.
+    Ssh(super::ssh::SshService),
 }
 
 impl Service {
@@ -89,6 +92,7 @@ impl Service {
             ServiceKind::Http(_) => Protocol::Http,
             ServiceKind::Postgres(_) => Protocol::Postgres,
             ServiceKind::Kubernetes(_) => Protocol::Kubernetes,
+            ServiceKind::Ssh(_) => Protocol::Ssh,
         }
     }
 
@@ -97,7 +101,7 @@ impl Service {
         match &self.kind {
             ServiceKind::Http(h) => Some(h),
             ServiceKind::Kubernetes(k) => Some(&k.http),
-            ServiceKind::Postgres(_) => None,
+            ServiceKind::Postgres(_) | ServiceKind::Ssh(_) => None,
         }
     }
 
@@ -105,7 +109,7 @@ impl Service {
     pub fn kube(&self) -> Option<&KubeService> {
         match &self.kind {
             ServiceKind::Kubernetes(k) => Some(k),
-            ServiceKind::Http(_) | ServiceKind::Postgres(_) => None,
+            ServiceKind::Http(_) | ServiceKind::Postgres(_) | ServiceKind::Ssh(_) => None,
         }
     }
 
@@ -113,7 +117,15 @@ impl Service {
     pub fn sql(&self) -> Option<&SqlService> {
         match &self.kind {
             ServiceKind::Postgres(s) => Some(s),
-            ServiceKind::Http(_) | ServiceKind::Kubernetes(_) => None,
+            ServiceKind::Http(_) | ServiceKind::Kubernetes(_) | ServiceKind::Ssh(_) => None,
+        }
+    }
+
+    /// The SSH part, for an SSH service.
+    pub fn ssh(&self) -> Option<&super::ssh::SshService> {
+        match &self.kind {
+            ServiceKind::Ssh(s) => Some(s),
+            _ => None,
         }
     }
 }
@@ -188,7 +200,7 @@ impl SqlService {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawCredential {
     secret: String,
-    user: Option<String>,
+    pub(super) user: Option<String>,
     header: Option<String>,
     format: Option<String>,
     query: Option<String>,
@@ -206,6 +218,10 @@ pub(super) enum RawRule {
         path: String,
     },
     Kube(KubeRule),
+    /// An SSH command glob: `{ command = "rm *" }`.
+    Command {
+        command: String,
+    },
 }
 
 /// `[[service]]` as written.
@@ -220,21 +236,25 @@ pub(super) struct RawService {
     #[serde(default)]
     upstream_tls: UpstreamTls,
     upstream_ca: Option<PathBuf>,
-    credential: RawCredential,
+    pub(super) credential: RawCredential,
     #[serde(default)]
-    deny: Vec<RawRule>,
+    pub(super) deny: Vec<RawRule>,
     #[serde(default)]
-    approve: Vec<RawRule>,
+    pub(super) approve: Vec<RawRule>,
     #[serde(default)]
-    mask: Vec<String>,
+    pub(super) mask: Vec<String>,
     #[serde(default)]
     echo_guard: bool,
+    /// SSH: the real server's host key, as in known_hosts.
+    pub(super) upstream_host_key: Option<String>,
+    /// SSH: the channel kinds allowed.
+    pub(super) allow: Option<Vec<String>>,
 }
 
 /// A problem with one key of a service: `(key below the service, message)`.
-type KeyError = (String, String);
+pub(super) type KeyError = (String, String);
 
-fn key_error(key: &str, message: impl Into<String>) -> KeyError {
+pub(super) fn key_error(key: &str, message: impl Into<String>) -> KeyError {
     (key.to_string(), message.into())
 }
 
@@ -266,7 +286,16 @@ impl RawService {
             Protocol::Postgres => ServiceKind::Postgres(self.sql()?),
             Protocol::Https | Protocol::Http => ServiceKind::Http(self.http()?),
             Protocol::Kubernetes => ServiceKind::Kubernetes(self.kube()?),
+            Protocol::Ssh => ServiceKind::Ssh(self.ssh()?),
         };
+        if self.protocol != Protocol::Ssh
+            && (self.upstream_host_key.is_some() || self.allow.is_some())
+        {
+            return Err(key_error(
+                "upstream_host_key",
+                "upstream_host_key and allow only apply to ssh services",
+            ));
+        }
         Ok(Service {
             name: self.name,
             host,
@@ -291,10 +320,9 @@ impl RawService {
                 .iter()
                 .map(|r| match r {
                     RawRule::Sql(kind) => SqlRule::parse(kind).map_err(|m| key_error(field, m)),
-                    RawRule::Http { .. } | RawRule::Kube(_) => Err(key_error(
-                        field,
-                        "postgres rules are statement kinds like \"DROP\"",
-                    )),
+                    RawRule::Http { .. } | RawRule::Kube(_) | RawRule::Command { .. } => Err(
+                        key_error(field, "postgres rules are statement kinds like \"DROP\""),
+                    ),
                 })
                 .collect::<Result<Vec<_>, _>>()
         };
@@ -316,7 +344,7 @@ impl RawService {
                         method: method.clone(),
                         path: path.clone(),
                     }),
-                    RawRule::Sql(_) | RawRule::Kube(_) => Err(key_error(
+                    RawRule::Sql(_) | RawRule::Kube(_) | RawRule::Command { .. } => Err(key_error(
                         field,
                         "http rules are { method = \"…\", path = \"/glob*\" }",
                     )),
@@ -393,7 +421,7 @@ impl RawService {
                         .validate()
                         .map(|()| rule.clone())
                         .map_err(|m| key_error(field, m)),
-                    RawRule::Sql(_) | RawRule::Http { .. } => Err(key_error(
+                    RawRule::Sql(_) | RawRule::Http { .. } | RawRule::Command { .. } => Err(key_error(
                         field,
                         "kubernetes rules are { verb = \"delete\", resource = \"pods\", namespace = \"prod\", name = \"web-*\" }",
                     )),

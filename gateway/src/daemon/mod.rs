@@ -65,6 +65,8 @@ pub async fn run(cfg: Config) -> Result<Arc<Recorder>, StartError> {
     let gwc = &cfg.gateway;
     let vault = VaultCache::new(Vault::open(gwc).map_err(setup("vault"))?);
     let ca = LocalCa::load_or_create(&gwc.state_dir).map_err(setup("local CA"))?;
+    // Before listening: once the daemon accepts, its host key is on disk.
+    let ssh = proxy::ssh::Ssh::load(&gwc.state_dir).map_err(setup("ssh host key"))?;
     let recorder =
         Recorder::open_with(&gwc.log_dir, gwc.recorder_options()).map_err(setup("log_dir"))?;
     let redis_url = gwc.redis_url_with_password().map_err(StartError::Setup)?;
@@ -149,7 +151,7 @@ pub async fn run(cfg: Config) -> Result<Arc<Recorder>, StartError> {
         cfg.clone(),
     ));
     let postgres = proxy::postgres::Postgres::new(SQL_CACHE_ENTRIES);
-    let gateway = Arc::new(Gateway::new(guard, lookup, snapshot, postgres));
+    let gateway = Arc::new(Gateway::new(guard, lookup, snapshot, postgres, ssh));
     if let Some(addr) = gwc.metrics {
         let gw = gateway.clone();
         let render = Arc::new(move || gw.guard.metrics.render(gw.lookup.len()));

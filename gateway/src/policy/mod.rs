@@ -6,6 +6,7 @@ use crate::config::{Service, ServiceKind};
 pub mod glob;
 pub mod http;
 pub mod kube;
+pub mod ssh;
 pub mod statement;
 
 /// One operation of any protocol, as policy sees it.
@@ -17,6 +18,8 @@ pub enum Operation<'a> {
     Sql(Result<statement::SqlFacts<'a>, &'a str>),
     /// A Kubernetes API request, read as the API server reads it.
     Kube(&'a kube::RequestInfo),
+    /// An SSH channel open or channel request.
+    Ssh(ssh::SshOperation<'a>),
 }
 
 /// What to do with an operation.
@@ -48,6 +51,7 @@ pub fn decide(service: &Service, op: Operation<'_>) -> Decision {
         (ServiceKind::Kubernetes(k), Operation::Kube(info)) => {
             kube::decide(&k.deny, &k.approve, info)
         }
+        (ServiceKind::Ssh(s), Operation::Ssh(op)) => ssh::decide(s.policy(), op),
         _ => Decision::Deny {
             rule: WRONG_PROTOCOL.into(),
             reason: format!(

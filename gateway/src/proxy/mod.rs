@@ -21,6 +21,7 @@ use crate::{
 
 pub mod http;
 pub mod postgres;
+pub mod ssh;
 
 /// Configured agents and their cgroup directories.
 pub struct AgentTable {
@@ -104,6 +105,8 @@ pub struct Gateway {
     pub lookup: TupleLookup,
     /// The PostgreSQL handler's state.
     pub postgres: Arc<postgres::Postgres>,
+    /// The SSH handler's state (the host key).
+    pub ssh: Arc<ssh::Ssh>,
 }
 
 impl Gateway {
@@ -113,12 +116,14 @@ impl Gateway {
         lookup: TupleLookup,
         snapshot: Snapshot,
         postgres: Arc<postgres::Postgres>,
+        ssh: Arc<ssh::Ssh>,
     ) -> Self {
         Gateway {
             guard,
             live: RwLock::new(Arc::new(snapshot)),
             lookup,
             postgres,
+            ssh,
         }
     }
 
@@ -200,13 +205,15 @@ impl Gateway {
             ServiceKind::Postgres(_) => {
                 postgres::serve(self, conn, stream, Arc::new(service)).await
             }
+            ServiceKind::Ssh(_) => ssh::serve(self, conn, stream, Arc::new(service)).await,
         }
     }
 }
 
 /// Prepares a token just issued for `service` for its protocol's login:
-/// PostgreSQL stores the token's SCRAM verifier, HTTP and Kubernetes need
-/// nothing. With
+/// PostgreSQL stores the token's SCRAM verifier, HTTP, Kubernetes and SSH
+/// (the token as password) need nothing; a placeholder key is enrolled by
+/// [`ssh::keys::enrol`]. With
 /// [`Gateway::handle`]'s match, the one place a protocol is registered.
 ///
 /// # Errors
@@ -218,7 +225,7 @@ pub async fn enrol_token(
     record: &TokenRecord,
 ) -> Result<(), StateError> {
     match service.kind {
-        ServiceKind::Http(_) | ServiceKind::Kubernetes(_) => Ok(()),
+        ServiceKind::Http(_) | ServiceKind::Kubernetes(_) | ServiceKind::Ssh(_) => Ok(()),
         ServiceKind::Postgres(_) => postgres::auth::enrol(state, record, token).await,
     }
 }

@@ -97,6 +97,10 @@ pub enum Event {
         #[serde(skip_serializing_if = "Option::is_none")]
         bytes_up: Option<u64>,
     },
+    /// A command run in the session, before its decision (DESIGN.md §4
+    /// "Session records"): an SSH exec command line, or a Kubernetes exec
+    /// or attach (the `command` query parameters, shell-quoted and joined).
+    Command { command: String },
     /// Refused by policy `rule`.
     Denied { reason: String, rule: String },
     /// Held for a JIT approval of `summary` (the SQL, or `METHOD path`).
@@ -107,9 +111,6 @@ pub enum Event {
     Rejected { approval: String, reason: String },
     /// Columns or JSON fields masked, and how many values; never the values.
     Masked { fields: Vec<String>, count: u64 },
-    /// A command run in the session: a Kubernetes exec or attach (the
-    /// `command` query parameters, shell-quoted and joined).
-    Command { command: String },
     /// A failure worth recording.
     Error { message: String },
     /// The session ended after `duration_ms` milliseconds. The recorder adds
@@ -125,12 +126,12 @@ pub const EVENT_NAMES: [&str; 14] = [
     "query",
     "request",
     "response",
+    "command",
     "denied",
     "approval_wait",
     "approved",
     "rejected",
     "masked",
-    "command",
     "error",
     "close",
 ];
@@ -146,12 +147,12 @@ impl Event {
             Event::Query { .. } => "query",
             Event::Request { .. } => "request",
             Event::Response { .. } => "response",
+            Event::Command { .. } => "command",
             Event::Denied { .. } => "denied",
             Event::ApprovalWait { .. } => "approval_wait",
             Event::Approved { .. } => "approved",
             Event::Rejected { .. } => "rejected",
             Event::Masked { .. } => "masked",
-            Event::Command { .. } => "command",
             Event::Error { .. } => "error",
             Event::Close { .. } => "close",
         }

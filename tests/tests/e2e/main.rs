@@ -38,6 +38,8 @@ mod redis_down;
 mod redis_tamper;
 mod restart;
 mod run_in_agent;
+mod ssh;
+mod ssh_push;
 mod token_placement;
 mod tuple_map;
 mod two_gateways;

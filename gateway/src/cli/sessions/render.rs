@@ -60,6 +60,7 @@ pub(super) fn summary(v: &Value) -> String {
         "query" => f("sql"),
         "request" => format!("{} {} {}", f("method"), f("path"), f("status")),
         "response" => format!("{} {} bytes", f("status"), f("bytes")),
+        "command" => f("command"),
         "denied" => format!("{} (rule {})", f("reason"), f("rule")),
         "approval_wait" => format!("waiting for approval {}", f("approval")),
         "approved" => format!("approval {} by {}", f("approval"), f("by")),
@@ -163,6 +164,7 @@ pub(super) fn transcript_text(v: &Value) -> String {
     let outcome = |s: String| format!("{:<10}   -> {s}", "");
     let line = match v["event"].as_str().unwrap_or("") {
         "query" => format!("{:<10} {}", "SQL", f("sql")),
+        "command" => format!("{:<10} {}", "COMMAND", f("command")),
         "request" => format!(
             "{:<10} {} -> {}{}",
             f("method"),

@@ -5,6 +5,8 @@
 //! Each test binary uses a part of this module.
 #![allow(dead_code)]
 pub mod paramiko;
+/// The private sshd fixture, shared with the end-to-end tests.
+#[path = "../../../../tests/src/sshd.rs"]
 pub mod sshd;
 
 use std::{
