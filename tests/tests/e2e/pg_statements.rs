@@ -374,8 +374,13 @@ fn rss_kib(pid: u32) -> Option<(u64, u64)> {
     Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
+/// Rows stream: a million rows (over 100 MB of result) must not be held.
+/// What is asserted is Sluice's growth over its idle RSS while they flow;
+/// the idle RSS of the debug binary the suite runs grows with the code
+/// linked in (relocated data of every protocol crate), which says nothing
+/// about buffering, so the absolute cap only guards against a runaway.
 #[test]
-fn a_million_row_select_arrives_complete_while_sluice_stays_under_64_mib() {
+fn a_million_row_select_arrives_complete_while_sluice_grows_under_16_mib() {
     let stack = Stack::builder("pg-million-rows")
         .service(billing_db())
         .start()
@@ -429,11 +434,19 @@ fn a_million_row_select_arrives_complete_while_sluice_stays_under_64_mib() {
         "1,000,000 rows in {took:.1?}; sluice RSS idle {} KiB, sampled peak {peak_rss} KiB, VmHWM {hwm} KiB",
         idle_rss
     );
+    let growth = peak_rss.saturating_sub(idle_rss);
     assert!(
-        peak_rss < 64 * 1024,
+        growth < 16 * 1024,
+        "sluice RSS grew by {growth} KiB while streaming (idle {idle_rss} KiB): rows are being held"
+    );
+    assert!(
+        peak_rss < 128 * 1024,
         "sluice RSS reached {peak_rss} KiB while streaming"
     );
-    assert!(hwm < 64 * 1024, "sluice VmHWM {hwm} KiB");
+    assert!(
+        hwm.saturating_sub(idle_rss) < 16 * 1024 && hwm < 128 * 1024,
+        "sluice VmHWM {hwm} KiB (idle {idle_rss} KiB)"
+    );
     // And the rows came through Sluice, in a recorded session.
     let sessions = sessions_of(&stack, DB);
     assert!(
