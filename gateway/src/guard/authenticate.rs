@@ -130,13 +130,55 @@ impl Session {
                 let message = format!("invalid sluice token: {rejection}");
                 self.auth_fail(RefusalKind::Unauthenticated, &reason, &message)
             }
-            TokenCheckError::State(e) => {
-                tracing::warn!(error = %e, "token store unavailable");
-                let message = "token store (Redis) unavailable; try again later";
-                self.error(message);
-                Refusal::new(RefusalKind::Unavailable, message)
-            }
+            TokenCheckError::State(e) => self.unavailable(e),
         }
+    }
+
+    /// The login salt of `scheme` for this session's agent and service
+    /// (challenge–response logins; see [`crate::state`]'s verifiers).
+    ///
+    /// # Errors
+    /// [`RefusalKind::Unavailable`] when the token store is unreachable
+    /// (recorded).
+    pub async fn login_salt(&self, scheme: &str) -> Result<Vec<u8>, Refusal> {
+        let state = self
+            .guard()
+            .state
+            .get()
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        state
+            .login_salt(scheme, &self.identity.agent, &self.service().name)
+            .await
+            .map_err(|e| self.unavailable(e))
+    }
+
+    /// The `scheme` login verifiers of this session's agent and service,
+    /// as (token digest, verifier text): what a challenge–response proof
+    /// is matched against before [`Session::authenticate`] checks the
+    /// matching token as [`Presented::Digest`].
+    ///
+    /// # Errors
+    /// As [`Session::login_salt`].
+    pub async fn verifiers(&self, scheme: &str) -> Result<Vec<(String, String)>, Refusal> {
+        let state = self
+            .guard()
+            .state
+            .get()
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        state
+            .verifiers(scheme, &self.identity.agent, &self.service().name)
+            .await
+            .map_err(|e| self.unavailable(e))
+    }
+
+    /// Records that the token store is unreachable and makes the refusal.
+    fn unavailable(&self, e: impl std::fmt::Display) -> Refusal {
+        tracing::warn!(error = %e, "token store unavailable");
+        let message = "token store (Redis) unavailable; try again later";
+        self.error(message);
+        Refusal::new(RefusalKind::Unavailable, message)
     }
 
     fn auth_fail(&self, kind: RefusalKind, reason: &str, message: &str) -> Refusal {

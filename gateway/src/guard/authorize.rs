@@ -19,7 +19,7 @@ pub enum Allowed {
 
 impl Session {
     /// The decision on `op` under the service's current rules.
-    pub fn decide(&self, op: Operation<'_>) -> Decision {
+    fn decide(&self, op: Operation<'_>) -> Decision {
         self.with_current(|service| policy::decide(service, op))
     }
 
@@ -37,7 +37,7 @@ impl Session {
     /// # Errors
     /// [`RefusalKind::Denied`] (recorded `denied`), or as
     /// [`Session::hold`].
-    pub async fn enforce(&self, decision: Decision, summary: &str) -> Result<Allowed, Refusal> {
+    async fn enforce(&self, decision: Decision, summary: &str) -> Result<Allowed, Refusal> {
         match decision {
             Decision::Allow => Ok(self.allowed()),
             Decision::Mask => Ok(Allowed::Masked),

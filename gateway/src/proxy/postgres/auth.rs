@@ -13,6 +13,7 @@ use super::{
     scram::{self, ServerFirst},
 };
 use crate::{
+    guard::{Refusal, Session},
     state::{State, StateError},
     tokens::{self, TokenRecord},
 };
@@ -52,8 +53,9 @@ pub struct Proof {
 /// an answer yet.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
-    #[error("token store unavailable: {0}")]
-    State(#[from] StateError),
+    /// The guard refused (the token store is unreachable); recorded.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
     #[error("{0}")]
     Protocol(String),
     #[error(transparent)]
@@ -96,15 +98,13 @@ async fn sasl_message<R: AsyncRead + Unpin>(
 /// unreachable; nothing has been answered.
 pub async fn prove<S>(
     reader: &mut Reader<S>,
-    state: &State,
-    agent: &str,
-    service: &str,
+    session: &Session,
     mut out: BytesMut,
 ) -> Result<Proof, AuthError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let salt = state.login_salt(scram::SCHEME, agent, service).await?;
+    let salt = session.login_salt(scram::SCHEME).await?;
     backend::auth_sasl(&mut out);
     send(reader, &mut out).await?;
 
@@ -125,8 +125,8 @@ where
     send(reader, &mut out).await?;
 
     let client_final = sasl_message(reader).await?;
-    let candidates: Vec<(String, scram::Verifier)> = state
-        .verifiers(scram::SCHEME, agent, service)
+    let candidates: Vec<(String, scram::Verifier)> = session
+        .verifiers(scram::SCHEME)
         .await?
         .into_iter()
         .filter_map(|(digest, text)| Some((digest, scram::Verifier::from_text(&text)?)))

@@ -144,19 +144,12 @@ async fn login_and_relay(
     let mut preamble = BytesMut::new();
     startup::negotiate_protocol_version(&startup, &mut preamble);
 
-    let proof = match gw.guard.state.get().await {
-        Ok(state) => {
-            let agent = &session.identity.agent;
-            auth::prove(&mut reader, &state, agent, &service.name, preamble).await
-        }
-        Err(e) => Err(e.into()),
-    };
-    let proof = match proof {
+    let proof = match auth::prove(&mut reader, session, preamble).await {
         Ok(p) => p,
-        Err(auth::AuthError::State(e)) => {
-            let message = "Sluice cannot reach its token store (Redis); try again later";
-            startup::refuse(&mut reader, "08006", message).await;
-            return Err(format!("{message}: {e}"));
+        Err(auth::AuthError::Refused(refused)) => {
+            let _ = session.flush().await;
+            startup::refuse(&mut reader, sqlstate(&refused.kind), &refused.message).await;
+            return Ok(());
         }
         Err(e) => {
             let refused = session.malformed(&e.to_string());

@@ -38,23 +38,18 @@ impl GuardGate {
     /// key cannot be guessed without its private half).
     async fn public_key(&self, key: &russh::keys::PublicKey) -> Result<(), String> {
         let s = &self.session;
-        let state = match s.guard().state.get().await {
-            Ok(state) => state,
-            Err(e) => return Err(unavailable(s, e)),
-        };
-        let found = keys::find(&state, &s.identity.agent, &s.service().name, key).await;
-        match found {
-            Ok(Some(digest)) => s
+        let stored = s.verifiers(keys::SCHEME).await.map_err(|r| r.message)?;
+        match keys::find(stored, key) {
+            Some(digest) => s
                 .authenticate(Presented::Digest(&digest))
                 .await
                 .map_err(|r| r.message),
-            Ok(None) => Err(s
+            None => Err(s
                 .absent(&format!(
                     "public key {} is no placeholder key of this agent and service",
                     fingerprint(key)
                 ))
                 .message),
-            Err(e) => Err(unavailable(s, e)),
         }
     }
 
@@ -91,14 +86,6 @@ impl GuardGate {
             host_keys: ssh.host_keys.clone(),
         })
     }
-}
-
-/// Records that the token store is unreachable; the message for the agent.
-fn unavailable(s: &Session, e: impl std::fmt::Display) -> String {
-    tracing::warn!(error = %e, "token store unavailable");
-    let message = "token store (Redis) unavailable; try again later";
-    s.error(message);
-    message.into()
 }
 
 /// The policy view of an SSH operation, and how approvals name it.
@@ -154,10 +141,9 @@ impl Gate for GuardGate {
                 command: command.clone(),
             });
         }
-        let decision = s.decide(policy::Operation::Ssh(op));
-        let enforced = s.enforce(decision, &summary).await;
+        let authorized = s.authorize(policy::Operation::Ssh(op), &summary).await;
         // Nothing runs before its lines are written.
-        match enforced.and(s.flush().await) {
+        match authorized.and(s.flush().await) {
             Ok(_) => SshDecision::Allow,
             Err(refusal) => SshDecision::Deny {
                 message: self.refuse(refusal).await.message,

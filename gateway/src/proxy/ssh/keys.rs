@@ -37,22 +37,14 @@ pub async fn enrol(
         .await
 }
 
-/// The token digest whose placeholder key is `presented`, among the
-/// unexpired keys of (`agent`, `service`); `None` when it is none of them.
-///
-/// # Errors
-/// [`StateError`] when Redis fails.
-pub async fn find(
-    state: &State,
-    agent: &str,
-    service: &str,
-    presented: &PublicKey,
-) -> Result<Option<String>, StateError> {
-    let stored = state.verifiers(SCHEME, agent, service).await?;
-    Ok(stored.into_iter().find_map(|(digest, line)| {
+/// The token digest whose placeholder key is `presented`, among `stored`
+/// (the session's verifiers of scheme [`SCHEME`], as (digest, key line));
+/// `None` when it is none of them.
+pub fn find(stored: Vec<(String, String)>, presented: &PublicKey) -> Option<String> {
+    stored.into_iter().find_map(|(digest, line)| {
         AuthorizedKey::parse(&line)
             .ok()
             .filter(|k| k.matches(presented))
             .map(|_| digest)
-    }))
+    })
 }
