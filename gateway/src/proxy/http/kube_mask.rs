@@ -112,18 +112,11 @@ pub async fn mask_response(
     headers: &hyper::HeaderMap,
     body: ProxyBody,
 ) -> Result<ProxyBody, String> {
-    let header = |name| {
-        headers
-            .get(name)
-            .and_then(|v: &hyper::header::HeaderValue| v.to_str().ok())
-    };
-    let coding = header(hyper::header::CONTENT_ENCODING).unwrap_or("identity");
-    if !coding.eq_ignore_ascii_case("identity") {
-        return Err(format!(
-            "upstream sent a {coding}-encoded body that Sluice cannot mask; refused"
-        ));
-    }
-    let content_type = header(hyper::header::CONTENT_TYPE).unwrap_or("");
+    super::reply::unencoded(headers, "Sluice cannot mask")?;
+    let content_type = headers
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     if !content_type.is_empty() && !json_mask::is_json(content_type) {
         return Err(format!("upstream answered a request for Secrets with {content_type}, which Sluice cannot mask; refused"));
     }

@@ -27,6 +27,26 @@ pub fn error(status: StatusCode, message: &str, session: Option<&str>) -> Respon
     resp
 }
 
+/// Refuses an upstream body Sluice must read (mask or scan) that carries a
+/// content coding other than `identity` (RFC 9110 §8.4); `reader` names
+/// who cannot read it, e.g. `"Sluice cannot mask"`.
+///
+/// # Errors
+/// The message for a 502.
+pub fn unencoded(headers: &header::HeaderMap, reader: &str) -> Result<(), String> {
+    let coding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("identity");
+    if coding.eq_ignore_ascii_case("identity") {
+        Ok(())
+    } else {
+        Err(format!(
+            "upstream sent a {coding}-encoded body that {reader}; refused"
+        ))
+    }
+}
+
 /// The error of a response Sluice generated with [`error`].
 #[derive(Debug, Clone)]
 pub struct Generated {

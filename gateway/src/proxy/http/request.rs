@@ -441,15 +441,7 @@ async fn respond_upstream(
     }
     let mut rbody = rbody.boxed();
     if let Some(secret) = &answer.echo {
-        let coding = rparts
-            .headers
-            .get(header::CONTENT_ENCODING)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("identity");
-        if !coding.eq_ignore_ascii_case("identity") {
-            let msg = format!(
-                "upstream sent a {coding}-encoded body that echo_guard cannot scan; refused"
-            );
+        if let Err(msg) = reply::unencoded(&rparts.headers, "echo_guard cannot scan") {
             return error(session, StatusCode::BAD_GATEWAY, &msg);
         }
         let redactor = echo_guard::Redactor::new(secret.expose());
@@ -493,18 +485,11 @@ async fn mask_body(
     headers: &hyper::HeaderMap,
     body: ProxyBody,
 ) -> Result<ProxyBody, String> {
-    let header = |name| {
-        headers
-            .get(name)
-            .and_then(|v: &header::HeaderValue| v.to_str().ok())
-    };
-    let coding = header(header::CONTENT_ENCODING).unwrap_or("identity");
-    if !coding.eq_ignore_ascii_case("identity") {
-        return Err(format!(
-            "upstream sent a {coding}-encoded body that Sluice cannot mask; refused"
-        ));
-    }
-    let content_type = header(header::CONTENT_TYPE).unwrap_or("");
+    reply::unencoded(headers, "Sluice cannot mask")?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     if json_mask::is_event_stream(content_type) {
         return Err("upstream sent an event stream on a service with masked fields, which Sluice cannot mask event by event; refused".into());
     }
