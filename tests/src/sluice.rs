@@ -555,6 +555,14 @@ impl Sluice {
         if let Some(mut child) = self.daemon.take() {
             process::stop(&mut child, Duration::from_secs(5));
         }
+        // A daemon that was killed leaves its open sessions append-only
+        // (chattr +a), which would keep the temp dir from being removed.
+        let _ = std::process::Command::new("chattr")
+            .arg("-R")
+            .arg("-a")
+            .arg(&self.log_dir)
+            .stderr(std::process::Stdio::null())
+            .status();
         report.cgroup_ids = self
             .agents
             .iter()

@@ -742,6 +742,8 @@ fn a_full_log_disk_refuses_new_sessions_with_503_and_53100_and_recovers_when_spa
     stack.assert_no_secret_leaked();
     drop(rt);
     stack.sluice.teardown();
+    // Unmounted before the stack's temp dir, the mount point, is removed.
+    drop(disk);
 }
 
 /// utime + stime of `pid`, in clock ticks.
