@@ -6,6 +6,11 @@
 //!   under `state_dir/ca/`, cached per name (at most [`MAX_CACHED`] names)
 //!   and re-minted once less than a third of its [`LEAF_LIFETIME`] is left;
 //!   ALPN offers only what the agent offered, among `h2` and `http/1.1`.
+//!   One server config per (name, ALPN list) is built once and cached with
+//!   the certificate; all of them share one TLS session store and one
+//!   ticket key rotator (RFC 8446 §4.6.1, RFC 5077), so an agent's next
+//!   connection can resume instead of paying a full handshake, and an idle
+//!   connection does not carry a private session cache.
 //! - Towards the upstream: certificates verified against the system roots, or
 //!   against `upstream_ca` alone when a service sets it.
 use std::{
@@ -23,7 +28,7 @@ use rcgen::{
 use rustls::{
     crypto::ring::sign::any_supported_type,
     pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer},
-    server::{ClientHello, ResolvesServerCert},
+    server::{ClientHello, ProducesTickets, ResolvesServerCert, StoresServerSessions},
     sign::CertifiedKey,
     ClientConfig, RootCertStore, ServerConfig,
 };
@@ -41,9 +46,15 @@ const RENEW_BEFORE: time::Duration = time::Duration::days(30);
 /// Server names whose certificates are cached; past it, the oldest goes.
 pub const MAX_CACHED: usize = 4096;
 
-/// A minted certificate and when it stops being served.
+/// TLS 1.2 sessions (by id) kept for resumption, over all names; TLS 1.3
+/// resumes from tickets and stores nothing.
+const SESSION_CACHE: usize = 4096;
+
+/// A minted certificate, the server configs built on it (by ALPN list),
+/// and when it stops being served.
 struct Cached {
     key: Arc<CertifiedKey>,
+    configs: Vec<(Vec<Vec<u8>>, Arc<ServerConfig>)>,
     minted: time::OffsetDateTime,
     renew_at: time::OffsetDateTime,
 }
@@ -70,6 +81,8 @@ pub struct LocalCa {
     issuer: Issuer<'static, KeyPair>,
     cert_pem: String,
     cache: Mutex<HashMap<String, Cached>>,
+    sessions: Arc<dyn StoresServerSessions>,
+    tickets: Arc<dyn ProducesTickets>,
 }
 
 impl LocalCa {
@@ -114,6 +127,8 @@ impl LocalCa {
             issuer,
             cert_pem,
             cache: Mutex::new(HashMap::new()),
+            sessions: rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE),
+            tickets: rustls::crypto::ring::Ticketer::new()?,
         })
     }
 
@@ -130,6 +145,50 @@ impl LocalCa {
     /// [`TlsError::Rcgen`] when minting fails.
     pub fn certified_key(&self, server_name: &str) -> Result<Arc<CertifiedKey>, TlsError> {
         self.certified_key_at(server_name, time::OffsetDateTime::now_utc())
+    }
+
+    /// The server config towards an agent that dialled `server_name`:
+    /// presenting its certificate ([`LocalCa::certified_key`]) and offering
+    /// exactly the ALPN ids `alpn` (RFC 7301; empty for none). Built once
+    /// per (name, ALPN list) and kept with the certificate, so it is rebuilt
+    /// when the certificate is re-minted; every config shares the CA's
+    /// session store and ticket keys.
+    ///
+    /// # Errors
+    /// [`TlsError::Rcgen`] when minting fails, [`TlsError::Rustls`] when the
+    /// protocol versions cannot be set up.
+    pub fn agent_config(
+        &self,
+        server_name: &str,
+        alpn: &[&[u8]],
+    ) -> Result<Arc<ServerConfig>, TlsError> {
+        let key = self.certified_key(server_name)?;
+        let matches = |ids: &Vec<Vec<u8>>| ids.iter().map(Vec::as_slice).eq(alpn.iter().copied());
+        let mut cache = self.cache.lock().unwrap();
+        let entry = cache
+            .get_mut(server_name)
+            .filter(|hit| Arc::ptr_eq(&hit.key, &key));
+        if let Some(hit) = entry
+            .as_ref()
+            .and_then(|e| e.configs.iter().find(|(ids, _)| matches(ids)))
+        {
+            return Ok(hit.1.clone());
+        }
+        let mut cfg =
+            ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()?
+                .with_no_client_auth()
+                .with_cert_resolver(Arc::new(MintedCert(key)));
+        cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        cfg.session_storage = self.sessions.clone();
+        cfg.ticketer = self.tickets.clone();
+        let cfg = Arc::new(cfg);
+        if let Some(entry) = entry {
+            entry
+                .configs
+                .push((cfg.alpn_protocols.clone(), cfg.clone()));
+        }
+        Ok(cfg)
     }
 
     /// [`LocalCa::certified_key`] with the clock read as `now`.
@@ -158,6 +217,7 @@ impl LocalCa {
             server_name.to_string(),
             Cached {
                 key: ck.clone(),
+                configs: Vec::new(),
                 minted: now,
                 renew_at: now + LEAF_LIFETIME - RENEW_BEFORE,
             },
@@ -220,26 +280,14 @@ fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
     f.sync_all()
 }
 
-/// A server config presenting `cert`, offering the ALPN ids among
-/// [`SERVABLE_ALPN`] that the agent offered (`offered`), in our preference.
-///
-/// # Errors
-/// [`TlsError::Rustls`] when the protocol versions cannot be set up.
-pub fn agent_server_config(
-    cert: Arc<CertifiedKey>,
-    offered: &[&[u8]],
-) -> Result<Arc<ServerConfig>, TlsError> {
-    let mut cfg =
-        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()?
-            .with_no_client_auth()
-            .with_cert_resolver(Arc::new(MintedCert(cert)));
-    cfg.alpn_protocols = SERVABLE_ALPN
+/// The ALPN ids among [`SERVABLE_ALPN`] that the agent offered
+/// (`offered`), in our preference order: what an HTTP agent is offered.
+pub fn servable_alpn<'a>(offered: &[&[u8]]) -> Vec<&'a [u8]> {
+    SERVABLE_ALPN
         .iter()
+        .copied()
         .filter(|p| offered.contains(p))
-        .map(|p| p.to_vec())
-        .collect();
-    Ok(Arc::new(cfg))
+        .collect()
 }
 
 /// The client config for a service's upstream: system roots, or only
@@ -318,5 +366,72 @@ mod tests {
         assert_eq!(cache.len(), MAX_CACHED);
         assert!(!cache.contains_key("h0.test"), "the oldest went first");
         assert!(cache.contains_key(&format!("h{}.test", MAX_CACHED + 9)));
+    }
+
+    /// Runs a handshake between `client` and `server` in memory.
+    fn handshake(client: &mut rustls::ClientConnection, server: &mut rustls::ServerConnection) {
+        let mut wire = Vec::new();
+        while client.is_handshaking()
+            || server.is_handshaking()
+            || client.wants_write()
+            || server.wants_write()
+        {
+            wire.clear();
+            client.write_tls(&mut wire).unwrap();
+            server.read_tls(&mut wire.as_slice()).unwrap();
+            server.process_new_packets().unwrap();
+            wire.clear();
+            server.write_tls(&mut wire).unwrap();
+            client.read_tls(&mut wire.as_slice()).unwrap();
+            client.process_new_packets().unwrap();
+        }
+    }
+
+    #[test]
+    fn agent_configs_are_shared_per_name_and_alpn_and_the_next_connection_resumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = LocalCa::load_or_create(dir.path()).unwrap();
+        let h1: &[&[u8]] = &[b"http/1.1"];
+        let first = ca.agent_config("api.test", h1).unwrap();
+        assert!(Arc::ptr_eq(
+            &first,
+            &ca.agent_config("api.test", h1).unwrap()
+        ));
+        let both = ca.agent_config("api.test", &SERVABLE_ALPN).unwrap();
+        assert!(!Arc::ptr_eq(&first, &both));
+        assert_eq!(
+            both.alpn_protocols,
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
+        assert!(!Arc::ptr_eq(
+            &first,
+            &ca.agent_config("db.test", h1).unwrap()
+        ));
+
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(ca.cert_pem().as_bytes()).unwrap())
+            .unwrap();
+        let client = Arc::new(
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        );
+        let kinds: Vec<_> = (0..2)
+            .map(|_| {
+                let name = rustls::pki_types::ServerName::try_from("api.test").unwrap();
+                let mut c = rustls::ClientConnection::new(client.clone(), name).unwrap();
+                let config = ca.agent_config("api.test", h1).unwrap();
+                let mut s = rustls::ServerConnection::new(config).unwrap();
+                handshake(&mut c, &mut s);
+                c.handshake_kind().unwrap()
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [rustls::HandshakeKind::Full, rustls::HandshakeKind::Resumed]
+        );
     }
 }

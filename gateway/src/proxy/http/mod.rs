@@ -20,7 +20,7 @@ use tokio_rustls::LazyConfigAcceptor;
 use tracing::{debug, warn};
 
 use super::{Gateway, Intercepted};
-use crate::tls::agent_server_config;
+use crate::tls::servable_alpn;
 
 pub mod counted;
 pub mod credential;
@@ -89,12 +89,7 @@ async fn serve_tls(
             .map(|(_, s)| s.host.clone())
             .unwrap_or_default(),
     };
-    let config = match gw
-        .guard
-        .ca
-        .certified_key(&name)
-        .and_then(|ck| agent_server_config(ck, &offered))
-    {
+    let config = match gw.guard.ca.agent_config(&name, &servable_alpn(&offered)) {
         Ok(c) => c,
         Err(e) => return warn!(error = %e, "cannot mint a certificate"),
     };

@@ -22,7 +22,7 @@ use super::{
     codec::{self, backend, CodecError, Reader},
     BoxIo,
 };
-use crate::tls::{agent_server_config, LocalCa};
+use crate::tls::LocalCa;
 
 const SSL_REQUEST: i32 = 80877103;
 const GSSENC_REQUEST: i32 = 80877104;
@@ -204,10 +204,10 @@ async fn accept_tls(
     alpn: Alpn,
 ) -> Result<BoxIo, StartupError> {
     let tls_error = |e: &dyn std::fmt::Display| StartupError::Tls(e.to_string());
-    let cert = ca.certified_key(host).map_err(|e| tls_error(&e))?;
-    let mut config = (*agent_server_config(cert, &[]).map_err(|e| tls_error(&e))?).clone();
-    config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
-    let stream = TlsAcceptor::from(std::sync::Arc::new(config))
+    let config = ca
+        .agent_config(host, &[ALPN_POSTGRESQL])
+        .map_err(|e| tls_error(&e))?;
+    let stream = TlsAcceptor::from(config)
         .accept(io)
         .await
         .map_err(|e| tls_error(&e))?;
