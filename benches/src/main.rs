@@ -1,4 +1,4 @@
-//! `sluice-bench [--quick] [--only A,B] [--out FILE]`: Sluice against direct
+//! `sluice-bench [--quick] [--only A,B] [--out FILE] [--compare OLD.json]`: Sluice against direct
 //! connections, pgbouncer and nginx, measured side by side in one run.
 //!
 //! `cargo xtask bench` builds this (release, with `sluice` itself) and runs
@@ -15,6 +15,7 @@ use std::{path::PathBuf, time::Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
+mod compare;
 mod cpu;
 mod http;
 mod peers;
@@ -23,9 +24,11 @@ mod redirect;
 mod rig;
 mod scale;
 mod stats;
+mod targets;
 mod tools;
 
-use stats::{Check, Table, Target};
+use stats::Table;
+use targets::TARGETS;
 
 /// Sizes and durations of one run.
 #[derive(Debug, Clone)]
@@ -89,72 +92,6 @@ const SCENARIOS: [&str; 7] = [
     "scale",
 ];
 
-/// The targets of the issue.
-const TARGETS: &[Target] = &[
-    Target {
-        text: "pgbench prepared: sluice ≥ 1.0× pgbouncer",
-        table: "pg-prepared.tps",
-        check: Check::RatioAtLeast {
-            system: "sluice",
-            other: "pgbouncer",
-            min: 1.0,
-        },
-    },
-    Target {
-        text: "pgbench prepared: sluice ≥ 0.85× direct",
-        table: "pg-prepared.tps",
-        check: Check::RatioAtLeast {
-            system: "sluice",
-            other: "direct",
-            min: 0.85,
-        },
-    },
-    Target {
-        text: "pgbench simple: sluice ≥ 0.8× pgbouncer",
-        table: "pg-simple.tps",
-        check: Check::RatioAtLeast {
-            system: "sluice",
-            other: "pgbouncer",
-            min: 0.8,
-        },
-    },
-    Target {
-        text: "HTTPS keep-alive: sluice ≥ 1.0× nginx req/s",
-        table: "https-h1.rps",
-        check: Check::RatioAtLeast {
-            system: "sluice",
-            other: "nginx",
-            min: 1.0,
-        },
-    },
-    Target {
-        text: "HTTPS keep-alive: sluice p99 ≤ nginx p99",
-        table: "https-h1.p99",
-        check: Check::RatioAtMost {
-            system: "sluice",
-            other: "nginx",
-            max: 1.0,
-        },
-    },
-    Target {
-        text: "redirect: ≤ 2 µs added per connect",
-        table: "redirect.us",
-        check: Check::DeltaAtMost {
-            system: redirect::REDIRECTED,
-            other: redirect::TO_SLUICE,
-            max: 2.0,
-        },
-    },
-    Target {
-        text: "memory: ≤ 48 KiB RSS per idle connection",
-        table: "scale.rss",
-        check: Check::MedianAtMost {
-            system: "sluice",
-            max: 48.0,
-        },
-    },
-];
-
 struct Args {
     /// Start the rig, print where everything is, and wait for a line on
     /// stdin before running (for profiling by hand).
@@ -162,6 +99,8 @@ struct Args {
     mode: Mode,
     only: Vec<String>,
     out: Option<PathBuf>,
+    /// An earlier run's JSON report to print the change against.
+    compare: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Args> {
@@ -171,6 +110,7 @@ fn parse_args() -> Result<Args> {
     let mut rounds = None;
     let mut connects = None;
     let mut hold = false;
+    let mut compare = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -183,13 +123,19 @@ fn parse_args() -> Result<Args> {
                     .map(str::to_string),
             ),
             "--out" => out = Some(PathBuf::from(args.next().context("--out needs a path")?)),
+            "--compare" => {
+                compare = Some(PathBuf::from(
+                    args.next()
+                        .context("--compare needs an earlier report's path")?,
+                ))
+            }
             "--rounds" => rounds = Some(args.next().context("--rounds needs a number")?.parse()?),
             "--connects" => {
                 connects = Some(args.next().context("--connects needs a number")?.parse()?)
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: sluice-bench [--quick] [--rounds N] [--only {}] [--out FILE]",
+                    "usage: sluice-bench [--quick] [--rounds N] [--only {}] [--out FILE] [--compare OLD.json]",
                     SCENARIOS.join(",")
                 );
                 std::process::exit(0);
@@ -215,6 +161,7 @@ fn parse_args() -> Result<Args> {
         only,
         out,
         hold,
+        compare,
     })
 }
 
@@ -231,6 +178,12 @@ fn main() {
 fn run() -> Result<()> {
     let args = parse_args()?;
     let mode = args.mode.clone();
+    // Read before the run, so a wrong path fails at once.
+    let earlier = args
+        .compare
+        .as_deref()
+        .map(compare::Earlier::load)
+        .transpose()?;
     let wanted = |s: &str| args.only.is_empty() || args.only.iter().any(|o| o == s);
     if !is_root() {
         bail!(
@@ -325,6 +278,9 @@ fn run() -> Result<()> {
             v.text,
             v.measured
         );
+    }
+    if let Some(earlier) = &earlier {
+        print!("{}", earlier.render(&tables));
     }
     println!("\nsluice-bench: done in {:.0}s", elapsed.as_secs_f64());
 
