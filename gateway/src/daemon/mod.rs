@@ -71,11 +71,10 @@ pub async fn run(cfg: Config) -> Result<Arc<Recorder>, StartError> {
         Recorder::open_with(&gwc.log_dir, gwc.recorder_options()).map_err(setup("log_dir"))?;
     let redis_url = gwc.redis_url_with_password().map_err(StartError::Setup)?;
 
-    let v4 = TcpListener::bind(gwc.listen)
-        .await
-        .map_err(setup(&format!("binding gateway.listen {}", gwc.listen)))?;
+    let v4 =
+        listen(gwc.listen).map_err(setup(&format!("binding gateway.listen {}", gwc.listen)))?;
     let v6_addr = SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), gwc.listen.port());
-    let v6 = match TcpListener::bind(v6_addr).await {
+    let v6 = match listen(v6_addr) {
         Ok(l) => Some(l),
         Err(e) => {
             warn!(error = %e, "no IPv6 listener on {v6_addr}; native IPv6 agent connections will be refused");
@@ -85,9 +84,7 @@ pub async fn run(cfg: Config) -> Result<Arc<Recorder>, StartError> {
 
     let mut redirects = Vec::new();
     for addr in cfg.redirect_addrs() {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(setup(&format!("binding agent redirect {addr}")))?;
+        let listener = listen(addr).map_err(setup(&format!("binding agent redirect {addr}")))?;
         redirects.push(listener);
     }
     let netns_cookie = match netns::cookie_of(&v4) {
@@ -222,4 +219,22 @@ fn spawn_bpf_logger(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
             guard.clear_ready();
         }
     });
+}
+
+/// The accept queue asked for (listen(2) `backlog`; the kernel caps it at
+/// `net.core.somaxconn`, 4096 by default since Linux 5.4). A burst of
+/// agent connects that outruns the accept loop waits here instead of having
+/// its SYNs dropped and retransmitted a second later.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// A listener on `addr` with [`LISTEN_BACKLOG`] (and `SO_REUSEADDR`, as
+/// `TcpListener::bind` sets it).
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
