@@ -190,22 +190,37 @@ impl Gateway {
             original_dst,
             peer,
         };
-        // The handler registry: one arm per protocol.
-        let service = match Gateway::route(&snap, original_dst) {
-            Some(Route::Service(idx)) => snap.cfg.services[idx].clone(),
-            Some(Route::PortWide) => return http::serve(self, conn, stream, None).await,
+        // The handler registry: one arm per protocol. Each handler's future
+        // is boxed, so a connection's task holds its own protocol's state
+        // only, not room for the largest handler's; an HTTP connection keeps
+        // the service's name, not a copy of the service.
+        let idx = match Gateway::route(&snap, original_dst) {
+            Some(Route::Service(idx)) => idx,
+            Some(Route::PortWide) => {
+                drop(snap);
+                return Box::pin(http::serve(self, conn, stream, None)).await;
+            }
             None => {
                 return warn!(%original_dst, "no service for this destination any more; closing")
             }
         };
+        let service = &snap.cfg.services[idx];
         match service.kind {
             ServiceKind::Http(_) | ServiceKind::Kubernetes(_) => {
-                http::serve(self, conn, stream, Some(service.name)).await
+                let name = service.name.clone();
+                drop(snap);
+                Box::pin(http::serve(self, conn, stream, Some(name))).await
             }
             ServiceKind::Postgres(_) => {
-                postgres::serve(self, conn, stream, Arc::new(service)).await
+                let service = Arc::new(service.clone());
+                drop(snap);
+                Box::pin(postgres::serve(self, conn, stream, service)).await
             }
-            ServiceKind::Ssh(_) => ssh::serve(self, conn, stream, Arc::new(service)).await,
+            ServiceKind::Ssh(_) => {
+                let service = Arc::new(service.clone());
+                drop(snap);
+                Box::pin(ssh::serve(self, conn, stream, service)).await
+            }
         }
     }
 }
