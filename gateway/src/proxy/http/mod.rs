@@ -133,9 +133,11 @@ where
 {
     let started = Instant::now();
     let svc_ctx = ctx.clone();
+    // The request's future is boxed: hyper keeps room for the service's
+    // future in every connection, idle or not, and the pipeline's is large.
     let svc = service_fn(move |req: Request<Incoming>| {
         let ctx = svc_ctx.clone();
-        async move { Ok::<_, Infallible>(request::handle(ctx, req).await) }
+        async move { Ok::<_, Infallible>(Box::pin(request::handle(ctx, req)).await) }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
