@@ -67,6 +67,9 @@ pub struct Service {
     pub secret: String,
     /// Column (SQL) or JSON field (HTTP) names whose values are masked.
     pub mask: Vec<String>,
+    /// `groups = ["payments"]`: when not empty, a caller authenticated by a
+    /// JWT must be in one of these groups (DESIGN.md §7).
+    pub groups: Vec<String>,
     /// What only this service's protocol has.
     pub kind: ServiceKind,
 }
@@ -245,6 +248,8 @@ pub(super) struct RawService {
     pub(super) mask: Vec<String>,
     #[serde(default)]
     echo_guard: bool,
+    #[serde(default)]
+    groups: Vec<String>,
     /// SSH: the real server's host key, as in known_hosts.
     pub(super) upstream_host_key: Option<String>,
     /// SSH: the channel kinds allowed.
@@ -304,6 +309,7 @@ impl RawService {
             upstream_ca: self.upstream_ca,
             secret: self.credential.secret,
             mask: self.mask,
+            groups: self.groups,
             kind,
         })
     }
