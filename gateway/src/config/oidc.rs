@@ -11,6 +11,9 @@ use super::gateway::humantime_serde_compat;
 
 /// The default `leeway`: clock skew allowed on `exp` and `nbf`.
 pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
+/// The default `jwks_refetch`: the JWKS is fetched again (for an unknown
+/// `kid`) at most this often.
+pub const DEFAULT_JWKS_REFETCH: Duration = Duration::from_secs(60);
 /// The largest `leeway` accepted: a "small" allowance, not a longer token life.
 pub const MAX_LEEWAY: Duration = Duration::from_secs(300);
 
@@ -33,6 +36,8 @@ pub struct RawIssuer {
     client_secret: Option<String>,
     #[serde(default = "default_leeway", with = "humantime_serde_compat")]
     leeway: Duration,
+    #[serde(default = "default_refetch", with = "humantime_serde_compat")]
+    jwks_refetch: Duration,
 }
 
 fn default_groups_claim() -> String {
@@ -41,6 +46,10 @@ fn default_groups_claim() -> String {
 
 fn default_leeway() -> Duration {
     DEFAULT_LEEWAY
+}
+
+fn default_refetch() -> Duration {
+    DEFAULT_JWKS_REFETCH
 }
 
 /// A validated `[[oidc]]` issuer.
@@ -69,6 +78,8 @@ pub struct Issuer {
     pub client: Option<Client>,
     /// Clock skew allowed on `exp` and `nbf`.
     pub leeway: Duration,
+    /// The JWKS is refetched (for an unknown `kid`) at most this often.
+    pub jwks_refetch: Duration,
 }
 
 /// `client_id` and `client_secret`: the console's registration at the issuer.
@@ -128,6 +139,9 @@ impl RawIssuer {
                 ),
             ));
         }
+        if self.jwks_refetch < Duration::from_secs(1) {
+            return Err(("jwks_refetch", "at least 1s (the default is 1m)".into()));
+        }
         let client = match (self.client_id, self.client_secret) {
             (None, None) => None,
             (Some(id), Some(secret)) if !id.is_empty() && !secret.is_empty() => {
@@ -159,6 +173,7 @@ impl RawIssuer {
             resolve: self.resolve,
             client,
             leeway: self.leeway,
+            jwks_refetch: self.jwks_refetch,
         })
     }
 }
