@@ -219,6 +219,10 @@ pub(super) enum RawRule {
         #[serde(default)]
         method: Option<String>,
         path: String,
+        /// The rule applies only to callers in one of these groups (a
+        /// JWT's groups claim, DESIGN.md §7); empty: to every caller.
+        #[serde(default)]
+        groups: Vec<String>,
     },
     Kube(KubeRule),
     /// An SSH command glob: `{ command = "rm *" }`.
@@ -346,9 +350,14 @@ impl RawService {
             rules
                 .iter()
                 .map(|r| match r {
-                    RawRule::Http { method, path } => Ok(HttpRule {
+                    RawRule::Http {
+                        method,
+                        path,
+                        groups,
+                    } => Ok(HttpRule {
                         method: method.clone(),
                         path: path.clone(),
+                        groups: groups.clone(),
                     }),
                     RawRule::Sql(_) | RawRule::Kube(_) | RawRule::Command { .. } => Err(key_error(
                         field,
