@@ -207,7 +207,8 @@ fn oidc_issuer(issuer: &Issuer) -> Result<String, String> {
         .build()
         .map_err(|e| e.to_string())?;
     let name = &issuer.name;
-    let fix = "check oidc.issuer, and oidc.ca / oidc.resolve if the issuer uses a private CA or address";
+    let fix =
+        "check oidc.issuer, and oidc.ca / oidc.resolve if the issuer uses a private CA or address";
     let keys = rt.block_on(async {
         let discovery = identity::fetch::discovery(issuer).await?;
         identity::fetch::jwks(issuer, &discovery.jwks_uri).await
@@ -223,7 +224,9 @@ fn oidc_issuer(issuer: &Issuer) -> Result<String, String> {
             "{name}: the JWKS has no RSA, P-256 or Ed25519 key; tokens from it cannot be checked"
         ));
     }
-    Ok(format!("{name}: discovery and JWKS reachable, {usable} usable key(s)"))
+    Ok(format!(
+        "{name}: discovery and JWKS reachable, {usable} usable key(s)"
+    ))
 }
 
 fn redis(cfg: &Config) -> Result<String, String> {

@@ -134,16 +134,21 @@ impl Session {
     fn token_refusal(&self, e: TokenCheckError) -> Refusal {
         match e {
             TokenCheckError::Rejected(rejection) => {
-                let failures = self.guard().throttle.failure(&self.identity.agent);
-                let reason = format!(
-                    "{rejection} (failure {failures} of this agent within {} s)",
-                    throttle::WINDOW.as_secs()
-                );
-                let message = format!("invalid sluice token: {rejection}");
-                self.auth_fail(RefusalKind::Unauthenticated, &reason, &message)
+                self.failed_guess(&rejection, &format!("invalid sluice token: {rejection}"))
             }
             TokenCheckError::State(e) => self.unavailable(e),
         }
+    }
+
+    /// Counts a refused token or JWT (`why`) as a failed guess of this
+    /// agent, records it and makes the refusal with `message`.
+    pub(super) fn failed_guess(&self, why: &dyn std::fmt::Display, message: &str) -> Refusal {
+        let failures = self.guard().throttle.failure(&self.identity.agent);
+        let reason = format!(
+            "{why} (failure {failures} of this agent within {} s)",
+            throttle::WINDOW.as_secs()
+        );
+        self.auth_fail(RefusalKind::Unauthenticated, &reason, message)
     }
 
     /// The login salt of `scheme` for this session's agent and service

@@ -5,7 +5,7 @@
 //! the caller's, and neither its subject nor its `jti` is revoked. Before
 //! each later operation it is re-checked: expiry locally, revocation when
 //! one was announced since ([`crate::state::JwtRevocation`]).
-use super::{throttle, Refusal, RefusalKind, Session};
+use super::{Refusal, RefusalKind, Session};
 use crate::{
     identity::{Caller, IdentityError},
     policy::glob,
@@ -31,12 +31,19 @@ impl Session {
     /// with the caller, or `auth_fail`.
     pub(super) async fn authenticate_jwt(&self, token: &str) -> Result<(), Refusal> {
         let digest = tokens::digest(token);
-        let known = self.jwt.lock().unwrap().as_ref().is_some_and(|j| j.digest == digest);
+        let known = self
+            .jwt
+            .lock()
+            .unwrap()
+            .as_ref()
+            .is_some_and(|j| j.digest == digest);
         if known {
             return self.recheck_jwt().await;
         }
         let config = self.guard().config();
-        let binding = config.agent(&self.identity.agent).and_then(|a| a.oidc.clone());
+        let binding = config
+            .agent(&self.identity.agent)
+            .and_then(|a| a.oidc.clone());
         let Some(binding) = binding else {
             return Err(self.jwt_refusal(IdentityError::Invalid(format!(
                 "agent {:?} has no oidc binding; it accepts no JWT",
@@ -76,7 +83,12 @@ impl Session {
             ),
         });
         let leeway = i64::try_from(issuer.leeway.as_secs()).unwrap_or(0);
-        *self.jwt.lock().unwrap() = Some(LiveJwt { digest, caller, leeway, epoch });
+        *self.jwt.lock().unwrap() = Some(LiveJwt {
+            digest,
+            caller,
+            leeway,
+            epoch,
+        });
         Ok(())
     }
 
@@ -98,6 +110,17 @@ impl Session {
             j.epoch = epoch;
         }
         Ok(())
+    }
+
+    /// Whether this session's agent is bound to an OIDC issuer (DESIGN.md
+    /// §6): a JWT cannot be checked by a challenge–response login, so a
+    /// database handler must then ask for a cleartext password, over TLS
+    /// only, and pass it as [`super::Presented::Token`].
+    pub fn wants_cleartext_password(&self) -> bool {
+        self.guard()
+            .config()
+            .agent(&self.identity.agent)
+            .is_some_and(|a| a.oidc.is_some())
     }
 
     /// The caller a JWT authenticated in this session, if any.
@@ -127,18 +150,14 @@ impl Session {
     /// as a failed guess; unreachable keys fail closed as unavailable.
     fn jwt_refusal(&self, e: IdentityError) -> Refusal {
         match e {
-            IdentityError::Invalid(why) => {
-                let failures = self.guard().throttle.failure(&self.identity.agent);
-                let reason = format!(
-                    "{why} (failure {failures} of this agent within {} s)",
-                    throttle::WINDOW.as_secs()
-                );
-                self.auth_fail(RefusalKind::Unauthenticated, &reason, &format!("invalid JWT: {why}"))
-            }
+            IdentityError::Invalid(why) => self.failed_guess(&why, &format!("invalid JWT: {why}")),
             IdentityError::Unavailable(why) => {
                 tracing::warn!(error = %why, "OIDC keys unavailable");
                 self.error(why.clone());
-                Refusal::new(RefusalKind::Unavailable, format!("identity provider unavailable: {why}"))
+                Refusal::new(
+                    RefusalKind::Unavailable,
+                    format!("identity provider unavailable: {why}"),
+                )
             }
         }
     }

@@ -39,7 +39,10 @@ pub struct Discovery {
 pub async fn discovery(issuer: &Issuer) -> Result<Discovery, FetchError> {
     let body = get(issuer, &issuer.discovery_url).await?;
     let doc: Discovery = serde_json::from_slice(&body).map_err(|e| {
-        FetchError(format!("{}: not a discovery document ({e})", issuer.discovery_url))
+        FetchError(format!(
+            "{}: not a discovery document ({e})",
+            issuer.discovery_url
+        ))
     })?;
     if doc.issuer.trim_end_matches('/') != issuer.issuer.trim_end_matches('/') {
         return Err(FetchError(format!(
@@ -86,7 +89,11 @@ async fn get_once(issuer: &Issuer, uri: &Uri) -> Result<Bytes, String> {
         .to_string();
     let port = uri.port_u16().unwrap_or(443);
     // The issuer's pinned addresses serve its own host only.
-    let resolve = if host == issuer.host { &issuer.resolve[..] } else { &[] };
+    let resolve = if host == issuer.host {
+        &issuer.resolve[..]
+    } else {
+        &[]
+    };
     let tcp = crate::notify::connect(&host, port, resolve).await?;
     let mut config = upstream_client_config(issuer.ca.as_deref()).map_err(|e| e.to_string())?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -103,10 +110,16 @@ async fn get_once(issuer: &Issuer, uri: &Uri) -> Result<Bytes, String> {
     let request = Request::get(uri.path_and_query().map_or("/", |pq| pq.as_str()))
         .header(header::HOST, authority)
         .header(header::ACCEPT, "application/json")
-        .header(header::USER_AGENT, concat!("sluice/", env!("CARGO_PKG_VERSION")))
+        .header(
+            header::USER_AGENT,
+            concat!("sluice/", env!("CARGO_PKG_VERSION")),
+        )
         .body(Empty::<Bytes>::new())
         .map_err(|e| e.to_string())?;
-    let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
     if !response.status().is_success() {
         return Err(format!("answered {}", response.status()));
     }

@@ -49,7 +49,10 @@ impl IssuerKeys {
     pub async fn key(&self, kid: Option<&str>) -> Result<Jwk, IdentityError> {
         let mut cache = self.cache.lock().await;
         let found = cache.find(kid);
-        let stale = cache.keys.as_ref().is_none_or(|(_, at)| at.elapsed() >= MAX_AGE);
+        let stale = cache
+            .keys
+            .as_ref()
+            .is_none_or(|(_, at)| at.elapsed() >= MAX_AGE);
         if (found.is_none() || stale) && cache.may_fetch(self.issuer.jwks_refetch) {
             self.refresh(&mut cache).await;
         }

@@ -98,7 +98,8 @@ impl Identity {
     /// # Errors
     /// [`IdentityError`]; messages name what failed, never the token.
     pub async fn verify(&self, issuer: &Issuer, token: &str) -> Result<Caller, IdentityError> {
-        let invalid = |what: &str, e: &dyn std::fmt::Display| IdentityError::Invalid(format!("{what}: {e}"));
+        let invalid =
+            |what: &str, e: &dyn std::fmt::Display| IdentityError::Invalid(format!("{what}: {e}"));
         let header = decode_header(token).map_err(|e| invalid("unreadable JWT header", &e))?;
         if !ALGORITHMS.contains(&header.alg) {
             return Err(IdentityError::Invalid(format!(
@@ -107,8 +108,14 @@ impl Identity {
             )));
         }
         let jwk = self.keys(issuer).key(header.kid.as_deref()).await?;
-        if jwk.common.key_algorithm.is_some_and(|a| a.to_string() != format!("{:?}", header.alg)) {
-            return Err(IdentityError::Invalid("the key's alg is not the token's".into()));
+        if jwk
+            .common
+            .key_algorithm
+            .is_some_and(|a| a.to_string() != format!("{:?}", header.alg))
+        {
+            return Err(IdentityError::Invalid(
+                "the key's alg is not the token's".into(),
+            ));
         }
         let key = DecodingKey::from_jwk(&jwk).map_err(|e| invalid("unusable JWK", &e))?;
         let mut validation = Validation::new(header.alg);
@@ -144,7 +151,11 @@ fn caller(issuer: &Issuer, claims: &Value) -> Result<Caller, IdentityError> {
         .filter(|s| !s.is_empty())
         .ok_or_else(|| IdentityError::Invalid("sub is not a string".into()))?;
     let groups = match &claims[issuer.groups_claim.as_str()] {
-        Value::Array(items) => items.iter().filter_map(|g| g.as_str()).map(String::from).collect(),
+        Value::Array(items) => items
+            .iter()
+            .filter_map(|g| g.as_str())
+            .map(String::from)
+            .collect(),
         Value::String(g) => vec![g.clone()],
         _ => Vec::new(),
     };
@@ -170,7 +181,11 @@ mod tests {
         assert!(!looks_like_jwt("a.b.c.d"));
         assert!(!looks_like_jwt("a b.c.d"));
         let jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhIn0.c2ln";
-        for text in [format!("Bearer {jwt}"), format!("ci:{jwt}"), jwt.to_string()] {
+        for text in [
+            format!("Bearer {jwt}"),
+            format!("ci:{jwt}"),
+            jwt.to_string(),
+        ] {
             assert_eq!(&text[find_jwt(&text).unwrap()], jwt);
         }
         assert_eq!(find_jwt("Bearer abc.def.ghi"), None);

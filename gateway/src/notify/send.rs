@@ -134,7 +134,10 @@ pub async fn connect(host: &str, port: u16, resolve: &[IpAddr]) -> Result<TcpStr
             .map_err(|e| format!("cannot resolve {host}: {e}"))?
             .collect()
     } else {
-        resolve.iter().map(|ip| SocketAddr::new(*ip, port)).collect()
+        resolve
+            .iter()
+            .map(|ip| SocketAddr::new(*ip, port))
+            .collect()
     };
     let mut last = format!("{host} has no address");
     for addr in addrs {

@@ -114,7 +114,10 @@ mod tests {
             groups,
         };
         let members = strings(&["ci", "payments"]);
-        assert!(matches!(decide(&[], std::slice::from_ref(&rule), op(&members)), Decision::Hold { .. }));
+        assert!(matches!(
+            decide(&[], std::slice::from_ref(&rule), op(&members)),
+            Decision::Hold { .. }
+        ));
         assert_eq!(decide(&[], &[rule], op(&strings(&["ci"]))), Decision::Allow);
     }
 

@@ -115,13 +115,7 @@ fn authorization_code_with_pkce() {
         location.starts_with(redirect) && location.contains("state=st"),
         "{location}"
     );
-    let code = location
-        .split("code=")
-        .nth(1)
-        .unwrap()
-        .split('&')
-        .next()
-        .unwrap();
+    let code = code_of(location);
     let token = |code: &str, verifier: &str, secret: &str| {
         curl(&[
             "-u",
@@ -151,13 +145,7 @@ fn authorization_code_with_pkce() {
         .unwrap()
         .trim()
         .to_string();
-    let code = location
-        .split("code=")
-        .nth(1)
-        .unwrap()
-        .split('&')
-        .next()
-        .unwrap();
+    let code = code_of(&location);
     let answer: Value = serde_json::from_str(&token(code, &verifier, "s3cret")).unwrap();
     let id = verify(&issuer, answer["id_token"].as_str().unwrap(), "console").unwrap();
     assert_eq!(
@@ -173,4 +161,13 @@ fn authorization_code_with_pkce() {
         &format!("{}/userinfo", issuer.issuer()),
     ]);
     assert!(info.contains("security"), "{info}");
+}
+
+/// The `code` parameter of a redirect `location`.
+fn code_of(location: &str) -> &str {
+    let query = location.split_once('?').map_or("", |(_, q)| q);
+    query
+        .split('&')
+        .find_map(|p| p.strip_prefix("code="))
+        .expect("a code")
 }

@@ -147,11 +147,7 @@ async fn login_and_relay(
 
     // An agent bound to an OIDC issuer may present a JWT: only a cleartext
     // password can carry it, so it is asked for, over TLS only (DESIGN.md §6).
-    let oidc_agent = gw
-        .guard
-        .config()
-        .agent(&session.identity.agent)
-        .is_some_and(|a| a.oidc.is_some());
+    let oidc_agent = session.wants_cleartext_password();
     if oidc_agent && !tls {
         let refused = session.absent("an agent bound to an OIDC issuer logs in over TLS only");
         let _ = session.flush().await;
