@@ -186,7 +186,7 @@ fn good_jwts_reach_the_upstream_with_the_secret_and_bad_ones_get_401() {
 
 #[test]
 fn a_jwt_is_a_postgres_password_over_tls_only() {
-    let (issuer, stack, _dir) = oidc_stack(
+    let (mut issuer, stack, _dir) = oidc_stack(
         "oidc-pg",
         2,
         ServiceSpec::postgres(crate::DB, crate::DB_HOST),
@@ -194,13 +194,30 @@ fn a_jwt_is_a_postgres_password_over_tls_only() {
     );
     let claims = issuer.claims(AUDIENCE, SUBJECT, &["payments"]);
     let good = issuer.mint("ec-1", &claims);
-    let res = stack
-        .psql(
-            &stack.pg_conninfo(crate::DB, &good, "sslmode=require"),
-            &["-At", "-c", "SELECT current_user"],
-        )
-        .unwrap();
-    res.assert_ok();
+    let conninfo = stack.pg_conninfo(crate::DB, &good, "sslmode=require");
+    // No keys can be fetched: the login fails closed (08006), upstream untouched.
+    issuer.stop();
+    let res = stack.psql(&conninfo, &["-c", "SELECT 1"]).unwrap();
+    assert!(
+        res.exit != 0 && res.stderr.contains("identity provider unavailable"),
+        "{}",
+        res.stderr
+    );
+    assert_eq!(
+        stack
+            .postgres(crate::DB)
+            .logins_by(sluice_tests::HbaMethod::ScramSha256),
+        0
+    );
+    issuer.start().unwrap();
+    let res = poll("a login once the issuer is back", WAIT, || {
+        let res = stack
+            .psql(&conninfo, &["-At", "-c", "SELECT current_user"])
+            .unwrap();
+        (res.exit == 0).then_some(res)
+    })
+    .unwrap();
+    assert!(!res.stdout.trim().is_empty());
     // Without TLS the cleartext password is never asked for.
     let res = stack
         .psql(
