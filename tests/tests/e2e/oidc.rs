@@ -405,37 +405,15 @@ fn a_rule_with_groups_holds_only_members_for_approval() {
 
 #[test]
 fn a_jwt_works_as_the_ssh_password() {
-    use std::os::unix::fs::PermissionsExt;
-
     use crate::ssh::{AgentFiles, HOST, SVC};
     let (issuer, stack, _dir) = oidc_stack("oidc-ssh", 6, ServiceSpec::ssh(SVC, HOST), "");
     let agent = AgentFiles::new(&stack);
-    let askpass = agent.dir.join("askpass");
-    let answer = |password: &str| {
-        std::fs::write(&askpass, format!("#!/bin/sh\necho {password}\n")).unwrap();
-        std::fs::set_permissions(&askpass, std::fs::Permissions::from_mode(0o700)).unwrap();
-    };
-    let env = [
-        ("SSH_ASKPASS", askpass.to_str().unwrap()),
-        ("SSH_ASKPASS_REQUIRE", "force"),
-        ("DISPLAY", ":0"),
-    ];
-    let password_only = [
-        "-o",
-        "BatchMode=no",
-        "-o",
-        "PreferredAuthentications=password",
-        "-o",
-        "PubkeyAuthentication=no",
-        "-o",
-        "NumberOfPasswordPrompts=1",
-    ];
-    answer(&issuer.mint("ed-1", &issuer.claims(AUDIENCE, SUBJECT, &[])));
-    let out = agent.ssh(&stack, &env, &password_only, "echo jwt-ok");
+    let good = issuer.mint("ed-1", &issuer.claims(AUDIENCE, SUBJECT, &[]));
+    let out = agent.ssh_with_password(&stack, &good, "echo jwt-ok");
     assert_eq!(out.code, Some(0), "stderr: {}", out.stderr);
     assert_eq!(out.stdout.trim(), "jwt-ok");
-    answer(&issuer.alg_none("ed-1", &issuer.claims(AUDIENCE, SUBJECT, &[])));
-    let refused = agent.ssh(&stack, &env, &password_only, "echo never");
+    let none = issuer.alg_none("ed-1", &issuer.claims(AUDIENCE, SUBJECT, &[]));
+    let refused = agent.ssh_with_password(&stack, &none, "echo never");
     assert_ne!(refused.code, Some(0));
     assert!(!refused.stdout.contains("never"));
     stack.assert_no_secret_leaked();
