@@ -146,6 +146,7 @@ approve = ["DELETE", "UPDATE"]
                     redis_url: redis.url(),
                     agents: vec![agent.to_string()],
                     agent_toml: String::new(),
+                    agent_lines: Vec::new(),
                     cgroup_prefix: "sluice-bench".into(),
                     egress: "deny".into(),
                     gateway_toml,

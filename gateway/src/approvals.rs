@@ -26,6 +26,9 @@ pub struct HoldRequest {
     pub service: String,
     /// The SQL, or `METHOD path` (no bodies, no bind values).
     pub summary: String,
+    /// The caller's `sub` and groups, when a JWT authenticated it.
+    pub subject: Option<String>,
+    pub groups: Vec<String>,
 }
 
 /// How a hold ended.
@@ -116,6 +119,8 @@ pub async fn hold(
         by: None,
         reason: None,
         gateway: gateway.to_string(),
+        subject: req.subject,
+        groups: req.groups,
     };
     if let Err(e) = state.approval_create(&approval).await {
         return Outcome::Unavailable(e.to_string());

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod guard;
+pub mod identity;
 pub mod intercept;
 pub mod metrics;
 pub mod notify;

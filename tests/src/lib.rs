@@ -25,7 +25,8 @@
 //! PostgreSQL 15 server binaries, psql and pgbench, mariadb-server and
 //! mariadb-client, OpenSSH's sshd, ssh, scp, sftp and ssh-keygen with git
 //! for the SSH tests ([`sshd`]), and for the container tests
-//! ([`container`]) runc and iproute2's `ip`.
+//! ([`container`]) runc and iproute2's `ip`, and openssl for the test OIDC
+//! issuer's RSA keys ([`oidc_issuer`]).
 
 pub mod approvals;
 pub mod ca;
@@ -35,6 +36,7 @@ pub mod echo_upstream;
 pub mod kube_api;
 pub mod mariadb;
 pub mod mysql_gate;
+pub mod oidc_issuer;
 pub mod postgres;
 pub mod process;
 pub mod redis;

@@ -57,6 +57,7 @@ impl Stack {
             redis_url: self.redis.url(),
             agents: vec![agent.to_string()],
             agent_toml: String::new(),
+            agent_lines: Vec::new(),
             cgroup_prefix,
             egress: parts.egress,
             gateway_toml: parts.gateway_toml,

@@ -45,6 +45,9 @@ pub struct SluiceOptions {
     /// Extra lines for every `[[agent]]` table, e.g. `redirect = "…"`
     /// (may be empty).
     pub agent_toml: String,
+    /// Extra lines for one `[[agent]]` table: (agent name, lines), e.g. an
+    /// OIDC binding.
+    pub agent_lines: Vec<(String, String)>,
     /// `deny` or `allow`.
     pub egress: String,
     /// Extra `[gateway]` lines, already rendered (may be empty).
@@ -168,6 +171,10 @@ impl Sluice {
                 toml_str(&a.rel),
                 opts.agent_toml,
             ));
+            for (_, lines) in opts.agent_lines.iter().filter(|(n, _)| *n == a.name) {
+                config.push_str(lines);
+                config.push('\n');
+            }
         }
         config.push_str(&opts.services_toml);
         let config_path = dir.join("sluice.toml");

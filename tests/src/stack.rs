@@ -255,6 +255,10 @@ pub struct StackBuilder {
     /// Extra `[gateway]` lines, e.g. `approval_timeout = "2s"`.
     gateway: String,
     redis_password: bool,
+    /// Extra lines for one agent's table: (agent, lines).
+    agent_lines: Vec<(String, String)>,
+    /// Extra top-level tables, e.g. `[[oidc]]` entries.
+    tables: String,
 }
 
 impl StackBuilder {
@@ -301,6 +305,20 @@ impl StackBuilder {
     pub fn agent_line(mut self, toml: &str) -> StackBuilder {
         self.agent_toml.push_str(toml);
         self.agent_toml.push('\n');
+        self
+    }
+
+    /// An extra line for the `[[agent]]` table of `agent` only, e.g. an
+    /// OIDC binding `oidc = { issuer = "ci", subject = "repo:*" }`.
+    pub fn agent_line_for(mut self, agent: &str, toml: &str) -> StackBuilder {
+        self.agent_lines.push((agent.into(), toml.into()));
+        self
+    }
+
+    /// Extra top-level tables, e.g. an `[[oidc]]` entry.
+    pub fn tables(mut self, toml: &str) -> StackBuilder {
+        self.tables.push('\n');
+        self.tables.push_str(toml);
         self
     }
 
@@ -429,9 +447,10 @@ impl StackBuilder {
                 .collect(),
             cgroup_prefix: self.cgroup_prefix,
             agent_toml: self.agent_toml,
+            agent_lines: self.agent_lines,
             egress: self.egress,
             gateway_toml,
-            services_toml,
+            services_toml: services_toml + &self.tables,
         })?;
         let hosts = dir.path().join("agent-hosts");
         let mut hosts_text = String::from("127.0.0.1 localhost\n::1 localhost ip6-localhost\n");
@@ -552,6 +571,8 @@ impl Stack {
             cgroup_prefix: "sluice-test".into(),
             gateway: String::new(),
             redis_password: false,
+            agent_lines: Vec::new(),
+            tables: String::new(),
         }
     }
 

@@ -35,6 +35,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "openssh-server",
     "openssh-client",
     "git",
+    // The test OIDC issuer makes its RSA keys with `openssl genpkey`.
+    "openssl",
 ];
 
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";

@@ -22,7 +22,7 @@ pub const ADMIN_GROUP: &str = "sluice-admin";
 
 #[derive(Subcommand, Debug)]
 pub enum ApprovalsCmd {
-    /// Pending approvals (id, agent, service, summary, created, expires)
+    /// Pending approvals (id, agent, caller, service, summary, created, expires)
     List {
         /// Also show decided, expired and abandoned approvals
         #[arg(long)]
@@ -80,6 +80,7 @@ pub async fn list(cfg: &Config, cmd: ApprovalsCmd, json: bool) -> Result<(), Cli
                 "id": a.id, "agent": a.agent, "pid": a.pid, "uid": a.uid, "service": a.service,
                 "summary": a.summary, "created": time(a.created), "expires": time(a.expires),
                 "status": a.status.as_str(), "by": a.by, "reason": a.reason,
+                "subject": a.subject, "groups": a.groups,
             });
             print_line(&line.to_string())?;
         }
@@ -92,10 +93,10 @@ pub async fn list(cfg: &Config, cmd: ApprovalsCmd, json: bool) -> Result<(), Cli
             "no pending approvals"
         });
     }
-    let rows: Vec<[String; 7]> = approvals.iter().map(row).collect();
+    let rows: Vec<[String; 8]> = approvals.iter().map(row).collect();
     for line in table(
         [
-            "ID", "AGENT", "SERVICE", "SUMMARY", "CREATED", "EXPIRES", "STATUS",
+            "ID", "AGENT", "CALLER", "SERVICE", "SUMMARY", "CREATED", "EXPIRES", "STATUS",
         ],
         &rows,
     ) {
@@ -116,16 +117,23 @@ fn key_file(cfg: &Config) -> Result<(), CliError> {
     print_line(&path.display().to_string())
 }
 
-fn row(a: &Approval) -> [String; 7] {
+fn row(a: &Approval) -> [String; 8] {
     let summary: String = a
         .summary
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .take(60)
         .collect();
+    // The JWT's subject and groups, when one authenticated the caller.
+    let caller = match &a.subject {
+        Some(sub) if a.groups.is_empty() => sub.clone(),
+        Some(sub) => format!("{sub} [{}]", a.groups.join(",")),
+        None => "-".into(),
+    };
     [
         a.id.clone(),
         a.agent.clone(),
+        caller,
         a.service.clone(),
         summary,
         time(a.created),

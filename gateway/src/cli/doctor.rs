@@ -4,7 +4,8 @@ use std::{os::unix::fs::PermissionsExt, path::Path};
 
 use super::CliError;
 use crate::{
-    config::{Agent, Config},
+    config::{oidc::Issuer, Agent, Config},
+    identity,
     intercept::{cgroup, procs, programs},
     state::State,
 };
@@ -72,6 +73,12 @@ pub fn run(path: &Path) -> Result<(), CliError> {
                 checks.push(Check {
                     name: "containers",
                     result: netns_cookie(),
+                });
+            }
+            for issuer in &cfg.oidc {
+                checks.push(Check {
+                    name: "oidc",
+                    result: oidc_issuer(issuer),
                 });
             }
             for agent in &cfg.agents {
@@ -190,6 +197,36 @@ fn vault_key(cfg: &Config) -> Result<String, String> {
         ));
     }
     Ok(format!("{} is 32 bytes, mode 600", path.display()))
+}
+
+/// Whether `issuer`'s discovery document and JWKS can be fetched and
+/// hold at least one key Sluice accepts.
+fn oidc_issuer(issuer: &Issuer) -> Result<String, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let name = &issuer.name;
+    let fix =
+        "check oidc.issuer, and oidc.ca / oidc.resolve if the issuer uses a private CA or address";
+    let keys = rt.block_on(async {
+        let discovery = identity::fetch::discovery(issuer).await?;
+        identity::fetch::jwks(issuer, &discovery.jwks_uri).await
+    });
+    let keys = keys.map_err(|e| format!("{name}: {e}; {fix}"))?;
+    let usable = keys
+        .keys
+        .iter()
+        .filter(|k| jsonwebtoken::DecodingKey::from_jwk(k).is_ok())
+        .count();
+    if usable == 0 {
+        return Err(format!(
+            "{name}: the JWKS has no RSA, P-256 or Ed25519 key; tokens from it cannot be checked"
+        ));
+    }
+    Ok(format!(
+        "{name}: discovery and JWKS reachable, {usable} usable key(s)"
+    ))
 }
 
 fn redis(cfg: &Config) -> Result<String, String> {

@@ -8,7 +8,7 @@ use clap::Subcommand;
 use super::{sessions::print_line, CliError};
 use crate::{
     config::Config,
-    state::{State, StateError, StateKeys},
+    state::{JwtRevocation, State, StateError, StateKeys},
     tokens::{TokenRecord, TOKEN_PREFIX},
 };
 
@@ -32,10 +32,18 @@ pub enum TokenCmd {
     },
     /// List known tokens: id, agent, service, expiry, state (never the token)
     List,
-    /// Revoke a token, given as the token itself or its id (tok_…)
+    /// Revoke a token, given as the token itself or its id (tok_…), or
+    /// OIDC JWTs by subject or jti (DESIGN.md §7)
     Revoke {
         /// The token (slt_…) or its id (tok_…)
-        token_or_id: String,
+        #[arg(required_unless_present_any = ["subject", "jti"], conflicts_with_all = ["subject", "jti"])]
+        token_or_id: Option<String>,
+        /// Refuse every JWT with this `sub` issued until now, on every gateway
+        #[arg(long, conflicts_with = "jti")]
+        subject: Option<String>,
+        /// Refuse the JWT with this `jti`, on every gateway
+        #[arg(long)]
+        jti: Option<String>,
     },
 }
 
@@ -114,8 +122,21 @@ pub async fn run(cfg: &Config, cmd: TokenCmd, json: bool) -> Result<(), CliError
                 print_table(&records, now)
             }
         }
-        TokenCmd::Revoke { token_or_id } => {
+        TokenCmd::Revoke {
+            token_or_id,
+            subject,
+            jti,
+        } => {
             let state = open(cfg).await?;
+            let jwt = match (subject, jti) {
+                (Some(s), _) => Some(JwtRevocation::Subject(s)),
+                (None, Some(j)) => Some(JwtRevocation::Jti(j)),
+                (None, None) => None,
+            };
+            if let Some(what) = jwt {
+                return Ok(state.revoke_jwt(&what).await?);
+            }
+            let token_or_id = token_or_id.unwrap_or_default();
             let given_token = token_or_id.starts_with(TOKEN_PREFIX);
             match (state.revoke(&token_or_id).await?, given_token) {
                 (true, _) => Ok(()),

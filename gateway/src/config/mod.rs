@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 mod gateway;
 pub mod notify;
+pub mod oidc;
 mod service;
 mod ssh;
 
@@ -47,6 +48,8 @@ pub struct Config {
     pub services: Vec<Service>,
     /// `[[notify]]` targets (DESIGN.md §9).
     pub notify: Vec<notify::Target>,
+    /// `[[oidc]]` issuers whose JWTs are accepted (DESIGN.md §7).
+    pub oidc: Vec<oidc::Issuer>,
 }
 
 /// `egress = "deny" | "allow"`.
@@ -80,6 +83,10 @@ pub struct Agent {
     /// using `gateway.listen`.
     #[serde(default)]
     pub redirect: Option<std::net::SocketAddr>,
+    /// `oidc = { issuer, subject }`: JWTs from that `[[oidc]]` issuer whose
+    /// `sub` matches the glob authenticate this agent (DESIGN.md §7).
+    #[serde(default)]
+    pub oidc: Option<oidc::Binding>,
 }
 
 #[derive(Deserialize)]
@@ -93,6 +100,8 @@ struct RawConfig {
     services: Vec<RawService>,
     #[serde(default, rename = "notify")]
     notify: Vec<notify::RawTarget>,
+    #[serde(default, rename = "oidc")]
+    oidc: Vec<oidc::RawIssuer>,
 }
 
 impl Config {
@@ -147,12 +156,15 @@ impl Config {
                     .map_err(|(field, message)| err((format!("notify[{i}].{field}"), message)))
             })
             .collect::<Result<_, _>>()?;
+        let oidc = parse_issuers(raw.oidc).map_err(err)?;
+        check_bindings(&raw.agents, &oidc).map_err(err)?;
         Ok(Config {
             path: path.to_path_buf(),
             gateway: raw.gateway,
             agents: raw.agents,
             services,
             notify,
+            oidc,
         })
     }
 
@@ -168,6 +180,11 @@ impl Config {
     /// The agent named `name`.
     pub fn agent(&self, name: &str) -> Option<&Agent> {
         self.agents.iter().find(|a| a.name == name)
+    }
+
+    /// The `[[oidc]]` issuer named `name`.
+    pub fn issuer(&self, name: &str) -> Option<&oidc::Issuer> {
+        self.oidc.iter().find(|i| i.name == name)
     }
 
     /// The service named `name`.
@@ -230,6 +247,44 @@ fn parse_services(raw: Vec<RawService>) -> Result<Vec<Service>, KeyError> {
                 .map_err(|(field, message)| (format!("{key}.{field}"), message))
         })
         .collect()
+}
+
+fn parse_issuers(raw: Vec<oidc::RawIssuer>) -> Result<Vec<oidc::Issuer>, KeyError> {
+    let mut names = std::collections::HashSet::new();
+    raw.into_iter()
+        .enumerate()
+        .map(|(i, o)| {
+            let key = format!("oidc[{i}] ({})", o.name());
+            if !valid_name(o.name()) || !names.insert(o.name().to_string()) {
+                return Err((
+                    format!("{key}.name"),
+                    "must be unique; use letters, digits, '-', '_' or '.'".into(),
+                ));
+            }
+            o.validate()
+                .map_err(|(field, message)| (format!("{key}.{field}"), message))
+        })
+        .collect()
+}
+
+/// Every agent's `oidc.issuer` names an `[[oidc]]` entry.
+fn check_bindings(agents: &[Agent], issuers: &[oidc::Issuer]) -> Result<(), KeyError> {
+    for (i, a) in agents.iter().enumerate() {
+        let Some(binding) = &a.oidc else { continue };
+        if !issuers.iter().any(|o| o.name == binding.issuer) {
+            return Err((
+                format!("agent[{i}].oidc.issuer"),
+                format!("no [[oidc]] entry is named {:?}", binding.issuer),
+            ));
+        }
+        if binding.subject.is_empty() {
+            return Err((
+                format!("agent[{i}].oidc.subject"),
+                "must be a glob on the token's sub, e.g. \"repo:acme/app:*\"".into(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn check_gateway(gw: &Gateway) -> Result<(), KeyError> {
@@ -401,6 +456,23 @@ mask = ["secrets"]"#,
             parse(no_header).unwrap_err().key,
             "service[0] (k).credential.header"
         );
+    }
+
+    #[test]
+    fn oidc_issuers_and_bindings_from_design_parse() {
+        let text = |issuer: &str| {
+            format!(
+                "[[oidc]]\nname='ci'\nissuer='https://token.actions.example'\naudience='sluice'\n\
+                 [[agent]]\nname='deploy-bot'\ncgroup='sluice/deploy-bot'\n\
+                 oidc={{ issuer='{issuer}', subject='repo:acme/app:ref:refs/heads/*' }}\n"
+            )
+        };
+        let cfg = parse(&text("ci")).unwrap();
+        assert_eq!(cfg.issuer("ci").unwrap().audience, "sluice");
+        assert_eq!(cfg.agents[0].oidc.as_ref().unwrap().issuer, "ci");
+        assert_eq!(parse(&text("gh")).unwrap_err().key, "agent[0].oidc.issuer");
+        let dup = "[[oidc]]\nname='a'\nissuer='https://x'\naudience='s'\n".repeat(2);
+        assert_eq!(parse(&dup).unwrap_err().key, "oidc[1] (a).name");
     }
 
     #[test]

@@ -67,6 +67,9 @@ pub struct Service {
     pub secret: String,
     /// Column (SQL) or JSON field (HTTP) names whose values are masked.
     pub mask: Vec<String>,
+    /// `groups = ["payments"]`: when not empty, a caller authenticated by a
+    /// JWT must be in one of these groups (DESIGN.md §7).
+    pub groups: Vec<String>,
     /// What only this service's protocol has.
     pub kind: ServiceKind,
 }
@@ -216,6 +219,10 @@ pub(super) enum RawRule {
         #[serde(default)]
         method: Option<String>,
         path: String,
+        /// The rule applies only to callers in one of these groups (a
+        /// JWT's groups claim, DESIGN.md §7); empty: to every caller.
+        #[serde(default)]
+        groups: Vec<String>,
     },
     Kube(KubeRule),
     /// An SSH command glob: `{ command = "rm *" }`.
@@ -245,6 +252,8 @@ pub(super) struct RawService {
     pub(super) mask: Vec<String>,
     #[serde(default)]
     echo_guard: bool,
+    #[serde(default)]
+    groups: Vec<String>,
     /// SSH: the real server's host key, as in known_hosts.
     pub(super) upstream_host_key: Option<String>,
     /// SSH: the channel kinds allowed.
@@ -304,6 +313,7 @@ impl RawService {
             upstream_ca: self.upstream_ca,
             secret: self.credential.secret,
             mask: self.mask,
+            groups: self.groups,
             kind,
         })
     }
@@ -340,9 +350,14 @@ impl RawService {
             rules
                 .iter()
                 .map(|r| match r {
-                    RawRule::Http { method, path } => Ok(HttpRule {
+                    RawRule::Http {
+                        method,
+                        path,
+                        groups,
+                    } => Ok(HttpRule {
                         method: method.clone(),
                         path: path.clone(),
+                        groups: groups.clone(),
                     }),
                     RawRule::Sql(_) | RawRule::Kube(_) | RawRule::Command { .. } => Err(key_error(
                         field,

@@ -2,6 +2,7 @@
 //! (digest, expiry, revocation), behind the token-guessing throttle.
 use super::{throttle, Refusal, RefusalKind, Session};
 use crate::{
+    identity,
     recorder::Event,
     state::{LiveToken, TokenCheckError},
     tokens::{self, Rejection},
@@ -10,7 +11,8 @@ use crate::{
 /// What the agent presented.
 #[derive(Debug, Clone, Copy)]
 pub enum Presented<'a> {
-    /// A token as the agent sent it (`slt_…`; HTTP).
+    /// A token as the agent sent it: `slt_…`, or a JWT of the agent's
+    /// OIDC issuer (HTTP, a cleartext password).
     Token(&'a str),
     /// The [`tokens::digest`] of the token a challenge-response (SCRAM)
     /// proved the agent holds.
@@ -30,6 +32,10 @@ impl Session {
     /// [`RefusalKind::Throttled`], or [`RefusalKind::Unavailable`] when the
     /// token store is unreachable.
     pub async fn authenticate(&self, presented: Presented<'_>) -> Result<(), Refusal> {
+        let jwt = match presented {
+            Presented::Token(token) if identity::looks_like_jwt(token) => Some(token),
+            _ => None,
+        };
         let digest = match presented {
             Presented::Token(token) => Some(tokens::digest(token)),
             Presented::Digest(digest) => Some(digest.to_string()),
@@ -42,6 +48,9 @@ impl Session {
                 wait.as_millis().max(1)
             );
             return Err(self.auth_fail(RefusalKind::Throttled, &msg, &msg));
+        }
+        if let Some(jwt) = jwt {
+            return self.authenticate_jwt(jwt).await;
         }
         let checked = match digest {
             Some(digest) => self.check(&digest).await,
@@ -71,6 +80,9 @@ impl Session {
     /// passed yet.
     pub async fn recheck(&self) -> Result<(), Refusal> {
         let known = self.live.lock().unwrap().clone();
+        if known.is_none() && self.jwt.lock().unwrap().is_some() {
+            return self.recheck_jwt().await;
+        }
         let Some(mut token) = known else {
             return Err(self.token_refusal(Rejection::Unknown.into()));
         };
@@ -122,16 +134,21 @@ impl Session {
     fn token_refusal(&self, e: TokenCheckError) -> Refusal {
         match e {
             TokenCheckError::Rejected(rejection) => {
-                let failures = self.guard().throttle.failure(&self.identity.agent);
-                let reason = format!(
-                    "{rejection} (failure {failures} of this agent within {} s)",
-                    throttle::WINDOW.as_secs()
-                );
-                let message = format!("invalid sluice token: {rejection}");
-                self.auth_fail(RefusalKind::Unauthenticated, &reason, &message)
+                self.failed_guess(&rejection, &format!("invalid sluice token: {rejection}"))
             }
             TokenCheckError::State(e) => self.unavailable(e),
         }
+    }
+
+    /// Counts a refused token or JWT (`why`) as a failed guess of this
+    /// agent, records it and makes the refusal with `message`.
+    pub(super) fn failed_guess(&self, why: &dyn std::fmt::Display, message: &str) -> Refusal {
+        let failures = self.guard().throttle.failure(&self.identity.agent);
+        let reason = format!(
+            "{why} (failure {failures} of this agent within {} s)",
+            throttle::WINDOW.as_secs()
+        );
+        self.auth_fail(RefusalKind::Unauthenticated, &reason, message)
     }
 
     /// The login salt of `scheme` for this session's agent and service
@@ -174,14 +191,14 @@ impl Session {
     }
 
     /// Records that the token store is unreachable and makes the refusal.
-    fn unavailable(&self, e: impl std::fmt::Display) -> Refusal {
+    pub(super) fn unavailable(&self, e: impl std::fmt::Display) -> Refusal {
         tracing::warn!(error = %e, "token store unavailable");
         let message = "token store (Redis) unavailable; try again later";
         self.error(message);
         Refusal::new(RefusalKind::Unavailable, message)
     }
 
-    fn auth_fail(&self, kind: RefusalKind, reason: &str, message: &str) -> Refusal {
+    pub(super) fn auth_fail(&self, kind: RefusalKind, reason: &str, message: &str) -> Refusal {
         let _ = self.record(Event::AuthFail {
             reason: reason.to_string(),
         });

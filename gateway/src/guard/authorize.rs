@@ -72,12 +72,15 @@ impl Session {
     /// [`RefusalKind::Unavailable`] when the approval store is unreachable.
     pub async fn hold(&self, rule: &str, summary: &str) -> Result<(), Refusal> {
         let id = &self.identity;
+        let caller = self.caller();
         let req = HoldRequest {
             agent: id.agent.clone(),
             pid: id.pid,
             uid: id.uid,
             service: self.service().name.clone(),
             summary: summary.to_string(),
+            subject: caller.as_ref().map(|c| c.subject.clone()),
+            groups: caller.map(|c| c.groups).unwrap_or_default(),
         };
         let guard = self.guard();
         let timeout = guard.config().gateway.approval_timeout;

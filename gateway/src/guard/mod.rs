@@ -37,6 +37,7 @@ use crate::{
 
 mod authenticate;
 mod authorize;
+mod jwt;
 mod refusal;
 mod session;
 pub mod throttle;
@@ -90,6 +91,8 @@ pub struct Guard {
     pub metrics: Arc<Metrics>,
     /// Failed token checks per agent.
     throttle: throttle::AuthThrottle,
+    /// The `[[oidc]]` issuers' key caches.
+    pub identity: crate::identity::Identity,
 }
 
 /// The parts a [`Guard`] is made of.
@@ -122,6 +125,7 @@ impl Guard {
             recorder,
             metrics,
             throttle: Default::default(),
+            identity: Default::default(),
         }
     }
 

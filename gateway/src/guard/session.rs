@@ -21,12 +21,14 @@ pub struct Session {
     /// and masks stay fixed for the session ([`Session::with_current`] has the
     /// rules now).
     service: Arc<Service>,
-    record: SessionRecord,
+    pub(super) record: SessionRecord,
     /// Whether the `open` line is written (set once, by [`Session::opened`]).
     open_written: tokio::sync::OnceCell<bool>,
     /// The last token that passed, re-checked cheaply before each
     /// operation. The lock is never held across an `.await`.
     pub(super) live: std::sync::Mutex<Option<LiveToken>>,
+    /// The last JWT that passed (DESIGN.md §7), re-checked likewise.
+    pub(super) jwt: std::sync::Mutex<Option<super::jwt::LiveJwt>>,
 }
 
 impl Session {
@@ -43,6 +45,7 @@ impl Session {
             record,
             open_written: tokio::sync::OnceCell::new(),
             live: std::sync::Mutex::new(None),
+            jwt: std::sync::Mutex::new(None),
         }
     }
 

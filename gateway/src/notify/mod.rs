@@ -20,6 +20,7 @@ mod message;
 mod send;
 
 pub use message::{signature, SIGNATURE_HEADER};
+pub use send::connect;
 
 /// Messages queued per target before new ones are dropped.
 pub const QUEUE: usize = 1024;

@@ -1,7 +1,11 @@
 //! Sending notifications: one task per target, one message at a time,
 //! HTTP/1.1 over TLS (verified against the system roots or the target's
 //! `ca`) or plain HTTP on loopback, retried with exponential backoff.
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -75,7 +79,7 @@ async fn post(target: &Target, vault: &VaultCache, msg: &Message) -> Result<(), 
     let request = request
         .body(Full::new(Bytes::from(msg.body.clone())))
         .map_err(|e| e.to_string())?;
-    let tcp = connect(target).await?;
+    let tcp = connect(&target.host, target.port, &target.resolve).await?;
     let status = if target.https {
         let config = upstream_client_config(target.ca.as_deref()).map_err(|e| e.to_string())?;
         let name = ServerName::try_from(target.host.clone()).map_err(|e| e.to_string())?;
@@ -121,21 +125,21 @@ fn host_header(target: &Target) -> String {
     }
 }
 
-/// Connects to the target's pinned addresses, or what DNS says.
-async fn connect(target: &Target) -> Result<TcpStream, String> {
-    let addrs: Vec<SocketAddr> = if target.resolve.is_empty() {
-        tokio::net::lookup_host((target.host.as_str(), target.port))
+/// Connects to `host`:`port` at the pinned addresses `resolve`, or what
+/// DNS says when there are none; `Err` names what failed.
+pub async fn connect(host: &str, port: u16, resolve: &[IpAddr]) -> Result<TcpStream, String> {
+    let addrs: Vec<SocketAddr> = if resolve.is_empty() {
+        tokio::net::lookup_host((host, port))
             .await
-            .map_err(|e| format!("cannot resolve {}: {e}", target.host))?
+            .map_err(|e| format!("cannot resolve {host}: {e}"))?
             .collect()
     } else {
-        target
-            .resolve
+        resolve
             .iter()
-            .map(|ip| SocketAddr::new(*ip, target.port))
+            .map(|ip| SocketAddr::new(*ip, port))
             .collect()
     };
-    let mut last = format!("{} has no address", target.host);
+    let mut last = format!("{host} has no address");
     for addr in addrs {
         match TcpStream::connect(addr).await {
             Ok(s) => return Ok(s),

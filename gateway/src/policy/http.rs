@@ -10,6 +10,9 @@ pub struct HttpRule {
     pub method: Option<String>,
     /// A glob: `*` matches any run of characters.
     pub path: String,
+    /// When not empty, the rule applies only to callers in one of these
+    /// groups (DESIGN.md §7).
+    pub groups: Vec<String>,
 }
 
 impl std::fmt::Display for HttpRule {
@@ -29,6 +32,8 @@ pub struct HttpOperation<'a> {
     /// Readings of the request path without the query, e.g.
     /// `["/v1/customers/42"]`.
     pub paths: &'a [String],
+    /// The caller's groups (from a JWT; empty for an `slt_` token).
+    pub groups: &'a [String],
 }
 
 /// Decides an HTTP operation against a service's `deny` then `approve`
@@ -53,11 +58,13 @@ pub fn decide(deny: &[HttpRule], approve: &[HttpRule], op: HttpOperation<'_>) ->
 
 fn first_match<'r>(rules: &'r [HttpRule], op: HttpOperation<'_>) -> Option<&'r HttpRule> {
     rules.iter().find(|r| {
+        let caller_ok = r.groups.is_empty() || r.groups.iter().any(|g| op.groups.contains(g));
         let method_ok = r
             .method
             .as_deref()
             .is_none_or(|m| m == "*" || op.methods.iter().any(|om| m.eq_ignore_ascii_case(om)));
-        method_ok
+        caller_ok
+            && method_ok
             && op
                 .paths
                 .iter()
@@ -73,6 +80,7 @@ mod tests {
         HttpRule {
             method: Some(method.into()),
             path: path.into(),
+            groups: Vec::new(),
         }
     }
 
@@ -90,8 +98,27 @@ mod tests {
         let op = HttpOperation {
             methods: &methods,
             paths: &paths,
+            groups: &[],
         };
         decide(deny, approve, op)
+    }
+
+    #[test]
+    fn rules_with_groups_apply_only_to_members() {
+        let mut rule = http("POST", "/v1/refunds*");
+        rule.groups = strings(&["payments"]);
+        let (methods, paths) = (strings(&["POST"]), strings(&["/v1/refunds"]));
+        let op = |groups| HttpOperation {
+            methods: &methods,
+            paths: &paths,
+            groups,
+        };
+        let members = strings(&["ci", "payments"]);
+        assert!(matches!(
+            decide(&[], std::slice::from_ref(&rule), op(&members)),
+            Decision::Hold { .. }
+        ));
+        assert_eq!(decide(&[], &[rule], op(&strings(&["ci"]))), Decision::Allow);
     }
 
     #[test]

@@ -35,7 +35,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc, Mutex,
+        Arc, Mutex, OnceLock,
     },
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
@@ -312,6 +312,7 @@ impl Recorder {
             file: Arc::new(SessionFile {
                 id,
                 meta,
+                caller: OnceLock::new(),
                 file,
                 path,
                 chain: Mutex::new(Chain {
@@ -378,6 +379,8 @@ struct Chain {
 struct SessionFile {
     id: String,
     meta: SessionMeta,
+    /// `(subject, groups)` of the JWT that authenticated the session.
+    caller: OnceLock<(String, Vec<String>)>,
     file: File,
     path: PathBuf,
     chain: Mutex<Chain>,
@@ -417,6 +420,13 @@ impl SessionRecord {
     /// The session id, e.g. `s-019a2b3c4d5e-1f2e3d4c`.
     pub fn id(&self) -> &str {
         &self.file.id
+    }
+
+    /// Names the caller a JWT authenticated (DESIGN.md §7): every line
+    /// from now on carries `subject` and `groups` next to `agent`. Set once;
+    /// a later caller of the same session is in its own `auth_ok` line.
+    pub fn set_caller(&self, subject: &str, groups: &[String]) {
+        let _ = self.file.caller.set((subject.to_string(), groups.to_vec()));
     }
 
     /// Queues `event` for the session file and `audit.jsonl`, stamped with

@@ -168,6 +168,11 @@ struct Line<'a> {
     pid: u32,
     uid: u32,
     service: &'a str,
+    /// The caller a JWT named (DESIGN.md §7), once one authenticated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subject: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    groups: Option<&'a [String]>,
     #[serde(flatten)]
     event: &'a Event,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -251,6 +256,8 @@ fn write_session(session: &SessionFile, events: &[Stamped]) -> io::Result<Vec<u8
             pid: session.meta.pid,
             uid: session.meta.uid,
             service: &session.meta.service,
+            subject: session.caller.get().map(|(s, _)| s.as_str()),
+            groups: session.caller.get().map(|(_, g)| g.as_slice()),
             event,
             lines: is_close.then_some(seq),
             head: is_close.then(|| hex::encode(head.clone().finalize())),

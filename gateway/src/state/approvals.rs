@@ -82,11 +82,15 @@ pub struct Approval {
     pub reason: Option<String>,
     /// The gateway instance holding the operation.
     pub gateway: String,
+    /// The caller's `sub` and groups, when a JWT authenticated it
+    /// (DESIGN.md §7).
+    pub subject: Option<String>,
+    pub groups: Vec<String>,
 }
 
 impl Approval {
     fn fields(&self) -> Vec<(&'static str, String)> {
-        vec![
+        let mut fields = vec![
             ("id", self.id.clone()),
             ("agent", self.agent.clone()),
             ("pid", self.pid.to_string()),
@@ -97,7 +101,12 @@ impl Approval {
             ("expires", self.expires.to_string()),
             ("status", self.status.as_str().to_string()),
             ("gateway", self.gateway.clone()),
-        ]
+        ];
+        if let Some(subject) = &self.subject {
+            fields.push(("subject", subject.clone()));
+            fields.push(("groups", self.groups.join("\n")));
+        }
+        fields
     }
 
     fn from_fields(
@@ -125,6 +134,11 @@ impl Approval {
             gateway: take("gateway")?,
             by: f.remove("by"),
             reason: f.remove("reason"),
+            groups: f
+                .remove("groups")
+                .map(|g| g.lines().map(String::from).collect())
+                .unwrap_or_default(),
+            subject: f.remove("subject"),
         }))
     }
 }

@@ -158,24 +158,30 @@ impl StateKeys {
             Some(s) => format!("+{s}"),
             None => "-".to_string(),
         };
-        Ok(mac(
-            self.key("approvals")?,
-            &[
-                b"approval",
-                a.id.as_bytes(),
-                a.agent.as_bytes(),
-                a.pid.to_string().as_bytes(),
-                a.uid.to_string().as_bytes(),
-                a.service.as_bytes(),
-                a.summary.as_bytes(),
-                a.created.to_string().as_bytes(),
-                a.expires.to_string().as_bytes(),
-                a.status.as_str().as_bytes(),
-                opt(&a.by).as_bytes(),
-                opt(&a.reason).as_bytes(),
-                a.gateway.as_bytes(),
-            ],
-        ))
+        let groups = a.groups.join("\n");
+        let (pid, uid) = (a.pid.to_string(), a.uid.to_string());
+        let (created, expires) = (a.created.to_string(), a.expires.to_string());
+        let (by, reason) = (opt(&a.by), opt(&a.reason));
+        let mut parts: Vec<&[u8]> = vec![
+            b"approval",
+            a.id.as_bytes(),
+            a.agent.as_bytes(),
+            pid.as_bytes(),
+            uid.as_bytes(),
+            a.service.as_bytes(),
+            a.summary.as_bytes(),
+            created.as_bytes(),
+            expires.as_bytes(),
+            a.status.as_str().as_bytes(),
+            by.as_bytes(),
+            reason.as_bytes(),
+            a.gateway.as_bytes(),
+        ];
+        // The caller of a JWT (absent otherwise, so older MACs still hold).
+        if let Some(subject) = &a.subject {
+            parts.extend([subject.as_bytes(), groups.as_bytes()]);
+        }
+        Ok(mac(self.key("approvals")?, &parts))
     }
 
     /// These keys, keeping the revocations seen in `file` as well (the

@@ -9,7 +9,10 @@
 //! - `sluice:tokens`: sorted set of token ids scored by expiry;
 //! - `sluice:revoked`: hash of token id → `<expires>:<mac>` of every
 //!   revoked token;
-//! - channel `sluice:revocations`: the id of every revoked token.
+//! - `sluice:jwt-revoked`: revoked OIDC subjects and JWT ids
+//!   ([`jwt_revocations`]);
+//! - channel `sluice:revocations`: the id of every revoked token (or JWT
+//!   revocation).
 //!
 //! Records carry a `mac` field; see [`mac`] for what it binds and why.
 //!
@@ -24,6 +27,7 @@ use redis::{
 
 mod approvals;
 mod handle;
+mod jwt_revocations;
 mod mac;
 mod seen;
 mod tokens;
@@ -31,6 +35,7 @@ mod verifiers;
 
 pub use approvals::{Approval, ApprovalStatus, Decided, APPROVALS_CHANNEL};
 pub use handle::{LiveToken, StateHandle, TokenCheckError};
+pub use jwt_revocations::JwtRevocation;
 pub use mac::{approval_key_path, write_approval_key, StateKeys};
 pub use tokens::{EXPIRED_GRACE, REVOCATIONS_CHANNEL};
 

@@ -27,6 +27,7 @@ mod install_units;
 mod kubernetes;
 mod load;
 mod notify;
+mod oidc;
 mod operate;
 mod own_uid;
 mod pg_clients;

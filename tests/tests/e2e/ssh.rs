@@ -105,6 +105,31 @@ impl AgentFiles {
         .to_vec()
     }
 
+    /// Runs `ssh OPTIONS agent@git.test command` as the agent, logging in
+    /// by password only, with `password` answered by an askpass program.
+    pub(crate) fn ssh_with_password(&self, stack: &Stack, password: &str, command: &str) -> Out {
+        let askpass = self.dir.join("askpass");
+        fs::write(&askpass, format!("#!/bin/sh\necho {password}\n")).unwrap();
+        fs::set_permissions(&askpass, fs::Permissions::from_mode(0o700)).unwrap();
+        let env = [
+            ("SSH_ASKPASS", askpass.to_str().unwrap()),
+            ("SSH_ASKPASS_REQUIRE", "force"),
+            ("DISPLAY", ":0"),
+        ];
+        // Options before the defaults win: password only, prompting allowed.
+        let password_only = [
+            "-o",
+            "BatchMode=no",
+            "-o",
+            "PreferredAuthentications=password",
+            "-o",
+            "PubkeyAuthentication=no",
+            "-o",
+            "NumberOfPasswordPrompts=1",
+        ];
+        self.ssh(stack, &env, &password_only, command)
+    }
+
     /// Runs `ssh [extra] OPTIONS agent@git.test [command]` as the agent.
     fn ssh(&self, stack: &Stack, env: &[(&str, &str)], extra: &[&str], command: &str) -> Out {
         let mut argv: Vec<String> = vec!["ssh".into()];
@@ -270,35 +295,15 @@ fn an_slt_token_works_as_the_ssh_password() {
     let stack = ssh_stack("ssh-password", ServiceSpec::ssh(SVC, HOST));
     let agent = AgentFiles::new(&stack);
     let token = stack.token(SVC).unwrap();
-    let askpass = agent.dir.join("askpass");
-    fs::write(&askpass, format!("#!/bin/sh\necho {token}\n")).unwrap();
-    fs::set_permissions(&askpass, fs::Permissions::from_mode(0o700)).unwrap();
-    let env = [
-        ("SSH_ASKPASS", askpass.to_str().unwrap()),
-        ("SSH_ASKPASS_REQUIRE", "force"),
-        ("DISPLAY", ":0"),
-    ];
-    // Options before the defaults win: password only, prompting allowed.
-    let password_only = [
-        "-o",
-        "BatchMode=no",
-        "-o",
-        "PreferredAuthentications=password",
-        "-o",
-        "PubkeyAuthentication=no",
-        "-o",
-        "NumberOfPasswordPrompts=1",
-    ];
-    let out = agent.ssh(&stack, &env, &password_only, "echo password-ok");
+    let out = agent.ssh_with_password(&stack, &token, "echo password-ok");
     assert_eq!(out.code, Some(0), "stderr: {}", out.stderr);
     assert_eq!(out.stdout.trim(), "password-ok");
 
-    fs::write(
-        &askpass,
-        "#!/bin/sh\necho slt_notarealtoken0000000000000000000000\n",
-    )
-    .unwrap();
-    let refused = agent.ssh(&stack, &env, &password_only, "echo never");
+    let refused = agent.ssh_with_password(
+        &stack,
+        "slt_notarealtoken0000000000000000000000",
+        "echo never",
+    );
     assert_ne!(refused.code, Some(0));
     assert!(!refused.stdout.contains("never"));
     assert!(all_events(&stack).iter().any(|e| e["event"] == "auth_fail"));

@@ -1,4 +1,4 @@
-//! Finding the agent's `slt_…` token in a request and putting the real
+//! Finding the agent's `slt_…` token (or OIDC JWT, DESIGN.md §7) in a request and putting the real
 //! credential in its place (DESIGN.md §4 "Tokens").
 //!
 //! The token may be in any header value (e.g. `Authorization: Bearer slt_…`,
@@ -21,7 +21,7 @@ use hyper::{
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use zeroize::Zeroizing;
 
-use crate::{config::Injection, tokens};
+use crate::{config::Injection, identity, tokens};
 
 /// Characters left unescaped in query values: RFC 3986 unreserved.
 pub(crate) const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
@@ -72,7 +72,8 @@ pub fn find(parts: &Parts) -> Result<Option<FoundToken>, CredentialError> {
     let mut token: Option<Zeroizing<String>> = None;
     let mut places = Vec::new();
     let mut note = |candidate: &str, place: Place| -> Result<(), CredentialError> {
-        let Some(range) = tokens::find(candidate) else {
+        let found = tokens::find(candidate).or_else(|| identity::find_jwt(candidate));
+        let Some(range) = found else {
             return Ok(());
         };
         let t = &candidate[range];

@@ -245,9 +245,11 @@ async fn authorize_http(
         request.body = reply::full(read);
     }
     let summary = format!("{} {}", methods.join("|"), readings.display);
+    let groups = session.caller().map(|c| c.groups).unwrap_or_default();
     let op = Operation::Http(HttpOperation {
         methods: &methods,
         paths: &readings.readings,
+        groups: &groups,
     });
     session
         .authorize(op, &summary)

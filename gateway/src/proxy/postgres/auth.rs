@@ -5,8 +5,14 @@
 //! the verifiers of every live token of this agent and service; the
 //! handler then has the guard check the matching token (agent cgroup,
 //! service, expiry, revocation) and [`accept`]s or refuses with a FATAL.
+//!
+//! An agent bound to an OIDC issuer may present a JWT, which no
+//! challenge–response can check (DESIGN.md §6): for it [`cleartext`] asks
+//! for the password in the clear, and only over TLS; the guard checks the
+//! `slt_` token or JWT it gets.
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use zeroize::Zeroizing;
 
 use super::{
     codec::{self, backend, Reader},
@@ -45,8 +51,9 @@ pub struct Proof {
     /// The digest of the token whose verifier matched; `None` when none
     /// did (a failed guess).
     pub digest: Option<String>,
-    /// The server-final message (`v=…`), sent once the token passed.
-    server_final: String,
+    /// The server-final message (`v=…`), sent once the token passed;
+    /// `None` for a cleartext password.
+    server_final: Option<String>,
 }
 
 /// Why the exchange could not reach a proof. The agent has not been sent
@@ -76,7 +83,8 @@ async fn send<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(())
 }
 
-/// Reads a `SASLInitialResponse`/`SASLResponse` (`p`) message body.
+/// Reads a `SASLInitialResponse`/`SASLResponse`/`PasswordMessage` (`p`)
+/// message body.
 async fn sasl_message<R: AsyncRead + Unpin>(
     reader: &mut Reader<R>,
 ) -> Result<bytes::Bytes, AuthError> {
@@ -138,13 +146,39 @@ where
     Ok(match matched {
         Some((index, server_final)) => Proof {
             digest: Some(candidates[index].0.clone()),
-            server_final,
+            server_final: Some(server_final),
         },
         None => Proof {
             digest: None,
-            server_final: String::new(),
+            server_final: None,
         },
     })
+}
+
+/// Asks for the password in the clear (`AuthenticationCleartextPassword`,
+/// protocol §55.2.1) after `preamble` and reads the `PasswordMessage`:
+/// what the guard then checks as [`crate::guard::Presented::Token`].
+/// The caller makes sure the connection is TLS.
+///
+/// # Errors
+/// [`AuthError`] on a protocol error; nothing has been answered.
+pub async fn cleartext<S>(
+    reader: &mut Reader<S>,
+    mut out: BytesMut,
+) -> Result<(Zeroizing<String>, Proof), AuthError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    backend::auth_cleartext(&mut out);
+    send(reader, &mut out).await?;
+    let body = sasl_message(reader).await?;
+    let mut rest = &body[..];
+    let password = Zeroizing::new(codec::cstr(&mut rest, "PasswordMessage")?.to_string());
+    let proof = Proof {
+        digest: None,
+        server_final: None,
+    };
+    Ok((password, proof))
 }
 
 /// Completes the exchange for a token that passed: SASL final, then
@@ -157,7 +191,9 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut out = BytesMut::new();
-    backend::auth_sasl_data(12, proof.server_final.as_bytes(), &mut out);
+    if let Some(server_final) = &proof.server_final {
+        backend::auth_sasl_data(12, server_final.as_bytes(), &mut out);
+    }
     backend::auth_ok(&mut out);
     send(reader, &mut out).await
 }

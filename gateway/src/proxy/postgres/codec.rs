@@ -260,6 +260,11 @@ pub mod backend {
         });
     }
 
+    /// `AuthenticationCleartextPassword` (code 3).
+    pub fn auth_cleartext(out: &mut BytesMut) {
+        frame(b'R', out, |b| b.put_i32(3));
+    }
+
     /// `AuthenticationOk`.
     pub fn auth_ok(out: &mut BytesMut) {
         frame(b'R', out, |b| b.put_i32(0));

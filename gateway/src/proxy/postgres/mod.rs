@@ -127,7 +127,7 @@ pub async fn serve(
         }
     };
     let started = Instant::now();
-    if let Err(message) = login_and_relay(&gw, &session, reader, startup).await {
+    if let Err(message) = login_and_relay(&gw, &session, reader, startup, tls).await {
         session.error(message);
     }
     session.close(started.elapsed());
@@ -138,13 +138,33 @@ async fn login_and_relay(
     session: &Arc<Session>,
     mut reader: codec::Reader<BoxIo>,
     startup: startup::StartupMessage,
+    tls: bool,
 ) -> Result<(), String> {
     let service = session.service().clone();
     let user = startup.get("user").unwrap_or_default().to_string();
     let mut preamble = BytesMut::new();
     startup::negotiate_protocol_version(&startup, &mut preamble);
 
-    let proof = match auth::prove(&mut reader, session, preamble).await {
+    // An agent bound to an OIDC issuer may present a JWT: only a cleartext
+    // password can carry it, so it is asked for, over TLS only (DESIGN.md §6).
+    let oidc_agent = session.wants_cleartext_password();
+    if oidc_agent && !tls {
+        let refused = session.absent("an agent bound to an OIDC issuer logs in over TLS only");
+        let _ = session.flush().await;
+        let message = format!("{} (connect with sslmode=require)", refused.message);
+        startup::refuse(&mut reader, "28000", &message).await;
+        return Ok(());
+    }
+    let asked = if oidc_agent {
+        auth::cleartext(&mut reader, preamble)
+            .await
+            .map(|(password, proof)| (Some(password), proof))
+    } else {
+        auth::prove(&mut reader, session, preamble)
+            .await
+            .map(|proof| (None, proof))
+    };
+    let (password, proof) = match asked {
         Ok(p) => p,
         Err(auth::AuthError::Refused(refused)) => {
             let _ = session.flush().await;
@@ -158,16 +178,17 @@ async fn login_and_relay(
             return Ok(());
         }
     };
-    let presented = match &proof.digest {
-        Some(digest) => Presented::Digest(digest),
-        None => Presented::Unmatched,
+    let presented = match (&password, &proof.digest) {
+        (Some(password), _) => Presented::Token(password),
+        (None, Some(digest)) => Presented::Digest(digest),
+        (None, None) => Presented::Unmatched,
     };
     if let Err(refused) = session.authenticate(presented).await {
         // The agent gets its ErrorResponse: write the line now, not with
         // the next batch.
         let _ = session.flush().await;
         let message = match refused.kind {
-            RefusalKind::Unauthenticated => format!("password authentication failed for user \"{user}\" (use a valid Sluice token for this agent and service as the password)"),
+            RefusalKind::Unauthenticated => format!("password authentication failed for user \"{user}\" (use a valid Sluice token or OIDC token for this agent and service as the password)"),
             _ => refused.message,
         };
         startup::refuse(&mut reader, sqlstate(&refused.kind), &message).await;
