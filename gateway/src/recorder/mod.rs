@@ -21,7 +21,10 @@
 //! - a session file is never rewritten. While the session is open and the
 //!   daemon runs as root it also carries the append-only inode flag
 //!   ([`append_only`]), cleared when the session closes;
-//! - `audit.jsonl` rotates by size ([`audit`]).
+//! - `audit.jsonl` rotates by size ([`audit`]);
+//! - terminal output (SSH shells and exec, Kubernetes exec/attach) goes to
+//!   `sessions/<session_id>.cast`, an asciicast v2 stream written the same
+//!   way, whose size and SHA-256 the `close` line carries ([`cast`]).
 //!
 //! A session ends with exactly one `close` line: the one its handler
 //! records, or one written when the [`SessionRecord`] is dropped without it.
@@ -40,17 +43,20 @@ use std::{
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
+use bytes::Bytes;
 use rand::{rngs::OsRng, RngCore};
 use sha2::{Digest, Sha256};
 
 pub mod append_only;
 pub mod audit;
+pub mod cast;
 pub mod chain;
 mod writer;
 
 use writer::Writer;
 
 pub use audit::{AuditLog, DEFAULT_ROTATE_BYTES};
+pub use cast::CastSummary;
 
 /// The group that may read session records.
 pub const AUDIT_GROUP: &str = "sluice-audit";
@@ -98,9 +104,16 @@ pub enum Event {
         bytes_up: Option<u64>,
     },
     /// A command run in the session, before its decision (DESIGN.md §4
-    /// "Session records"): an SSH exec command line, or a Kubernetes exec
-    /// or attach (the `command` query parameters, shell-quoted and joined).
-    Command { command: String },
+    /// "Session records"): an SSH exec command line, shell or subsystem
+    /// (`command` is `shell` or the subsystem's name, e.g. `sftp`), or a
+    /// Kubernetes exec or attach (the `command` query parameters,
+    /// shell-quoted and joined). `kind` says which: `exec`, `shell`,
+    /// `subsystem`, `attach`.
+    Command {
+        command: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        kind: Option<&'static str>,
+    },
     /// Refused by policy `rule`.
     Denied { reason: String, rule: String },
     /// Held for a JIT approval of `summary` (the SQL, or `METHOD path`).
@@ -172,6 +185,26 @@ pub struct KubeFields {
     pub name: Option<String>,
 }
 
+/// How a command of the session ended: an SSH channel's `exit-status` or
+/// `exit-signal` (RFC 4254 §6.10), or neither when the channel closed
+/// without one. The `close` line lists them as `exits`, in the order the
+/// channels closed, the first [`MAX_EXITS`] of a session.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CommandExit {
+    /// The SSH channel (agent-side id).
+    pub channel: u32,
+    /// As in its `command` line.
+    pub command: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_status: Option<u32>,
+    /// Signal name without `SIG`, e.g. `TERM`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_signal: Option<String>,
+}
+
+/// How many [`CommandExit`]s a `close` line lists at most.
+pub const MAX_EXITS: usize = 256;
+
 /// Who a session belongs to: the agent identity from interception and the
 /// service it reached.
 #[derive(Debug, Clone)]
@@ -189,12 +222,16 @@ pub struct RecorderOptions {
     /// `audit.jsonl` is rotated before a line would take it past this many
     /// bytes (`[gateway] audit_rotate_bytes`).
     pub audit_rotate_bytes: u64,
+    /// Terminal output a session's `.cast` file records at most; the rest
+    /// is counted as cut (`[gateway] cast_max_bytes`).
+    pub cast_max_bytes: u64,
 }
 
 impl Default for RecorderOptions {
     fn default() -> Self {
         RecorderOptions {
             audit_rotate_bytes: DEFAULT_ROTATE_BYTES,
+            cast_max_bytes: cast::DEFAULT_MAX_BYTES,
         }
     }
 }
@@ -207,6 +244,7 @@ impl Default for RecorderOptions {
 pub struct Recorder {
     sessions_dir: PathBuf,
     group: Option<u32>,
+    cast_max_bytes: u64,
     writer: Arc<Writer>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -291,6 +329,7 @@ impl Recorder {
         Ok(Arc::new(Recorder {
             sessions_dir,
             group,
+            cast_max_bytes: options.cast_max_bytes,
             writer,
             thread: Mutex::new(Some(thread)),
         }))
@@ -307,12 +346,16 @@ impl Recorder {
         let path = self.sessions_dir.join(format!("{id}.jsonl"));
         let file = open_append(&path, self.group, true)?;
         let append_only = append_only::set(&file, &path, true);
+        let cast = cast::CastFile::new(&path, self.group, SystemTime::now());
         Ok(SessionRecord {
             recorder: Arc::clone(self),
             file: Arc::new(SessionFile {
                 id,
                 meta,
                 file,
+                cast: Mutex::new(cast),
+                budget: cast::Budget::new(self.cast_max_bytes),
+                exits: Mutex::new(Vec::new()),
                 path,
                 chain: Mutex::new(Chain {
                     seq: 0,
@@ -379,6 +422,12 @@ struct SessionFile {
     id: String,
     meta: SessionMeta,
     file: File,
+    /// The terminal recording, written by the writer thread.
+    cast: Mutex<cast::CastFile>,
+    /// What the recording may still take.
+    budget: cast::Budget,
+    /// Commands that ended, for the `close` line.
+    exits: Mutex<Vec<CommandExit>>,
     path: PathBuf,
     chain: Mutex<Chain>,
     /// The first write error since the last flush.
@@ -444,6 +493,65 @@ impl SessionRecord {
             .push(self.file.clone(), SystemTime::now(), event);
         self.ticket.store(ticket, Ordering::Release);
         Ok(())
+    }
+
+    /// Notes how a command ended, for the `exits` of the `close` line
+    /// (the first [`MAX_EXITS`]).
+    pub fn command_exit(&self, exit: CommandExit) {
+        let mut exits = self.file.exits.lock().unwrap_or_else(|p| p.into_inner());
+        if exits.len() < MAX_EXITS {
+            exits.push(exit);
+        }
+    }
+
+    /// Queues a terminal size for the session's `.cast` file: the header's
+    /// size and `TERM` (from a pty request) before its first output, a
+    /// resize event after. Ignored after `close`.
+    pub fn terminal_size(&self, cols: u32, rows: u32, term: Option<&str>) {
+        let term = term.map(str::to_string);
+        self.push_cast(cast::Item::Size { cols, rows, term }, None);
+    }
+
+    /// Queues terminal output of `stream` (an SSH channel id, a Kubernetes
+    /// stream number) for the session's `.cast` file. Waits while the
+    /// writer's queue is full ([`cast::QUEUE_BYTES`]); output beyond the
+    /// session's `cast_max_bytes` is counted as cut, once marked in the
+    /// file. Ignored after `close`. The caller passes what the upstream
+    /// program printed, never a secret of Sluice's.
+    pub async fn terminal_output(&self, stream: u32, mut data: Bytes) {
+        let taken = self.file.budget.take(data.len());
+        if taken.first_cut {
+            let max = self.file.budget.max();
+            let note = format!("sluice: output beyond cast_max_bytes ({max} bytes) is not recorded; the close line counts it as cut");
+            self.push_cast(cast::Item::Marker(note), None);
+        }
+        data.truncate(taken.keep);
+        if data.is_empty() {
+            return;
+        }
+        let room = u32::try_from(data.len().min(cast::QUEUE_BYTES)).unwrap_or(u32::MAX);
+        let permit = self
+            .recorder
+            .writer
+            .cast_room
+            .clone()
+            .acquire_many_owned(room)
+            .await
+            .ok();
+        self.push_cast(cast::Item::Output { stream, data }, permit);
+    }
+
+    fn push_cast(&self, item: cast::Item, permit: Option<tokio::sync::OwnedSemaphorePermit>) {
+        let closed = self.closed.lock().unwrap_or_else(|p| p.into_inner());
+        if !*closed {
+            let at = self.started.elapsed();
+            let queued = cast::Queued {
+                at,
+                item,
+                _room: permit,
+            };
+            self.recorder.writer.push_cast(self.file.clone(), queued);
+        }
     }
 
     /// Resolves once every line this session queued is written to its

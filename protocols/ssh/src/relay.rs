@@ -259,32 +259,30 @@ impl<G: Gate> Relay<G> {
         }
     }
 
+    /// Hands exec or shell output to the gate for the recording, once
+    /// recording started on the channel.
+    async fn output(&self, ends: &Ends, stream: Stream, data: &Bytes) {
+        if ends.recording.load(Ordering::Acquire) {
+            let channel = u32::from(ends.id());
+            let data = data.clone();
+            self.gate.output(&self.login, channel, stream, data).await;
+        }
+    }
+
     /// Upstream → agent: until upstream closes the channel (or the agent
     /// side ends this task).
     async fn downstream(self, mut upstream_rx: ChannelReadHalf, ends: Arc<Ends>) {
         let id = ends.id();
         let channel = u32::from(id);
         let agent = &ends.agent;
-        let output = |stream: Stream, data: &Bytes| {
-            if ends.recording.load(Ordering::Acquire) {
-                self.gate.record(
-                    &self.login,
-                    SshEvent::Output {
-                        channel,
-                        stream,
-                        data: data.to_vec(),
-                    },
-                );
-            }
-        };
         while let Some(msg) = upstream_rx.wait().await {
             let sent = match msg {
                 ChannelMsg::Data { data } => {
-                    output(Stream::Stdout, &data);
+                    self.output(&ends, Stream::Stdout, &data).await;
                     agent.data_bytes(data).await
                 }
                 ChannelMsg::ExtendedData { data, ext } => {
-                    output(Stream::Stderr, &data);
+                    self.output(&ends, Stream::Stderr, &data).await;
                     agent.extended_data_bytes(ext, data).await
                 }
                 ChannelMsg::Eof => agent.eof().await,
