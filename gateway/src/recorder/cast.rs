@@ -314,10 +314,14 @@ impl CastFile {
     }
 }
 
-/// `[t, "code", "data"]` and a newline.
+/// `[t, "code", "data"]` and a newline; `t` in seconds to the
+/// microsecond, without trailing zeros (`0.25`, `3.0`).
 fn push_event(out: &mut Vec<u8>, at: Duration, code: &str, data: &str) {
     let data = serde_json::to_string(data).unwrap_or_else(|_| "\"\"".into());
-    out.extend_from_slice(format!("[{:.6}, \"{code}\", {data}]\n", at.as_secs_f64()).as_bytes());
+    let t = format!("{}.{:06}", at.as_secs(), at.subsec_micros());
+    let t = t.trim_end_matches('0');
+    let t = if t.ends_with('.') { format!("{t}0") } else { t.to_string() };
+    out.extend_from_slice(format!("[{t}, \"{code}\", {data}]\n").as_bytes());
 }
 
 /// How many bytes at the end of `b` start a UTF-8 sequence that is not

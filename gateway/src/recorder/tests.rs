@@ -397,7 +397,7 @@ async fn terminal_output_goes_to_a_cast_file_the_close_line_summarises() {
     let close: Value = serde_json::from_str(lines(&session_path(dir.path(), &s)).last().unwrap()).unwrap();
     assert_eq!(close["cast"]["bytes"], cast.len() as u64);
     assert_eq!(close["cast"]["sha256"], hex::encode(Sha256::digest(&cast)));
-    assert_eq!(close["cast"]["cut"], 6);
+    assert_eq!(close["cast"]["cut"], 5);
     assert!(matches!(verify_file(&session_path(dir.path(), &s)), Verdict::Closed { .. }));
 }
 

@@ -300,9 +300,9 @@ mod tests {
         );
         assert_eq!(
             t(
-                json!({"event": "close", "duration_ms": 20, "exits": [{"channel": 0, "command": "echo hi\n", "exit_status": 0}, {"channel": 1, "command": "sleep 9", "exit_signal": "TERM"}]})
+                json!({"event": "close", "duration_ms": 20, "exits": [{"channel": 0, "command": "echo hi\nrm x", "exit_status": 0}, {"channel": 1, "command": "sleep 9", "exit_signal": "TERM"}]})
             ),
-            "close      after 0.020s\n             -> exit 0: echo hi\\n\n             -> killed by SIGTERM: sleep 9"
+            "close      after 0.020s\n             -> exit 0: echo hi\\nrm x\n             -> killed by SIGTERM: sleep 9"
         );
         assert!(!t(json!({"event": "query", "sql": "SELECT 1;\n\u{1b}[2J"}))
             .chars()
