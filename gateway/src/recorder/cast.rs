@@ -5,9 +5,9 @@
 //!
 //! Format: one JSON header line, then one event a line:
 //! - header `{"version": 2, "width": W, "height": H, "timestamp": T, "env":
-//!   {"TERM": …}}`: the size and `TERM` of the first pty request (80×24 and
-//!   no `env` when the output came without one), `T` the session's start in
-//!   Unix seconds;
+//!   {"TERM": …}}`: the size and `TERM` of the first pty request (80×24
+//!   when the output came without one or its size was 0×0, and then no
+//!   `env` without a pty), `T` the session's start in Unix seconds;
 //! - `[t, "o", data]` output (stdout and stderr alike, as a terminal shows
 //!   them), `[t, "r", "COLSxROWS"]` a terminal resize, `[t, "m", label]` a
 //!   marker (Sluice's own notes, e.g. where output was cut). `t` is seconds
@@ -198,10 +198,19 @@ impl CastFile {
         for event in events {
             match &event.item {
                 Item::Size { cols, rows, term } => {
-                    if self.file.is_some() || !bytes.is_empty() {
+                    let started = self.file.is_some() || !bytes.is_empty();
+                    if !started {
+                        if let Some(term) = term {
+                            self.term = Some(term.clone());
+                        }
+                    }
+                    // A pty of unknown size (0×0: the client's stdin is no
+                    // terminal) keeps the size there is.
+                    if *cols == 0 || *rows == 0 {
+                        continue;
+                    }
+                    if started {
                         push_event(&mut bytes, event.at, "r", &format!("{cols}x{rows}"));
-                    } else if let Some(term) = term {
-                        self.term = Some(term.clone());
                     }
                     self.size = (*cols, *rows);
                 }
