@@ -271,10 +271,21 @@ impl<G: Gate> Relay<G> {
 
     /// Upstream → agent: until upstream closes the channel (or the agent
     /// side ends this task).
+    ///
+    /// On a session channel, upstream's EOF is passed on only after its
+    /// `exit-status` or `exit-signal` (or with its close). sshd may send EOF
+    /// first; an OpenSSH client that has sent its own EOF then closes the
+    /// channel at once, and russh answers that close immediately, so an
+    /// exit status still on its way through Sluice would arrive after the
+    /// close and be lost (the client exits 255: the flaky multiplexed
+    /// `echo` of the e2e tests). Holding EOF back keeps sshd's guarantee
+    /// that the status comes before the client can close. Forwarded TCP
+    /// (`direct-tcpip`) keeps its half-close as sent.
     async fn downstream(self, mut upstream_rx: ChannelReadHalf, ends: Arc<Ends>) {
         let id = ends.id();
         let channel = u32::from(id);
         let agent = &ends.agent;
+        let mut held_eof = false;
         while let Some(msg) = upstream_rx.wait().await {
             let sent = match msg {
                 ChannelMsg::Data { data } => {
@@ -285,6 +296,10 @@ impl<G: Gate> Relay<G> {
                     self.output(&ends, Stream::Stderr, &data).await;
                     agent.extended_data_bytes(ext, data).await
                 }
+                ChannelMsg::Eof if ends.terminal => {
+                    held_eof = true;
+                    Ok(())
+                }
                 ChannelMsg::Eof => agent.eof().await,
                 ChannelMsg::ExitStatus { exit_status } => {
                     self.gate.record(
@@ -294,7 +309,8 @@ impl<G: Gate> Relay<G> {
                             status: exit_status,
                         },
                     );
-                    agent.exit_status(exit_status).await
+                    let sent = agent.exit_status(exit_status).await;
+                    sent.and(release_eof(agent, &mut held_eof).await)
                 }
                 ChannelMsg::ExitSignal {
                     signal_name,
@@ -309,7 +325,7 @@ impl<G: Gate> Relay<G> {
                         .server
                         .exit_signal_request(id, signal_name, core_dumped, error_message, lang_tag)
                         .await;
-                    Ok(())
+                    release_eof(agent, &mut held_eof).await
                 }
                 ChannelMsg::Success | ChannelMsg::Failure => {
                     ends.reply(matches!(msg, ChannelMsg::Success));
@@ -327,7 +343,20 @@ impl<G: Gate> Relay<G> {
         if let Ok(mut q) = ends.pending.lock() {
             q.clear();
         }
+        let _ = release_eof(agent, &mut held_eof).await;
         let _ = agent.close().await;
+    }
+}
+
+/// Sends the agent the EOF [`Relay::downstream`] held back, if any.
+async fn release_eof(
+    agent: &ChannelWriteHalf<server::Msg>,
+    held: &mut bool,
+) -> Result<(), russh::Error> {
+    if std::mem::take(held) {
+        agent.eof().await
+    } else {
+        Ok(())
     }
 }
 
