@@ -114,9 +114,11 @@ impl TestCa {
         let builder = if client_auth {
             let mut roots = rustls::RootCertStore::empty();
             roots.add(self.issuer.der().clone())?;
-            let verifier =
-                rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                    .build()?;
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()?;
             builder.with_client_cert_verifier(verifier)
         } else {
             builder.with_no_client_auth()

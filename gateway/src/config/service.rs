@@ -437,7 +437,10 @@ impl RawService {
         }
         for (name, key) in [("client_cert", cert), ("client_key", key)] {
             if key.is_empty() {
-                return Err(key_error(&format!("credential.{name}"), "names a vault secret; must not be empty"));
+                return Err(key_error(
+                    &format!("credential.{name}"),
+                    "names a vault secret; must not be empty",
+                ));
             }
         }
         let others = [

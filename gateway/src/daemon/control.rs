@@ -124,8 +124,8 @@ fn sync_redirects(ctl: &mut Control, cfg: &Config) -> Result<(), String> {
 /// A message when agent cgroups or upstream TLS settings are unusable.
 pub fn snapshot(cfg: Arc<Config>, ctl: &Control, routes: Resolved) -> Result<Snapshot, String> {
     let agents = AgentTable::new(&cfg, &ctl.mount).map_err(|e| format!("agent cgroups: {e}"))?;
-    let http = UpstreamClients::new(&cfg, &ctl.client_certs)
-        .map_err(|e| format!("upstream TLS: {e}"))?;
+    let http =
+        UpstreamClients::new(&cfg, &ctl.client_certs).map_err(|e| format!("upstream TLS: {e}"))?;
     Ok(Snapshot {
         cfg,
         agents: Arc::new(agents),

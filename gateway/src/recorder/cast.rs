@@ -329,7 +329,11 @@ fn push_event(out: &mut Vec<u8>, at: Duration, code: &str, data: &str) {
     let data = serde_json::to_string(data).unwrap_or_else(|_| "\"\"".into());
     let t = format!("{}.{:06}", at.as_secs(), at.subsec_micros());
     let t = t.trim_end_matches('0');
-    let t = if t.ends_with('.') { format!("{t}0") } else { t.to_string() };
+    let t = if t.ends_with('.') {
+        format!("{t}0")
+    } else {
+        t.to_string()
+    };
     out.extend_from_slice(format!("[{t}, \"{code}\", {data}]\n").as_bytes());
 }
 
@@ -382,8 +386,11 @@ mod tests {
         let e = "é".as_bytes();
         cast.write(&[size, output(1, 0, &[b'a', e[0]])], None)
             .unwrap();
-        cast.write(&[output(2, 0, &[e[1], b'\n'])], Some(Duration::from_millis(3)))
-            .unwrap();
+        cast.write(
+            &[output(2, 0, &[e[1], b'\n'])],
+            Some(Duration::from_millis(3)),
+        )
+        .unwrap();
         let text = std::fs::read_to_string(dir.path().join("s-1.cast")).unwrap();
         let lines: Vec<serde_json::Value> = text
             .lines()

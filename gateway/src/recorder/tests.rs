@@ -370,7 +370,8 @@ async fn terminal_output_goes_to_a_cast_file_the_close_line_summarises() {
     let rec = Recorder::open_with(dir.path(), options).unwrap();
     let s = rec.start(meta("ci-bot")).unwrap();
     s.terminal_size(120, 40, Some("xterm-256color"));
-    s.terminal_output(0, Bytes::from_static(b"$ echo hi\r\n")).await;
+    s.terminal_output(0, Bytes::from_static(b"$ echo hi\r\n"))
+        .await;
     s.terminal_output(0, Bytes::from_static(b"hi\r\n$ ")).await;
     s.record(Event::Close { duration_ms: 5 }).unwrap();
     s.flush().await.unwrap();
@@ -385,7 +386,10 @@ async fn terminal_output_goes_to_a_cast_file_the_close_line_summarises() {
         .map(|l| serde_json::from_slice(l).unwrap())
         .collect();
     assert_eq!(events[0]["version"], 2);
-    assert_eq!((events[0]["width"].as_u64(), events[0]["height"].as_u64()), (Some(120), Some(40)));
+    assert_eq!(
+        (events[0]["width"].as_u64(), events[0]["height"].as_u64()),
+        (Some(120), Some(40))
+    );
     assert_eq!(events[0]["env"]["TERM"], "xterm-256color");
     let output: String = events[1..]
         .iter()
@@ -393,12 +397,18 @@ async fn terminal_output_goes_to_a_cast_file_the_close_line_summarises() {
         .map(|e| e[2].as_str().unwrap())
         .collect();
     assert_eq!(output, "$ echo hi\r\nh", "the first 12 bytes only");
-    assert!(events.iter().any(|e| e[1] == "m" && e[2].as_str().unwrap().contains("cast_max_bytes")));
-    let close: Value = serde_json::from_str(lines(&session_path(dir.path(), &s)).last().unwrap()).unwrap();
+    assert!(events
+        .iter()
+        .any(|e| e[1] == "m" && e[2].as_str().unwrap().contains("cast_max_bytes")));
+    let close: Value =
+        serde_json::from_str(lines(&session_path(dir.path(), &s)).last().unwrap()).unwrap();
     assert_eq!(close["cast"]["bytes"], cast.len() as u64);
     assert_eq!(close["cast"]["sha256"], hex::encode(Sha256::digest(&cast)));
     assert_eq!(close["cast"]["cut"], 5);
-    assert!(matches!(verify_file(&session_path(dir.path(), &s)), Verdict::Closed { .. }));
+    assert!(matches!(
+        verify_file(&session_path(dir.path(), &s)),
+        Verdict::Closed { .. }
+    ));
 }
 
 #[tokio::test]

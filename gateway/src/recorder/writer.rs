@@ -114,9 +114,7 @@ impl Writer {
     /// Queues terminal output (or a size, a marker) of `session`; written
     /// with the next batch, which nobody needs to await.
     pub(super) fn push_cast(&self, session: Arc<SessionFile>, queued: cast::Queued) {
-        lock(&self.queue)
-            .lines
-            .push((session, Entry::Cast(queued)));
+        lock(&self.queue).lines.push((session, Entry::Cast(queued)));
     }
 
     /// Resolves once every line up to `ticket` is written (or failed) by
@@ -216,7 +214,11 @@ type Stamped = (SystemTime, Event);
 /// One session's share of a batch: its lines and its terminal output.
 type Share = (Arc<SessionFile>, Vec<Stamped>, Vec<cast::Queued>);
 
-fn write_batch(lines: Vec<(Arc<SessionFile>, Entry)>, audit: &AuditLog, observer: &OnceLock<Observer>) {
+fn write_batch(
+    lines: Vec<(Arc<SessionFile>, Entry)>,
+    audit: &AuditLog,
+    observer: &OnceLock<Observer>,
+) {
     if lines.is_empty() {
         return;
     }
@@ -280,7 +282,11 @@ fn write_batch(lines: Vec<(Arc<SessionFile>, Entry)>, audit: &AuditLog, observer
 
 /// Appends `output` to the session's `.cast` file; before the session's
 /// `close` line (in `events`), what is carried too.
-fn write_cast(session: &SessionFile, events: &[Stamped], output: &[cast::Queued]) -> io::Result<()> {
+fn write_cast(
+    session: &SessionFile,
+    events: &[Stamped],
+    output: &[cast::Queued],
+) -> io::Result<()> {
     let closing = events.iter().find_map(|(_, e)| match e {
         Event::Close { duration_ms } => Some(std::time::Duration::from_millis(*duration_ms)),
         _ => None,

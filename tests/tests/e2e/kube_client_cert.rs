@@ -42,9 +42,16 @@ fn kubectl_with_a_sluice_token_reaches_an_api_server_that_wants_a_client_certifi
     // The key: not as a whole, not a line of it.
     stack.assert_no_secret_leaked();
     let texts = stack.sluice.all_output_text();
-    for line in stack.secret(KUBE).lines().filter(|l| !l.starts_with("-----")) {
+    for line in stack
+        .secret(KUBE)
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+    {
         for (label, text) in &texts {
-            assert!(!text.contains(line), "a line of the client key appears in {label}");
+            assert!(
+                !text.contains(line),
+                "a line of the client key appears in {label}"
+            );
         }
     }
 }

@@ -20,7 +20,8 @@ use crate::{
 fn exec_session(stack: &Stack, command: &str) -> Vec<Value> {
     sluice_tests::poll("the exec session closed", WAIT, || {
         sessions_of(stack, KUBE).into_iter().find(|s| {
-            s.iter().any(|e| e["event"] == "command" && e["command"] == command)
+            s.iter()
+                .any(|e| e["event"] == "command" && e["command"] == command)
                 && s.iter().any(|e| e["event"] == "close")
         })
     })

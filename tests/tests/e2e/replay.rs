@@ -184,7 +184,10 @@ fn a_postgresql_session_replays_as_its_statements_and_outcomes() {
     let drop = at("SQL        DROP TABLE customers");
     let denied = at("             -> denied: ");
     assert!(select < masked && masked < drop && drop < denied, "{shown}");
-    assert!(body.last().unwrap().starts_with("close      after "), "{shown}");
+    assert!(
+        body.last().unwrap().starts_with("close      after "),
+        "{shown}"
+    );
     assert_eq!(replay(&stack, id, &["--speed", "1000"]), shown);
     stack.assert_no_secret_leaked();
 }

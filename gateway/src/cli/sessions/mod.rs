@@ -362,6 +362,15 @@ mod tests {
         assert!(parse(&["sluice", "sessions", "replay", "s-1", "--speed", "10"]).is_ok());
         assert!(parse(&["sluice", "sessions", "replay", "s-1", "--no-wait"]).is_ok());
         assert!(parse(&["sluice", "sessions", "replay", "s-1", "--speed", "0"]).is_err());
-        assert!(parse(&["sluice", "sessions", "replay", "s-1", "--speed", "2", "--no-wait"]).is_err());
+        assert!(parse(&[
+            "sluice",
+            "sessions",
+            "replay",
+            "s-1",
+            "--speed",
+            "2",
+            "--no-wait"
+        ])
+        .is_err());
     }
 }

@@ -213,10 +213,15 @@ mod tests {
             .await;
         s.record(Event::Close { duration_ms: 1 }).unwrap();
         rec.flush_all();
-        let path = dir.path().join("sessions").join(format!("{}.jsonl", s.id()));
+        let path = dir
+            .path()
+            .join("sessions")
+            .join(format!("{}.jsonl", s.id()));
         assert!(matches!(check(&path).unwrap(), Verdict::Closed { .. }));
         let cast = path.with_extension("cast");
-        let edited = fs::read_to_string(&cast).unwrap().replace("rm -rf", "ls -l ");
+        let edited = fs::read_to_string(&cast)
+            .unwrap()
+            .replace("rm -rf", "ls -l ");
         fs::write(&cast, edited).unwrap();
         assert!(matches!(
             check(&path).unwrap(),

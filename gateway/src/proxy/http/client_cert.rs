@@ -95,14 +95,13 @@ impl VaultClientCert {
         let bad_key = || ClientCertError::BadKey(self.names.key.clone());
         let der = PrivateKeyDer::from_pem_slice(key.expose()).map_err(|_| bad_key())?;
         let provider = rustls::crypto::ring::default_provider();
-        let certified =
-            CertifiedKey::from_der(chain, der, &provider).map_err(|e| match e {
-                rustls::Error::InconsistentKeys(_) => ClientCertError::Mismatch {
-                    cert: self.names.cert.clone(),
-                    key: self.names.key.clone(),
-                },
-                _ => bad_key(),
-            })?;
+        let certified = CertifiedKey::from_der(chain, der, &provider).map_err(|e| match e {
+            rustls::Error::InconsistentKeys(_) => ClientCertError::Mismatch {
+                cert: self.names.cert.clone(),
+                key: self.names.key.clone(),
+            },
+            _ => bad_key(),
+        })?;
         let certified = Arc::new(certified);
         *loaded = Some((digest, certified.clone()));
         Ok(certified)

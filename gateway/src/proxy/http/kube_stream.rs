@@ -110,7 +110,10 @@ impl Frames {
         let opcode = h[0] & 0x0F;
         let (length, at) = match h[1] & 0x7F {
             126 => (u64::from(u16::from_be_bytes([h[2], h[3]])), 4),
-            127 => (u64::from_be_bytes(h[2..10].try_into().unwrap_or_default()), 10),
+            127 => (
+                u64::from_be_bytes(h[2..10].try_into().unwrap_or_default()),
+                10,
+            ),
             n => (u64::from(n), 2),
         };
         self.mask = (h[1] & 0x80 != 0).then(|| ([h[at], h[at + 1], h[at + 2], h[at + 3]], 0));

@@ -87,7 +87,12 @@ pub fn restore_response_headers(headers: &mut HeaderMap, upgrade: Option<HeaderV
 /// upstream's stdout and stderr also go to the session's `.cast` file
 /// ([`kube_stream`]). The connection's `close` line waits for it
 /// ([`ConnCtx::relay_guard`]).
-pub fn relay<B>(ctx: Arc<ConnCtx>, agent: OnUpgrade, upstream: &mut Response<B>, record_output: bool) {
+pub fn relay<B>(
+    ctx: Arc<ConnCtx>,
+    agent: OnUpgrade,
+    upstream: &mut Response<B>,
+    record_output: bool,
+) {
     let upstream = hyper::upgrade::on(upstream);
     let guard = ctx.relay_guard();
     tokio::spawn(async move {
