@@ -4,16 +4,13 @@
 //! what the command printed on stdout and stderr lands in the session's
 //! asciicast `.cast` file, summarised on its `close` line, and replay
 //! shows it after the command; the real token is in none of it.
-use std::fs;
-
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use sluice_tests::Stack;
 
 use crate::{
     events,
     kubernetes::{assert_ok, assert_real_token_only, finished, kube_stack, Kubectl, KUBE, RULES},
-    sessions_of, WAIT,
+    recording, sessions_of, WAIT,
 };
 
 /// The closed session whose `command` line is `command`.
@@ -26,26 +23,6 @@ fn exec_session(stack: &Stack, command: &str) -> Vec<Value> {
         })
     })
     .unwrap()
-}
-
-/// The `.cast` file of `session`, checked against its `close` line; the
-/// text of its output events.
-fn recorded_output(stack: &Stack, session: &[Value]) -> String {
-    let id = session[0]["session"].as_str().unwrap();
-    let cast = fs::read(stack.sluice.log_dir.join(format!("sessions/{id}.cast")))
-        .expect("the exec session's .cast file");
-    let close = events(session, "close")[0];
-    assert_eq!(close["cast"]["bytes"], cast.len() as u64, "{close}");
-    assert_eq!(close["cast"]["sha256"], hex::encode(Sha256::digest(&cast)));
-    let text = String::from_utf8(cast).unwrap();
-    let mut lines = text.lines();
-    let header: Value = serde_json::from_str(lines.next().unwrap()).unwrap();
-    assert_eq!(header["version"], 2, "{header}");
-    lines
-        .map(|l| serde_json::from_str::<Vec<Value>>(l).unwrap())
-        .filter(|e| e[1] == "o")
-        .map(|e| e[2].as_str().unwrap().to_string())
-        .collect()
 }
 
 #[test]
@@ -62,13 +39,13 @@ fn exec_output_of_kubectl_and_the_python_client_is_recorded_and_replayed() {
         "exec",
         "{session:?}"
     );
-    assert_eq!(recorded_output(&stack, &session), "from-kubectl\n");
+    assert_eq!(recording(&stack, &session).1, "from-kubectl\n");
 
     // stderr too (the stand-in's `warn` writes there), over v4.
     let child = kubectl.python_exec("web-1", &["warn", "to-stderr"]);
     assert_eq!(finished(child), "to-stderr\n");
     let session = exec_session(&stack, "warn to-stderr");
-    assert_eq!(recorded_output(&stack, &session), "to-stderr\n");
+    assert_eq!(recording(&stack, &session).1, "to-stderr\n");
 
     let id = session[0]["session"].as_str().unwrap();
     let replay = stack

@@ -5,14 +5,12 @@
 //! which replay plays back between the transcript's lines; a PostgreSQL
 //! session replays as its statements with their outcomes. Neither holds a
 //! real secret.
-use std::{fs, process::Output};
+use std::process::Output;
 
-use serde_json::Value;
-use sha2::{Digest, Sha256};
 use sluice_tests::Stack;
 
 use crate::{
-    billing_stack, events, sessions_of,
+    billing_stack, events, recording, sessions_of,
     ssh::{assert_real_key_leaks_nowhere, git_service, ssh_stack, AgentFiles, HOST, SVC},
     DB,
 };
@@ -83,39 +81,12 @@ fn an_ssh_shell_through_a_pty_is_recorded_as_asciicast_and_replayed() {
     );
     assert_eq!(close["exits"][0]["command"], "shell");
 
-    let cast_path = stack.sluice.log_dir.join(format!("sessions/{id}.cast"));
-    let cast = fs::read(&cast_path).expect("the session's .cast file");
-    assert_eq!(close["cast"]["bytes"], cast.len() as u64, "{close}");
-    assert_eq!(
-        close["cast"]["sha256"],
-        hex::encode(Sha256::digest(&cast)),
-        "{close}"
-    );
-    let text = String::from_utf8(cast).unwrap();
-    let mut lines = text.lines();
-    let header: Value = serde_json::from_str(lines.next().unwrap()).unwrap();
-    assert_eq!(header["version"], 2, "{header}");
+    let (header, output) = recording(&stack, &session);
     assert!(header["width"].as_u64().is_some_and(|w| w > 0), "{header}");
     assert!(header["height"].as_u64().is_some_and(|h| h > 0), "{header}");
     assert!(header["timestamp"].as_u64().is_some(), "{header}");
     assert_eq!(header["env"]["TERM"], "xterm-256color", "{header}");
-    let mut output = String::new();
-    let mut last = 0.0;
-    for line in lines {
-        let event: Vec<Value> = serde_json::from_str(line).unwrap();
-        let t = event[0].as_f64().unwrap();
-        assert!(t >= last, "event times never go back: {line}");
-        last = t;
-        if event[1] == "o" {
-            output.push_str(event[2].as_str().unwrap());
-        }
-    }
     assert!(output.contains("cast-marker-42"), "{output}");
-    let mode = fs::metadata(&cast_path).unwrap().permissions();
-    assert_eq!(
-        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
-        0o640
-    );
 
     let shown = replay(&stack, &id, &["--no-wait"]);
     let shell_at = shown.find("SHELL      shell").expect(&shown);

@@ -148,20 +148,23 @@ mod tests {
     use super::*;
     use crate::recorder::{Event, Recorder, SessionMeta};
 
-    #[test]
-    fn all_finds_the_one_tampered_file_among_intact_ones() {
-        let dir = tempfile::tempdir().unwrap();
-        let rec = Recorder::open(dir.path()).unwrap();
-        let meta = SessionMeta {
+    fn meta() -> SessionMeta {
+        SessionMeta {
             agent: "ci-bot".into(),
             pid: 1,
             uid: 0,
             service: "api".into(),
-        };
+        }
+    }
+
+    #[test]
+    fn all_finds_the_one_tampered_file_among_intact_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = Recorder::open(dir.path()).unwrap();
         let mut paths = Vec::new();
         let mut still_open = Vec::new();
         for n in 0..3 {
-            let s = rec.start(meta.clone()).unwrap();
+            let s = rec.start(meta()).unwrap();
             s.record(Event::Query {
                 sql: format!("SELECT {n}"),
             })
@@ -202,13 +205,7 @@ mod tests {
     async fn an_edited_recording_is_tampered() {
         let dir = tempfile::tempdir().unwrap();
         let rec = Recorder::open(dir.path()).unwrap();
-        let meta = SessionMeta {
-            agent: "ci-bot".into(),
-            pid: 1,
-            uid: 0,
-            service: "git".into(),
-        };
-        let s = rec.start(meta).unwrap();
+        let s = rec.start(meta()).unwrap();
         s.terminal_output(0, bytes::Bytes::from_static(b"rm -rf build\r\n"))
             .await;
         s.record(Event::Close { duration_ms: 1 }).unwrap();
