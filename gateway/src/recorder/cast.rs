@@ -54,7 +54,7 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::{append_only, open_append, write_line};
+use super::{append_only, open_append, write_line, SessionRecord};
 
 /// Output bytes a session records at most, by default: 8 MiB.
 pub const DEFAULT_MAX_BYTES: u64 = 8 << 20;
@@ -320,6 +320,52 @@ impl CastFile {
         let text = String::from_utf8_lossy(&pending[..whole]).into_owned();
         pending.drain(..whole);
         text
+    }
+}
+
+/// What handlers add to a session's recording.
+impl SessionRecord {
+    /// Queues a terminal size for the session's `.cast` file: the header's
+    /// size and `TERM` (from a pty request) before its first output, a
+    /// resize event after. Ignored after `close`.
+    pub fn terminal_size(&self, cols: u32, rows: u32, term: Option<&str>) {
+        let term = term.map(str::to_string);
+        self.push_cast(Item::Size { cols, rows, term }, None);
+    }
+
+    /// Queues terminal output of `stream` (an SSH channel id, a Kubernetes
+    /// stream number) for the session's `.cast` file. Waits while the
+    /// writer's queue is full ([`QUEUE_BYTES`]); output beyond the
+    /// session's `cast_max_bytes` is counted as cut, once marked in the
+    /// file. Ignored after `close`. The caller passes what the upstream
+    /// program printed, never a secret of Sluice's.
+    pub async fn terminal_output(&self, stream: u32, mut data: Bytes) {
+        let taken = self.file.budget.take(data.len());
+        data.truncate(taken.keep);
+        if !data.is_empty() {
+            let room = u32::try_from(data.len().min(QUEUE_BYTES)).unwrap_or(u32::MAX);
+            let writer = &self.recorder.writer;
+            let permit = writer.cast_room.clone().acquire_many_owned(room).await.ok();
+            self.push_cast(Item::Output { stream, data }, permit);
+        }
+        if taken.first_cut {
+            let max = self.file.budget.max();
+            let note = format!("sluice: output beyond cast_max_bytes ({max} bytes) is not recorded; the close line counts it as cut");
+            self.push_cast(Item::Marker(note), None);
+        }
+    }
+
+    fn push_cast(&self, item: Item, permit: Option<tokio::sync::OwnedSemaphorePermit>) {
+        let closed = self.closed.lock().unwrap_or_else(|p| p.into_inner());
+        if !*closed {
+            let at = self.started.elapsed();
+            let queued = Queued {
+                at,
+                item,
+                _room: permit,
+            };
+            self.recorder.writer.push_cast(self.file.clone(), queued);
+        }
     }
 }
 

@@ -43,7 +43,6 @@ use std::{
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
-use bytes::Bytes;
 use rand::{rngs::OsRng, RngCore};
 use sha2::{Digest, Sha256};
 
@@ -501,56 +500,6 @@ impl SessionRecord {
         let mut exits = self.file.exits.lock().unwrap_or_else(|p| p.into_inner());
         if exits.len() < MAX_EXITS {
             exits.push(exit);
-        }
-    }
-
-    /// Queues a terminal size for the session's `.cast` file: the header's
-    /// size and `TERM` (from a pty request) before its first output, a
-    /// resize event after. Ignored after `close`.
-    pub fn terminal_size(&self, cols: u32, rows: u32, term: Option<&str>) {
-        let term = term.map(str::to_string);
-        self.push_cast(cast::Item::Size { cols, rows, term }, None);
-    }
-
-    /// Queues terminal output of `stream` (an SSH channel id, a Kubernetes
-    /// stream number) for the session's `.cast` file. Waits while the
-    /// writer's queue is full ([`cast::QUEUE_BYTES`]); output beyond the
-    /// session's `cast_max_bytes` is counted as cut, once marked in the
-    /// file. Ignored after `close`. The caller passes what the upstream
-    /// program printed, never a secret of Sluice's.
-    pub async fn terminal_output(&self, stream: u32, mut data: Bytes) {
-        let taken = self.file.budget.take(data.len());
-        if taken.first_cut {
-            let max = self.file.budget.max();
-            let note = format!("sluice: output beyond cast_max_bytes ({max} bytes) is not recorded; the close line counts it as cut");
-            self.push_cast(cast::Item::Marker(note), None);
-        }
-        data.truncate(taken.keep);
-        if data.is_empty() {
-            return;
-        }
-        let room = u32::try_from(data.len().min(cast::QUEUE_BYTES)).unwrap_or(u32::MAX);
-        let permit = self
-            .recorder
-            .writer
-            .cast_room
-            .clone()
-            .acquire_many_owned(room)
-            .await
-            .ok();
-        self.push_cast(cast::Item::Output { stream, data }, permit);
-    }
-
-    fn push_cast(&self, item: cast::Item, permit: Option<tokio::sync::OwnedSemaphorePermit>) {
-        let closed = self.closed.lock().unwrap_or_else(|p| p.into_inner());
-        if !*closed {
-            let at = self.started.elapsed();
-            let queued = cast::Queued {
-                at,
-                item,
-                _room: permit,
-            };
-            self.recorder.writer.push_cast(self.file.clone(), queued);
         }
     }
 

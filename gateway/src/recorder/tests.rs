@@ -1,5 +1,6 @@
 use std::io::BufReader;
 
+use bytes::Bytes;
 use serde_json::Value;
 
 use super::{chain::Verdict, *};
