@@ -16,7 +16,7 @@ use bytes::{BufMut, BytesMut};
 use sluice::{
     config::Injection,
     proxy::{
-        http::{credential, json_mask, kube, kube_mask},
+        http::{credential, json_mask, kube, kube_mask, kube_stream::Frames},
         postgres::{
             self,
             codec::{self, CodecError, Reader},
@@ -42,6 +42,7 @@ pub const TARGETS: &[(&str, Entry)] = &[
     ("mysql_server", mysql_server),
     ("mysql_classify", mysql_classify),
     ("kube_request", kube_request),
+    ("kube_stream", kube_stream),
     ("ssh_rules", ssh_rules),
 ];
 
@@ -665,6 +666,32 @@ fn mysql_packets(data: &[u8]) -> Vec<BytesMut> {
         }
     }
     out
+}
+
+/// Kubernetes exec output: WebSocket frames read as they pass
+/// ([`Frames`]) give the same stdout/stderr bytes however the stream is
+/// cut into reads (the first byte sets the read size), and never panic.
+pub fn kube_stream(data: &[u8]) {
+    let Some((&size, stream)) = data.split_first() else {
+        return;
+    };
+    let joined = |pieces: Vec<(u8, bytes::Bytes)>| {
+        let mut out: Vec<(u8, Vec<u8>)> = Vec::new();
+        for (channel, bytes) in pieces {
+            match out.last_mut() {
+                Some((c, b)) if *c == channel => b.extend_from_slice(&bytes),
+                _ => out.push((channel, bytes.to_vec())),
+            }
+        }
+        out
+    };
+    let whole = joined(Frames::default().feed(stream));
+    let mut frames = Frames::default();
+    let chunked = stream
+        .chunks(usize::from(size).max(1))
+        .flat_map(|c| frames.feed(c))
+        .collect();
+    assert_eq!(whole, joined(chunked), "reads of {size} bytes");
 }
 
 /// Kubernetes: a request read as the API server reads it (first line the

@@ -291,11 +291,23 @@ pub fn servable_alpn<'a>(offered: &[&[u8]]) -> Vec<&'a [u8]> {
 }
 
 /// The client config for a service's upstream: system roots, or only
-/// `upstream_ca` when given; ALPN `h2`, `http/1.1`.
+/// `upstream_ca` when given; no client certificate.
 ///
 /// # Errors
 /// [`TlsError::Io`]/[`TlsError::BadPem`] for an unreadable `upstream_ca`.
 pub fn upstream_client_config(upstream_ca: Option<&Path>) -> Result<ClientConfig, TlsError> {
+    upstream_client_config_with(upstream_ca, None)
+}
+
+/// [`upstream_client_config`], presenting the certificate `client_cert`
+/// resolves when the server asks for one (mutual TLS).
+///
+/// # Errors
+/// As [`upstream_client_config`].
+pub fn upstream_client_config_with(
+    upstream_ca: Option<&Path>,
+    client_cert: Option<Arc<dyn rustls::client::ResolvesClientCert>>,
+) -> Result<ClientConfig, TlsError> {
     let mut roots = RootCertStore::empty();
     match upstream_ca {
         Some(path) => {
@@ -324,12 +336,14 @@ pub fn upstream_client_config(upstream_ca: Option<&Path>) -> Result<ClientConfig
             roots.add_parsable_certificates(native.certs);
         }
     }
-    Ok(
+    let builder =
         ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    )
+            .with_root_certificates(roots);
+    Ok(match client_cert {
+        Some(resolver) => builder.with_client_cert_resolver(resolver),
+        None => builder.with_no_client_auth(),
+    })
 }
 
 #[cfg(test)]

@@ -96,12 +96,35 @@ impl TestCa {
         names: &[&str],
         alpn: &[&[u8]],
     ) -> Result<Arc<rustls::ServerConfig>> {
+        self.server_config_with(names, alpn, false)
+    }
+
+    /// [`TestCa::server_config`]; with `client_auth`, the handshake also
+    /// requires a client certificate signed by this CA (mutual TLS).
+    pub fn server_config_with(
+        &self,
+        names: &[&str],
+        alpn: &[&[u8]],
+        client_auth: bool,
+    ) -> Result<Arc<rustls::ServerConfig>> {
         let leaf = self.leaf(names)?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
-            .with_no_client_auth()
-            .with_single_cert(vec![leaf.cert_der], PrivateKeyDer::Pkcs8(leaf.key_der))?;
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?;
+        let builder = if client_auth {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(self.issuer.der().clone())?;
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()?;
+            builder.with_client_cert_verifier(verifier)
+        } else {
+            builder.with_no_client_auth()
+        };
+        let mut config =
+            builder.with_single_cert(vec![leaf.cert_der], PrivateKeyDer::Pkcs8(leaf.key_der))?;
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(Arc::new(config))
     }

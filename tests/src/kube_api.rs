@@ -15,11 +15,16 @@
 //!   watch;
 //! - `pods/{name}/exec` over WebSocket (`v5.channel.k8s.io`,
 //!   `v4.channel.k8s.io`; RFC 6455): `echo ARGS` writes ARGS on the stdout
-//!   channel, then a `Success` status on the error channel, then closes;
+//!   channel (`warn ARGS` on the stderr channel), then a `Success` status
+//!   on the error channel, then closes;
 //!   a SPDY/3.1 upgrade is switched and answered with [`SPDY_MARK`] only.
 //!
 //! Every request must carry `Authorization: Bearer <the real token>`, else
-//! it gets a 401 `Status`. Requests are recorded as [`RecordedRequest`]s.
+//! it gets a 401 `Status`; or, started with [`Auth::ClientCert`], the TLS
+//! handshake requires a client certificate signed by the test CA (as an
+//! API server with `--client-ca-file`) and a request carrying any
+//! `Authorization` gets the 401. Requests are recorded as
+//! [`RecordedRequest`]s.
 use std::{
     convert::Infallible,
     net::{IpAddr, SocketAddr},
@@ -48,9 +53,18 @@ use crate::{upstream::RecordedRequest, TestCa};
 
 type ApiBody = BoxBody<Bytes, Infallible>;
 
+/// How the stand-in authenticates its clients.
+#[derive(Debug, Clone)]
+pub enum Auth {
+    /// `Authorization: Bearer <token>`.
+    Bearer(String),
+    /// A client certificate of the test CA, and no `Authorization`.
+    ClientCert,
+}
+
 /// What the handlers share.
 struct State {
-    token: String,
+    auth: Auth,
     secret_value: String,
     pods: Mutex<Vec<String>>,
     requests: Mutex<Vec<RecordedRequest>>,
@@ -67,16 +81,18 @@ pub struct KubeApi {
 
 impl KubeApi {
     /// Serves `host` on `ip`:<free port> with a certificate from `ca`,
-    /// accepting only `token`; Secret `default/db` holds `secret_value`.
+    /// accepting only clients that pass `auth`; Secret `default/db` holds
+    /// `secret_value`.
     pub fn start(
         ca: &TestCa,
         host: &str,
         ip: IpAddr,
-        token: &str,
+        auth: Auth,
         secret_value: &str,
     ) -> Result<KubeApi> {
         assert!(ip.is_loopback(), "test servers listen on loopback only");
-        let config = ca.server_config(&[host], &[b"h2", b"http/1.1"])?;
+        let client_auth = matches!(auth, Auth::ClientCert);
+        let config = ca.server_config_with(&[host], &[b"h2", b"http/1.1"], client_auth)?;
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -88,7 +104,7 @@ impl KubeApi {
             .with_context(|| format!("bind the API server stand-in on {ip}"))?;
         let addr = listener.local_addr()?;
         let state = Arc::new(State {
-            token: token.to_string(),
+            auth,
             secret_value: secret_value.to_string(),
             pods: Mutex::new(vec!["web-1".into(), "web-2".into()]),
             requests: Mutex::new(Vec::new()),
@@ -202,7 +218,12 @@ fn record(req: &Request<Incoming>, peer: SocketAddr) -> RecordedRequest {
 async fn handle(req: Request<Incoming>, peer: SocketAddr, state: Arc<State>) -> Response<ApiBody> {
     let seen = record(&req, peer);
     state.requests.lock().unwrap().push(seen.clone());
-    if seen.header("authorization") != Some(&format!("Bearer {}", state.token)) {
+    let authorized = match &state.auth {
+        Auth::Bearer(token) => seen.header("authorization") == Some(&format!("Bearer {token}")),
+        // The handshake verified the certificate; nothing else may come.
+        Auth::ClientCert => seen.header("authorization").is_none(),
+    };
+    if !authorized {
         return status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized");
     }
     let path = seen.path().to_string();
@@ -460,12 +481,13 @@ fn exec(mut req: Request<Incoming>, seen: &RecordedRequest) -> Response<ApiBody>
             return;
         };
         let mut io = TokioIo::new(upgraded);
-        let output = match command.split_first() {
-            Some((first, args)) if first == "echo" => format!("{}\n", args.join(" ")),
-            _ => String::new(),
+        let (channel, output) = match command.split_first() {
+            Some((first, args)) if first == "echo" => (1u8, format!("{}\n", args.join(" "))),
+            Some((first, args)) if first == "warn" => (2u8, format!("{}\n", args.join(" "))),
+            _ => (1u8, String::new()),
         };
         let mut out = Vec::new();
-        out.extend(frame(0x2, &[&[1u8][..], output.as_bytes()].concat()));
+        out.extend(frame(0x2, &[&[channel][..], output.as_bytes()].concat()));
         out.extend(frame(
             0x2,
             &[&[3u8][..], br#"{"metadata":{},"status":"Success"}"#].concat(),

@@ -22,7 +22,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 use crate::{
-    kube_api::KubeApi,
+    kube_api::{Auth, KubeApi},
     postgres::Postgres,
     redis::Redis,
     sluice::{toml_str, Sluice, SluiceOptions},
@@ -51,6 +51,10 @@ pub enum Credential {
     /// `user = NAME`: PostgreSQL; Sluice logs in upstream as NAME with the
     /// secret as password.
     PgUser(String),
+    /// `client_cert = "<service>-cert", client_key = "<service>-key"`:
+    /// Kubernetes; the stand-in requires a client certificate of the test
+    /// CA, whose key is the service's secret.
+    ClientCert,
 }
 
 impl Credential {
@@ -98,6 +102,11 @@ impl Credential {
                 "{{ secret = {}, user = {} }}",
                 toml_str(secret),
                 toml_str(u)
+            ),
+            Credential::ClientCert => format!(
+                "{{ client_cert = {}, client_key = {} }}",
+                toml_str(cert_secret_name(secret)),
+                toml_str(secret)
             ),
         }
     }
@@ -241,6 +250,12 @@ impl ServiceSpec {
     }
 }
 
+/// The vault secret of a [`Credential::ClientCert`]'s certificate, beside
+/// its key `key_secret`.
+fn cert_secret_name(key_secret: &str) -> String {
+    format!("{}-cert", key_secret.trim_end_matches("-key"))
+}
+
 /// Configures a [`Stack`].
 pub struct StackBuilder {
     label: String,
@@ -334,6 +349,10 @@ impl StackBuilder {
         let mut stack = self.prepare()?;
         for s in &stack.services {
             stack.sluice.secret_put(&s.spec.secret_name(), &s.secret)?;
+            if let Some(cert) = &s.client_cert {
+                let name = cert_secret_name(&s.spec.secret_name());
+                stack.sluice.secret_put(&name, cert)?;
+            }
         }
         stack.sluice.start()?;
         Ok(stack)
@@ -373,6 +392,7 @@ impl StackBuilder {
         for spec in self.services {
             let ip = next_upstream_ip();
             let mut secret = crate::random_secret();
+            let mut client_cert = None;
             let pg_tls = spec.protocol == Protocol::Postgres
                 && matches!(
                     spec.upstream_tls.as_deref(),
@@ -383,7 +403,16 @@ impl StackBuilder {
                 Protocol::Http => Backend::Http(Upstream::http(&spec.host, ip)?),
                 Protocol::Kubernetes => {
                     let value = crate::random_secret();
-                    Backend::Kube(KubeApi::start(&ca, &spec.host, ip, &secret, &value)?)
+                    let auth = match spec.credential {
+                        Credential::ClientCert => {
+                            let leaf = ca.leaf(&["sluice-upstream-client"])?;
+                            secret = leaf.key_pem;
+                            client_cert = Some(leaf.cert_pem);
+                            Auth::ClientCert
+                        }
+                        _ => Auth::Bearer(secret.clone()),
+                    };
+                    Backend::Kube(KubeApi::start(&ca, &spec.host, ip, auth, &value)?)
                 }
                 Protocol::Postgres => {
                     let leaf = if pg_tls {
@@ -434,6 +463,7 @@ impl StackBuilder {
             services_toml.push_str(&spec.extra);
             services.push(StackService {
                 secret,
+                client_cert,
                 spec,
                 backend,
             });
@@ -474,8 +504,10 @@ impl StackBuilder {
 pub struct StackService {
     pub spec: ServiceSpec,
     /// The secret value in the vault (for PostgreSQL: role `billing`'s
-    /// password).
+    /// password; for a client certificate, its key).
     pub secret: String,
+    /// The certificate (PEM) of a [`Credential::ClientCert`].
+    pub client_cert: Option<String>,
     pub backend: Backend,
 }
 

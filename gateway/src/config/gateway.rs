@@ -73,13 +73,18 @@ pub struct Gateway {
     /// afresh before a line would take it past this many bytes (at least 1).
     #[serde(default = "defaults::audit_rotate_bytes")]
     pub audit_rotate_bytes: u64,
+    /// Terminal output (SSH shells and exec, Kubernetes exec/attach) one
+    /// session's `.cast` file records at most; the rest is counted as cut.
+    #[serde(default = "defaults::cast_max_bytes")]
+    pub cast_max_bytes: u64,
 }
 
 impl Gateway {
-    /// How the recorder writes (`audit_rotate_bytes`).
+    /// How the recorder writes (`audit_rotate_bytes`, `cast_max_bytes`).
     pub fn recorder_options(&self) -> RecorderOptions {
         RecorderOptions {
             audit_rotate_bytes: self.audit_rotate_bytes,
+            cast_max_bytes: self.cast_max_bytes,
         }
     }
 
@@ -146,6 +151,9 @@ pub(super) mod defaults {
     }
     pub fn audit_rotate_bytes() -> u64 {
         crate::recorder::DEFAULT_ROTATE_BYTES
+    }
+    pub fn cast_max_bytes() -> u64 {
+        crate::recorder::cast::DEFAULT_MAX_BYTES
     }
     pub(in crate::config) fn gateway() -> Gateway {
         toml::from_str("").expect("gateway defaults")

@@ -18,8 +18,8 @@ use gateway::defaults;
 pub use gateway::Gateway;
 use service::RawService;
 pub use service::{
-    HttpService, Injection, KubeService, Protocol, Service, ServiceKind, SqlService, UpstreamTls,
-    MASK_SECRETS,
+    ClientCertSecrets, HttpService, Injection, KubeService, Protocol, Service, ServiceKind,
+    SqlService, UpstreamTls, MASK_SECRETS,
 };
 pub use ssh::{parse_host_key, SshService};
 
@@ -455,6 +455,42 @@ mask = ["secrets"]"#,
         assert_eq!(
             parse(no_header).unwrap_err().key,
             "service[0] (k).credential.header"
+        );
+        let with_credential = |credential: &str| {
+            format!("[[service]]\nname='k'\nprotocol='kubernetes'\nupstream='kube.internal:6443'\ncredential={credential}\n")
+        };
+        let cfg = parse(&with_credential(
+            "{client_cert='kube-cert', client_key='kube-key'}",
+        ))
+        .unwrap();
+        let kube = cfg.services[0].kube().unwrap();
+        assert_eq!(
+            kube.http.inject,
+            crate::config::Injection::ClientCertificate
+        );
+        assert_eq!(
+            kube.client_cert.as_ref().map(|c| c.cert.as_str()),
+            Some("kube-cert")
+        );
+        for (credential, key) in [
+            ("{client_cert='kube-cert'}", "credential.client_key"),
+            ("{client_key='kube-key'}", "credential.client_cert"),
+            (
+                "{client_cert='c', client_key='k', header='Authorization'}",
+                "credential.header",
+            ),
+            (
+                "{client_cert='c', client_key='k', secret='s'}",
+                "credential.secret",
+            ),
+        ] {
+            let e = parse(&with_credential(credential)).unwrap_err();
+            assert_eq!(e.key, format!("service[0] (k).{key}"), "{credential}");
+        }
+        let https = "[[service]]\nname='k'\nprotocol='https'\nupstream='api.test:443'\ncredential={client_cert='c', client_key='k'}\n";
+        assert_eq!(
+            parse(https).unwrap_err().key,
+            "service[0] (k).credential.client_cert"
         );
     }
 

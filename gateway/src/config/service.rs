@@ -63,7 +63,8 @@ pub struct Service {
     pub resolve: Vec<IpAddr>,
     /// CA to trust for the upstream's TLS instead of the system roots.
     pub upstream_ca: Option<PathBuf>,
-    /// The vault secret holding the real credential (`credential.secret`).
+    /// The vault secret holding the real credential (`credential.secret`;
+    /// for a Kubernetes client certificate, `credential.client_key`).
     pub secret: String,
     /// Column (SQL) or JSON field (HTTP) names whose values are masked.
     pub mask: Vec<String>,
@@ -160,6 +161,18 @@ pub struct KubeService {
     /// `mask = ["secrets"]`: `data`/`stringData` values of Secrets in
     /// responses are masked.
     pub mask_secrets: bool,
+    /// `credential = { client_cert, client_key }`: the vault secrets (PEM)
+    /// of the client certificate Sluice presents upstream, instead of a
+    /// bearer token.
+    pub client_cert: Option<ClientCertSecrets>,
+}
+
+/// The vault secrets of a client certificate (PEM): the certificate
+/// (chain, leaf first) and its private key (PKCS#8, PKCS#1 or SEC1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCertSecrets {
+    pub cert: String,
+    pub key: String,
 }
 
 /// The one `mask` entry a Kubernetes service takes.
@@ -175,6 +188,10 @@ pub enum Injection {
     Header { name: String, format: String },
     /// Query parameter `name` (`credential = { query = "api_key" }`).
     Query { name: String },
+    /// Nowhere: the token is removed and the credential is a client
+    /// certificate on the upstream TLS connection (Kubernetes
+    /// `credential = { client_cert, client_key }`).
+    ClientCertificate,
 }
 
 /// A database service's own settings.
@@ -202,7 +219,10 @@ impl SqlService {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawCredential {
+    #[serde(default)]
     secret: String,
+    client_cert: Option<String>,
+    client_key: Option<String>,
     pub(super) user: Option<String>,
     header: Option<String>,
     format: Option<String>,
@@ -279,7 +299,8 @@ impl RawService {
                 format!("expected host:port, got {:?}", self.upstream),
             )
         })?;
-        if self.credential.secret.is_empty() {
+        let client_cert = self.client_cert()?;
+        if self.credential.secret.is_empty() && client_cert.is_none() {
             return Err(key_error(
                 "credential.secret",
                 "names the vault secret; must not be empty",
@@ -311,7 +332,10 @@ impl RawService {
             port,
             resolve: self.resolve,
             upstream_ca: self.upstream_ca,
-            secret: self.credential.secret,
+            secret: match client_cert {
+                Some(names) => names.key,
+                None => self.credential.secret,
+            },
             mask: self.mask,
             groups: self.groups,
             kind,
@@ -406,11 +430,60 @@ impl RawService {
         Ok(inject)
     }
 
+    /// `credential = { client_cert, client_key }`: both, on a kubernetes
+    /// service only, and then nothing else in `credential`.
+    fn client_cert(&self) -> Result<Option<ClientCertSecrets>, KeyError> {
+        let c = &self.credential;
+        let (cert, key) = match (&c.client_cert, &c.client_key) {
+            (None, None) => return Ok(None),
+            (Some(cert), Some(key)) => (cert, key),
+            (Some(_), None) => {
+                return Err(key_error("credential.client_key", "names the vault secret of the client certificate's private key; client_cert needs it"))
+            }
+            (None, Some(_)) => {
+                return Err(key_error("credential.client_cert", "names the vault secret of the client certificate; client_key needs it"))
+            }
+        };
+        if self.protocol != Protocol::Kubernetes {
+            return Err(key_error(
+                "credential.client_cert",
+                "client certificates apply to kubernetes services only",
+            ));
+        }
+        for (name, key) in [("client_cert", cert), ("client_key", key)] {
+            if key.is_empty() {
+                return Err(key_error(
+                    &format!("credential.{name}"),
+                    "names a vault secret; must not be empty",
+                ));
+            }
+        }
+        let others = [
+            ("secret", !c.secret.is_empty()),
+            ("header", c.header.is_some()),
+            ("format", c.format.is_some()),
+            ("query", c.query.is_some()),
+            ("user", c.user.is_some()),
+        ];
+        if let Some((other, _)) = others.iter().find(|(_, set)| *set) {
+            return Err(key_error(
+                &format!("credential.{other}"),
+                "a client certificate is the whole credential: no secret, header, format, query or user beside client_cert and client_key",
+            ));
+        }
+        Ok(Some(ClientCertSecrets {
+            cert: cert.clone(),
+            key: key.clone(),
+        }))
+    }
+
     /// The Kubernetes part: the bearer header (`credential = { header,
-    /// format }`, required), rules of `verb`/`resource`/`namespace`/`name`,
-    /// and `mask` naming only `secrets`.
+    /// format }`) or a client certificate (`credential = { client_cert,
+    /// client_key }`), rules of `verb`/`resource`/`namespace`/`name`, and
+    /// `mask` naming only `secrets`.
     fn kube(&self) -> Result<KubeService, KeyError> {
-        if self.credential.header.is_none() {
+        let client_cert = self.client_cert()?;
+        if self.credential.header.is_none() && client_cert.is_none() {
             return Err(key_error(
                 "credential.header",
                 "kubernetes services put the real token in a header: { header = \"Authorization\", format = \"Bearer {}\" }",
@@ -443,9 +516,13 @@ impl RawService {
                 })
                 .collect::<Result<Vec<_>, _>>()
         };
+        let inject = match client_cert {
+            Some(_) => Injection::ClientCertificate,
+            None => self.injection()?,
+        };
         let http = HttpService {
             tls: true,
-            inject: self.injection()?,
+            inject,
             deny: Vec::new(),
             approve: Vec::new(),
             echo_guard: false,
@@ -455,6 +532,7 @@ impl RawService {
             deny: rules("deny", &self.deny)?,
             approve: rules("approve", &self.approve)?,
             mask_secrets: !self.mask.is_empty(),
+            client_cert,
         })
     }
 }

@@ -23,6 +23,7 @@ use crate::{
         resolver::{self, Resolved},
     },
     proxy::{http::upstream::UpstreamClients, AgentTable, Gateway, Snapshot},
+    vault::VaultCache,
 };
 
 /// What the control loop owns.
@@ -32,6 +33,9 @@ pub struct Control {
     pub mount: PathBuf,
     /// Sluice's network namespace cookie ([`crate::intercept::netns`]).
     pub netns_cookie: u64,
+    /// The vault upstream client certificates are read from, at each
+    /// handshake.
+    pub client_certs: Arc<VaultCache>,
 }
 
 /// The listener, egress policy and Sluice's network namespace cookie
@@ -118,13 +122,10 @@ fn sync_redirects(ctl: &mut Control, cfg: &Config) -> Result<(), String> {
 ///
 /// # Errors
 /// A message when agent cgroups or upstream TLS settings are unusable.
-pub fn snapshot(
-    cfg: Arc<Config>,
-    mount: &std::path::Path,
-    routes: Resolved,
-) -> Result<Snapshot, String> {
-    let agents = AgentTable::new(&cfg, mount).map_err(|e| format!("agent cgroups: {e}"))?;
-    let http = UpstreamClients::new(&cfg).map_err(|e| format!("upstream TLS: {e}"))?;
+pub fn snapshot(cfg: Arc<Config>, ctl: &Control, routes: Resolved) -> Result<Snapshot, String> {
+    let agents = AgentTable::new(&cfg, &ctl.mount).map_err(|e| format!("agent cgroups: {e}"))?;
+    let http =
+        UpstreamClients::new(&cfg, &ctl.client_certs).map_err(|e| format!("upstream TLS: {e}"))?;
     Ok(Snapshot {
         cfg,
         agents: Arc::new(agents),
@@ -177,7 +178,7 @@ pub async fn reload(gw: &Gateway, ctl: &mut Control, path: &std::path::Path) -> 
         ));
     }
     // Build everything that can fail before touching the kernel.
-    UpstreamClients::new(&new).map_err(|e| format!("upstream TLS: {e}"))?;
+    UpstreamClients::new(&new, &ctl.client_certs).map_err(|e| format!("upstream TLS: {e}"))?;
     attach_agents(ctl, &new, Some(&old))?;
     ctl.maps
         .set_gateway(gateway_map_value(&new, ctl.netns_cookie))
@@ -185,7 +186,7 @@ pub async fn reload(gw: &Gateway, ctl: &mut Control, path: &std::path::Path) -> 
     let routes = resolver::resolve(&new).await;
     apply(&mut ctl.maps, &routes).map_err(|e| e.to_string())?;
     let new = Arc::new(new);
-    let snap = snapshot(new.clone(), &ctl.mount, routes)?;
+    let snap = snapshot(new.clone(), ctl, routes)?;
     gw.replace(snap);
     info!(
         agents = new.agents.len(),

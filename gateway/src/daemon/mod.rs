@@ -114,9 +114,10 @@ pub async fn run(cfg: Config) -> Result<Arc<Recorder>, StartError> {
         maps,
         mount,
         netns_cookie,
+        client_certs: Arc::new(VaultCache::new(Vault::open(gwc).map_err(setup("vault"))?)),
     };
     control::attach_agents(&mut ctl, &cfg, None).map_err(StartError::Setup)?;
-    let snapshot = control::snapshot(cfg.clone(), &ctl.mount, routes).map_err(StartError::Setup)?;
+    let snapshot = control::snapshot(cfg.clone(), &ctl, routes).map_err(StartError::Setup)?;
 
     let keys = StateKeys::load(gwc)
         .and_then(|k| k.keep_revocations_in(&gwc.state_dir.join("revoked")))

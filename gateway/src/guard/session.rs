@@ -85,6 +85,12 @@ impl Session {
             .inspect_err(|e| warn!(error = %e, "session record write failed"))
     }
 
+    /// The session's record, for what handlers add besides lines: terminal
+    /// output for its `.cast` file, how commands ended.
+    pub fn recording(&self) -> &SessionRecord {
+        &self.record
+    }
+
     /// Waits until every line this session queued is written.
     ///
     /// # Errors

@@ -78,7 +78,7 @@ pub fn is_set(path: &Path) -> bool {
         .is_ok_and(|f| f & FS_APPEND_FL != 0)
 }
 
-/// Clears the flag on every `*.jsonl` in `sessions_dir` that has it: at
+/// Clears the flag on every `*.jsonl` and `*.cast` in `sessions_dir` that has it: at
 /// start-up no session is open, so these are left by a daemon that died.
 /// Only as root; errors are logged at debug level.
 pub fn clear_stale(sessions_dir: &Path) {
@@ -92,7 +92,7 @@ pub fn clear_stale(sessions_dir: &Path) {
     for entry in entries.filter_map(Result::ok) {
         let path = entry.path();
         if !entry.file_type().is_ok_and(|t| t.is_file())
-            || path.extension().is_none_or(|e| e != "jsonl")
+            || path.extension().is_none_or(|e| e != "jsonl" && e != "cast")
         {
             continue;
         }

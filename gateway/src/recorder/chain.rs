@@ -78,6 +78,9 @@ pub enum Problem {
     Empty,
     /// `session` is not the file's session id.
     WrongSession { found: String },
+    /// The session's `.cast` file is not what its close line's `cast`
+    /// says (size and SHA-256), or exists though the close line lists none.
+    CastChanged,
 }
 
 impl fmt::Display for Problem {
@@ -104,6 +107,10 @@ impl fmt::Display for Problem {
             Problem::AfterClose => write!(f, "data after the close line"),
             Problem::Empty => write!(f, "empty session file"),
             Problem::WrongSession { found } => write!(f, "line belongs to session {found:?}"),
+            Problem::CastChanged => write!(
+                f,
+                "the session's .cast file does not match the close line's cast (bytes, sha256)"
+            ),
         }
     }
 }

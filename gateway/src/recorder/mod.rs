@@ -21,7 +21,10 @@
 //! - a session file is never rewritten. While the session is open and the
 //!   daemon runs as root it also carries the append-only inode flag
 //!   ([`append_only`]), cleared when the session closes;
-//! - `audit.jsonl` rotates by size ([`audit`]).
+//! - `audit.jsonl` rotates by size ([`audit`]);
+//! - terminal output (SSH shells and exec, Kubernetes exec/attach) goes to
+//!   `sessions/<session_id>.cast`, an asciicast v2 stream written the same
+//!   way, whose size and SHA-256 the `close` line carries ([`cast`]).
 //!
 //! A session ends with exactly one `close` line: the one its handler
 //! records, or one written when the [`SessionRecord`] is dropped without it.
@@ -45,12 +48,14 @@ use sha2::{Digest, Sha256};
 
 pub mod append_only;
 pub mod audit;
+pub mod cast;
 pub mod chain;
 mod writer;
 
 use writer::Writer;
 
 pub use audit::{AuditLog, DEFAULT_ROTATE_BYTES};
+pub use cast::CastSummary;
 
 /// The group that may read session records.
 pub const AUDIT_GROUP: &str = "sluice-audit";
@@ -98,9 +103,16 @@ pub enum Event {
         bytes_up: Option<u64>,
     },
     /// A command run in the session, before its decision (DESIGN.md §4
-    /// "Session records"): an SSH exec command line, or a Kubernetes exec
-    /// or attach (the `command` query parameters, shell-quoted and joined).
-    Command { command: String },
+    /// "Session records"): an SSH exec command line, shell or subsystem
+    /// (`command` is `shell` or the subsystem's name, e.g. `sftp`), or a
+    /// Kubernetes exec or attach (the `command` query parameters,
+    /// shell-quoted and joined). `kind` says which: `exec`, `shell`,
+    /// `subsystem`, `attach`.
+    Command {
+        command: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        kind: Option<&'static str>,
+    },
     /// Refused by policy `rule`.
     Denied { reason: String, rule: String },
     /// Held for a JIT approval of `summary` (the SQL, or `METHOD path`).
@@ -172,6 +184,26 @@ pub struct KubeFields {
     pub name: Option<String>,
 }
 
+/// How a command of the session ended: an SSH channel's `exit-status` or
+/// `exit-signal` (RFC 4254 §6.10), or neither when the channel closed
+/// without one. The `close` line lists them as `exits`, in the order the
+/// channels closed, the first [`MAX_EXITS`] of a session.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CommandExit {
+    /// The SSH channel (agent-side id).
+    pub channel: u32,
+    /// As in its `command` line.
+    pub command: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_status: Option<u32>,
+    /// Signal name without `SIG`, e.g. `TERM`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_signal: Option<String>,
+}
+
+/// How many [`CommandExit`]s a `close` line lists at most.
+pub const MAX_EXITS: usize = 256;
+
 /// Who a session belongs to: the agent identity from interception and the
 /// service it reached.
 #[derive(Debug, Clone)]
@@ -189,12 +221,16 @@ pub struct RecorderOptions {
     /// `audit.jsonl` is rotated before a line would take it past this many
     /// bytes (`[gateway] audit_rotate_bytes`).
     pub audit_rotate_bytes: u64,
+    /// Terminal output a session's `.cast` file records at most; the rest
+    /// is counted as cut (`[gateway] cast_max_bytes`).
+    pub cast_max_bytes: u64,
 }
 
 impl Default for RecorderOptions {
     fn default() -> Self {
         RecorderOptions {
             audit_rotate_bytes: DEFAULT_ROTATE_BYTES,
+            cast_max_bytes: cast::DEFAULT_MAX_BYTES,
         }
     }
 }
@@ -207,6 +243,7 @@ impl Default for RecorderOptions {
 pub struct Recorder {
     sessions_dir: PathBuf,
     group: Option<u32>,
+    cast_max_bytes: u64,
     writer: Arc<Writer>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -291,6 +328,7 @@ impl Recorder {
         Ok(Arc::new(Recorder {
             sessions_dir,
             group,
+            cast_max_bytes: options.cast_max_bytes,
             writer,
             thread: Mutex::new(Some(thread)),
         }))
@@ -307,6 +345,7 @@ impl Recorder {
         let path = self.sessions_dir.join(format!("{id}.jsonl"));
         let file = open_append(&path, self.group, true)?;
         let append_only = append_only::set(&file, &path, true);
+        let cast = cast::CastFile::new(&path, self.group, SystemTime::now());
         Ok(SessionRecord {
             recorder: Arc::clone(self),
             file: Arc::new(SessionFile {
@@ -314,6 +353,9 @@ impl Recorder {
                 meta,
                 caller: OnceLock::new(),
                 file,
+                cast: Mutex::new(cast),
+                budget: cast::Budget::new(self.cast_max_bytes),
+                exits: Mutex::new(Vec::new()),
                 path,
                 chain: Mutex::new(Chain {
                     seq: 0,
@@ -382,6 +424,12 @@ struct SessionFile {
     /// `(subject, groups)` of the JWT that authenticated the session.
     caller: OnceLock<(String, Vec<String>)>,
     file: File,
+    /// The terminal recording, written by the writer thread.
+    cast: Mutex<cast::CastFile>,
+    /// What the recording may still take.
+    budget: cast::Budget,
+    /// Commands that ended, for the `close` line.
+    exits: Mutex<Vec<CommandExit>>,
     path: PathBuf,
     chain: Mutex<Chain>,
     /// The first write error since the last flush.
@@ -454,6 +502,15 @@ impl SessionRecord {
             .push(self.file.clone(), SystemTime::now(), event);
         self.ticket.store(ticket, Ordering::Release);
         Ok(())
+    }
+
+    /// Notes how a command ended, for the `exits` of the `close` line
+    /// (the first [`MAX_EXITS`]).
+    pub fn command_exit(&self, exit: CommandExit) {
+        let mut exits = self.file.exits.lock().unwrap_or_else(|p| p.into_inner());
+        if exits.len() < MAX_EXITS {
+            exits.push(exit);
+        }
     }
 
     /// Resolves once every line this session queued is written to its

@@ -1,5 +1,6 @@
 use std::io::BufReader;
 
+use bytes::Bytes;
 use serde_json::Value;
 
 use super::{chain::Verdict, *};
@@ -242,6 +243,7 @@ async fn audit_log_rotates_at_the_configured_size() {
         dir.path(),
         RecorderOptions {
             audit_rotate_bytes: 4096,
+            ..RecorderOptions::default()
         },
     )
     .unwrap();
@@ -357,4 +359,69 @@ async fn lines_are_written_by_the_writer_thread_not_the_flushing_one() {
             .all(|n| n.as_deref() == Some("sluice-recorder")),
         "written on {names:?}"
     );
+}
+
+#[tokio::test]
+async fn terminal_output_goes_to_a_cast_file_the_close_line_summarises() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = RecorderOptions {
+        cast_max_bytes: 12,
+        ..RecorderOptions::default()
+    };
+    let rec = Recorder::open_with(dir.path(), options).unwrap();
+    let s = rec.start(meta("ci-bot")).unwrap();
+    s.terminal_size(120, 40, Some("xterm-256color"));
+    s.terminal_output(0, Bytes::from_static(b"$ echo hi\r\n"))
+        .await;
+    s.terminal_output(0, Bytes::from_static(b"hi\r\n$ ")).await;
+    s.record(Event::Close { duration_ms: 5 }).unwrap();
+    s.flush().await.unwrap();
+    rec.flush_all();
+    let cast_path = session_path(dir.path(), &s).with_extension("cast");
+    let cast = fs::read(&cast_path).unwrap();
+    let mode = fs::metadata(&cast_path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o640);
+    let events: Vec<Value> = cast
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect();
+    assert_eq!(events[0]["version"], 2);
+    assert_eq!(
+        (events[0]["width"].as_u64(), events[0]["height"].as_u64()),
+        (Some(120), Some(40))
+    );
+    assert_eq!(events[0]["env"]["TERM"], "xterm-256color");
+    let output: String = events[1..]
+        .iter()
+        .filter(|e| e[1] == "o")
+        .map(|e| e[2].as_str().unwrap())
+        .collect();
+    assert_eq!(output, "$ echo hi\r\nh", "the first 12 bytes only");
+    assert!(events
+        .iter()
+        .any(|e| e[1] == "m" && e[2].as_str().unwrap().contains("cast_max_bytes")));
+    let close: Value =
+        serde_json::from_str(lines(&session_path(dir.path(), &s)).last().unwrap()).unwrap();
+    assert_eq!(close["cast"]["bytes"], cast.len() as u64);
+    assert_eq!(close["cast"]["sha256"], hex::encode(Sha256::digest(&cast)));
+    assert_eq!(close["cast"]["cut"], 5);
+    assert!(matches!(
+        verify_file(&session_path(dir.path(), &s)),
+        Verdict::Closed { .. }
+    ));
+}
+
+#[tokio::test]
+async fn a_session_without_terminal_output_has_no_cast_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = Recorder::open(dir.path()).unwrap();
+    let s = rec.start(meta("ci-bot")).unwrap();
+    s.terminal_size(80, 24, None);
+    s.record(Event::Close { duration_ms: 1 }).unwrap();
+    s.flush().await.unwrap();
+    rec.flush_all();
+    assert!(!session_path(dir.path(), &s).with_extension("cast").exists());
+    let close = lines(&session_path(dir.path(), &s)).pop().unwrap();
+    assert!(!close.contains("\"cast\""), "{close}");
 }

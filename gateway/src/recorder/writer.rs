@@ -20,6 +20,12 @@
 //! waits for (`response`, `close`) are written by the next batch, at most
 //! [`SWEEP`] later.
 //!
+//! Terminal output for `.cast` files ([`super::cast`]) is queued the same
+//! way, without a ticket: each batch appends a session's output to its
+//! `.cast` file before its lines, so a `close` line sees the whole
+//! recording it summarises. Queued output holds permits of
+//! [`Writer::cast_room`], released once written.
+//!
 //! A failed write leaves the chain where it was: the session's next line
 //! continues from its last written one, so the file stays verifiable, and
 //! the error is reported to the session's next flush.
@@ -33,9 +39,12 @@ use std::{
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
-use super::{append_only, audit::AuditLog, write_line, Event, Observer, SessionFile};
+use super::{
+    append_only, audit::AuditLog, cast, cast::CastSummary, write_line, CommandExit, Event,
+    Observer, SessionFile,
+};
 
 /// How long a line nobody flushes may wait in the queue.
 pub const SWEEP: Duration = Duration::from_millis(20);
@@ -52,13 +61,23 @@ pub(super) struct Writer {
     /// Every ticket up to this one is written (or failed).
     written: watch::Sender<u64>,
     pub(super) observer: OnceLock<Observer>,
+    /// Bytes of terminal output that may wait in the queue
+    /// ([`cast::QUEUE_BYTES`]).
+    pub(super) cast_room: Arc<Semaphore>,
+}
+
+/// A queued line, or terminal output for the session's `.cast` file.
+#[derive(Debug)]
+enum Entry {
+    Line(SystemTime, Event),
+    Cast(cast::Queued),
 }
 
 #[derive(Debug, Default)]
 struct Queue {
     /// The last ticket handed out (0: none yet).
     last: u64,
-    lines: Vec<(Arc<SessionFile>, SystemTime, Event)>,
+    lines: Vec<(Arc<SessionFile>, Entry)>,
     /// The highest ticket a handler awaits.
     wanted: u64,
     /// The writer thread sleeps on `wake` and no one has woken it yet.
@@ -80,6 +99,7 @@ impl Writer {
             audit: Mutex::new(audit),
             written: watch::Sender::new(0),
             observer: OnceLock::new(),
+            cast_room: Arc::new(Semaphore::new(cast::QUEUE_BYTES)),
         }
     }
 
@@ -87,8 +107,14 @@ impl Writer {
     pub(super) fn push(&self, session: Arc<SessionFile>, at: SystemTime, event: Event) -> u64 {
         let mut q = lock(&self.queue);
         q.last += 1;
-        q.lines.push((session, at, event));
+        q.lines.push((session, Entry::Line(at, event)));
         q.last
+    }
+
+    /// Queues terminal output (or a size, a marker) of `session`; written
+    /// with the next batch, which nobody needs to await.
+    pub(super) fn push_cast(&self, session: Arc<SessionFile>, queued: cast::Queued) {
+        lock(&self.queue).lines.push((session, Entry::Cast(queued)));
     }
 
     /// Resolves once every line up to `ticket` is written (or failed) by
@@ -179,6 +205,10 @@ struct Line<'a> {
     lines: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     head: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cast: Option<CastSummary>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    exits: Vec<CommandExit>,
     seq: u64,
     prev: &'a str,
 }
@@ -186,8 +216,11 @@ struct Line<'a> {
 /// An event and the wall-clock time it was queued.
 type Stamped = (SystemTime, Event);
 
+/// One session's share of a batch: its lines and its terminal output.
+type Share = (Arc<SessionFile>, Vec<Stamped>, Vec<cast::Queued>);
+
 fn write_batch(
-    lines: Vec<(Arc<SessionFile>, SystemTime, Event)>,
+    lines: Vec<(Arc<SessionFile>, Entry)>,
     audit: &AuditLog,
     observer: &OnceLock<Observer>,
 ) {
@@ -195,18 +228,30 @@ fn write_batch(
         return;
     }
     // Per session, in queue order.
-    let mut order: Vec<(Arc<SessionFile>, Vec<Stamped>)> = Vec::new();
+    let mut order: Vec<Share> = Vec::new();
     let mut index: HashMap<*const SessionFile, usize> = HashMap::new();
-    for (session, at, event) in lines {
+    for (session, entry) in lines {
         let i = *index.entry(Arc::as_ptr(&session)).or_insert_with(|| {
-            order.push((session, Vec::new()));
+            order.push((session, Vec::new(), Vec::new()));
             order.len() - 1
         });
-        order[i].1.push((at, event));
+        match entry {
+            Entry::Line(at, event) => order[i].1.push((at, event)),
+            Entry::Cast(queued) => order[i].2.push(queued),
+        }
     }
     let mut audit_bytes = Vec::new();
     let mut written = Vec::new();
-    for (session, events) in order {
+    for (session, events, output) in order {
+        if let Err(e) = write_cast(&session, &events, &output) {
+            tracing::warn!(session = %session.id, error = %e, "terminal recording write failed");
+            session.fail(e);
+        }
+        // The output is written (or failed): its room in the queue is free.
+        drop(output);
+        if events.is_empty() {
+            continue;
+        }
         match write_session(&session, &events) {
             Ok(bytes) => {
                 audit_bytes.extend_from_slice(&bytes);
@@ -240,6 +285,23 @@ fn write_batch(
     }
 }
 
+/// Appends `output` to the session's `.cast` file; before the session's
+/// `close` line (in `events`), what is carried too.
+fn write_cast(
+    session: &SessionFile,
+    events: &[Stamped],
+    output: &[cast::Queued],
+) -> io::Result<()> {
+    let closing = events.iter().find_map(|(_, e)| match e {
+        Event::Close { duration_ms } => Some(std::time::Duration::from_millis(*duration_ms)),
+        _ => None,
+    });
+    if output.is_empty() && closing.is_none() {
+        return Ok(());
+    }
+    lock(&session.cast).write(output, closing)
+}
+
 /// Serialises `events` onto the session's chain and appends them in one
 /// write. The chain advances only when the write succeeds.
 fn write_session(session: &SessionFile, events: &[Stamped]) -> io::Result<Vec<u8>> {
@@ -261,6 +323,14 @@ fn write_session(session: &SessionFile, events: &[Stamped]) -> io::Result<Vec<u8
             event,
             lines: is_close.then_some(seq),
             head: is_close.then(|| hex::encode(head.clone().finalize())),
+            cast: is_close
+                .then(|| lock(&session.cast).close(session.budget.cut()))
+                .flatten(),
+            exits: if is_close {
+                std::mem::take(&mut *lock(&session.exits))
+            } else {
+                Vec::new()
+            },
             seq,
             prev: &prev,
         };

@@ -193,16 +193,6 @@ pub enum SshEvent {
         /// The refusal message.
         message: String,
     },
-    /// Output of the upstream program towards the agent (for the `.cast`
-    /// stream).
-    Output {
-        /// Agent-side channel id.
-        channel: u32,
-        /// Which stream.
-        stream: Stream,
-        /// The bytes, as relayed.
-        data: Vec<u8>,
-    },
     /// The upstream program exited (`exit-status`, RFC 4254 §6.10).
     ExitStatus {
         /// Agent-side channel id.
@@ -261,4 +251,16 @@ pub trait Gate: Send + Sync + 'static {
 
     /// Records an event; must not block for long (queue it).
     fn record(&self, login: &Self::Login, event: SshEvent);
+
+    /// Records output of an exec or shell (not a subsystem, not a forward)
+    /// on its way to the agent, for the session's terminal recording. The
+    /// relay awaits it before passing `data` on: it may wait for room in a
+    /// bounded queue, never for the disk.
+    fn output(
+        &self,
+        login: &Self::Login,
+        channel: u32,
+        stream: Stream,
+        data: bytes::Bytes,
+    ) -> impl Future<Output = ()> + Send;
 }

@@ -259,33 +259,46 @@ impl<G: Gate> Relay<G> {
         }
     }
 
+    /// Hands exec or shell output to the gate for the recording, once
+    /// recording started on the channel.
+    async fn output(&self, ends: &Ends, stream: Stream, data: &Bytes) {
+        if ends.recording.load(Ordering::Acquire) {
+            let channel = u32::from(ends.id());
+            let data = data.clone();
+            self.gate.output(&self.login, channel, stream, data).await;
+        }
+    }
+
     /// Upstream → agent: until upstream closes the channel (or the agent
     /// side ends this task).
+    ///
+    /// On a session channel, upstream's EOF is passed on only after its
+    /// `exit-status` or `exit-signal` (or with its close). sshd may send EOF
+    /// first; an OpenSSH client that has sent its own EOF then closes the
+    /// channel at once, and russh answers that close immediately, so an
+    /// exit status still on its way through Sluice would arrive after the
+    /// close and be lost (the client exits 255: the flaky multiplexed
+    /// `echo` of the e2e tests). Holding EOF back keeps sshd's guarantee
+    /// that the status comes before the client can close. Forwarded TCP
+    /// (`direct-tcpip`) keeps its half-close as sent.
     async fn downstream(self, mut upstream_rx: ChannelReadHalf, ends: Arc<Ends>) {
         let id = ends.id();
         let channel = u32::from(id);
         let agent = &ends.agent;
-        let output = |stream: Stream, data: &Bytes| {
-            if ends.recording.load(Ordering::Acquire) {
-                self.gate.record(
-                    &self.login,
-                    SshEvent::Output {
-                        channel,
-                        stream,
-                        data: data.to_vec(),
-                    },
-                );
-            }
-        };
+        let mut held_eof = false;
         while let Some(msg) = upstream_rx.wait().await {
             let sent = match msg {
                 ChannelMsg::Data { data } => {
-                    output(Stream::Stdout, &data);
+                    self.output(&ends, Stream::Stdout, &data).await;
                     agent.data_bytes(data).await
                 }
                 ChannelMsg::ExtendedData { data, ext } => {
-                    output(Stream::Stderr, &data);
+                    self.output(&ends, Stream::Stderr, &data).await;
                     agent.extended_data_bytes(ext, data).await
+                }
+                ChannelMsg::Eof if ends.terminal => {
+                    held_eof = true;
+                    Ok(())
                 }
                 ChannelMsg::Eof => agent.eof().await,
                 ChannelMsg::ExitStatus { exit_status } => {
@@ -296,7 +309,8 @@ impl<G: Gate> Relay<G> {
                             status: exit_status,
                         },
                     );
-                    agent.exit_status(exit_status).await
+                    let sent = agent.exit_status(exit_status).await;
+                    sent.and(release_eof(agent, &mut held_eof).await)
                 }
                 ChannelMsg::ExitSignal {
                     signal_name,
@@ -311,7 +325,7 @@ impl<G: Gate> Relay<G> {
                         .server
                         .exit_signal_request(id, signal_name, core_dumped, error_message, lang_tag)
                         .await;
-                    Ok(())
+                    release_eof(agent, &mut held_eof).await
                 }
                 ChannelMsg::Success | ChannelMsg::Failure => {
                     ends.reply(matches!(msg, ChannelMsg::Success));
@@ -329,7 +343,20 @@ impl<G: Gate> Relay<G> {
         if let Ok(mut q) = ends.pending.lock() {
             q.clear();
         }
+        let _ = release_eof(agent, &mut held_eof).await;
         let _ = agent.close().await;
+    }
+}
+
+/// Sends the agent the EOF [`Relay::downstream`] held back, if any.
+async fn release_eof(
+    agent: &ChannelWriteHalf<server::Msg>,
+    held: &mut bool,
+) -> Result<(), russh::Error> {
+    if std::mem::take(held) {
+        agent.eof().await
+    } else {
+        Ok(())
     }
 }
 

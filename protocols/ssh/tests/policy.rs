@@ -123,17 +123,14 @@ async fn pty_shell_passes_window_changes_and_is_recorded() {
             .any(|e| matches!(e, SshEvent::ExitStatus { status: 0, .. })),
         "{events:?}"
     );
-    let recorded: Vec<u8> = events
+    let recorded: Vec<u8> = stack
+        .policy()
+        .output
+        .lock()
+        .unwrap()
         .iter()
-        .filter_map(|e| match e {
-            SshEvent::Output {
-                stream: Stream::Stdout,
-                data,
-                ..
-            } => Some(data.clone()),
-            _ => None,
-        })
-        .flatten()
+        .filter(|(stream, _)| *stream == Stream::Stdout)
+        .flat_map(|(_, data)| data.clone())
         .collect();
     let recorded = String::from_utf8_lossy(&recorded);
     let first = recorded.find("24 80").expect("first stty size recorded");

@@ -13,10 +13,10 @@ use sluice_tests::{ServiceSpec, Stack};
 
 use crate::{assert_no_token, events, Lines, WAIT};
 
-const KUBE: &str = "prod-k8s";
-const KUBE_HOST: &str = "kube.prod.test";
+pub(crate) const KUBE: &str = "prod-k8s";
+pub(crate) const KUBE_HOST: &str = "kube.prod.test";
 /// DESIGN.md §6's example rules, as far as the stand-in serves them.
-const RULES: &str = r#"deny = [{ verb = "delete", resource = "namespaces" }, { verb = "*", resource = "secrets", namespace = "kube-system" }]
+pub(crate) const RULES: &str = r#"deny = [{ verb = "delete", resource = "namespaces" }, { verb = "*", resource = "secrets", namespace = "kube-system" }]
 approve = [{ verb = "delete", resource = "pods", namespace = "default" }]"#;
 /// [`RULES`], and `kubectl exec` held for approval too.
 const RULES_EXEC_HELD: &str = r#"deny = [{ verb = "delete", resource = "namespaces" }, { verb = "*", resource = "secrets", namespace = "kube-system" }]
@@ -24,7 +24,7 @@ approve = [{ verb = "delete", resource = "pods", namespace = "default" }, { verb
 /// base64 of `****`.
 const MASKED_DATA: &str = "KioqKg==";
 
-fn kube_stack(label: &str, extra: &str) -> Stack {
+pub(crate) fn kube_stack(label: &str, extra: &str) -> Stack {
     Stack::builder(label)
         .gateway(r#"approval_timeout = "60s""#)
         .service(ServiceSpec::kubernetes(KUBE, KUBE_HOST).extra(extra))
@@ -34,7 +34,7 @@ fn kube_stack(label: &str, extra: &str) -> Stack {
 }
 
 /// `kubectl` as the agent, with a kubeconfig of its own.
-struct Kubectl<'a> {
+pub(crate) struct Kubectl<'a> {
     stack: &'a Stack,
     kubeconfig: PathBuf,
     home: PathBuf,
@@ -43,7 +43,7 @@ struct Kubectl<'a> {
 impl<'a> Kubectl<'a> {
     /// A kubeconfig for service [`KUBE`] whose token is `token` and whose
     /// CA is Sluice's.
-    fn new(stack: &'a Stack, token: &str) -> Kubectl<'a> {
+    pub(crate) fn new(stack: &'a Stack, token: &str) -> Kubectl<'a> {
         let dir = stack.dir().join(sluice_tests::unique_name("kubectl"));
         std::fs::create_dir_all(&dir).unwrap();
         let kubeconfig = dir.join("config");
@@ -74,7 +74,7 @@ impl<'a> Kubectl<'a> {
         ]
     }
 
-    fn run(&self, args: &[&str]) -> Output {
+    pub(crate) fn run(&self, args: &[&str]) -> Output {
         let env = self.env();
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         self.stack.agent_with_hosts(&env, &self.argv(args)).unwrap()
@@ -90,7 +90,7 @@ impl<'a> Kubectl<'a> {
 
     /// The Python client's exec of `command` in pod `pod` (always over
     /// WebSocket, `v4.channel.k8s.io`), spawned.
-    fn python_exec(&self, pod: &str, command: &[&str]) -> Child {
+    pub(crate) fn python_exec(&self, pod: &str, command: &[&str]) -> Child {
         let env = self.env();
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let config = self.kubeconfig.display().to_string();
@@ -147,7 +147,7 @@ with socket.create_connection((host, port), timeout=10) as raw, ctx.wrap_socket(
 
 /// A spawned agent's stdout, once it ended successfully.
 #[track_caller]
-fn finished(child: Child) -> String {
+pub(crate) fn finished(child: Child) -> String {
     assert_ok(&child.wait_with_output().unwrap())
 }
 
@@ -156,7 +156,7 @@ fn stdout(out: &Output) -> String {
 }
 
 #[track_caller]
-fn assert_ok(out: &Output) -> String {
+pub(crate) fn assert_ok(out: &Output) -> String {
     assert!(
         out.status.success(),
         "kubectl failed: {}\nstderr: {}",
@@ -178,7 +178,7 @@ fn kube_requests(stack: &Stack) -> Vec<Value> {
 
 /// Every request reached the stand-in with the real token and no trace of
 /// the agent's.
-fn assert_real_token_only(stack: &Stack) {
+pub(crate) fn assert_real_token_only(stack: &Stack) {
     let real = format!("Bearer {}", stack.secret(KUBE));
     for r in stack.kube(KUBE).requests() {
         assert_no_token(&r);

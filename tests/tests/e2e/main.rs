@@ -24,6 +24,8 @@ mod https_swap;
 mod install_package;
 mod install_readiness;
 mod install_units;
+mod kube_client_cert;
+mod kube_exec;
 mod kubernetes;
 mod load;
 mod notify;
@@ -37,6 +39,7 @@ mod pg_upstream_trust;
 mod records;
 mod redis_down;
 mod redis_tamper;
+mod replay;
 mod restart;
 mod run_in_agent;
 mod ssh;
@@ -185,6 +188,45 @@ pub fn sessions_of(stack: &Stack, service: &str) -> Vec<Vec<Value>> {
                 .unwrap()
         })
         .collect()
+}
+
+/// The asciicast v2 recording of `session` (its events, in order): the
+/// `.cast` file, checked against the size and SHA-256 its `close` line
+/// carries, with event times that never go back. Returns the header and
+/// the text of the output (`"o"`) events.
+pub fn recording(stack: &Stack, session: &[Value]) -> (Value, String) {
+    use sha2::Digest;
+    let id = session[0]["session"].as_str().unwrap();
+    let path = stack.sluice.log_dir.join(format!("sessions/{id}.cast"));
+    let cast = std::fs::read(&path).expect("the session's .cast file");
+    let close = events(session, "close")[0];
+    assert_eq!(close["cast"]["bytes"], cast.len() as u64, "{close}");
+    assert_eq!(
+        close["cast"]["sha256"],
+        hex::encode(sha2::Sha256::digest(&cast)),
+        "{close}"
+    );
+    let mode = std::fs::metadata(&path).unwrap().permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o640
+    );
+    let text = String::from_utf8(cast).unwrap();
+    let mut lines = text.lines();
+    let header: Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    assert_eq!(header["version"], 2, "{header}");
+    let mut output = String::new();
+    let mut last = 0.0;
+    for line in lines {
+        let event: Vec<Value> = serde_json::from_str(line).unwrap();
+        let t = event[0].as_f64().unwrap();
+        assert!(t >= last, "event times never go back: {line}");
+        last = t;
+        if event[1] == "o" {
+            output.push_str(event[2].as_str().unwrap());
+        }
+    }
+    (header, output)
 }
 
 /// The events named `event` among `events`.

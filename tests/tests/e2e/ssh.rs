@@ -450,7 +450,6 @@ fn scp_and_sftp_pass_and_forwarding_is_refused_unless_allowed() {
 }
 
 #[test]
-#[ignore = "flaky under a loaded suite: once in ~6 runs the first multiplexed `echo` exited 255 with no message although Sluice recorded and allowed it (relay or mux race, not yet understood); run with --ignored"]
 fn revoking_the_key_refuses_new_channels_of_an_open_connection() {
     let stack = ssh_stack("ssh-revoke-live", ServiceSpec::ssh(SVC, HOST));
     let agent = AgentFiles::new(&stack);

@@ -21,6 +21,7 @@ use crate::{config::Config, recorder::EVENT_NAMES};
 mod follow;
 mod list;
 mod render;
+mod replay;
 mod verify;
 
 #[derive(Subcommand, Debug)]
@@ -57,13 +58,19 @@ pub enum SessionsCmd {
         #[arg(long, value_parser = EVENT_NAMES)]
         event: Option<String>,
     },
-    /// Print a session as a timed transcript: statements or requests with their outcomes
+    /// Replay a session in real time: statements, requests and commands with their outcomes, and terminal output (its .cast file)
     Replay {
         /// Session id (s-…), from `sluice sessions list`
         id: String,
-        /// Replay in real time divided by this factor (e.g. 1, 10); without it, print at once
-        #[arg(long, value_parser = parse_speed)]
-        speed: Option<f64>,
+        /// Replay this many times faster than real time (e.g. 10)
+        #[arg(long, value_parser = parse_speed, default_value_t = 1.0, conflicts_with = "no_wait")]
+        speed: f64,
+        /// Print everything at once, without waiting (for scripts)
+        #[arg(long)]
+        no_wait: bool,
+        /// Write terminal output as recorded, escape sequences included (only for recordings you trust)
+        #[arg(long)]
+        raw: bool,
     },
     /// Check session files' hash chains; exit 1 if any was tampered with
     Verify {
@@ -118,8 +125,25 @@ pub async fn run(cfg: &Config, cmd: SessionsCmd, json: bool) -> Result<(), CliEr
             };
             follow::tail(log_dir, &filter, follow, json).await
         }
-        SessionsCmd::Replay { id, speed } => {
-            render::replay(&read_session(log_dir, &id)?, speed).await
+        SessionsCmd::Replay {
+            id,
+            speed,
+            no_wait,
+            raw,
+        } => {
+            let records = read_session(log_dir, &id)?;
+            let cast = session_path(log_dir, &id)?.with_extension("cast");
+            let pace = if no_wait {
+                replay::Pace::NoWait
+            } else {
+                replay::Pace::Speed(speed)
+            };
+            let output = if raw {
+                replay::Output::Raw
+            } else {
+                replay::Output::Escaped
+            };
+            replay::replay(&records, &cast, pace, output).await
         }
         SessionsCmd::Verify { id, all } => {
             let sessions_dir = log_dir.join("sessions");
@@ -335,5 +359,18 @@ mod tests {
         assert!(parse(&["sluice", "sessions", "verify", "--all"]).is_ok());
         assert!(parse(&["sluice", "sessions", "list", "--since", "1h"]).is_ok());
         assert!(parse(&["sluice", "sessions", "list", "--since", "yesterday"]).is_err());
+        assert!(parse(&["sluice", "sessions", "replay", "s-1", "--speed", "10"]).is_ok());
+        assert!(parse(&["sluice", "sessions", "replay", "s-1", "--no-wait"]).is_ok());
+        assert!(parse(&["sluice", "sessions", "replay", "s-1", "--speed", "0"]).is_err());
+        assert!(parse(&[
+            "sluice",
+            "sessions",
+            "replay",
+            "s-1",
+            "--speed",
+            "2",
+            "--no-wait"
+        ])
+        .is_err());
     }
 }

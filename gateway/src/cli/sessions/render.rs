@@ -1,5 +1,5 @@
 //! How records read for people: one-line summaries (`tail`, `show`) and the
-//! timed transcript of `replay`.
+//! lines of `replay`'s timed transcript ([`super::replay`]).
 //!
 //! The transcript puts what the agent did on the left margin and what came
 //! of it indented below, whatever the protocol:
@@ -12,7 +12,9 @@
 //! +    0.020s  SQL        DROP TABLE customers
 //! +    0.020s               -> denied: DROP is denied (rule DROP)
 //! +    0.031s  GET        /v1/charges?limit=1 -> 200
+//! +    0.040s  COMMAND    git-upload-pack 'repo.git'
 //! +    0.500s  close      after 0.500s
+//!                           -> exit 0: git-upload-pack 'repo.git'
 //! ```
 use std::time::Duration;
 
@@ -110,7 +112,7 @@ pub(super) fn tail_line(v: &Value) -> String {
 }
 
 /// `session s-… agent ci-bot (pid 4242, uid 1000) service payments-api`.
-fn session_header(v: &Value) -> String {
+pub(super) fn session_header(v: &Value) -> String {
     let f = |k: &str| text(&v[k]);
     clean(&format!(
         "session {} agent {} (pid {}, uid {}) service {}",
@@ -164,7 +166,30 @@ pub(super) fn transcript_text(v: &Value) -> String {
     let outcome = |s: String| format!("{:<10}   -> {s}", "");
     let line = match v["event"].as_str().unwrap_or("") {
         "query" => format!("{:<10} {}", "SQL", f("sql")),
-        "command" => format!("{:<10} {}", "COMMAND", f("command")),
+        "command" => {
+            let label = match v["kind"].as_str() {
+                Some("shell") => "SHELL",
+                Some("subsystem") => "SUBSYSTEM",
+                Some("attach") => "ATTACH",
+                _ => "COMMAND",
+            };
+            format!("{label:<10} {}", f("command"))
+        }
+        // One line per command that ended, each escaped on its own.
+        "close" => {
+            return std::iter::once(format!("{:<10} {}", "close", summary(v)))
+                .chain(v["exits"].as_array().into_iter().flatten().map(|e| {
+                    let how = match (e.get("exit_status"), e.get("exit_signal")) {
+                        (Some(status), _) => format!("exit {}", text(status)),
+                        (None, Some(signal)) => format!("killed by SIG{}", text(signal)),
+                        (None, None) => "closed without exit status".into(),
+                    };
+                    outcome(format!("{how}: {}", text(&e["command"])))
+                }))
+                .map(|line| clean(line.trim_end()))
+                .collect::<Vec<_>>()
+                .join("\n")
+        }
         "request" => format!(
             "{:<10} {} -> {}{}",
             f("method"),
@@ -187,32 +212,6 @@ pub(super) fn transcript_text(v: &Value) -> String {
         event => format!("{event:<10} {}", summary(v)),
     };
     clean(line.trim_end())
-}
-
-/// `sessions replay`: a header, then each event at its offset from the
-/// first; with `speed`, paced at real time divided by `speed` (a delay for
-/// the reader, not synchronisation).
-pub(super) async fn replay(records: &[Record], speed: Option<f64>) -> Result<(), CliError> {
-    print_line(&session_header(&records[0].value))?;
-    let start = timestamp(&records[0].value);
-    let mut previous = Duration::ZERO;
-    for r in records {
-        let v = &r.value;
-        let offset = match (start, timestamp(v)) {
-            (Some(s), Some(t)) => (t - s).to_std().unwrap_or(previous),
-            _ => previous,
-        };
-        if let Some(speed) = speed {
-            tokio::time::sleep(offset.saturating_sub(previous).div_f64(speed)).await;
-        }
-        previous = offset;
-        print_line(&format!(
-            "+{:>9.3}s  {}",
-            offset.as_secs_f64(),
-            transcript_text(v)
-        ))?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -294,6 +293,16 @@ mod tests {
         assert_eq!(
             t(json!({"event": "close", "duration_ms": 20})),
             "close      after 0.020s"
+        );
+        assert_eq!(
+            t(json!({"event": "command", "command": "shell", "kind": "shell"})),
+            "SHELL      shell"
+        );
+        assert_eq!(
+            t(
+                json!({"event": "close", "duration_ms": 20, "exits": [{"channel": 0, "command": "echo hi\nrm x", "exit_status": 0}, {"channel": 1, "command": "sleep 9", "exit_signal": "TERM"}]})
+            ),
+            "close      after 0.020s\n             -> exit 0: echo hi\\nrm x\n             -> killed by SIGTERM: sleep 9"
         );
         assert!(!t(json!({"event": "query", "sql": "SELECT 1;\n\u{1b}[2J"}))
             .chars()

@@ -1,5 +1,7 @@
 //! `sluice sessions verify ID | --all`: checks session files against the
-//! hash chain of [`crate::recorder::chain`], one line per session:
+//! hash chain of [`crate::recorder::chain`] and, for a closed session, its
+//! `.cast` file against the close line's `cast` (size and SHA-256), one
+//! line per session:
 //! ```text
 //! ok s-019a2b3c4d5e-1f2e3d4c 12 lines
 //! open s-019a2b3c4d60-0a0b0c0d 5 lines, no close yet
@@ -15,10 +17,11 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use serde_json::json;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 
 use super::{print_line, read_error, session_error, CliError};
-use crate::recorder::chain::{self, Verdict};
+use crate::recorder::chain::{self, Problem, Verdict};
 
 /// Checks one session file; exit 1 when tampered.
 pub(super) fn one(path: &Path, json: bool) -> Result<(), CliError> {
@@ -76,7 +79,38 @@ fn session_id(path: &Path) -> String {
 
 fn check(path: &Path) -> io::Result<Verdict> {
     let id = session_id(path);
-    chain::verify(BufReader::new(File::open(path)?), Some(&id))
+    let verdict = chain::verify(BufReader::new(File::open(path)?), Some(&id))?;
+    match verdict {
+        Verdict::Closed { lines } if !cast_matches(path)? => Ok(Verdict::Tampered {
+            line: lines,
+            problem: Problem::CastChanged,
+        }),
+        verdict => Ok(verdict),
+    }
+}
+
+/// Whether the `.cast` beside the closed session file `path` is what its
+/// close line (the last line) says: absent when it lists no `cast`.
+fn cast_matches(path: &Path) -> io::Result<bool> {
+    let text = fs::read_to_string(path)?;
+    let close: Value = text
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_default();
+    let cast = match fs::read(path.with_extension("cast")) {
+        Ok(bytes) => Some(bytes),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
+    Ok(match (cast, close.get("cast")) {
+        (None, None) => true,
+        (Some(bytes), Some(summary)) => {
+            summary["bytes"].as_u64() == Some(bytes.len() as u64)
+                && summary["sha256"].as_str() == Some(&hex::encode(Sha256::digest(&bytes)))
+        }
+        _ => false,
+    })
 }
 
 fn report(id: &str, outcome: &io::Result<Verdict>, json: bool) -> Result<(), CliError> {
@@ -114,20 +148,23 @@ mod tests {
     use super::*;
     use crate::recorder::{Event, Recorder, SessionMeta};
 
-    #[test]
-    fn all_finds_the_one_tampered_file_among_intact_ones() {
-        let dir = tempfile::tempdir().unwrap();
-        let rec = Recorder::open(dir.path()).unwrap();
-        let meta = SessionMeta {
+    fn meta() -> SessionMeta {
+        SessionMeta {
             agent: "ci-bot".into(),
             pid: 1,
             uid: 0,
             service: "api".into(),
-        };
+        }
+    }
+
+    #[test]
+    fn all_finds_the_one_tampered_file_among_intact_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = Recorder::open(dir.path()).unwrap();
         let mut paths = Vec::new();
         let mut still_open = Vec::new();
         for n in 0..3 {
-            let s = rec.start(meta.clone()).unwrap();
+            let s = rec.start(meta()).unwrap();
             s.record(Event::Query {
                 sql: format!("SELECT {n}"),
             })
@@ -161,6 +198,34 @@ mod tests {
         assert!(matches!(
             one(&sessions.join("s-0-0.jsonl"), false),
             Err(CliError::Runtime(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_edited_recording_is_tampered() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = Recorder::open(dir.path()).unwrap();
+        let s = rec.start(meta()).unwrap();
+        s.terminal_output(0, bytes::Bytes::from_static(b"rm -rf build\r\n"))
+            .await;
+        s.record(Event::Close { duration_ms: 1 }).unwrap();
+        rec.flush_all();
+        let path = dir
+            .path()
+            .join("sessions")
+            .join(format!("{}.jsonl", s.id()));
+        assert!(matches!(check(&path).unwrap(), Verdict::Closed { .. }));
+        let cast = path.with_extension("cast");
+        let edited = fs::read_to_string(&cast)
+            .unwrap()
+            .replace("rm -rf", "ls -l ");
+        fs::write(&cast, edited).unwrap();
+        assert!(matches!(
+            check(&path).unwrap(),
+            Verdict::Tampered {
+                problem: Problem::CastChanged,
+                ..
+            }
         ));
     }
 }

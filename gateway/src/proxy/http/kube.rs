@@ -63,6 +63,13 @@ impl KubeRequest {
         })
     }
 
+    /// An `exec` or `attach`: its stream carries a command's output.
+    pub fn runs_command(&self) -> bool {
+        self.info.resource().is_some_and(|r| {
+            r.resource == "pods" && matches!(r.subresource.as_deref(), Some("exec" | "attach"))
+        })
+    }
+
     /// Whether an upgrade to `value` is relayed for this request:
     /// WebSocket, or SPDY/3.1 for a stream ([`KubeRequest::streams`]).
     pub fn relays(request: Option<&KubeRequest>, value: &HeaderValue) -> bool {
@@ -115,7 +122,7 @@ pub async fn authorize(
     })?;
     let command = command(&info, parts.uri.query());
     let summary = match &command {
-        Some(command) => format!("{}: {command}", info.summary()),
+        Some((command, _)) => format!("{}: {command}", info.summary()),
         None => info.summary(),
     };
     let allowed = session
@@ -128,7 +135,10 @@ pub async fn authorize(
         return Err(deny(session, StatusCode::NOT_ACCEPTABLE, "MASK", reason));
     }
     if let Some(command) = command {
-        let _ = session.record(Event::Command { command });
+        let _ = session.record(Event::Command {
+            command: command.0,
+            kind: Some(command.1),
+        });
     }
     let allowed = if masked {
         Allowed::Masked
@@ -196,9 +206,9 @@ pub fn holds_secrets(info: &RequestInfo) -> bool {
 }
 
 /// The command an exec or attach runs: its `command` query parameters,
-/// each shell-quoted where needed, joined by spaces. `None` for other
-/// requests.
-pub fn command(info: &RequestInfo, query: Option<&str>) -> Option<String> {
+/// each shell-quoted where needed, joined by spaces, and which it is
+/// (`exec`, `attach`). `None` for other requests.
+pub fn command(info: &RequestInfo, query: Option<&str>) -> Option<(String, &'static str)> {
     let r = info.resource()?;
     if r.resource != "pods" || !matches!(r.subresource.as_deref(), Some("exec" | "attach")) {
         return None;
@@ -207,7 +217,11 @@ pub fn command(info: &RequestInfo, query: Option<&str>) -> Option<String> {
         .filter(|(k, _)| k == "command")
         .map(|(_, v)| quote(&v))
         .collect();
-    Some(words.join(" "))
+    let kind = match r.subresource.as_deref() {
+        Some("attach") => "attach",
+        _ => "exec",
+    };
+    Some((words.join(" "), kind))
 }
 
 /// `word` as a POSIX shell reads it back: unchanged when it holds only
@@ -294,7 +308,7 @@ mod tests {
         let info = read(&p, true).unwrap();
         assert_eq!(
             command(&info, p.uri.query()).unwrap(),
-            r"sh -c 'echo it'\''s'"
+            (r"sh -c 'echo it'\''s'".to_string(), "exec")
         );
         let logs = parts("GET", "/api/v1/namespaces/prod/pods/web-1/log?command=x");
         assert_eq!(

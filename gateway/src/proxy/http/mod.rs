@@ -22,12 +22,14 @@ use tracing::{debug, warn};
 use super::{Gateway, Intercepted};
 use crate::tls::servable_alpn;
 
+pub mod client_cert;
 pub mod counted;
 pub mod credential;
 pub mod echo_guard;
 pub mod json_mask;
 pub mod kube;
 pub mod kube_mask;
+pub mod kube_stream;
 pub mod operation;
 pub mod reply;
 pub mod request;

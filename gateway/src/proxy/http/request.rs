@@ -17,13 +17,13 @@ use super::{
     echo_guard::{self, EchoGuard},
     json_mask,
     kube::{self, KubeRequest},
-    kube_mask, operation,
+    kube_mask, kube_stream, operation,
     reply::{self, ProxyBody},
     session::{ConnCtx, Routed},
     upgrade, upstream,
 };
 use crate::{
-    config::HttpService,
+    config::{HttpService, Injection},
     guard::{Allowed, Refusal, RefusalKind, Session},
     policy::{http::HttpOperation, Operation},
     recorder::Event,
@@ -318,12 +318,17 @@ fn swap(
     parts: &mut hyper::http::request::Parts,
     found: &FoundToken,
 ) -> Result<Option<Secret>, Response<ProxyBody>> {
-    let secret = session
-        .credential()
-        .map_err(|r| refused(&r, Some(session.id())))?;
-    let swapped = credential::inject(parts, found, &http.inject, secret.expose());
-    let echo = http.echo_guard.then(|| secret.clone());
-    drop(secret);
+    let (swapped, echo) = if http.inject == Injection::ClientCertificate {
+        // The credential goes in the upstream TLS handshake
+        // (`tls::VaultClientCert`); here the token is only removed.
+        (credential::inject(parts, found, &http.inject, b""), None)
+    } else {
+        let secret = session
+            .credential()
+            .map_err(|r| refused(&r, Some(session.id())))?;
+        let swapped = credential::inject(parts, found, &http.inject, secret.expose());
+        (swapped, http.echo_guard.then(|| secret.clone()))
+    };
     if let Err(e) = swapped {
         return Err(error(session, StatusCode::BAD_GATEWAY, &e.to_string()));
     }
@@ -429,7 +434,12 @@ async fn respond_upstream(
         .as_ref()
         .is_some_and(|v| KubeRequest::relays(answer.kube.as_ref(), v));
     match answer.agent_upgrade.take() {
-        Some(agent) if switching && relayed => upgrade::relay(ctx.clone(), agent, &mut resp),
+        Some(agent) if switching && relayed => {
+            let protocol = resp.headers().get(header::SEC_WEBSOCKET_PROTOCOL);
+            let record_output = answer.kube.as_ref().is_some_and(KubeRequest::runs_command)
+                && kube_stream::readable(protocol.and_then(|v| v.to_str().ok()));
+            upgrade::relay(ctx.clone(), agent, &mut resp, record_output)
+        }
         _ if switching => {
             let msg = "upstream switched to a protocol the agent did not ask for";
             return error(session, StatusCode::BAD_GATEWAY, msg);

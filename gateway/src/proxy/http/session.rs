@@ -151,6 +151,15 @@ impl ConnCtx {
         }
     }
 
+    /// Queues terminal output of `stream` for the session's `.cast` file
+    /// ([`crate::recorder::SessionRecord::terminal_output`]); nothing
+    /// without a session.
+    pub async fn terminal_output(&self, stream: u32, data: bytes::Bytes) {
+        if let Some(session) = self.session.get().and_then(Option::as_ref) {
+            session.recording().terminal_output(stream, data).await;
+        }
+    }
+
     /// A guard an upgraded connection's relay holds while it runs.
     pub fn relay_guard(&self) -> impl Send + 'static {
         self.relays.clone().try_read_owned().ok()

@@ -9,11 +9,7 @@
 //! an upgrade always uses an HTTP/1.1-only client, since an upgrade cannot
 //! run over HTTP/2. Frames are not inspected: an upgrade is refused on a
 //! service with `mask` or `echo_guard`, which could not be honoured.
-use std::{
-    pin::Pin,
-    sync::Arc,
-    task::{Context, Poll},
-};
+use std::sync::Arc;
 
 use hyper::{
     header::{self, HeaderMap, HeaderValue},
@@ -21,10 +17,10 @@ use hyper::{
     Response,
 };
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::debug;
 
-use super::session::ConnCtx;
+use super::{kube_stream::Frames, session::ConnCtx};
 use crate::recorder::Event;
 
 /// True when the request asks to switch protocols (`Connection: upgrade`
@@ -83,11 +79,20 @@ pub fn restore_response_headers(headers: &mut HeaderMap, upgrade: Option<HeaderV
 }
 
 /// Relays the upgraded connection in the background: waits for both sides
-/// to switch, copies bytes both ways until one closes, then records a
-/// `response` line with status 101, `bytes` sent to the agent and
-/// `bytes_up` sent to the upstream. The connection's `close` line waits for
-/// it ([`ConnCtx::relay_guard`]).
-pub fn relay<B>(ctx: Arc<ConnCtx>, agent: OnUpgrade, upstream: &mut Response<B>) {
+/// to switch, copies bytes both ways until both have closed (an end of one
+/// direction is passed on as a shutdown of the other side's writing half),
+/// then records a `response` line with status 101, `bytes` sent to the
+/// agent and `bytes_up` sent to the upstream. With `record_output` (a
+/// Kubernetes exec or attach over a `channel.k8s.io` WebSocket), the
+/// upstream's stdout and stderr also go to the session's `.cast` file
+/// ([`kube_stream`]). The connection's `close` line waits for it
+/// ([`ConnCtx::relay_guard`]).
+pub fn relay<B>(
+    ctx: Arc<ConnCtx>,
+    agent: OnUpgrade,
+    upstream: &mut Response<B>,
+    record_output: bool,
+) {
     let upstream = hyper::upgrade::on(upstream);
     let guard = ctx.relay_guard();
     tokio::spawn(async move {
@@ -101,60 +106,59 @@ pub fn relay<B>(ctx: Arc<ConnCtx>, agent: OnUpgrade, upstream: &mut Response<B>)
                 return;
             }
         };
-        let mut agent = Counting::new(TokioIo::new(agent));
-        let mut upstream = Counting::new(TokioIo::new(upstream));
-        if let Err(e) = tokio::io::copy_bidirectional(&mut agent, &mut upstream).await {
+        let (agent_rx, agent_tx) = tokio::io::split(TokioIo::new(agent));
+        let (upstream_rx, upstream_tx) = tokio::io::split(TokioIo::new(upstream));
+        let mut up = Pump::default();
+        let mut down = Pump {
+            frames: record_output.then(Frames::default),
+            ..Pump::default()
+        };
+        let copied = tokio::try_join!(
+            up.run(agent_rx, upstream_tx, &ctx),
+            down.run(upstream_rx, agent_tx, &ctx)
+        );
+        if let Err(e) = copied {
             // A peer that closes without a TLS close_notify ends here too.
             debug!(error = %e, "upgraded connection ended with an error");
         }
         ctx.record(Event::Response {
             status: 101,
-            bytes: upstream.read,
-            bytes_up: Some(agent.read),
+            bytes: down.bytes,
+            bytes_up: Some(up.bytes),
         });
     });
 }
 
-/// A stream that counts the bytes read from it (those then written to the
-/// other side), kept however the copy ends.
-struct Counting<T> {
-    inner: T,
-    read: u64,
+/// One direction of an upgraded connection: the bytes copied, kept however
+/// the copy ends, and the frames read on the way when output is recorded.
+#[derive(Default)]
+struct Pump {
+    bytes: u64,
+    frames: Option<Frames>,
 }
 
-impl<T> Counting<T> {
-    fn new(inner: T) -> Self {
-        Counting { inner, read: 0 }
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Counting<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        self.read += (buf.filled().len() - before) as u64;
-        polled
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Counting<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, data)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+impl Pump {
+    /// Copies `from` to `to` until `from` ends, then shuts `to` down.
+    async fn run(
+        &mut self,
+        mut from: impl AsyncRead + Unpin,
+        mut to: impl AsyncWrite + Unpin,
+        ctx: &ConnCtx,
+    ) -> std::io::Result<()> {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = from.read(&mut buf).await?;
+            if n == 0 {
+                return to.shutdown().await;
+            }
+            if let Some(frames) = &mut self.frames {
+                for (channel, data) in frames.feed(&buf[..n]) {
+                    ctx.terminal_output(u32::from(channel), data).await;
+                }
+            }
+            to.write_all(&buf[..n]).await?;
+            to.flush().await?;
+            self.bytes += n as u64;
+        }
     }
 }

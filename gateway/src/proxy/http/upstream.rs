@@ -28,7 +28,8 @@ use hyper_util::{
 use crate::{
     config::{Config, Service},
     intercept::resolver::service_addrs,
-    tls::{upstream_client_config, TlsError},
+    tls::{upstream_client_config_with, TlsError},
+    vault::VaultCache,
 };
 
 /// Resolves only the service's own host: its `resolve` pins or DNS.
@@ -69,18 +70,24 @@ pub type UpstreamClient =
 pub struct UpstreamClients(Vec<Option<(UpstreamClient, UpstreamClient)>>);
 
 impl UpstreamClients {
-    /// Builds a client for every HTTP service.
+    /// Builds a client for every HTTP service; a Kubernetes service with a
+    /// client certificate presents it from `vault`
+    /// ([`super::client_cert::VaultClientCert`]).
     ///
     /// # Errors
     /// [`TlsError`] when a service's `upstream_ca` cannot be read.
-    pub fn new(cfg: &Config) -> Result<Self, TlsError> {
+    pub fn new(cfg: &Config, vault: &std::sync::Arc<VaultCache>) -> Result<Self, TlsError> {
         let mut out = Vec::with_capacity(cfg.services.len());
         for s in &cfg.services {
             if !s.protocol().is_http() {
                 out.push(None);
                 continue;
             }
-            let tls = upstream_client_config(s.upstream_ca.as_deref())?;
+            let client_cert = s.kube().and_then(|k| k.client_cert.clone()).map(|names| {
+                let resolver = super::client_cert::VaultClientCert::new(vault.clone(), names);
+                std::sync::Arc::new(resolver) as _
+            });
+            let tls = upstream_client_config_with(s.upstream_ca.as_deref(), client_cert)?;
             let mut http = HttpConnector::new_with_resolver(ServiceResolver {
                 service: std::sync::Arc::new(s.clone()),
             });

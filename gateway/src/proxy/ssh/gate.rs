@@ -1,10 +1,18 @@
 //! [`sluice_ssh::Gate`] on a guard [`Session`]: the SSH handler's login,
-//! upstream and channel decisions, made by the shared pipeline.
-use std::{net::SocketAddr, sync::Arc};
+//! upstream and channel decisions, made by the shared pipeline, and what
+//! the session records of its channels: a `command` line for each exec,
+//! shell and subsystem request; pty sizes and the output of execs and
+//! shells for the `.cast` file; how each command ended for the `close`
+//! line's `exits`.
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
 
 use sluice_ssh::{
     placeholder::fingerprint, Decision as SshDecision, Gate, Operation, Presented as SshPresented,
-    Refusal as SshRefusal, SshEvent, UpstreamCredential, UpstreamTarget,
+    Refusal as SshRefusal, SshEvent, Stream, UpstreamCredential, UpstreamTarget,
 };
 use zeroize::Zeroizing;
 
@@ -13,18 +21,27 @@ use crate::{
     guard::{Presented, Refusal, Session},
     intercept::resolver,
     policy::{self, ssh::SshOperation},
-    recorder::Event,
+    recorder::{CommandExit, Event},
 };
 
 /// The gate of one agent connection.
 pub struct GuardGate {
     session: Arc<Session>,
+    /// Channels whose exec, shell or subsystem started, until they close.
+    running: Mutex<HashMap<u32, CommandExit>>,
 }
 
 impl GuardGate {
     /// The gate deciding for `session`.
     pub fn new(session: Arc<Session>) -> Self {
-        GuardGate { session }
+        GuardGate {
+            session,
+            running: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<u32, CommandExit>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The refusal as the agent sees it; its line is written first.
@@ -88,6 +105,17 @@ impl GuardGate {
     }
 }
 
+/// The `command` line of an exec, shell or subsystem request: its
+/// `command` and `kind`.
+fn command_of(op: &Operation) -> Option<(String, &'static str)> {
+    match op {
+        Operation::Exec { command } => Some((command.clone(), "exec")),
+        Operation::Shell => Some(("shell".into(), "shell")),
+        Operation::Subsystem { name } => Some((name.clone(), "subsystem")),
+        Operation::Session | Operation::Forward { .. } => None,
+    }
+}
+
 /// The policy view of an SSH operation, and how approvals name it.
 fn policy_op(op: &Operation) -> (SshOperation<'_>, String) {
     match op {
@@ -136,10 +164,9 @@ impl Gate for GuardGate {
             return SshDecision::Deny { message };
         }
         let (op, summary) = policy_op(operation);
-        if let Operation::Exec { command } = operation {
-            let _ = s.record(Event::Command {
-                command: command.clone(),
-            });
+        if let Some((command, kind)) = command_of(operation) {
+            let kind = Some(kind);
+            let _ = s.record(Event::Command { command, kind });
         }
         let authorized = s.authorize(policy::Operation::Ssh(op), &summary).await;
         // Nothing runs before its lines are written.
@@ -152,9 +179,53 @@ impl Gate for GuardGate {
     }
 
     fn record(&self, _login: &(), event: SshEvent) {
-        if let SshEvent::UpstreamFailed { message } = event {
-            self.session
-                .error(format!("upstream login failed: {message}"));
+        let recording = self.session.recording();
+        match event {
+            SshEvent::UpstreamFailed { message } => self
+                .session
+                .error(format!("upstream login failed: {message}")),
+            SshEvent::Pty {
+                term, cols, rows, ..
+            } => recording.terminal_size(cols, rows, Some(&term)),
+            SshEvent::WindowChange { cols, rows, .. } => recording.terminal_size(cols, rows, None),
+            SshEvent::Started { channel, operation } => {
+                if let Some((command, _)) = command_of(&operation) {
+                    let exit = CommandExit {
+                        channel,
+                        command,
+                        exit_status: None,
+                        exit_signal: None,
+                    };
+                    self.running().insert(channel, exit);
+                }
+            }
+            SshEvent::ExitStatus { channel, status } => {
+                if let Some(exit) = self.running().get_mut(&channel) {
+                    exit.exit_status = Some(status);
+                }
+            }
+            SshEvent::ExitSignal { channel, signal } => {
+                if let Some(exit) = self.running().get_mut(&channel) {
+                    exit.exit_signal = Some(signal);
+                }
+            }
+            SshEvent::ChannelClose { channel } => {
+                let exit = self.running().remove(&channel);
+                if let Some(exit) = exit {
+                    recording.command_exit(exit);
+                }
+            }
+            SshEvent::ChannelOpen { .. } | SshEvent::Denied { .. } => {}
         }
+    }
+
+    /// Exec and shell output, as the agent receives it: what the upstream
+    /// program printed (Sluice's credential went into the upstream login,
+    /// never into channel data).
+    async fn output(&self, _login: &(), channel: u32, _stream: Stream, data: bytes::Bytes) {
+        self.session
+            .recording()
+            .terminal_output(channel, data)
+            .await;
     }
 }

@@ -25,7 +25,8 @@ use russh::keys::{PrivateKey, PublicKey};
 use sluice_ssh::{
     host_key,
     placeholder::{AuthorizedKey, PlaceholderKey},
-    Decision, Gate, Operation, Presented, Refusal, SshEvent, UpstreamCredential, UpstreamTarget,
+    Decision, Gate, Operation, Presented, Refusal, SshEvent, Stream, UpstreamCredential,
+    UpstreamTarget,
 };
 
 pub use sshd::{Sshd, UserKey};
@@ -64,6 +65,8 @@ pub struct Policy {
     pub host_key: PublicKey,
     /// Everything recorded, in order.
     pub events: Mutex<Vec<SshEvent>>,
+    /// Recorded terminal output, in order.
+    pub output: Mutex<Vec<(Stream, Vec<u8>)>>,
 }
 
 /// The vault secret of the test gate.
@@ -123,6 +126,10 @@ impl Gate for TestGate {
 
     fn record(&self, _login: &Login, event: SshEvent) {
         self.0.events.lock().unwrap().push(event);
+    }
+
+    async fn output(&self, _login: &Login, _channel: u32, stream: Stream, data: bytes::Bytes) {
+        self.0.output.lock().unwrap().push((stream, data.to_vec()));
     }
 }
 
@@ -195,6 +202,7 @@ impl Stack {
                 .expected_host_key
                 .unwrap_or_else(|| sshd.host_key.clone()),
             events: Mutex::new(Vec::new()),
+            output: Mutex::new(Vec::new()),
         };
         if let Some(hop) = options.hop {
             policy.upstream = hop.addr;

@@ -201,6 +201,7 @@ fn two_hundred_thousand_events_across_rotations_lose_no_line_and_tail_f_sees_the
         log_dir,
         RecorderOptions {
             audit_rotate_bytes: 1 << 20,
+            ..RecorderOptions::default()
         },
     )
     .unwrap();
