@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub mod console;
 mod gateway;
 pub mod notify;
 mod service;
@@ -47,6 +48,8 @@ pub struct Config {
     pub services: Vec<Service>,
     /// `[[notify]]` targets (DESIGN.md §9).
     pub notify: Vec<notify::Target>,
+    /// `[console]`, the web console (DESIGN.md §9), when set.
+    pub console: Option<console::Console>,
 }
 
 /// `egress = "deny" | "allow"`.
@@ -93,6 +96,8 @@ struct RawConfig {
     services: Vec<RawService>,
     #[serde(default, rename = "notify")]
     notify: Vec<notify::RawTarget>,
+    #[serde(default)]
+    console: Option<console::RawConsole>,
 }
 
 impl Config {
@@ -147,12 +152,18 @@ impl Config {
                     .map_err(|(field, message)| err((format!("notify[{i}].{field}"), message)))
             })
             .collect::<Result<_, _>>()?;
+        let console = raw
+            .console
+            .map(|c| c.validate())
+            .transpose()
+            .map_err(|(field, message)| err((format!("console.{field}"), message)))?;
         Ok(Config {
             path: path.to_path_buf(),
             gateway: raw.gateway,
             agents: raw.agents,
             services,
             notify,
+            console,
         })
     }
 

@@ -134,7 +134,8 @@ pub async fn run(cfg: Config) -> Result<Arc<Recorder>, StartError> {
     let observer = metrics.clone();
     // The notifier reads signing secrets through its own view of the vault.
     let notify_vault = VaultCache::new(Vault::open(gwc).map_err(setup("vault"))?);
-    let notifier = Notifier::start(&cfg.notify, notify_vault, metrics.clone());
+    let console_url = cfg.console.as_ref().map(|c| c.link("/approvals"));
+    let notifier = Notifier::start(&cfg.notify, notify_vault, metrics.clone(), console_url);
     recorder.observe_with(Observer(Box::new(move |line| {
         observer.observe(&line.meta.service, line.event);
         notifier.offer(line);

@@ -1,0 +1,267 @@
+//! Sign-in with OpenID Connect: the authorization code flow with PKCE
+//! (OpenID Connect Core 1.0 §3.1, RFC 7636), through the `openidconnect`
+//! crate.
+//!
+//! [`Issuer::begin`] reads the issuer's discovery document and JWKS
+//! (OpenID Connect Discovery 1.0 §4) afresh, so a rotated key is picked up
+//! at the next sign-in, and returns the authorization URL with a fresh
+//! `state`, `nonce` and PKCE S256 challenge. [`Issuer::finish`] exchanges
+//! the code with the PKCE verifier and the client secret, and checks the
+//! ID token: signature against the JWKS, `iss`, `aud`, `exp`, and the
+//! `nonce` of this sign-in. The groups come from the token's groups claim.
+//! Requests to the issuer go over the gateway's own hyper + rustls client,
+//! verified against the system roots or the issuer's `ca`, and never
+//! follow redirects.
+use std::{path::PathBuf, sync::Arc};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::{client::legacy::Client as HyperClient, rt::TokioExecutor};
+use openidconnect::{
+    core::{
+        CoreAuthDisplay, CoreAuthPrompt, CoreAuthenticationFlow, CoreErrorResponseType,
+        CoreGenderClaim, CoreJsonWebKey, CoreJweContentEncryptionAlgorithm,
+        CoreJwsSigningAlgorithm, CoreProviderMetadata, CoreRevocableToken,
+        CoreRevocationErrorResponse, CoreTokenIntrospectionResponse, CoreTokenType,
+    },
+    AdditionalClaims, AuthorizationCode, Client, ClientId, ClientSecret, CsrfToken,
+    EndpointMaybeSet, EndpointNotSet, EndpointSet, HttpRequest, HttpResponse, IdTokenFields,
+    IssuerUrl, Nonce, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, Scope,
+    StandardErrorResponse, StandardTokenResponse, TokenResponse,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use zeroize::Zeroizing;
+
+use crate::tls::upstream_client_config;
+
+/// The ID token's claims beyond the standard ones, kept whole so the
+/// configured groups claim can be read by name.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OtherClaims {
+    #[serde(flatten)]
+    claims: Map<String, Value>,
+}
+impl AdditionalClaims for OtherClaims {}
+
+type Fields = IdTokenFields<
+    OtherClaims,
+    openidconnect::EmptyExtraTokenFields,
+    CoreGenderClaim,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJwsSigningAlgorithm,
+>;
+type Tokens = StandardTokenResponse<Fields, CoreTokenType>;
+/// A client built from discovery: authorization endpoint set, token and
+/// userinfo endpoints as the provider published them.
+type SignInClient = Client<
+    OtherClaims,
+    CoreAuthDisplay,
+    CoreGenderClaim,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJsonWebKey,
+    CoreAuthPrompt,
+    StandardErrorResponse<CoreErrorResponseType>,
+    Tokens,
+    CoreTokenIntrospectionResponse,
+    CoreRevocableToken,
+    CoreRevocationErrorResponse,
+    EndpointSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointMaybeSet,
+    EndpointMaybeSet,
+>;
+
+/// Why a sign-in failed (shown to the person, logged; never a secret).
+#[derive(Debug, thiserror::Error)]
+pub enum SignInError {
+    #[error("the issuer's discovery document: {0}")]
+    Discovery(String),
+    #[error("the code exchange: {0}")]
+    Exchange(String),
+    #[error("the issuer returned no ID token")]
+    NoIdToken,
+    #[error("the ID token was refused: {0}")]
+    IdToken(String),
+    #[error("TLS towards the issuer: {0}")]
+    Tls(String),
+}
+
+/// The issuer people sign in with, as the console uses it.
+pub struct Issuer {
+    /// `issuer` of the `[[oidc]]` entry.
+    pub url: String,
+    pub client_id: String,
+    /// The `client_secret` vault secret's value, when the entry names one.
+    pub client_secret: Option<Zeroizing<String>>,
+    /// The claim holding the groups (`groups_claim`, `groups` by default).
+    pub groups_claim: String,
+    /// `<console url>/callback`.
+    pub redirect: String,
+    http: HyperClient<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, Full<Bytes>>,
+}
+
+/// What a sign-in in progress must keep until the callback: the state
+/// sent, the nonce the ID token must carry, and the PKCE verifier.
+pub struct Pending {
+    pub state: CsrfToken,
+    nonce: Nonce,
+    verifier: PkceCodeVerifier,
+}
+
+/// A person as the ID token names them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Person {
+    /// `sub`.
+    pub subject: String,
+    /// `name` or `email` when the token has one, else `sub`: for display.
+    pub name: String,
+    /// The groups claim (a list of strings; anything else is no groups).
+    pub groups: Vec<String>,
+}
+
+impl Issuer {
+    /// An issuer at `url` (HTTPS, verified against the system roots or
+    /// `ca`).
+    ///
+    /// # Errors
+    /// [`SignInError::Tls`] when `ca` cannot be read.
+    pub fn new(
+        url: String,
+        client_id: String,
+        client_secret: Option<Zeroizing<String>>,
+        groups_claim: String,
+        ca: Option<PathBuf>,
+        redirect: String,
+    ) -> Result<Issuer, SignInError> {
+        let tls = upstream_client_config(ca.as_deref()).map_err(|e| SignInError::Tls(e.to_string()))?;
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_only()
+            .enable_http1()
+            .build();
+        Ok(Issuer {
+            url,
+            client_id,
+            client_secret,
+            groups_claim,
+            redirect,
+            http: HyperClient::builder(TokioExecutor::new()).build(connector),
+        })
+    }
+
+    /// One request to the issuer, as `openidconnect` asks for it.
+    async fn call(&self, request: HttpRequest) -> Result<HttpResponse, std::io::Error> {
+        let (parts, body) = request.into_parts();
+        let request = hyper::Request::from_parts(parts, Full::new(Bytes::from(body)));
+        let response = self.http.request(request).await.map_err(std::io::Error::other)?;
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.map_err(std::io::Error::other)?.to_bytes();
+        Ok(HttpResponse::from_parts(parts, body.to_vec()))
+    }
+
+    /// The client for the issuer's current discovery document and keys.
+    async fn client(&self) -> Result<SignInClient, SignInError> {
+        let issuer = IssuerUrl::new(self.url.clone()).map_err(|e| SignInError::Discovery(e.to_string()))?;
+        let http = |r| self.call(r);
+        let metadata = CoreProviderMetadata::discover_async(issuer, &http)
+            .await
+            .map_err(|e| SignInError::Discovery(chain(&e)))?;
+        let redirect =
+            RedirectUrl::new(self.redirect.clone()).map_err(|e| SignInError::Discovery(e.to_string()))?;
+        Ok(SignInClient::from_provider_metadata(
+            metadata,
+            ClientId::new(self.client_id.clone()),
+            self.client_secret
+                .as_ref()
+                .map(|s| ClientSecret::new(s.to_string())),
+        )
+        .set_redirect_uri(redirect))
+    }
+
+    /// Starts a sign-in: the URL to send the browser to, and what the
+    /// callback needs.
+    ///
+    /// # Errors
+    /// [`SignInError::Discovery`] when the issuer cannot be read.
+    pub async fn begin(&self) -> Result<(String, Pending), SignInError> {
+        let client = self.client().await?;
+        let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+        let (url, state, nonce) = client
+            .authorize_url(
+                CoreAuthenticationFlow::AuthorizationCode,
+                CsrfToken::new_random,
+                Nonce::new_random,
+            )
+            .add_scope(Scope::new("profile".into()))
+            .add_scope(Scope::new("email".into()))
+            .add_scope(Scope::new("groups".into()))
+            .set_pkce_challenge(challenge)
+            .url();
+        Ok((
+            url.to_string(),
+            Pending {
+                state,
+                nonce,
+                verifier,
+            },
+        ))
+    }
+
+    /// Ends a sign-in: exchanges `code` and checks the ID token against
+    /// `pending` (its nonce); the caller has already matched the `state`.
+    ///
+    /// # Errors
+    /// [`SignInError`] for a failed exchange or a refused ID token.
+    pub async fn finish(&self, code: String, pending: Pending) -> Result<Person, SignInError> {
+        let client = self.client().await?;
+        let http = |r| self.call(r);
+        let tokens = client
+            .exchange_code(AuthorizationCode::new(code))
+            .map_err(|e| SignInError::Exchange(e.to_string()))?
+            .set_pkce_verifier(pending.verifier)
+            .request_async(&http)
+            .await
+            .map_err(|e| SignInError::Exchange(chain(&e)))?;
+        let id_token = tokens.id_token().ok_or(SignInError::NoIdToken)?;
+        let claims = id_token
+            .claims(&client.id_token_verifier(), &pending.nonce)
+            .map_err(|e| SignInError::IdToken(chain(&e)))?;
+        let subject = claims.subject().to_string();
+        let name = claims
+            .name()
+            .and_then(|n| n.get(None))
+            .map(|n| n.to_string())
+            .or_else(|| claims.email().map(|e| e.to_string()))
+            .unwrap_or_else(|| subject.clone());
+        let groups = match claims.additional_claims().claims.get(&self.groups_claim) {
+            Some(Value::Array(list)) => list
+                .iter()
+                .filter_map(|g| g.as_str().map(str::to_string))
+                .collect(),
+            _ => Vec::new(),
+        };
+        Ok(Person {
+            subject,
+            name,
+            groups,
+        })
+    }
+}
+
+/// An error with its sources, on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// Shared by the routes.
+pub type SharedIssuer = Arc<Issuer>;
