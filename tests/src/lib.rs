@@ -28,6 +28,7 @@
 //! ([`container`]) runc and iproute2's `ip`.
 
 pub mod approvals;
+pub mod browser;
 pub mod ca;
 pub mod cgroup;
 pub mod container;
