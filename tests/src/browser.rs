@@ -175,10 +175,15 @@ impl Browser {
         })
     }
 
-    /// Runs `script` in the page (an async-free function body) with `args`;
-    /// its return value.
-    pub fn execute(&self, script: &str, args: Vec<serde_json::Value>) -> Result<serde_json::Value> {
-        Ok(self.rt.block_on(self.client().execute(script, args))?)
+    /// Runs `script` in the page as an asynchronous script (WebDriver
+    /// §13.2.2): it gets `args` and calls the last argument with its
+    /// result.
+    pub fn execute_async(
+        &self,
+        script: &str,
+        args: Vec<serde_json::Value>,
+    ) -> Result<serde_json::Value> {
+        Ok(self.rt.block_on(self.client().execute_async(script, args))?)
     }
 
     /// A PNG screenshot of the window, written to `path`.

@@ -415,6 +415,24 @@ mask = ["secrets"]"#,
     }
 
     #[test]
+    fn console_and_approvers_name_their_keys() {
+        let service = |approvers: &str| {
+            format!(
+                "[[service]]\nname='db'\nprotocol='postgres'\nupstream='db.test:5432'\n\
+                 credential={{secret='s', user='u'}}\napprovers = {approvers}\n"
+            )
+        };
+        let cfg = parse(&service("['group:db-leads']")).unwrap();
+        assert_eq!(cfg.services[0].approvers, ["db-leads"]);
+        assert!(cfg.console.is_none());
+        let e = parse(&service("['db-leads']")).unwrap_err();
+        assert_eq!(e.key, "service[0] (db).approvers[0]");
+        let e = parse("[console]\nlisten = '127.0.0.1:9443'\noidc = 'corp'\nadmins = ['security']\n")
+            .unwrap_err();
+        assert_eq!(e.key, "console.admins[0]");
+    }
+
+    #[test]
     fn root_cgroup_is_refused() {
         let e = parse("[[agent]]\nname='a'\ncgroup='/'\n").unwrap_err();
         assert_eq!(e.key, "agent[0].cgroup");

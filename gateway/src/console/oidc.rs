@@ -12,11 +12,23 @@
 //! Requests to the issuer go over the gateway's own hyper + rustls client,
 //! verified against the system roots or the issuer's `ca`, and never
 //! follow redirects.
-use std::{path::PathBuf, sync::Arc};
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_util::{client::legacy::Client as HyperClient, rt::TokioExecutor};
+use hyper_util::{
+    client::legacy::{
+        connect::{
+            dns::{GaiResolver, Name},
+            HttpConnector,
+        },
+        Client as HyperClient,
+    },
+    rt::TokioExecutor,
+};
 use openidconnect::{
     core::{
         CoreAuthDisplay, CoreAuthPrompt, CoreAuthenticationFlow, CoreErrorResponseType,
@@ -100,7 +112,39 @@ pub struct Issuer {
     pub groups_claim: String,
     /// `<console url>/callback`.
     pub redirect: String,
-    http: HyperClient<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, Full<Bytes>>,
+    http: HyperClient<hyper_rustls::HttpsConnector<HttpConnector<Resolver>>, Full<Bytes>>,
+}
+
+/// Addresses for the issuer's host: the entry's `resolve` when given,
+/// else DNS.
+#[derive(Clone)]
+pub struct Resolver {
+    pinned: Vec<IpAddr>,
+    system: GaiResolver,
+}
+
+impl tower_service::Service<Name> for Resolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.system.poll_ready(cx)
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        if !self.pinned.is_empty() {
+            let addrs: Vec<SocketAddr> = self.pinned.iter().map(|ip| SocketAddr::new(*ip, 0)).collect();
+            return Box::pin(std::future::ready(Ok(addrs.into_iter())));
+        }
+        let lookup = self.system.call(name);
+        Box::pin(async move { Ok(lookup.await?.collect::<Vec<_>>().into_iter()) })
+    }
 }
 
 /// What a sign-in in progress must keep until the callback: the state
@@ -124,7 +168,7 @@ pub struct Person {
 
 impl Issuer {
     /// An issuer at `url` (HTTPS, verified against the system roots or
-    /// `ca`).
+    /// `ca`; its host at the `resolve` addresses when given, else DNS).
     ///
     /// # Errors
     /// [`SignInError::Tls`] when `ca` cannot be read.
@@ -133,15 +177,20 @@ impl Issuer {
         client_id: String,
         client_secret: Option<Zeroizing<String>>,
         groups_claim: String,
-        ca: Option<PathBuf>,
+        (ca, resolve): (Option<PathBuf>, Vec<IpAddr>),
         redirect: String,
     ) -> Result<Issuer, SignInError> {
         let tls = upstream_client_config(ca.as_deref()).map_err(|e| SignInError::Tls(e.to_string()))?;
+        let mut http = HttpConnector::new_with_resolver(Resolver {
+            pinned: resolve,
+            system: GaiResolver::new(),
+        });
+        http.enforce_http(false);
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_only()
             .enable_http1()
-            .build();
+            .wrap_connector(http);
         Ok(Issuer {
             url,
             client_id,
@@ -262,6 +311,3 @@ fn chain(e: &dyn std::error::Error) -> String {
     }
     out
 }
-
-/// Shared by the routes.
-pub type SharedIssuer = Arc<Issuer>;

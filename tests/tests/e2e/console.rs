@@ -1,0 +1,113 @@
+//! The web console (issue #17, DESIGN.md §9) in a real browser: headless
+//! chromium over WebDriver signs in through the test OIDC issuer
+//! (authorization code + PKCE), sees a held `DELETE` appear without
+//! reloading, approves it and the agent's psql finishes; denies another
+//! with a reason and the agent gets 42501 with it; replays the session.
+//! Screenshots of the approvals page and of the replay go to the test's
+//! temp dir, and to `docs/` when `SLUICE_UPDATE_SCREENSHOTS=1`.
+use std::path::{Path, PathBuf};
+
+use sluice_tests::{browser::Browser, console::ConsoleStack};
+
+use crate::{approvals::position, events, WAIT};
+
+/// The statements the tests hold.
+const DELETE_ID_3: &str = "DELETE FROM customers WHERE id = 3";
+const DELETE_ID_2: &str = "DELETE FROM customers WHERE id = 2";
+
+/// Writes `name` into `dir` and, with `SLUICE_UPDATE_SCREENSHOTS=1`, also
+/// into the checkout's `docs/` (the README shows those).
+fn screenshot(browser: &Browser, dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(name);
+    browser.screenshot(&path).unwrap();
+    let png = std::fs::read(&path).unwrap();
+    assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "{name} is a real PNG");
+    if std::env::var("SLUICE_UPDATE_SCREENSHOTS").as_deref() == Ok("1") {
+        let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
+        std::fs::create_dir_all(&docs).unwrap();
+        std::fs::copy(&path, docs.join(name)).unwrap();
+    }
+    path
+}
+
+#[test]
+fn an_approver_signs_in_sees_a_held_delete_appear_live_approves_it_and_denies_another_with_a_reason() {
+    let console = ConsoleStack::start("console-approve");
+    let stack = &console.stack;
+    let browser = console.browser();
+    console.sign_in(&browser, "alice");
+    browser.wait_for("#pending", WAIT).unwrap();
+    assert!(browser.source().unwrap().contains("No pending approvals"));
+
+    let token = stack.token(crate::DB).unwrap();
+    let conninfo = stack.pg_conninfo(crate::DB, &token, "sslmode=disable");
+    let approved_id = std::thread::scope(|s| {
+        let agent = s.spawn(|| stack.psql(&conninfo, &["-c", DELETE_ID_3]).unwrap());
+        // No reload: the row arrives over the event stream.
+        let row = browser.wait_for("#pending tr[id^='apr_']", WAIT).unwrap();
+        assert!(row.contains(DELETE_ID_3) && row.contains(stack.agent()), "{row}");
+        let id = browser
+            .execute_async(
+                "arguments[0](document.querySelector(\"#pending tr[id^='apr_']\").id)",
+                vec![],
+            )
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_string();
+        screenshot(&browser, &console.dir(), "console-approvals.png");
+        assert!(!agent.is_finished(), "psql waits while the approval is pending");
+        browser.click(&format!("tr#{id} button.approve")).unwrap();
+        let res = agent.join().unwrap();
+        res.assert_ok();
+        assert_eq!(res.stdout.trim(), "DELETE 1");
+        id
+    });
+    browser.wait_for("#pending td.muted", WAIT).unwrap();
+    let session = crate::approvals::session_of_approval(stack, &approved_id);
+    assert!(position(&session, "approval_wait") < position(&session, "approved"));
+    assert_eq!(events(&session, "approved")[0]["by"], console.subject("alice"));
+
+    let reason = "customer 2 has open invoices";
+    let res = std::thread::scope(|s| {
+        let agent = s.spawn(|| {
+            stack
+                .psql(&conninfo, &["-At", "-v", "VERBOSITY=verbose", "-c", DELETE_ID_2])
+                .unwrap()
+        });
+        browser.wait_for("#pending tr[id^='apr_'] input[name=reason]", WAIT).unwrap();
+        browser.type_into("#pending input[name=reason]", reason).unwrap();
+        browser.click("#pending button.deny").unwrap();
+        agent.join().unwrap()
+    });
+    let error = res
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("ERROR:"))
+        .unwrap_or_else(|| panic!("no ERROR: {}", res.stderr));
+    assert!(error.contains("42501") && error.contains(reason), "{error}");
+    assert_eq!(stack.postgres(crate::DB).customers_count().unwrap(), Some(2));
+    let rejected = stack
+        .sluice
+        .wait_for_event("rejected", WAIT, |e| e["event"] == "rejected")
+        .unwrap();
+    assert_eq!(rejected["by"], console.subject("alice"));
+
+    // The replay of the approved session: its SQL, held and approved.
+    let session_id = session[0]["session"].as_str().unwrap();
+    browser
+        .goto(&console.url(&format!("/sessions/{session_id}")))
+        .unwrap();
+    let transcript = browser.wait_for("#transcript", WAIT).unwrap();
+    assert!(transcript.contains(DELETE_ID_3), "{transcript}");
+    assert!(transcript.contains(&format!("approved by {}", console.subject("alice"))), "{transcript}");
+    screenshot(&browser, &console.dir(), "console-replay.png");
+
+    let actions = console.actions();
+    assert!(
+        actions.iter().any(|a| a["action"] == "approve" && a["approval"] == approved_id.as_str()),
+        "{actions:#?}"
+    );
+    assert!(actions.iter().any(|a| a["action"] == "deny" && a["reason"] == reason));
+    console.assert_nothing_leaked();
+}
