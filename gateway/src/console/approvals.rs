@@ -146,7 +146,7 @@ pub fn events(console: Arc<Console>, web: WebSession) -> Response<Body> {
     html::response(
         StatusCode::OK,
         "text/event-stream",
-        StreamBody::new(stream).boxed(),
+        StreamBody::new(stream).boxed_unsync(),
     )
 }
 

@@ -36,7 +36,7 @@ use openidconnect::{
         CoreJwsSigningAlgorithm, CoreProviderMetadata, CoreRevocableToken,
         CoreRevocationErrorResponse, CoreTokenIntrospectionResponse, CoreTokenType,
     },
-    AdditionalClaims, AuthorizationCode, Client, ClientId, ClientSecret, CsrfToken,
+    AdditionalClaims, AsyncHttpClient, AuthorizationCode, Client, ClientId, ClientSecret, CsrfToken,
     EndpointMaybeSet, EndpointNotSet, EndpointSet, HttpRequest, HttpResponse, IdTokenFields,
     IssuerUrl, Nonce, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, Scope,
     StandardErrorResponse, StandardTokenResponse, TokenResponse,
@@ -112,7 +112,28 @@ pub struct Issuer {
     pub groups_claim: String,
     /// `<console url>/callback`.
     pub redirect: String,
-    http: HyperClient<hyper_rustls::HttpsConnector<HttpConnector<Resolver>>, Full<Bytes>>,
+    http: IssuerHttp,
+}
+
+/// The HTTP client towards the issuer, as `openidconnect` calls it.
+struct IssuerHttp(HyperClient<hyper_rustls::HttpsConnector<HttpConnector<Resolver>>, Full<Bytes>>);
+
+impl<'c> AsyncHttpClient<'c> for IssuerHttp {
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<HttpResponse, Self::Error>> + Send + 'c>,
+    >;
+
+    fn call(&'c self, request: HttpRequest) -> Self::Future {
+        Box::pin(async move {
+            let (parts, body) = request.into_parts();
+            let request = hyper::Request::from_parts(parts, Full::new(Bytes::from(body)));
+            let response = self.0.request(request).await.map_err(std::io::Error::other)?;
+            let (parts, body) = response.into_parts();
+            let body = body.collect().await.map_err(std::io::Error::other)?.to_bytes();
+            Ok(HttpResponse::from_parts(parts, body.to_vec()))
+        })
+    }
 }
 
 /// Addresses for the issuer's host: the entry's `resolve` when given,
@@ -197,25 +218,14 @@ impl Issuer {
             client_secret,
             groups_claim,
             redirect,
-            http: HyperClient::builder(TokioExecutor::new()).build(connector),
+            http: IssuerHttp(HyperClient::builder(TokioExecutor::new()).build(connector)),
         })
-    }
-
-    /// One request to the issuer, as `openidconnect` asks for it.
-    async fn call(&self, request: HttpRequest) -> Result<HttpResponse, std::io::Error> {
-        let (parts, body) = request.into_parts();
-        let request = hyper::Request::from_parts(parts, Full::new(Bytes::from(body)));
-        let response = self.http.request(request).await.map_err(std::io::Error::other)?;
-        let (parts, body) = response.into_parts();
-        let body = body.collect().await.map_err(std::io::Error::other)?.to_bytes();
-        Ok(HttpResponse::from_parts(parts, body.to_vec()))
     }
 
     /// The client for the issuer's current discovery document and keys.
     async fn client(&self) -> Result<SignInClient, SignInError> {
         let issuer = IssuerUrl::new(self.url.clone()).map_err(|e| SignInError::Discovery(e.to_string()))?;
-        let http = |r| self.call(r);
-        let metadata = CoreProviderMetadata::discover_async(issuer, &http)
+        let metadata = CoreProviderMetadata::discover_async(issuer, &self.http)
             .await
             .map_err(|e| SignInError::Discovery(chain(&e)))?;
         let redirect =
@@ -266,12 +276,11 @@ impl Issuer {
     /// [`SignInError`] for a failed exchange or a refused ID token.
     pub async fn finish(&self, code: String, pending: Pending) -> Result<Person, SignInError> {
         let client = self.client().await?;
-        let http = |r| self.call(r);
         let tokens = client
             .exchange_code(AuthorizationCode::new(code))
             .map_err(|e| SignInError::Exchange(e.to_string()))?
             .set_pkce_verifier(pending.verifier)
-            .request_async(&http)
+            .request_async(&self.http)
             .await
             .map_err(|e| SignInError::Exchange(chain(&e)))?;
         let id_token = tokens.id_token().ok_or(SignInError::NoIdToken)?;

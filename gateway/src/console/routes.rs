@@ -68,7 +68,7 @@ pub async fn handle(console: Arc<Console>, req: Request<Incoming>) -> Response<B
             "You are signed in, but in none of the groups this console knows.",
         );
     }
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let route = Route::of(&method, &path);
     if method == Method::POST {
         let body = match Limited::new(req.into_body(), MAX_FORM).collect().await {
             Ok(b) => b.to_bytes(),
@@ -79,26 +79,70 @@ pub async fn handle(console: Arc<Console>, req: Request<Incoming>) -> Response<B
         if csrf.is_empty() || !bool::from(csrf.as_bytes().ct_eq(web.csrf.as_bytes())) {
             return html::error(StatusCode::FORBIDDEN, "Missing or wrong CSRF token; reload the page.");
         }
-        let reason = form.get("reason").map(String::as_str).unwrap_or("").trim();
-        return match segments.as_slice() {
-            ["approvals", id, "approve"] => approvals::decide(&console, &web, id, true, "").await,
-            ["approvals", id, "deny"] => approvals::decide(&console, &web, id, false, reason).await,
-            ["tokens", id, "revoke"] => tokens::revoke(&console, &web, id).await,
-            ["signout"] => signin::sign_out(&console, &web, &session_id),
+        let reason = form.get("reason").map(String::as_str).unwrap_or("").trim().to_string();
+        return match route {
+            Route::Decide { id, approve } => {
+                approvals::decide(&console, &web, &id, approve, &reason).await
+            }
+            Route::Revoke(id) => tokens::revoke(&console, &web, &id).await,
+            Route::SignOut => signin::sign_out(&console, &web, &session_id),
             _ => html::error(StatusCode::NOT_FOUND, "No such action."),
         };
     }
-    if method != Method::GET {
-        return html::error(StatusCode::METHOD_NOT_ALLOWED, "Use GET or a form.");
-    }
-    match segments.as_slice() {
-        [""] => html::redirect("/approvals"),
-        ["approvals"] => approvals::page(&console, &web).await,
-        ["approvals", "events"] => approvals::events(console.clone(), web),
-        ["sessions"] => sessions::list(&console, &web, &query),
-        ["sessions", id] => sessions::replay(&console, &web, id),
-        ["sessions", id, "cast"] => sessions::cast(&console, id),
-        ["tokens"] => tokens::page(&console, &web).await,
+    match route {
+        Route::Home => html::redirect("/approvals"),
+        Route::Approvals => approvals::page(&console, &web).await,
+        Route::ApprovalEvents => approvals::events(console.clone(), web),
+        Route::Sessions => sessions::list(&console, &web, &query),
+        Route::Session(id) => sessions::replay(&console, &web, &id),
+        Route::Cast(id) => sessions::cast(&console, &id),
+        Route::Tokens => tokens::page(&console, &web).await,
+        Route::NotAllowed => html::error(StatusCode::METHOD_NOT_ALLOWED, "Use GET or a form."),
         _ => html::error(StatusCode::NOT_FOUND, "No such page."),
+    }
+}
+
+/// A route behind the session check, by method and path.
+enum Route {
+    Home,
+    Approvals,
+    ApprovalEvents,
+    Sessions,
+    Session(String),
+    Cast(String),
+    Tokens,
+    Decide { id: String, approve: bool },
+    Revoke(String),
+    SignOut,
+    NotAllowed,
+    Unknown,
+}
+
+impl Route {
+    fn of(method: &Method, path: &str) -> Route {
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let owned = |s: &str| s.to_string();
+        if *method == Method::POST {
+            return match segments.as_slice() {
+                ["approvals", id, "approve"] => Route::Decide { id: owned(id), approve: true },
+                ["approvals", id, "deny"] => Route::Decide { id: owned(id), approve: false },
+                ["tokens", id, "revoke"] => Route::Revoke(owned(id)),
+                ["signout"] => Route::SignOut,
+                _ => Route::Unknown,
+            };
+        }
+        if *method != Method::GET {
+            return Route::NotAllowed;
+        }
+        match segments.as_slice() {
+            [""] => Route::Home,
+            ["approvals"] => Route::Approvals,
+            ["approvals", "events"] => Route::ApprovalEvents,
+            ["sessions"] => Route::Sessions,
+            ["sessions", id] => Route::Session(owned(id)),
+            ["sessions", id, "cast"] => Route::Cast(owned(id)),
+            ["tokens"] => Route::Tokens,
+            _ => Route::Unknown,
+        }
     }
 }

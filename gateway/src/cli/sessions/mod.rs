@@ -23,7 +23,7 @@ mod list;
 mod render;
 mod verify;
 
-pub(crate) use list::{parse_since, summaries, SessionSummary};
+pub(crate) use list::{parse_since, summaries};
 pub(crate) use render::{format_ms, transcript_text};
 
 #[derive(Subcommand, Debug)]
