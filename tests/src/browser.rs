@@ -9,7 +9,7 @@
 //! a person's browser would verify them, with no certificate errors
 //! ignored. The driver (and with it the browser) is killed by PID on drop.
 use std::{
-    net::TcpListener,
+    net::{IpAddr, TcpListener},
     path::Path,
     process::{Child, Command, Stdio},
     time::Duration,
@@ -64,8 +64,10 @@ fn trust_store(home: &Path, trust: &[&Path]) -> Result<()> {
 
 impl Browser {
     /// Starts `chromedriver` and a headless `chromium` session trusting
-    /// the CAs in `trust`.
-    pub fn start(trust: &[&Path]) -> Result<Browser> {
+    /// the CAs in `trust` and resolving each `(host, address)` of `hosts`
+    /// to that address (Chromium's own resolver rules; nothing on the
+    /// system changes).
+    pub fn start(trust: &[&Path], hosts: &[(&str, IpAddr)]) -> Result<Browser> {
         let home = tempfile::Builder::new().prefix("sluice-browser-").tempdir()?;
         trust_store(home.path(), trust)?;
         let port = free_port()?;
@@ -91,6 +93,7 @@ impl Browser {
             std::net::TcpStream::connect(("127.0.0.1", port)).ok()
         })?;
         let profile = browser.home.path().join("profile");
+        let rules: Vec<String> = hosts.iter().map(|(h, ip)| format!("MAP {h} {ip}")).collect();
         let caps: serde_json::Map<String, serde_json::Value> = serde_json::from_value(serde_json::json!({
             "browserName": "chrome",
             "goog:chromeOptions": {
@@ -100,6 +103,7 @@ impl Browser {
                     "--disable-component-update", "--disable-sync", "--no-first-run",
                     "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,860",
                     format!("--user-data-dir={}", profile.display()),
+                    format!("--host-resolver-rules={}", rules.join(",")),
                 ],
             },
         }))?;

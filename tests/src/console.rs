@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use crate::{
     browser::Browser,
-    oidc_issuer::{OidcIssuer, TestUser},
+    oidc_issuer::{OidcIssuer, HOST},
     process, ServiceSpec, Stack,
 };
 
@@ -34,11 +34,15 @@ pub const PEOPLE: [(&str, &[&str]); 3] = [
     ("carol", &["security"]),
 ];
 
-/// The console's address: `127.0.3.<n>:9443`, one per stack in this run.
-fn next_console_addr() -> SocketAddr {
+/// The console's address `127.0.3.<n>:9443` and the issuer's address
+/// `127.0.4.<n>`, one pair per stack in this run.
+fn next_addrs() -> (SocketAddr, Ipv4Addr) {
     static NEXT: AtomicU8 = AtomicU8::new(1);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    SocketAddr::from((Ipv4Addr::new(127, 0, 3, n), 9443))
+    (
+        SocketAddr::from((Ipv4Addr::new(127, 0, 3, n), 9443)),
+        Ipv4Addr::new(127, 0, 4, n),
+    )
 }
 
 /// A running stack with the console, the issuer and its people.
@@ -53,13 +57,7 @@ impl ConsoleStack {
     /// Starts the issuer, then the stack with `[[oidc]]` and `[console]`.
     pub fn start(label: &str) -> ConsoleStack {
         let client_secret = crate::random_secret();
-        let people: Vec<TestUser> = PEOPLE
-            .iter()
-            .map(|(login, groups)| TestUser::new(login, groups))
-            .collect();
-        let issuer = OidcIssuer::start_with_client(CLIENT_ID, &client_secret, &people)
-            .expect("start the test OIDC issuer");
-        let listen = next_console_addr();
+        let (listen, issuer_ip) = next_addrs();
         let stack = Stack::builder(label)
             .redis_password()
             .gateway(r#"approval_timeout = "60s""#)
@@ -74,12 +72,13 @@ impl ConsoleStack {
             )
             .prepare()
             .expect("prepare the stack");
+        let issuer = OidcIssuer::start_on(&stack.dir().join("idp"), issuer_ip.into())
+            .expect("start the test OIDC issuer");
+        issuer.set_client(CLIENT_ID, &client_secret);
         let sections = format!(
-            "\n[[oidc]]\nname = \"corp\"\nissuer = {:?}\naudience = {CLIENT_ID:?}\nca = {:?}\n\
-             client_id = {CLIENT_ID:?}\nclient_secret = {CLIENT_SECRET_NAME:?}\n\
+            "\n{}client_id = {CLIENT_ID:?}\nclient_secret = {CLIENT_SECRET_NAME:?}\n\
              \n[console]\nlisten = \"{listen}\"\noidc = \"corp\"\nadmins = [\"group:security\"]\n",
-            issuer.url(),
-            issuer.ca_path().display().to_string(),
+            issuer.config_entry("corp", "sluice"),
         );
         let config = &stack.sluice.config_path;
         let mut text = std::fs::read_to_string(config).expect("the stack's config");
@@ -116,22 +115,30 @@ impl ConsoleStack {
         self.stack.dir()
     }
 
-    /// A browser trusting Sluice's local CA and the issuer's CA.
+    /// A browser trusting Sluice's local CA and the issuer's CA, which
+    /// finds the issuer's host name at its address.
     pub fn browser(&self) -> Browser {
         let sluice_ca = self.stack.sluice.ca_cert_path().unwrap();
-        Browser::start(&[&sluice_ca, self.issuer.ca_path()]).expect("start chromium")
+        let issuer_ca = self.issuer.ca_path();
+        Browser::start(&[&sluice_ca, &issuer_ca], &[(HOST, self.issuer.addr().ip())])
+            .expect("start chromium")
     }
 
     /// The OIDC subject of `login` (what `by` records).
     pub fn subject(&self, login: &str) -> String {
-        self.issuer.subject(login)
+        format!("{login}@corp.test")
     }
 
-    /// Signs `login` in: the console sends the browser to the issuer, the
-    /// issuer signs them in, the browser lands on the approvals page.
+    /// Signs `login` in: the console sends the browser to the issuer,
+    /// which signs them in at once with their groups, and the browser
+    /// lands on the approvals page.
     pub fn sign_in(&self, browser: &Browser, login: &str) {
+        let (_, groups) = PEOPLE
+            .iter()
+            .find(|(l, _)| *l == login)
+            .unwrap_or_else(|| panic!("no {login} among the test people"));
+        self.issuer.set_user(&self.subject(login), groups);
         browser.goto(&self.url("/approvals")).unwrap();
-        self.issuer.sign_in_page(browser, login);
         browser
             .wait_for("#pending", Duration::from_secs(10))
             .unwrap_or_else(|e| {
