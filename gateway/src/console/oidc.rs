@@ -45,7 +45,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use zeroize::Zeroizing;
 
-use crate::tls::upstream_client_config;
+use crate::{proxy::http::request::error_chain, tls::upstream_client_config};
 
 /// The ID token's claims beyond the standard ones, kept whole so the
 /// configured groups claim can be read by name.
@@ -227,7 +227,7 @@ impl Issuer {
         let issuer = IssuerUrl::new(self.url.clone()).map_err(|e| SignInError::Discovery(e.to_string()))?;
         let metadata = CoreProviderMetadata::discover_async(issuer, &self.http)
             .await
-            .map_err(|e| SignInError::Discovery(chain(&e)))?;
+            .map_err(|e| SignInError::Discovery(error_chain(&e)))?;
         let redirect =
             RedirectUrl::new(self.redirect.clone()).map_err(|e| SignInError::Discovery(e.to_string()))?;
         Ok(SignInClient::from_provider_metadata(
@@ -282,11 +282,11 @@ impl Issuer {
             .set_pkce_verifier(pending.verifier)
             .request_async(&self.http)
             .await
-            .map_err(|e| SignInError::Exchange(chain(&e)))?;
+            .map_err(|e| SignInError::Exchange(error_chain(&e)))?;
         let id_token = tokens.id_token().ok_or(SignInError::NoIdToken)?;
         let claims = id_token
             .claims(&client.id_token_verifier(), &pending.nonce)
-            .map_err(|e| SignInError::IdToken(chain(&e)))?;
+            .map_err(|e| SignInError::IdToken(error_chain(&e)))?;
         let subject = claims.subject().to_string();
         let name = claims
             .name()
@@ -307,16 +307,4 @@ impl Issuer {
             groups,
         })
     }
-}
-
-/// An error with its sources, on one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
