@@ -41,10 +41,19 @@ fn an_approver_signs_in_sees_a_held_delete_appear_live_approves_it_and_denies_an
 
     let token = stack.token(crate::DB).unwrap();
     let conninfo = stack.pg_conninfo(crate::DB, &token, "sslmode=disable");
+    // A mark on this page: still there later means the page never reloaded.
+    let mark = "arguments[0](window.sluiceMark === 'set')";
+    browser
+        .execute_async("window.sluiceMark = 'set'; arguments[0](true)", vec![])
+        .unwrap();
     let approved_id = std::thread::scope(|s| {
         let agent = s.spawn(|| stack.psql(&conninfo, &["-c", DELETE_ID_3]).unwrap());
-        // No reload: the row arrives over the event stream.
         let row = browser.wait_for("#pending tr[id^='apr_']", WAIT).unwrap();
+        assert_eq!(
+            browser.execute_async(mark, vec![]).unwrap(),
+            true,
+            "the held DELETE arrived over the event stream, without a reload"
+        );
         assert!(row.contains(DELETE_ID_3) && row.contains(stack.agent()), "{row}");
         let id = browser
             .execute_async(
