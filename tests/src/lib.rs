@@ -36,6 +36,7 @@ pub mod echo_upstream;
 pub mod kube_api;
 pub mod mariadb;
 pub mod mysql_gate;
+pub mod oidc_issuer;
 pub mod postgres;
 pub mod process;
 pub mod redis;

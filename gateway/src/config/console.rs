@@ -108,6 +108,26 @@ impl RawConsole {
     }
 }
 
+/// Checks that `[console] oidc` names an `[[oidc]]` entry with the
+/// console's client registration (`client_id`, `client_secret`).
+///
+/// # Errors
+/// `("console.oidc", message)` otherwise.
+pub fn check_issuer(
+    console: &Console,
+    issuers: &[super::oidc::Issuer],
+) -> Result<(), (String, String)> {
+    let fail = |message: String| Err(("console.oidc".to_string(), message));
+    match issuers.iter().find(|i| i.name == console.oidc) {
+        None => fail(format!("no [[oidc]] entry named {:?}", console.oidc)),
+        Some(i) if i.client.is_none() => fail(format!(
+            "the [[oidc]] entry {:?} needs client_id and client_secret (a vault secret) for the console to sign people in",
+            console.oidc
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
 /// Parses `["group:NAME", …]` (the `admins` of `[console]`, a service's
 /// `approvers`) into the group names.
 ///

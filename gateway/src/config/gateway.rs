@@ -153,7 +153,7 @@ pub(super) mod defaults {
 }
 
 /// `approval_timeout = "5m"`: humantime strings.
-mod humantime_serde_compat {
+pub(in crate::config) mod humantime_serde_compat {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer};

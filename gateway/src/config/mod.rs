@@ -11,6 +11,7 @@ use serde::Deserialize;
 pub mod console;
 mod gateway;
 pub mod notify;
+pub mod oidc;
 mod service;
 mod ssh;
 
@@ -50,6 +51,8 @@ pub struct Config {
     pub notify: Vec<notify::Target>,
     /// `[console]`, the web console (DESIGN.md §9), when set.
     pub console: Option<console::Console>,
+    /// `[[oidc]]` issuers whose JWTs are accepted (DESIGN.md §7).
+    pub oidc: Vec<oidc::Issuer>,
 }
 
 /// `egress = "deny" | "allow"`.
@@ -83,6 +86,10 @@ pub struct Agent {
     /// using `gateway.listen`.
     #[serde(default)]
     pub redirect: Option<std::net::SocketAddr>,
+    /// `oidc = { issuer, subject }`: JWTs from that `[[oidc]]` issuer whose
+    /// `sub` matches the glob authenticate this agent (DESIGN.md §7).
+    #[serde(default)]
+    pub oidc: Option<oidc::Binding>,
 }
 
 #[derive(Deserialize)]
@@ -98,6 +105,8 @@ struct RawConfig {
     notify: Vec<notify::RawTarget>,
     #[serde(default)]
     console: Option<console::RawConsole>,
+    #[serde(default, rename = "oidc")]
+    oidc: Vec<oidc::RawIssuer>,
 }
 
 impl Config {
@@ -157,6 +166,11 @@ impl Config {
             .map(|c| c.validate())
             .transpose()
             .map_err(|(field, message)| err((format!("console.{field}"), message)))?;
+        let oidc = parse_issuers(raw.oidc).map_err(err)?;
+        check_bindings(&raw.agents, &oidc).map_err(err)?;
+        if let Some(c) = &console {
+            console::check_issuer(c, &oidc).map_err(err)?;
+        }
         Ok(Config {
             path: path.to_path_buf(),
             gateway: raw.gateway,
@@ -164,6 +178,7 @@ impl Config {
             services,
             notify,
             console,
+            oidc,
         })
     }
 
@@ -179,6 +194,11 @@ impl Config {
     /// The agent named `name`.
     pub fn agent(&self, name: &str) -> Option<&Agent> {
         self.agents.iter().find(|a| a.name == name)
+    }
+
+    /// The `[[oidc]]` issuer named `name`.
+    pub fn issuer(&self, name: &str) -> Option<&oidc::Issuer> {
+        self.oidc.iter().find(|i| i.name == name)
     }
 
     /// The service named `name`.
@@ -241,6 +261,44 @@ fn parse_services(raw: Vec<RawService>) -> Result<Vec<Service>, KeyError> {
                 .map_err(|(field, message)| (format!("{key}.{field}"), message))
         })
         .collect()
+}
+
+fn parse_issuers(raw: Vec<oidc::RawIssuer>) -> Result<Vec<oidc::Issuer>, KeyError> {
+    let mut names = std::collections::HashSet::new();
+    raw.into_iter()
+        .enumerate()
+        .map(|(i, o)| {
+            let key = format!("oidc[{i}] ({})", o.name());
+            if !valid_name(o.name()) || !names.insert(o.name().to_string()) {
+                return Err((
+                    format!("{key}.name"),
+                    "must be unique; use letters, digits, '-', '_' or '.'".into(),
+                ));
+            }
+            o.validate()
+                .map_err(|(field, message)| (format!("{key}.{field}"), message))
+        })
+        .collect()
+}
+
+/// Every agent's `oidc.issuer` names an `[[oidc]]` entry.
+fn check_bindings(agents: &[Agent], issuers: &[oidc::Issuer]) -> Result<(), KeyError> {
+    for (i, a) in agents.iter().enumerate() {
+        let Some(binding) = &a.oidc else { continue };
+        if !issuers.iter().any(|o| o.name == binding.issuer) {
+            return Err((
+                format!("agent[{i}].oidc.issuer"),
+                format!("no [[oidc]] entry is named {:?}", binding.issuer),
+            ));
+        }
+        if binding.subject.is_empty() {
+            return Err((
+                format!("agent[{i}].oidc.subject"),
+                "must be a glob on the token's sub, e.g. \"repo:acme/app:*\"".into(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn check_gateway(gw: &Gateway) -> Result<(), KeyError> {
@@ -427,9 +485,36 @@ mask = ["secrets"]"#,
         assert!(cfg.console.is_none());
         let e = parse(&service("['db-leads']")).unwrap_err();
         assert_eq!(e.key, "service[0] (db).approvers[0]");
-        let e = parse("[console]\nlisten = '127.0.0.1:9443'\noidc = 'corp'\nadmins = ['security']\n")
-            .unwrap_err();
+        let console = "[console]\nlisten = '127.0.0.1:9443'\noidc = 'corp'\nadmins = ['group:security']\n";
+        let e = parse(&console.replace("group:security", "security")).unwrap_err();
         assert_eq!(e.key, "console.admins[0]");
+        assert_eq!(parse(console).unwrap_err().key, "console.oidc", "no such issuer");
+        let issuer = "[[oidc]]\nname='corp'\nissuer='https://idp.example'\naudience='sluice'\n";
+        assert_eq!(
+            parse(&format!("{console}{issuer}")).unwrap_err().key,
+            "console.oidc",
+            "an issuer without client_id"
+        );
+        let client = "client_id = 'sluice-console'\nclient_secret = 'console-secret'\n";
+        let cfg = parse(&format!("{console}{issuer}{client}")).unwrap();
+        assert_eq!(cfg.console.unwrap().admins, ["security"]);
+    }
+
+    #[test]
+    fn oidc_issuers_and_bindings_from_design_parse() {
+        let text = |issuer: &str| {
+            format!(
+                "[[oidc]]\nname='ci'\nissuer='https://token.actions.example'\naudience='sluice'\n\
+                 [[agent]]\nname='deploy-bot'\ncgroup='sluice/deploy-bot'\n\
+                 oidc={{ issuer='{issuer}', subject='repo:acme/app:ref:refs/heads/*' }}\n"
+            )
+        };
+        let cfg = parse(&text("ci")).unwrap();
+        assert_eq!(cfg.issuer("ci").unwrap().audience, "sluice");
+        assert_eq!(cfg.agents[0].oidc.as_ref().unwrap().issuer, "ci");
+        assert_eq!(parse(&text("gh")).unwrap_err().key, "agent[0].oidc.issuer");
+        let dup = "[[oidc]]\nname='a'\nissuer='https://x'\naudience='s'\n".repeat(2);
+        assert_eq!(parse(&dup).unwrap_err().key, "oidc[1] (a).name");
     }
 
     #[test]

@@ -70,6 +70,9 @@ pub struct Service {
     /// Groups whose members may approve or deny this service's held
     /// operations in the console (`approvers = ["group:NAME"]`, DESIGN.md §9).
     pub approvers: Vec<String>,
+    /// `groups = ["payments"]`: when not empty, a caller authenticated by a
+    /// JWT must be in one of these groups (DESIGN.md §7).
+    pub groups: Vec<String>,
     /// What only this service's protocol has.
     pub kind: ServiceKind,
 }
@@ -248,6 +251,8 @@ pub(super) struct RawService {
     pub(super) mask: Vec<String>,
     #[serde(default)]
     echo_guard: bool,
+    #[serde(default)]
+    groups: Vec<String>,
     /// SSH: the real server's host key, as in known_hosts.
     pub(super) upstream_host_key: Option<String>,
     /// SSH: the channel kinds allowed.
@@ -312,6 +317,7 @@ impl RawService {
             secret: self.credential.secret,
             mask: self.mask,
             approvers,
+            groups: self.groups,
             kind,
         })
     }

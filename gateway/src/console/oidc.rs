@@ -12,10 +12,7 @@
 //! Requests to the issuer go over the gateway's own hyper + rustls client,
 //! verified against the system roots or the issuer's `ca`, and never
 //! follow redirects.
-use std::{
-    net::{IpAddr, SocketAddr},
-    path::PathBuf,
-};
+use std::net::{IpAddr, SocketAddr};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -43,9 +40,11 @@ use openidconnect::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use zeroize::Zeroizing;
 
-use crate::{proxy::http::request::error_chain, tls::upstream_client_config};
+use crate::{
+    config::oidc, proxy::http::request::error_chain, tls::upstream_client_config,
+    vault::VaultCache,
+};
 
 /// The ID token's claims beyond the standard ones, kept whole so the
 /// configured groups claim can be read by name.
@@ -99,19 +98,23 @@ pub enum SignInError {
     IdToken(String),
     #[error("TLS towards the issuer: {0}")]
     Tls(String),
+    #[error("the console's client secret: {0}")]
+    ClientSecret(String),
 }
 
 /// The issuer people sign in with, as the console uses it.
 pub struct Issuer {
     /// `issuer` of the `[[oidc]]` entry.
-    pub url: String,
-    pub client_id: String,
-    /// The `client_secret` vault secret's value, when the entry names one.
-    pub client_secret: Option<Zeroizing<String>>,
-    /// The claim holding the groups (`groups_claim`, `groups` by default).
-    pub groups_claim: String,
+    url: String,
+    client_id: String,
+    /// The vault secret holding the client secret, read at each sign-in
+    /// (so a rotated secret needs no restart).
+    client_secret: String,
+    vault: VaultCache,
+    /// The claim holding the groups (`groups_claim`).
+    groups_claim: String,
     /// `<console url>/callback`.
-    pub redirect: String,
+    redirect: String,
     http: IssuerHttp,
 }
 
@@ -188,22 +191,23 @@ pub struct Person {
 }
 
 impl Issuer {
-    /// An issuer at `url` (HTTPS, verified against the system roots or
-    /// `ca`; its host at the `resolve` addresses when given, else DNS).
+    /// The `[[oidc]]` entry `issuer` with its console client `client`,
+    /// redirecting back to `redirect`: HTTPS verified against the system
+    /// roots or the entry's `ca`, its host at the entry's `resolve`
+    /// addresses when given, else DNS.
     ///
     /// # Errors
     /// [`SignInError::Tls`] when `ca` cannot be read.
     pub fn new(
-        url: String,
-        client_id: String,
-        client_secret: Option<Zeroizing<String>>,
-        groups_claim: String,
-        (ca, resolve): (Option<PathBuf>, Vec<IpAddr>),
+        issuer: &oidc::Issuer,
+        client: &oidc::Client,
+        vault: VaultCache,
         redirect: String,
     ) -> Result<Issuer, SignInError> {
-        let tls = upstream_client_config(ca.as_deref()).map_err(|e| SignInError::Tls(e.to_string()))?;
+        let tls = upstream_client_config(issuer.ca.as_deref())
+            .map_err(|e| SignInError::Tls(e.to_string()))?;
         let mut http = HttpConnector::new_with_resolver(Resolver {
-            pinned: resolve,
+            pinned: issuer.resolve.clone(),
             system: GaiResolver::new(),
         });
         http.enforce_http(false);
@@ -213,10 +217,11 @@ impl Issuer {
             .enable_http1()
             .wrap_connector(http);
         Ok(Issuer {
-            url,
-            client_id,
-            client_secret,
-            groups_claim,
+            url: issuer.issuer.clone(),
+            client_id: client.id.clone(),
+            client_secret: client.secret.clone(),
+            vault,
+            groups_claim: issuer.groups_claim.clone(),
             redirect,
             http: IssuerHttp(HyperClient::builder(TokioExecutor::new()).build(connector)),
         })
@@ -230,12 +235,22 @@ impl Issuer {
             .map_err(|e| SignInError::Discovery(error_chain(&e)))?;
         let redirect =
             RedirectUrl::new(self.redirect.clone()).map_err(|e| SignInError::Discovery(e.to_string()))?;
+        let secret = self
+            .vault
+            .get(&self.client_secret)
+            .map_err(|e| SignInError::ClientSecret(e.to_string()))?
+            .ok_or_else(|| {
+                SignInError::ClientSecret(format!(
+                    "the vault has no secret {:?}; sluice secret put {0}",
+                    self.client_secret
+                ))
+            })?;
+        let secret = String::from_utf8(secret.expose().to_vec())
+            .map_err(|_| SignInError::ClientSecret("not UTF-8".into()))?;
         Ok(SignInClient::from_provider_metadata(
             metadata,
             ClientId::new(self.client_id.clone()),
-            self.client_secret
-                .as_ref()
-                .map(|s| ClientSecret::new(s.to_string())),
+            Some(ClientSecret::new(secret)),
         )
         .set_redirect_uri(redirect))
     }

@@ -65,6 +65,8 @@ mod tests {
         let cfg = Config::parse(
             Path::new("t.toml"),
             "[console]\nlisten = '127.0.0.1:9443'\noidc = 'corp'\nadmins = ['group:security']\n\
+             [[oidc]]\nname = 'corp'\nissuer = 'https://idp.test'\naudience = 'sluice'\n\
+             client_id = 'console'\nclient_secret = 'console-secret'\n\
              [[service]]\nname = 'db'\nprotocol = 'postgres'\nupstream = 'db.test:5432'\n\
              credential = { secret = 's', user = 'u' }\napprovers = ['group:db-leads']\n\
              [[service]]\nname = 'api'\nprotocol = 'https'\nupstream = 'api.test:443'\n\

@@ -160,6 +160,11 @@ pub async fn run(cfg: Config) -> Result<Arc<Recorder>, StartError> {
             .await
             .map_err(setup(&format!("binding gateway.metrics {addr}")))?;
     }
+    if let Some(console) = console_issuer(&cfg)? {
+        crate::console::start(cfg.clone(), state.clone(), console)
+            .await
+            .map_err(setup("console"))?;
+    }
     tokio::spawn(async move { state.watch_revocations().await });
     tokio::spawn(proxy::serve(gateway.clone(), v4));
     for listener in v6.into_iter().chain(redirects) {
@@ -184,6 +189,28 @@ pub async fn run(cfg: Config) -> Result<Arc<Recorder>, StartError> {
     }
     info!("shutting down; pinned links keep agents failing closed until the next start");
     Ok(recorder)
+}
+
+/// The issuer the console signs people in with, when `[console]` is set
+/// (config validation made sure its `[[oidc]]` entry has a client).
+fn console_issuer(cfg: &Config) -> Result<Option<crate::console::Issuer>, StartError> {
+    let Some(console) = &cfg.console else {
+        return Ok(None);
+    };
+    let (Some(issuer), Some(client)) = (
+        cfg.issuer(&console.oidc),
+        cfg.issuer(&console.oidc).and_then(|i| i.client.as_ref()),
+    ) else {
+        return Err(StartError::Setup(format!(
+            "console.oidc: no [[oidc]] entry {:?} with client_id",
+            console.oidc
+        )));
+    };
+    // The console reads its client secret through its own view of the vault.
+    let vault = VaultCache::new(Vault::open(&cfg.gateway).map_err(setup("vault"))?);
+    crate::console::Issuer::new(issuer, client, vault, console.link("/callback"))
+        .map(Some)
+        .map_err(setup("console.oidc"))
 }
 
 /// Approvals this instance held before a restart can never be released:
