@@ -137,17 +137,14 @@ impl Browser {
     }
 
     /// Waits up to `timeout` for an element matching `css`; its text.
+    /// An element the page replaced between finding and reading is looked
+    /// for again.
     pub fn wait_for(&self, css: &str, timeout: Duration) -> Result<String> {
-        self.rt.block_on(async {
-            let e = self
-                .client()
-                .wait()
-                .at_most(timeout)
-                .every(Duration::from_millis(100))
-                .for_element(Locator::Css(css))
-                .await
-                .with_context(|| format!("waiting {timeout:?} for {css:?}"))?;
-            Ok(e.text().await?)
+        poll(&format!("an element {css:?}"), timeout, || {
+            self.rt.block_on(async {
+                let e = self.client().find(Locator::Css(css)).await.ok()?;
+                e.text().await.ok()
+            })
         })
     }
 

@@ -78,15 +78,23 @@ async fn pending_rows(console: &Console, web: &WebSession) -> String {
     }
 }
 
+/// A short digest of rendered rows: the page tells the event stream what
+/// it shows, so the stream sends only what differs.
+fn digest(rows: &str) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(rows.as_bytes())[..12])
+}
+
 /// `GET /approvals`.
 pub async fn page(console: &Console, web: &WebSession) -> Response<Body> {
+    let rows = pending_rows(console, web).await;
     let body = format!(
         "<p class=\"muted\">Held operations wait here until someone who may decide them \
          approves or denies; this list updates by itself.</p>\
          <table class=\"approvals\"><thead><tr><th>Approval</th><th>Agent</th><th>Service</th>\
          <th>Operation</th><th>Held since</th><th></th></tr></thead>\
-         <tbody id=\"pending\" data-live=\"/approvals/events\">{}</tbody></table>",
-        pending_rows(console, web).await
+         <tbody id=\"pending\" data-live=\"/approvals/events?seen={}\">{rows}</tbody></table>",
+        digest(&rows)
     );
     html::page("Pending approvals", web, &body)
 }
@@ -109,31 +117,38 @@ struct Live {
     console: Arc<Console>,
     web: WebSession,
     decisions: tokio::sync::broadcast::Receiver<String>,
-    last: Option<String>,
+    /// The digest of the rows the browser shows.
+    shown: String,
+    first: bool,
     quiet_since: tokio::time::Instant,
 }
 
-/// `GET /approvals/events`: `approvals` events carrying the table body.
-pub fn events(console: Arc<Console>, web: WebSession) -> Response<Body> {
+/// `GET /approvals/events?seen=<digest>`: `approvals` events carrying the
+/// table body, whenever it differs from what the browser shows (`seen`,
+/// the digest the page was rendered with).
+pub fn events(console: Arc<Console>, web: WebSession, seen: &str) -> Response<Body> {
     let live = Live {
         decisions: console.state.approval_decisions(),
         console,
         web,
-        last: None,
+        shown: seen.to_string(),
+        first: true,
         quiet_since: tokio::time::Instant::now(),
     };
     let stream = futures_util::stream::unfold(live, |mut live| async move {
         loop {
-            if live.last.is_some() {
+            if !live.first {
                 tokio::select! {
                     _ = live.decisions.recv() => {}
                     _ = tokio::time::sleep(TICK) => {}
                 }
             }
+            live.first = false;
             let rows = pending_rows(&live.console, &live.web).await;
-            if live.last.as_deref() != Some(rows.as_str()) {
+            let now = digest(&rows);
+            if now != live.shown {
                 let frame = sse("approvals", &rows);
-                live.last = Some(rows);
+                live.shown = now;
                 live.quiet_since = tokio::time::Instant::now();
                 return Some((Ok::<_, Infallible>(Frame::data(frame)), live));
             }

@@ -92,7 +92,11 @@ pub async fn handle(console: Arc<Console>, req: Request<Incoming>) -> Response<B
     match route {
         Route::Home => html::redirect("/approvals"),
         Route::Approvals => approvals::page(&console, &web).await,
-        Route::ApprovalEvents => approvals::events(console.clone(), web),
+        Route::ApprovalEvents => approvals::events(
+            console.clone(),
+            web,
+            query.get("seen").map_or("", String::as_str),
+        ),
         Route::Sessions => sessions::list(&console, &web, &query),
         Route::Session(id) => sessions::replay(&console, &web, &id),
         Route::Cast(id) => sessions::cast(&console, &id),

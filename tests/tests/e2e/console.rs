@@ -102,8 +102,19 @@ fn an_approver_signs_in_sees_a_held_delete_appear_live_approves_it_and_denies_an
         .unwrap();
     assert_eq!(rejected["by"], console.subject("alice"));
 
-    // The replay of the approved session: its SQL, held and approved.
+    // The sessions list, filtered to sessions that waited for an approval.
     let session_id = session[0]["session"].as_str().unwrap();
+    browser
+        .goto(&console.url("/sessions?service=billing-db&event=approval_wait&since=1h"))
+        .unwrap();
+    let listed = browser.wait_for("table.sessions tbody", WAIT).unwrap();
+    assert!(listed.contains(session_id), "{listed}");
+    browser
+        .goto(&console.url("/sessions?event=denied"))
+        .unwrap();
+    assert!(browser.wait_for("table.sessions tbody", WAIT).unwrap().contains("No sessions match"));
+
+    // The replay of the approved session: its SQL, held and approved.
     browser
         .goto(&console.url(&format!("/sessions/{session_id}")))
         .unwrap();
@@ -111,6 +122,24 @@ fn an_approver_signs_in_sees_a_held_delete_appear_live_approves_it_and_denies_an
     assert!(transcript.contains(DELETE_ID_3), "{transcript}");
     assert!(transcript.contains(&format!("approved by {}", console.subject("alice"))), "{transcript}");
     screenshot(&browser, &console.dir(), "console-replay.png");
+
+    // A session with a terminal stream (asciicast v2 beside its record, as
+    // SSH shells write it) plays back in the page, at its pace.
+    let cast = stack.sluice.log_dir.join("sessions").join(format!("{session_id}.cast"));
+    std::fs::write(
+        &cast,
+        "{\"version\": 2, \"width\": 80, \"height\": 24}\n\
+         [0.1, \"o\", \"$ psql\\r\\n\"]\n[0.4, \"o\", \"\\u001b[1mDELETE 1\\u001b[0m\\r\\n\"]\n",
+    )
+    .unwrap();
+    browser
+        .goto(&console.url(&format!("/sessions/{session_id}")))
+        .unwrap();
+    browser.wait_for("#play", WAIT).unwrap();
+    browser.click("#play").unwrap();
+    browser.wait_for("#terminal[data-played=true]", WAIT).unwrap();
+    let played = browser.wait_for("#terminal", WAIT).unwrap();
+    assert_eq!(played.trim(), "$ psql\nDELETE 1", "output events in order, escapes dropped");
 
     let actions = console.actions();
     assert!(

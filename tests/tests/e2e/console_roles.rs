@@ -63,9 +63,30 @@ fn a_viewer_outside_approvers_sees_the_hold_without_buttons_and_forged_or_csrf_l
         agent.join().unwrap().assert_ok();
         browser.wait_for("#pending td.muted", WAIT).unwrap();
     });
+    // bob sees tokens but may not revoke them.
+    browser.goto(&console.url("/tokens")).unwrap();
+    assert!(browser.wait_for("table.tokens", WAIT).unwrap().contains("billing-db"));
+    assert_eq!(browser.count("table.tokens button").unwrap(), 0);
+    browser.click("header button[type=submit]").unwrap();
+    browser.wait_for("a[href='/signin']", WAIT).unwrap();
+
+    // carol, an admin, revokes the agent's token: its next statement fails.
+    console.sign_in(&browser, "carol");
+    browser.goto(&console.url("/tokens")).unwrap();
+    browser.wait_for("table.tokens button.deny", WAIT).unwrap();
+    browser.click("table.tokens button.deny").unwrap();
+    let revoked = browser.wait_for("table.tokens tbody", WAIT).unwrap();
+    assert!(revoked.contains("revoked"), "{revoked}");
+    let refused = stack.psql(&conninfo, &["-c", "SELECT 1"]).unwrap();
+    assert_ne!(refused.exit, 0, "a revoked token logs in no more: {}", refused.stderr);
+
     let actions = console.actions();
     assert!(
         actions.iter().any(|a| a["action"] == "approve" && a["outcome"] == "forbidden" && a["subject"] == console.subject("bob")),
+        "{actions:#?}"
+    );
+    assert!(
+        actions.iter().any(|a| a["action"] == "revoke" && a["outcome"] == "done" && a["subject"] == console.subject("carol")),
         "{actions:#?}"
     );
     console.assert_nothing_leaked();
