@@ -20,7 +20,9 @@ use serde_json::Value;
 use crate::{
     browser::Browser,
     oidc_issuer::{OidcIssuer, HOST},
-    process, ServiceSpec, Stack,
+    process,
+    stack::next_upstream_ip,
+    ServiceSpec, Stack, Upstream,
 };
 
 /// The OIDC client the console is registered as, and its vault secret.
@@ -50,6 +52,8 @@ pub struct ConsoleStack {
     pub stack: Stack,
     pub issuer: OidcIssuer,
     pub listen: SocketAddr,
+    /// A Slack-format `[[notify]]` sink for `approval_wait`.
+    pub slack: Upstream,
     client_secret: String,
 }
 
@@ -75,15 +79,15 @@ impl ConsoleStack {
         let issuer = OidcIssuer::start_on(&stack.dir().join("idp"), issuer_ip.into())
             .expect("start the test OIDC issuer");
         issuer.set_client(CLIENT_ID, &client_secret);
+        let slack = Upstream::http("hooks.test", next_upstream_ip()).expect("a webhook sink");
         let sections = format!(
             "\n{}client_id = {CLIENT_ID:?}\nclient_secret = {CLIENT_SECRET_NAME:?}\n\
-             \n[console]\nlisten = \"{listen}\"\noidc = \"corp\"\nadmins = [\"group:security\"]\n",
+             \n[console]\nlisten = \"{listen}\"\noidc = \"corp\"\nadmins = [\"group:security\"]\n\
+             \n[[notify]]\nurl = \"http://{}/slack\"\nformat = \"slack\"\nevents = [\"approval_wait\"]\n",
             issuer.config_entry("corp", "sluice"),
+            slack.addr(),
         );
-        let config = &stack.sluice.config_path;
-        let mut text = std::fs::read_to_string(config).expect("the stack's config");
-        text.push_str(&sections);
-        std::fs::write(config, text).expect("write the config");
+        crate::redteam::append_config(&stack, &sections).expect("write the config");
         for s in &stack.services {
             stack.sluice.secret_put(&s.spec.secret_name(), &s.secret).unwrap();
         }
@@ -101,6 +105,7 @@ impl ConsoleStack {
             stack,
             issuer,
             listen,
+            slack,
             client_secret,
         }
     }

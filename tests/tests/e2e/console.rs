@@ -49,6 +49,7 @@ fn an_approver_signs_in_sees_a_held_delete_appear_live_approves_it_and_denies_an
     let approved_id = std::thread::scope(|s| {
         let agent = s.spawn(|| stack.psql(&conninfo, &["-c", DELETE_ID_3]).unwrap());
         let row = browser.wait_for("#pending tr[id^='apr_']", WAIT).unwrap();
+        let shown = std::time::Instant::now();
         assert_eq!(
             browser.execute_async(mark, vec![]).unwrap(),
             true,
@@ -65,6 +66,13 @@ fn an_approver_signs_in_sees_a_held_delete_appear_live_approves_it_and_denies_an
             .unwrap()
             .to_string();
         screenshot(&browser, &console.dir(), "console-approvals.png");
+        // Slack hears of it too, with a link to the console.
+        let slack = sluice_tests::poll("the Slack message", std::time::Duration::from_secs(2), || {
+            console.slack.requests().into_iter().find(|r| r.path() == "/slack")
+        })
+        .unwrap_or_else(|e| panic!("{e:#} ({:?} after the row showed)", shown.elapsed()));
+        let text = String::from_utf8_lossy(&slack.body).into_owned();
+        assert!(text.contains(&id) && text.contains(&console.url("/approvals")), "{text}");
         assert!(!agent.is_finished(), "psql waits while the approval is pending");
         browser.click(&format!("tr#{id} button.approve")).unwrap();
         let res = agent.join().unwrap();
