@@ -54,7 +54,9 @@ impl Outcome {
     pub fn refusal(&self) -> Option<String> {
         match self {
             Outcome::Approved { .. } => None,
-            Outcome::Rejected { id, reason, .. } => Some(format!("approval {id} was denied: {reason}")),
+            Outcome::Rejected { id, reason, .. } => {
+                Some(format!("approval {id} was denied: {reason}"))
+            }
             Outcome::TimedOut { id } => Some(format!("approval {id} timed out without a decision")),
             Outcome::Unavailable(e) => Some(format!("approvals are unavailable ({e}); refused")),
         }

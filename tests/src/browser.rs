@@ -50,14 +50,27 @@ fn trust_store(home: &Path, trust: &[&Path]) -> Result<()> {
         )
         .context("certutil (Debian: libnss3-tools; run `cargo xtask setup`)")?;
         if !out.status.success() {
-            bail!("certutil {args:?}: {}", String::from_utf8_lossy(&out.stderr).trim());
+            bail!(
+                "certutil {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
         Ok(())
     };
     run(&["-d", &db_arg, "-N", "--empty-password"])?;
     for (i, ca) in trust.iter().enumerate() {
         let name = format!("sluice-test-ca-{i}");
-        run(&["-d", &db_arg, "-A", "-t", "C,,", "-n", &name, "-i", &ca.display().to_string()])?;
+        run(&[
+            "-d",
+            &db_arg,
+            "-A",
+            "-t",
+            "C,,",
+            "-n",
+            &name,
+            "-i",
+            &ca.display().to_string(),
+        ])?;
     }
     Ok(())
 }
@@ -68,7 +81,9 @@ impl Browser {
     /// to that address (Chromium's own resolver rules; nothing on the
     /// system changes).
     pub fn start(trust: &[&Path], hosts: &[(&str, IpAddr)]) -> Result<Browser> {
-        let home = tempfile::Builder::new().prefix("sluice-browser-").tempdir()?;
+        let home = tempfile::Builder::new()
+            .prefix("sluice-browser-")
+            .tempdir()?;
         trust_store(home.path(), trust)?;
         let port = free_port()?;
         let driver = Command::new("chromedriver")
@@ -93,20 +108,24 @@ impl Browser {
             std::net::TcpStream::connect(("127.0.0.1", port)).ok()
         })?;
         let profile = browser.home.path().join("profile");
-        let rules: Vec<String> = hosts.iter().map(|(h, ip)| format!("MAP {h} {ip}")).collect();
-        let caps: serde_json::Map<String, serde_json::Value> = serde_json::from_value(serde_json::json!({
-            "browserName": "chrome",
-            "goog:chromeOptions": {
-                "binary": CHROMIUM,
-                "args": [
-                    "--headless=new", "--no-sandbox", "--disable-background-networking",
-                    "--disable-component-update", "--disable-sync", "--no-first-run",
-                    "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,860",
-                    format!("--user-data-dir={}", profile.display()),
-                    format!("--host-resolver-rules={}", rules.join(",")),
-                ],
-            },
-        }))?;
+        let rules: Vec<String> = hosts
+            .iter()
+            .map(|(h, ip)| format!("MAP {h} {ip}"))
+            .collect();
+        let caps: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_value(serde_json::json!({
+                "browserName": "chrome",
+                "goog:chromeOptions": {
+                    "binary": CHROMIUM,
+                    "args": [
+                        "--headless=new", "--no-sandbox", "--disable-background-networking",
+                        "--disable-component-update", "--disable-sync", "--no-first-run",
+                        "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,860",
+                        format!("--user-data-dir={}", profile.display()),
+                        format!("--host-resolver-rules={}", rules.join(",")),
+                    ],
+                },
+            }))?;
         let client = browser.rt.block_on(async {
             ClientBuilder::new(HttpConnector::new())
                 .capabilities(caps)
@@ -184,7 +203,9 @@ impl Browser {
         script: &str,
         args: Vec<serde_json::Value>,
     ) -> Result<serde_json::Value> {
-        Ok(self.rt.block_on(self.client().execute_async(script, args))?)
+        Ok(self
+            .rt
+            .block_on(self.client().execute_async(script, args))?)
     }
 
     /// A PNG screenshot of the window, written to `path`.

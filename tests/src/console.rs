@@ -89,7 +89,10 @@ impl ConsoleStack {
         );
         crate::redteam::append_config(&stack, &sections).expect("write the config");
         for s in &stack.services {
-            stack.sluice.secret_put(&s.spec.secret_name(), &s.secret).unwrap();
+            stack
+                .sluice
+                .secret_put(&s.spec.secret_name(), &s.secret)
+                .unwrap();
         }
         stack
             .sluice
@@ -125,8 +128,11 @@ impl ConsoleStack {
     pub fn browser(&self) -> Browser {
         let sluice_ca = self.stack.sluice.ca_cert_path().unwrap();
         let issuer_ca = self.issuer.ca_path();
-        Browser::start(&[&sluice_ca, &issuer_ca], &[(HOST, self.issuer.addr().ip())])
-            .expect("start chromium")
+        Browser::start(
+            &[&sluice_ca, &issuer_ca],
+            &[(HOST, self.issuer.addr().ip())],
+        )
+        .expect("start chromium")
     }
 
     /// The OIDC subject of `login` (what `by` records).

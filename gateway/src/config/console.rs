@@ -165,9 +165,13 @@ mod tests {
         assert_eq!(c.host(), "127.0.0.1");
         assert_eq!(c.link("/callback"), "https://127.0.0.1:9443/callback");
         assert!(c.cert.is_none());
-        let named = parse("listen = '127.0.0.1:9443'\noidc = 'corp'\nurl = 'https://console.example/'\n")
-            .unwrap();
-        assert_eq!(named.link("/approvals"), "https://console.example/approvals");
+        let named =
+            parse("listen = '127.0.0.1:9443'\noidc = 'corp'\nurl = 'https://console.example/'\n")
+                .unwrap();
+        assert_eq!(
+            named.link("/approvals"),
+            "https://console.example/approvals"
+        );
         assert_eq!(named.host(), "console.example");
     }
 
@@ -176,10 +180,22 @@ mod tests {
         for (text, key) in [
             ("listen = '127.0.0.1:0'\noidc = 'corp'", "listen"),
             ("listen = '127.0.0.1:9443'\noidc = ''", "oidc"),
-            ("listen = '127.0.0.1:9443'\noidc = 'c'\nadmins = ['security']", "admins[0]"),
-            ("listen = '127.0.0.1:9443'\noidc = 'c'\ncert = '/c.pem'", "key"),
-            ("listen = '127.0.0.1:9443'\noidc = 'c'\nurl = 'http://x'", "url"),
-            ("listen = '127.0.0.1:9443'\noidc = 'c'\nurl = 'https://x/console'", "url"),
+            (
+                "listen = '127.0.0.1:9443'\noidc = 'c'\nadmins = ['security']",
+                "admins[0]",
+            ),
+            (
+                "listen = '127.0.0.1:9443'\noidc = 'c'\ncert = '/c.pem'",
+                "key",
+            ),
+            (
+                "listen = '127.0.0.1:9443'\noidc = 'c'\nurl = 'http://x'",
+                "url",
+            ),
+            (
+                "listen = '127.0.0.1:9443'\noidc = 'c'\nurl = 'https://x/console'",
+                "url",
+            ),
         ] {
             assert_eq!(parse(text).unwrap_err().0, key, "{text}");
         }

@@ -485,10 +485,15 @@ mask = ["secrets"]"#,
         assert!(cfg.console.is_none());
         let e = parse(&service("['db-leads']")).unwrap_err();
         assert_eq!(e.key, "service[0] (db).approvers[0]");
-        let console = "[console]\nlisten = '127.0.0.1:9443'\noidc = 'corp'\nadmins = ['group:security']\n";
+        let console =
+            "[console]\nlisten = '127.0.0.1:9443'\noidc = 'corp'\nadmins = ['group:security']\n";
         let e = parse(&console.replace("group:security", "security")).unwrap_err();
         assert_eq!(e.key, "console.admins[0]");
-        assert_eq!(parse(console).unwrap_err().key, "console.oidc", "no such issuer");
+        assert_eq!(
+            parse(console).unwrap_err().key,
+            "console.oidc",
+            "no such issuer"
+        );
         let issuer = "[[oidc]]\nname='corp'\nissuer='https://idp.example'\naudience='sluice'\n";
         assert_eq!(
             parse(&format!("{console}{issuer}")).unwrap_err().key,

@@ -102,11 +102,19 @@ mod tests {
             name: "Alice".into(),
             groups: vec![],
         };
-        log.record(&alice, "deny", Target::Approval("apr_1"), Some("no"), "done");
+        log.record(
+            &alice,
+            "deny",
+            Target::Approval("apr_1"),
+            Some("no"),
+            "done",
+        );
         log.record(&alice, "revoke", Target::Token("tok_1"), None, "done");
         let text = std::fs::read_to_string(dir.path().join(FILE)).unwrap();
-        let lines: Vec<serde_json::Value> =
-            text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(lines[0]["subject"], "alice@corp");
         assert_eq!(lines[0]["approval"], "apr_1");
         assert_eq!(lines[0]["reason"], "no");

@@ -154,7 +154,10 @@ pub fn events(console: Arc<Console>, web: WebSession, seen: &str) -> Response<Bo
             }
             if live.quiet_since.elapsed() >= KEEPALIVE {
                 live.quiet_since = tokio::time::Instant::now();
-                return Some((Ok(Frame::data(Bytes::from_static(b": keepalive\n\n"))), live));
+                return Some((
+                    Ok(Frame::data(Bytes::from_static(b": keepalive\n\n"))),
+                    live,
+                ));
             }
         }
     });

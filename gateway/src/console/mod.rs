@@ -141,12 +141,13 @@ pub async fn start(
     let ca = LocalCa::load_or_create(&cfg.gateway.state_dir)
         .map_err(|e| ConsoleError::Certificate(e.to_string()))?;
     let tls = TlsAcceptor::from(Arc::new(server_config(&settings, ca)?));
-    let listener = TcpListener::bind(settings.listen)
-        .await
-        .map_err(|source| ConsoleError::Bind {
-            addr: settings.listen,
-            source,
-        })?;
+    let listener =
+        TcpListener::bind(settings.listen)
+            .await
+            .map_err(|source| ConsoleError::Bind {
+                addr: settings.listen,
+                source,
+            })?;
     let actions = actions::ActionLog::open(&cfg.gateway.log_dir).map_err(ConsoleError::Log)?;
     let console = Arc::new(Console {
         cfg,

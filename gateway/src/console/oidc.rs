@@ -33,17 +33,16 @@ use openidconnect::{
         CoreJwsSigningAlgorithm, CoreProviderMetadata, CoreRevocableToken,
         CoreRevocationErrorResponse, CoreTokenIntrospectionResponse, CoreTokenType,
     },
-    AdditionalClaims, AsyncHttpClient, AuthorizationCode, Client, ClientId, ClientSecret, CsrfToken,
-    EndpointMaybeSet, EndpointNotSet, EndpointSet, HttpRequest, HttpResponse, IdTokenFields,
-    IssuerUrl, Nonce, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, Scope,
+    AdditionalClaims, AsyncHttpClient, AuthorizationCode, Client, ClientId, ClientSecret,
+    CsrfToken, EndpointMaybeSet, EndpointNotSet, EndpointSet, HttpRequest, HttpResponse,
+    IdTokenFields, IssuerUrl, Nonce, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, Scope,
     StandardErrorResponse, StandardTokenResponse, TokenResponse,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::{
-    config::oidc, proxy::http::request::error_chain, tls::upstream_client_config,
-    vault::VaultCache,
+    config::oidc, proxy::http::request::error_chain, tls::upstream_client_config, vault::VaultCache,
 };
 
 /// The ID token's claims beyond the standard ones, kept whole so the
@@ -131,9 +130,17 @@ impl<'c> AsyncHttpClient<'c> for IssuerHttp {
         Box::pin(async move {
             let (parts, body) = request.into_parts();
             let request = hyper::Request::from_parts(parts, Full::new(Bytes::from(body)));
-            let response = self.0.request(request).await.map_err(std::io::Error::other)?;
+            let response = self
+                .0
+                .request(request)
+                .await
+                .map_err(std::io::Error::other)?;
             let (parts, body) = response.into_parts();
-            let body = body.collect().await.map_err(std::io::Error::other)?.to_bytes();
+            let body = body
+                .collect()
+                .await
+                .map_err(std::io::Error::other)?
+                .to_bytes();
             Ok(HttpResponse::from_parts(parts, body.to_vec()))
         })
     }
@@ -163,7 +170,11 @@ impl tower_service::Service<Name> for Resolver {
 
     fn call(&mut self, name: Name) -> Self::Future {
         if !self.pinned.is_empty() {
-            let addrs: Vec<SocketAddr> = self.pinned.iter().map(|ip| SocketAddr::new(*ip, 0)).collect();
+            let addrs: Vec<SocketAddr> = self
+                .pinned
+                .iter()
+                .map(|ip| SocketAddr::new(*ip, 0))
+                .collect();
             return Box::pin(std::future::ready(Ok(addrs.into_iter())));
         }
         let lookup = self.system.call(name);
@@ -229,12 +240,13 @@ impl Issuer {
 
     /// The client for the issuer's current discovery document and keys.
     async fn client(&self) -> Result<SignInClient, SignInError> {
-        let issuer = IssuerUrl::new(self.url.clone()).map_err(|e| SignInError::Discovery(e.to_string()))?;
+        let issuer =
+            IssuerUrl::new(self.url.clone()).map_err(|e| SignInError::Discovery(e.to_string()))?;
         let metadata = CoreProviderMetadata::discover_async(issuer, &self.http)
             .await
             .map_err(|e| SignInError::Discovery(error_chain(&e)))?;
-        let redirect =
-            RedirectUrl::new(self.redirect.clone()).map_err(|e| SignInError::Discovery(e.to_string()))?;
+        let redirect = RedirectUrl::new(self.redirect.clone())
+            .map_err(|e| SignInError::Discovery(e.to_string()))?;
         let secret = self
             .vault
             .get(&self.client_secret)

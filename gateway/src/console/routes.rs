@@ -45,7 +45,11 @@ pub async fn handle(console: Arc<Console>, req: Request<Incoming>) -> Response<B
         .join("; ");
     match (&method, path.as_str()) {
         (&Method::GET, "/static/console.js") => {
-            return html::response(StatusCode::OK, "text/javascript; charset=utf-8", html::full(SCRIPT))
+            return html::response(
+                StatusCode::OK,
+                "text/javascript; charset=utf-8",
+                html::full(SCRIPT),
+            )
         }
         (&Method::GET, "/static/console.css") => {
             return html::response(StatusCode::OK, "text/css; charset=utf-8", html::full(STYLE))
@@ -54,7 +58,9 @@ pub async fn handle(console: Arc<Console>, req: Request<Incoming>) -> Response<B
         (&Method::GET, "/callback") => return signin::callback(&console, &cookies, &query).await,
         _ => {}
     }
-    let session_id = session::cookie(&cookies, session::COOKIE).unwrap_or("").to_string();
+    let session_id = session::cookie(&cookies, session::COOKIE)
+        .unwrap_or("")
+        .to_string();
     let Some(web) = console.sessions.get(&session_id) else {
         return if method == Method::GET {
             html::redirect("/signin")
@@ -77,9 +83,17 @@ pub async fn handle(console: Arc<Console>, req: Request<Incoming>) -> Response<B
         let form = form_fields(&body);
         let csrf = form.get("csrf").map(String::as_str).unwrap_or("");
         if csrf.is_empty() || !bool::from(csrf.as_bytes().ct_eq(web.csrf.as_bytes())) {
-            return html::error(StatusCode::FORBIDDEN, "Missing or wrong CSRF token; reload the page.");
+            return html::error(
+                StatusCode::FORBIDDEN,
+                "Missing or wrong CSRF token; reload the page.",
+            );
         }
-        let reason = form.get("reason").map(String::as_str).unwrap_or("").trim().to_string();
+        let reason = form
+            .get("reason")
+            .map(String::as_str)
+            .unwrap_or("")
+            .trim()
+            .to_string();
         return match route {
             Route::Decide { id, approve } => {
                 approvals::decide(&console, &web, &id, approve, &reason).await
@@ -128,8 +142,14 @@ impl Route {
         let owned = |s: &str| s.to_string();
         if *method == Method::POST {
             return match segments.as_slice() {
-                ["approvals", id, "approve"] => Route::Decide { id: owned(id), approve: true },
-                ["approvals", id, "deny"] => Route::Decide { id: owned(id), approve: false },
+                ["approvals", id, "approve"] => Route::Decide {
+                    id: owned(id),
+                    approve: true,
+                },
+                ["approvals", id, "deny"] => Route::Decide {
+                    id: owned(id),
+                    approve: false,
+                },
                 ["tokens", id, "revoke"] => Route::Revoke(owned(id)),
                 ["signout"] => Route::SignOut,
                 _ => Route::Unknown,

@@ -136,7 +136,9 @@ pub fn session_cookie(id: &str) -> String {
 
 /// `Set-Cookie` for a sign-in in progress (empty `id` with age 0 clears it).
 pub fn login_cookie(id: &str, max_age: u64) -> String {
-    format!("{LOGIN_COOKIE}={id}; Path=/callback; Secure; HttpOnly; SameSite=Lax; Max-Age={max_age}")
+    format!(
+        "{LOGIN_COOKIE}={id}; Path=/callback; Secure; HttpOnly; SameSite=Lax; Max-Age={max_age}"
+    )
 }
 
 /// `Set-Cookie` that clears the session cookie.

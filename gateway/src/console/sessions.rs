@@ -30,15 +30,10 @@ fn select<'a>(
     options: impl Iterator<Item = &'a str>,
     chosen: Option<&str>,
 ) -> String {
-    let mut out = format!(
-        "<label>{label} <select name=\"{name}\"><option value=\"\">any</option>"
-    );
+    let mut out = format!("<label>{label} <select name=\"{name}\"><option value=\"\">any</option>");
     for o in options {
         let selected = if chosen == Some(o) { " selected" } else { "" };
-        out.push_str(&format!(
-            "<option{selected}>{}</option>",
-            escape(o)
-        ));
+        out.push_str(&format!("<option{selected}>{}</option>", escape(o)));
     }
     out.push_str("</select></label>");
     out
@@ -52,7 +47,11 @@ fn cli_error(e: CliError) -> Response<Body> {
 }
 
 /// `GET /sessions?agent=&service=&event=&since=`.
-pub fn list(console: &Console, web: &WebSession, query: &HashMap<String, String>) -> Response<Body> {
+pub fn list(
+    console: &Console,
+    web: &WebSession,
+    query: &HashMap<String, String>,
+) -> Response<Body> {
     let given = |k: &str| query.get(k).map(String::as_str).filter(|v| !v.is_empty());
     let since = match given("since").map(parse_since).transpose() {
         Ok(s) => s,
@@ -168,6 +167,9 @@ pub fn cast(console: &Console, id: &str) -> Response<Body> {
     };
     match std::fs::read(&path) {
         Ok(bytes) => html::response(StatusCode::OK, "application/x-asciicast", html::full(bytes)),
-        Err(_) => html::error(StatusCode::NOT_FOUND, &format!("Session {id} has no terminal stream.")),
+        Err(_) => html::error(
+            StatusCode::NOT_FOUND,
+            &format!("Session {id} has no terminal stream."),
+        ),
     }
 }

@@ -36,7 +36,10 @@ pub async fn begin(console: &Console) -> Response<Body> {
         }
         Err(e) => {
             tracing::warn!(error = %e, "console sign-in cannot start");
-            html::error(StatusCode::BAD_GATEWAY, &format!("Sign-in is unavailable: {e}"))
+            html::error(
+                StatusCode::BAD_GATEWAY,
+                &format!("Sign-in is unavailable: {e}"),
+            )
         }
     }
 }
@@ -49,7 +52,10 @@ pub async fn callback(
 ) -> Response<Body> {
     let refused = |why: &str| {
         tracing::warn!(reason = why, "console sign-in refused");
-        html::error(StatusCode::FORBIDDEN, &format!("Sign-in refused: {why}. Start again at /signin."))
+        html::error(
+            StatusCode::FORBIDDEN,
+            &format!("Sign-in refused: {why}. Start again at /signin."),
+        )
     };
     if let Some(error) = query.get("error") {
         return refused(&format!("the issuer answered {error}"));

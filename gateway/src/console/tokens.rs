@@ -71,7 +71,10 @@ pub async fn revoke(console: &Console, web: &WebSession, id: &str) -> Response<B
     };
     if !Roles::new(&console.cfg, &web.person).may_revoke() {
         record("forbidden");
-        return html::error(StatusCode::FORBIDDEN, "Only console admins may revoke tokens.");
+        return html::error(
+            StatusCode::FORBIDDEN,
+            "Only console admins may revoke tokens.",
+        );
     }
     if !id.starts_with("tok_") {
         record("unknown");

@@ -14,14 +14,31 @@ const POST_FORM: &str = "const [path, fields, done] = arguments; \
     .then(r => done(r.status), e => done(String(e)));";
 
 #[test]
-fn a_viewer_outside_approvers_sees_the_hold_without_buttons_and_forged_or_csrf_less_posts_get_403() {
+fn a_viewer_outside_approvers_sees_the_hold_without_buttons_and_forged_or_csrf_less_posts_get_403()
+{
     let console = ConsoleStack::start("console-roles");
     let stack = &console.stack;
 
     // No session cookie: pages redirect to sign-in, actions are refused.
-    let page = console.curl(&["-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", &console.url("/approvals")]);
+    let page = console.curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{redirect_url}",
+        &console.url("/approvals"),
+    ]);
     assert_eq!(page, format!("303 {}", console.url("/signin")));
-    let post = console.curl(&["-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "--data", "csrf=x", &console.url("/approvals/apr_x/approve")]);
+    let post = console.curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-X",
+        "POST",
+        "--data",
+        "csrf=x",
+        &console.url("/approvals/apr_x/approve"),
+    ]);
     assert_eq!(post, "403");
 
     let browser = console.browser();
@@ -31,24 +48,43 @@ fn a_viewer_outside_approvers_sees_the_hold_without_buttons_and_forged_or_csrf_l
     std::thread::scope(|s| {
         let agent = s.spawn(|| stack.psql(&conninfo, &["-c", DELETE_ID_1]).unwrap());
         let row = browser.wait_for("#pending tr[id^='apr_']", WAIT).unwrap();
-        assert!(row.contains(DELETE_ID_1) && row.contains("awaiting an approver"), "{row}");
-        assert_eq!(browser.count("#pending button").unwrap(), 0, "no buttons for bob");
+        assert!(
+            row.contains(DELETE_ID_1) && row.contains("awaiting an approver"),
+            "{row}"
+        );
+        assert_eq!(
+            browser.count("#pending button").unwrap(),
+            0,
+            "no buttons for bob"
+        );
         let pending = stack.sluice.wait_for_pending(DELETE_ID_1, WAIT).unwrap();
         let id = pending["id"].as_str().unwrap();
 
         // bob's own CSRF token (from the sign-out form), on a forged approve.
         let csrf = browser
-            .execute_async("arguments[0](document.querySelector('input[name=csrf]').value)", vec![])
+            .execute_async(
+                "arguments[0](document.querySelector('input[name=csrf]').value)",
+                vec![],
+            )
             .unwrap();
         let forged = browser
             .execute_async(
                 POST_FORM,
-                vec![format!("/approvals/{id}/approve").into(), serde_json::json!({"csrf": csrf})],
+                vec![
+                    format!("/approvals/{id}/approve").into(),
+                    serde_json::json!({"csrf": csrf}),
+                ],
             )
             .unwrap();
         assert_eq!(forged, 403, "a viewer's approve is refused");
         let no_csrf = browser
-            .execute_async(POST_FORM, vec![format!("/approvals/{id}/approve").into(), serde_json::json!({})])
+            .execute_async(
+                POST_FORM,
+                vec![
+                    format!("/approvals/{id}/approve").into(),
+                    serde_json::json!({}),
+                ],
+            )
             .unwrap();
         assert_eq!(no_csrf, 403, "no CSRF token, no action");
         assert_eq!(
@@ -65,7 +101,10 @@ fn a_viewer_outside_approvers_sees_the_hold_without_buttons_and_forged_or_csrf_l
     });
     // bob sees tokens but may not revoke them.
     browser.goto(&console.url("/tokens")).unwrap();
-    assert!(browser.wait_for("table.tokens", WAIT).unwrap().contains("billing-db"));
+    assert!(browser
+        .wait_for("table.tokens", WAIT)
+        .unwrap()
+        .contains("billing-db"));
     assert_eq!(browser.count("table.tokens button").unwrap(), 0);
     browser.click("header button[type=submit]").unwrap();
     browser.wait_for("a[href='/signin']", WAIT).unwrap();
@@ -78,15 +117,23 @@ fn a_viewer_outside_approvers_sees_the_hold_without_buttons_and_forged_or_csrf_l
     let revoked = browser.wait_for("table.tokens tbody", WAIT).unwrap();
     assert!(revoked.contains("revoked"), "{revoked}");
     let refused = stack.psql(&conninfo, &["-c", "SELECT 1"]).unwrap();
-    assert_ne!(refused.exit, 0, "a revoked token logs in no more: {}", refused.stderr);
+    assert_ne!(
+        refused.exit, 0,
+        "a revoked token logs in no more: {}",
+        refused.stderr
+    );
 
     let actions = console.actions();
+    let bobs: Vec<_> = actions
+        .iter()
+        .filter(|a| a["action"] == "approve" && a["subject"] == console.subject("bob"))
+        .collect();
+    assert_eq!(bobs.len(), 1, "the CSRF-less POST never got as far: {actions:#?}");
+    assert_eq!(bobs[0]["outcome"], "forbidden");
     assert!(
-        actions.iter().any(|a| a["action"] == "approve" && a["outcome"] == "forbidden" && a["subject"] == console.subject("bob")),
-        "{actions:#?}"
-    );
-    assert!(
-        actions.iter().any(|a| a["action"] == "revoke" && a["outcome"] == "done" && a["subject"] == console.subject("carol")),
+        actions.iter().any(|a| a["action"] == "revoke"
+            && a["outcome"] == "done"
+            && a["subject"] == console.subject("carol")),
         "{actions:#?}"
     );
     console.assert_nothing_leaked();

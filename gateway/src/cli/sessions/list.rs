@@ -154,10 +154,11 @@ pub(crate) fn summaries(
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => return Err(read_error(&path, e)),
         };
-        let has_event = filter
-            .event
-            .as_deref()
-            .is_none_or(|want| records.iter().any(|r| r.value["event"].as_str() == Some(want)));
+        let has_event = filter.event.as_deref().is_none_or(|want| {
+            records
+                .iter()
+                .any(|r| r.value["event"].as_str() == Some(want))
+        });
         let Some(s) = SessionSummary::of(id, &records) else {
             continue;
         };
