@@ -41,6 +41,9 @@ pub enum Outcome {
     Rejected {
         id: String,
         reason: String,
+        /// Who denied it (a Unix user, or a console subject); `None` when
+        /// nobody did (abandoned, record gone or damaged).
+        by: Option<String>,
     },
     TimedOut {
         id: String,
@@ -54,7 +57,9 @@ impl Outcome {
     pub fn refusal(&self) -> Option<String> {
         match self {
             Outcome::Approved { .. } => None,
-            Outcome::Rejected { id, reason } => Some(format!("approval {id} was denied: {reason}")),
+            Outcome::Rejected { id, reason, .. } => {
+                Some(format!("approval {id} was denied: {reason}"))
+            }
             Outcome::TimedOut { id } => Some(format!("approval {id} timed out without a decision")),
             Outcome::Unavailable(e) => Some(format!("approvals are unavailable ({e}); refused")),
         }
@@ -161,6 +166,7 @@ pub async fn hold(
                     break Outcome::Rejected {
                         id: id.clone(),
                         reason: a.reason.unwrap_or_else(|| "no reason given".into()),
+                        by: a.by,
                     }
                 }
                 ApprovalStatus::Expired => break Outcome::TimedOut { id: id.clone() },
@@ -168,6 +174,7 @@ pub async fn hold(
                     break Outcome::Rejected {
                         id: id.clone(),
                         reason: "abandoned".into(),
+                        by: None,
                     }
                 }
             },
@@ -175,6 +182,7 @@ pub async fn hold(
                 break Outcome::Rejected {
                     id: id.clone(),
                     reason: "the approval record disappeared".into(),
+                    by: None,
                 }
             }
             // Logged by approval_get with the key.
@@ -182,6 +190,7 @@ pub async fn hold(
                 break Outcome::Rejected {
                     id: id.clone(),
                     reason: "the approval record failed its integrity check".into(),
+                    by: None,
                 }
             }
             // Redis blipped: keep waiting until the deadline.

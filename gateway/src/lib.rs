@@ -10,6 +10,7 @@
 pub mod approvals;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod daemon;
 pub mod guard;
 pub mod identity;

@@ -29,8 +29,10 @@
 //! issuer's RSA keys ([`oidc_issuer`]).
 
 pub mod approvals;
+pub mod browser;
 pub mod ca;
 pub mod cgroup;
+pub mod console;
 pub mod container;
 pub mod echo_upstream;
 pub mod kube_api;

@@ -12,7 +12,7 @@ use crate::sh;
 /// Debian packages: the LLVM that bpf-linker links against, the servers the
 /// end-to-end tests start, the clients they drive, and the OCI runtime and
 /// `ip` tool the container tests use (runc rather than crun, which refuses
-/// hybrid cgroup hosts).
+/// hybrid cgroup hosts), and the console tests' browser.
 pub const APT_PACKAGES: &[&str] = &[
     "clang",
     "llvm-22-dev",
@@ -37,6 +37,11 @@ pub const APT_PACKAGES: &[&str] = &[
     "git",
     // The test OIDC issuer makes its RSA keys with `openssl genpkey`.
     "openssl",
+    // The console tests: a headless browser driven over WebDriver, and
+    // certutil to trust the test CAs in its NSS database.
+    "chromium",
+    "chromium-driver",
+    "libnss3-tools",
 ];
 
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";

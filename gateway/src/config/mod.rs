@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub mod console;
 mod gateway;
 pub mod notify;
 pub mod oidc;
@@ -48,6 +49,8 @@ pub struct Config {
     pub services: Vec<Service>,
     /// `[[notify]]` targets (DESIGN.md §9).
     pub notify: Vec<notify::Target>,
+    /// `[console]`, the web console (DESIGN.md §9), when set.
+    pub console: Option<console::Console>,
     /// `[[oidc]]` issuers whose JWTs are accepted (DESIGN.md §7).
     pub oidc: Vec<oidc::Issuer>,
 }
@@ -100,6 +103,8 @@ struct RawConfig {
     services: Vec<RawService>,
     #[serde(default, rename = "notify")]
     notify: Vec<notify::RawTarget>,
+    #[serde(default)]
+    console: Option<console::RawConsole>,
     #[serde(default, rename = "oidc")]
     oidc: Vec<oidc::RawIssuer>,
 }
@@ -156,14 +161,23 @@ impl Config {
                     .map_err(|(field, message)| err((format!("notify[{i}].{field}"), message)))
             })
             .collect::<Result<_, _>>()?;
+        let console = raw
+            .console
+            .map(|c| c.validate())
+            .transpose()
+            .map_err(|(field, message)| err((format!("console.{field}"), message)))?;
         let oidc = parse_issuers(raw.oidc).map_err(err)?;
         check_bindings(&raw.agents, &oidc).map_err(err)?;
+        if let Some(c) = &console {
+            console::check_issuer(c, &oidc).map_err(err)?;
+        }
         Ok(Config {
             path: path.to_path_buf(),
             gateway: raw.gateway,
             agents: raw.agents,
             services,
             notify,
+            console,
             oidc,
         })
     }
@@ -492,6 +506,39 @@ mask = ["secrets"]"#,
             parse(https).unwrap_err().key,
             "service[0] (k).credential.client_cert"
         );
+    }
+
+    #[test]
+    fn console_and_approvers_name_their_keys() {
+        let service = |approvers: &str| {
+            format!(
+                "[[service]]\nname='db'\nprotocol='postgres'\nupstream='db.test:5432'\n\
+                 credential={{secret='s', user='u'}}\napprovers = {approvers}\n"
+            )
+        };
+        let cfg = parse(&service("['group:db-leads']")).unwrap();
+        assert_eq!(cfg.services[0].approvers, ["db-leads"]);
+        assert!(cfg.console.is_none());
+        let e = parse(&service("['db-leads']")).unwrap_err();
+        assert_eq!(e.key, "service[0] (db).approvers[0]");
+        let console =
+            "[console]\nlisten = '127.0.0.1:9443'\noidc = 'corp'\nadmins = ['group:security']\n";
+        let e = parse(&console.replace("group:security", "security")).unwrap_err();
+        assert_eq!(e.key, "console.admins[0]");
+        assert_eq!(
+            parse(console).unwrap_err().key,
+            "console.oidc",
+            "no such issuer"
+        );
+        let issuer = "[[oidc]]\nname='corp'\nissuer='https://idp.example'\naudience='sluice'\n";
+        assert_eq!(
+            parse(&format!("{console}{issuer}")).unwrap_err().key,
+            "console.oidc",
+            "an issuer without client_id"
+        );
+        let client = "client_id = 'sluice-console'\nclient_secret = 'console-secret'\n";
+        let cfg = parse(&format!("{console}{issuer}{client}")).unwrap();
+        assert_eq!(cfg.console.unwrap().admins, ["security"]);
     }
 
     #[test]

@@ -68,6 +68,9 @@ pub struct Service {
     pub secret: String,
     /// Column (SQL) or JSON field (HTTP) names whose values are masked.
     pub mask: Vec<String>,
+    /// Groups whose members may approve or deny this service's held
+    /// operations in the console (`approvers = ["group:NAME"]`, DESIGN.md §9).
+    pub approvers: Vec<String>,
     /// `groups = ["payments"]`: when not empty, a caller authenticated by a
     /// JWT must be in one of these groups (DESIGN.md §7).
     pub groups: Vec<String>,
@@ -278,6 +281,9 @@ pub(super) struct RawService {
     pub(super) upstream_host_key: Option<String>,
     /// SSH: the channel kinds allowed.
     pub(super) allow: Option<Vec<String>>,
+    /// `["group:NAME", …]` who may decide held operations in the console.
+    #[serde(default)]
+    approvers: Vec<String>,
 }
 
 /// A problem with one key of a service: `(key below the service, message)`.
@@ -326,6 +332,7 @@ impl RawService {
                 "upstream_host_key and allow only apply to ssh services",
             ));
         }
+        let approvers = super::console::groups("approvers", &self.approvers)?;
         Ok(Service {
             name: self.name,
             host,
@@ -337,6 +344,7 @@ impl RawService {
                 None => self.credential.secret,
             },
             mask: self.mask,
+            approvers,
             groups: self.groups,
             kind,
         })

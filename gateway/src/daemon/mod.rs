@@ -132,7 +132,8 @@ pub async fn run(cfg: Config) -> Result<Arc<Recorder>, StartError> {
     let observer = metrics.clone();
     // The notifier reads signing secrets through its own view of the vault.
     let notify_vault = VaultCache::new(Vault::open(gwc).map_err(setup("vault"))?);
-    let notifier = Notifier::start(&cfg.notify, notify_vault, metrics.clone());
+    let console_url = cfg.console.as_ref().map(|c| c.link("/approvals"));
+    let notifier = Notifier::start(&cfg.notify, notify_vault, metrics.clone(), console_url);
     recorder.observe_with(Observer(Box::new(move |line| {
         observer.observe(&line.meta.service, line.event);
         notifier.offer(line);
@@ -156,6 +157,11 @@ pub async fn run(cfg: Config) -> Result<Arc<Recorder>, StartError> {
         metrics::serve(addr, render)
             .await
             .map_err(setup(&format!("binding gateway.metrics {addr}")))?;
+    }
+    if let Some(console) = console_issuer(&cfg)? {
+        crate::console::start(cfg.clone(), state.clone(), console)
+            .await
+            .map_err(setup("console"))?;
     }
     tokio::spawn(async move { state.watch_revocations().await });
     tokio::spawn(proxy::serve(gateway.clone(), v4));
@@ -181,6 +187,28 @@ pub async fn run(cfg: Config) -> Result<Arc<Recorder>, StartError> {
     }
     info!("shutting down; pinned links keep agents failing closed until the next start");
     Ok(recorder)
+}
+
+/// The issuer the console signs people in with, when `[console]` is set
+/// (config validation made sure its `[[oidc]]` entry has a client).
+fn console_issuer(cfg: &Config) -> Result<Option<crate::console::Issuer>, StartError> {
+    let Some(console) = &cfg.console else {
+        return Ok(None);
+    };
+    let (Some(issuer), Some(client)) = (
+        cfg.issuer(&console.oidc),
+        cfg.issuer(&console.oidc).and_then(|i| i.client.as_ref()),
+    ) else {
+        return Err(StartError::Setup(format!(
+            "console.oidc: no [[oidc]] entry {:?} with client_id",
+            console.oidc
+        )));
+    };
+    // The console reads its client secret through its own view of the vault.
+    let vault = VaultCache::new(Vault::open(&cfg.gateway).map_err(setup("vault"))?);
+    crate::console::Issuer::new(issuer, client, vault, console.link("/callback"))
+        .map(Some)
+        .map_err(setup("console.oidc"))
 }
 
 /// Approvals this instance held before a restart can never be released:

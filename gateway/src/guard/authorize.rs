@@ -106,9 +106,14 @@ impl Session {
             }
             Outcome::Rejected { ref id, .. } | Outcome::TimedOut { ref id } => {
                 let reason = outcome.refusal().unwrap_or_default();
+                let by = match &outcome {
+                    Outcome::Rejected { by, .. } => by.clone(),
+                    _ => None,
+                };
                 let _ = self.record(Event::Rejected {
                     approval: id.clone(),
                     reason: reason.clone(),
+                    by,
                 });
                 Err(Refusal::new(
                     RefusalKind::Rejected {

@@ -20,12 +20,14 @@ pub struct Message {
 }
 
 impl Message {
-    /// Formats `line` for a target of `format`.
-    pub fn new(format: Format, line: &Observed<'_>) -> Message {
+    /// Formats `line` for a target of `format`; Slack messages about a
+    /// held operation link to `console` (its approvals page URL) when one
+    /// is configured.
+    pub fn new(format: Format, line: &Observed<'_>, console: Option<&str>) -> Message {
         let fields = fields(line);
         let body = match format {
             Format::Json => Value::Object(fields),
-            Format::Slack => serde_json::json!({ "text": slack_text(&fields) }),
+            Format::Slack => serde_json::json!({ "text": slack_text(&fields, console) }),
         };
         Message {
             format,
@@ -62,14 +64,17 @@ fn text(fields: &Map<String, Value>, key: &str) -> String {
 
 /// One line for a chat channel: what happened, to whom, and for a held
 /// operation the commands that release it.
-fn slack_text(f: &Map<String, Value>) -> String {
+fn slack_text(f: &Map<String, Value>, console: Option<&str>) -> String {
     let (agent, service, session) = (text(f, "agent"), text(f, "service"), text(f, "session"));
     let who = format!("agent *{agent}* on service *{service}* (session `{session}`)");
     match text(f, "event").as_str() {
         "approval_wait" => {
             let id = text(f, "approval");
+            let console = console
+                .map(|url| format!(" Or decide in the console: <{url}|{url}>"))
+                .unwrap_or_default();
             format!(
-                ":hourglass: Sluice approval `{id}` is waiting: {who} wants `{}`. Approve with `sluice approve {id}` or deny with `sluice deny {id} --reason …`.",
+                ":hourglass: Sluice approval `{id}` is waiting: {who} wants `{}`. Approve with `sluice approve {id}` or deny with `sluice deny {id} --reason …`.{console}",
                 text(f, "summary")
             )
         }
@@ -118,7 +123,7 @@ mod tests {
     use super::*;
     use crate::recorder::{Event, SessionMeta};
 
-    fn line(event: &Event, meta: &SessionMeta) -> Message {
+    fn line(event: &Event, meta: &SessionMeta, console: Option<&str>) -> Message {
         Message::new(
             Format::Slack,
             &Observed {
@@ -127,6 +132,7 @@ mod tests {
                 at: SystemTime::UNIX_EPOCH,
                 event,
             },
+            console,
         )
     }
 
@@ -142,10 +148,14 @@ mod tests {
             approval: "apr_x".into(),
             summary: "DELETE FROM t WHERE id = 1".into(),
         };
-        let body: Value = serde_json::from_slice(&line(&wait, &meta).body).unwrap();
+        let body: Value = serde_json::from_slice(&line(&wait, &meta, None).body).unwrap();
         let text = body["text"].as_str().unwrap();
         assert!(text.contains("apr_x") && text.contains("ci-bot") && text.contains("billing-db"));
         assert!(text.contains("sluice approve apr_x") && text.contains("DELETE FROM t"));
+        assert!(!text.contains("console"));
+        let url = "https://127.0.0.1:9443/approvals";
+        let linked: Value = serde_json::from_slice(&line(&wait, &meta, Some(url)).body).unwrap();
+        assert!(linked["text"].as_str().unwrap().contains(url), "{linked}");
     }
 
     #[test]

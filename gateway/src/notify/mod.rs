@@ -29,11 +29,19 @@ pub const QUEUE: usize = 1024;
 pub struct Notifier {
     queues: Vec<(Target, mpsc::Sender<message::Message>)>,
     metrics: Arc<Metrics>,
+    /// The console's approvals page, linked from Slack messages.
+    console: Option<String>,
 }
 
 impl Notifier {
-    /// Starts a sending task per target (inside the current runtime).
-    pub fn start(targets: &[Target], vault: VaultCache, metrics: Arc<Metrics>) -> Arc<Notifier> {
+    /// Starts a sending task per target (inside the current runtime);
+    /// `console` is the console's approvals page URL, when there is one.
+    pub fn start(
+        targets: &[Target],
+        vault: VaultCache,
+        metrics: Arc<Metrics>,
+        console: Option<String>,
+    ) -> Arc<Notifier> {
         let vault = Arc::new(vault);
         let queues = targets
             .iter()
@@ -43,7 +51,11 @@ impl Notifier {
                 (t.clone(), tx)
             })
             .collect();
-        Arc::new(Notifier { queues, metrics })
+        Arc::new(Notifier {
+            queues,
+            metrics,
+            console,
+        })
     }
 
     /// Queues a message for every target that chose this line's event.
@@ -54,7 +66,7 @@ impl Notifier {
             if !target.events.iter().any(|e| e == name) {
                 continue;
             }
-            let msg = message::Message::new(target.format, line);
+            let msg = message::Message::new(target.format, line, self.console.as_deref());
             if tx.try_send(msg).is_err() {
                 self.metrics.notification_dropped(&target.host);
                 warn!(target = %target.host, event = name, "notification queue full; message dropped");

@@ -119,8 +119,14 @@ pub enum Event {
     ApprovalWait { approval: String, summary: String },
     /// Released by `by`.
     Approved { approval: String, by: String },
-    /// Approval denied or timed out.
-    Rejected { approval: String, reason: String },
+    /// Approval denied (by `by`, a Unix user or a console subject) or
+    /// timed out (no `by`).
+    Rejected {
+        approval: String,
+        reason: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
+    },
     /// Columns or JSON fields masked, and how many values; never the values.
     Masked { fields: Vec<String>, count: u64 },
     /// A failure worth recording.

@@ -15,6 +15,8 @@ mod attack_secrets;
 mod attack_statements;
 mod bad_tokens;
 mod cleanup;
+mod console;
+mod console_roles;
 mod containers;
 mod egress;
 mod faults;

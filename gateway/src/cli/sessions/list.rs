@@ -19,7 +19,7 @@ use super::{
 
 /// `--since`: a period back from now (`30m`, `1h`, `2d`) or an RFC 3339
 /// time.
-pub(super) fn parse_since(s: &str) -> Result<DateTime<Utc>, String> {
+pub(crate) fn parse_since(s: &str) -> Result<DateTime<Utc>, String> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Ok(t.to_utc());
     }
@@ -40,16 +40,18 @@ fn id_start(id: &str) -> Option<DateTime<Utc>> {
 }
 
 /// Per-session totals.
-pub(super) struct SessionSummary {
-    id: String,
-    first: Value,
-    duration_ms: Option<u64>,
-    queries: u64,
-    requests: u64,
-    denials: u64,
-    approval_waits: u64,
-    approvals: u64,
-    rejections: u64,
+pub(crate) struct SessionSummary {
+    pub(crate) id: String,
+    /// The session's first line (`ts`, `agent`, `service`, …).
+    pub(crate) first: Value,
+    /// `None` while the session is open.
+    pub(crate) duration_ms: Option<u64>,
+    pub(crate) queries: u64,
+    pub(crate) requests: u64,
+    pub(crate) denials: u64,
+    pub(crate) approval_waits: u64,
+    pub(crate) approvals: u64,
+    pub(crate) rejections: u64,
 }
 
 impl SessionSummary {
@@ -118,17 +120,20 @@ impl SessionSummary {
     }
 }
 
-/// Prints the sessions in `sessions_dir` that match `filter` and started at
-/// or after `since`.
-pub(super) fn list(
+/// The sessions in `sessions_dir` whose first line matches `filter`'s
+/// agent and service, that recorded an event of `filter`'s kind (when
+/// given), and that started at or after `since`; oldest first.
+///
+/// # Errors
+/// [`CliError::Runtime`] for an unreadable directory or file.
+pub(crate) fn summaries(
     sessions_dir: &Path,
     filter: &Filter,
     since: Option<DateTime<Utc>>,
-    json: bool,
-) -> Result<(), CliError> {
+) -> Result<Vec<SessionSummary>, CliError> {
     let entries = match fs::read_dir(sessions_dir) {
         Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(read_error(sessions_dir, e)),
     };
     let mut files: Vec<(String, std::path::PathBuf)> = entries
@@ -149,14 +154,31 @@ pub(super) fn list(
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => return Err(read_error(&path, e)),
         };
+        let has_event = filter.event.as_deref().is_none_or(|want| {
+            records
+                .iter()
+                .any(|r| r.value["event"].as_str() == Some(want))
+        });
         let Some(s) = SessionSummary::of(id, &records) else {
             continue;
         };
         let started_in = since.is_none_or(|since| timestamp(&s.first).is_none_or(|t| t >= since));
-        if filter.matches(&s.first) && started_in {
+        if filter.matches_owner(&s.first) && has_event && started_in {
             summaries.push(s);
         }
     }
+    Ok(summaries)
+}
+
+/// Prints the sessions in `sessions_dir` that match `filter` and started at
+/// or after `since`.
+pub(super) fn list(
+    sessions_dir: &Path,
+    filter: &Filter,
+    since: Option<DateTime<Utc>>,
+    json: bool,
+) -> Result<(), CliError> {
+    let summaries = summaries(sessions_dir, filter, since)?;
     if json {
         return summaries.iter().try_for_each(|s| print_line(&s.json()));
     }

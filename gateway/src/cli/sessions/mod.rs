@@ -24,6 +24,9 @@ mod render;
 mod replay;
 mod verify;
 
+pub(crate) use list::{parse_since, summaries};
+pub(crate) use render::{format_ms, transcript_text};
+
 #[derive(Subcommand, Debug)]
 pub enum SessionsCmd {
     /// List sessions: id, agent, service, start, duration, queries, requests, denials, approvals
@@ -195,28 +198,34 @@ pub(super) fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> 
 }
 
 /// `--agent`, `--service`, `--event` filters over record lines.
-struct Filter {
-    agent: Option<String>,
-    service: Option<String>,
-    event: Option<String>,
+#[derive(Debug, Default)]
+pub(crate) struct Filter {
+    pub(crate) agent: Option<String>,
+    pub(crate) service: Option<String>,
+    pub(crate) event: Option<String>,
 }
 
 impl Filter {
+    /// The line's agent and service match (the event is not looked at).
+    fn matches_owner(&self, v: &Value) -> bool {
+        [("agent", &self.agent), ("service", &self.service)]
+            .iter()
+            .all(|(key, want)| want.as_deref().is_none_or(|w| v[*key].as_str() == Some(w)))
+    }
+
     fn matches(&self, v: &Value) -> bool {
-        [
-            ("agent", &self.agent),
-            ("service", &self.service),
-            ("event", &self.event),
-        ]
-        .iter()
-        .all(|(key, want)| want.as_deref().is_none_or(|w| v[*key].as_str() == Some(w)))
+        self.matches_owner(v)
+            && self
+                .event
+                .as_deref()
+                .is_none_or(|w| v["event"].as_str() == Some(w))
     }
 }
 
 /// One record line: the raw text and its parsed form.
-struct Record {
+pub(crate) struct Record {
     raw: String,
-    value: Value,
+    pub(crate) value: Value,
 }
 
 /// The complete, parseable lines of a JSON Lines file; others are skipped
@@ -233,7 +242,7 @@ fn read_records(path: &Path) -> io::Result<Vec<Record>> {
 }
 
 /// `log_dir/sessions/<id>.jsonl`, checking the id is a plain file name.
-fn session_path(log_dir: &Path, id: &str) -> Result<PathBuf, CliError> {
+pub(crate) fn session_path(log_dir: &Path, id: &str) -> Result<PathBuf, CliError> {
     if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
         return Err(CliError::Usage(format!("invalid session id {id:?}: ids look like s-019a2b3c4d5e-1f2e3d4c; see `sluice sessions list`")));
     }
@@ -241,7 +250,7 @@ fn session_path(log_dir: &Path, id: &str) -> Result<PathBuf, CliError> {
 }
 
 /// The records of session `id`.
-fn read_session(log_dir: &Path, id: &str) -> Result<Vec<Record>, CliError> {
+pub(crate) fn read_session(log_dir: &Path, id: &str) -> Result<Vec<Record>, CliError> {
     let path = session_path(log_dir, id)?;
     match read_records(&path) {
         Ok(records) if !records.is_empty() => Ok(records),
@@ -290,7 +299,7 @@ fn clean(s: &str) -> String {
 }
 
 /// A JSON value as plain text (strings without quotes).
-fn text(v: &Value) -> String {
+pub(crate) fn text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => String::new(),
@@ -299,7 +308,7 @@ fn text(v: &Value) -> String {
 }
 
 /// The record's `ts`, parsed.
-fn timestamp(v: &Value) -> Option<chrono::DateTime<chrono::Utc>> {
+pub(crate) fn timestamp(v: &Value) -> Option<chrono::DateTime<chrono::Utc>> {
     chrono::DateTime::parse_from_rfc3339(v["ts"].as_str()?)
         .ok()
         .map(|t| t.to_utc())

@@ -81,7 +81,7 @@ pub(super) fn summary(v: &Value) -> String {
 }
 
 /// `1.234s`, `3m 4s`: a duration in milliseconds, for people.
-pub(super) fn format_ms(ms: u64) -> String {
+pub(crate) fn format_ms(ms: u64) -> String {
     if ms < 60_000 {
         format!("{}.{:03}s", ms / 1000, ms % 1000)
     } else {
@@ -161,7 +161,7 @@ fn sizes(v: &Value) -> String {
 
 /// The transcript text of one event, after the time offset: the label
 /// column and what happened, outcomes indented under their statement.
-pub(super) fn transcript_text(v: &Value) -> String {
+pub(crate) fn transcript_text(v: &Value) -> String {
     let f = |k: &str| text(&v[k]);
     let outcome = |s: String| format!("{:<10}   -> {s}", "");
     let line = match v["event"].as_str().unwrap_or("") {

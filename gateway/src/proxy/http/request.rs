@@ -553,7 +553,8 @@ fn authority_host(parts: &hyper::http::request::Parts) -> Option<String> {
     )
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// An error with its sources, on one line (`outer: inner: …`).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut msg = e.to_string();
     let mut src = e.source();
     while let Some(s) = src {
