@@ -23,6 +23,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::{
     kube_api::KubeApi,
+    mariadb::MariaDb,
     postgres::Postgres,
     redis::Redis,
     sluice::{toml_str, Sluice, SluiceOptions},
@@ -48,8 +49,8 @@ pub enum Credential {
     },
     /// `query = NAME`: the token is removed and `?NAME=secret` is set.
     Query(String),
-    /// `user = NAME`: PostgreSQL; Sluice logs in upstream as NAME with the
-    /// secret as password.
+    /// `user = NAME`: PostgreSQL or MySQL; Sluice logs in upstream as NAME
+    /// with the secret as password.
     PgUser(String),
 }
 
@@ -112,6 +113,8 @@ pub enum Protocol {
     Http,
     /// A real PostgreSQL server ([`Postgres`]) with database `billing`.
     Postgres,
+    /// A real MariaDB server ([`MariaDb`]) with database `billing`.
+    Mysql,
     /// The Kubernetes API server stand-in ([`KubeApi`]), which accepts the
     /// service's secret as its bearer token.
     Kubernetes,
@@ -126,6 +129,7 @@ impl Protocol {
             Protocol::Https => "https",
             Protocol::Http => "http",
             Protocol::Postgres => "postgres",
+            Protocol::Mysql => "mysql",
             Protocol::Kubernetes => "kubernetes",
             Protocol::Ssh => "ssh",
         }
@@ -181,6 +185,18 @@ impl ServiceSpec {
             upstream_tls: Some("disable".into()),
             credential: Credential::PgUser(crate::postgres::ROLE.into()),
             ..ServiceSpec::https(name, host)
+        }
+    }
+
+    /// A `mysql` service for `host`: a fresh MariaDB server ([`MariaDb`])
+    /// whose user [`crate::mariadb::NATIVE_USER`] has the vault secret as
+    /// its password, `upstream_tls = "disable"` unless
+    /// [`ServiceSpec::upstream_tls`] says otherwise.
+    pub fn mysql(name: &str, host: &str) -> ServiceSpec {
+        ServiceSpec {
+            protocol: Protocol::Mysql,
+            credential: Credential::PgUser(crate::mariadb::NATIVE_USER.into()),
+            ..ServiceSpec::postgres(name, host)
         }
     }
 
@@ -355,7 +371,7 @@ impl StackBuilder {
         for spec in self.services {
             let ip = next_upstream_ip();
             let mut secret = crate::random_secret();
-            let pg_tls = spec.protocol == Protocol::Postgres
+            let pg_tls = matches!(spec.protocol, Protocol::Postgres | Protocol::Mysql)
                 && matches!(
                     spec.upstream_tls.as_deref(),
                     None | Some("require" | "verify-full")
@@ -374,6 +390,14 @@ impl StackBuilder {
                         None
                     };
                     Backend::Postgres(Postgres::start(ip, &secret, leaf.as_ref())?)
+                }
+                Protocol::Mysql => {
+                    let leaf = if pg_tls {
+                        Some(ca.leaf(&[&spec.host])?)
+                    } else {
+                        None
+                    };
+                    Backend::Mysql(MariaDb::start(ip, &secret, leaf.as_ref())?)
                 }
                 Protocol::Ssh => {
                     let sshd = Sshd::start(ip, UserKey::Ed25519);
@@ -410,7 +434,9 @@ impl StackBuilder {
                     toml_str(ca.pem_path().to_str().expect("utf-8"))
                 ));
             }
-            if let (Protocol::Postgres, Some(mode)) = (spec.protocol, &spec.upstream_tls) {
+            if let (Protocol::Postgres | Protocol::Mysql, Some(mode)) =
+                (spec.protocol, &spec.upstream_tls)
+            {
                 services_toml.push_str(&format!("upstream_tls = {}\n", toml_str(mode)));
             }
             services_toml.push_str(&spec.extra);
@@ -464,6 +490,7 @@ pub struct StackService {
 pub enum Backend {
     Http(Upstream),
     Postgres(Postgres),
+    Mysql(MariaDb),
     Kube(KubeApi),
     Ssh(Sshd),
 }
@@ -474,6 +501,7 @@ impl Backend {
         match self {
             Backend::Http(u) => u.addr(),
             Backend::Postgres(p) => p.addr(),
+            Backend::Mysql(m) => m.addr(),
             Backend::Kube(k) => k.addr(),
             Backend::Ssh(s) => s.addr,
         }
@@ -618,6 +646,27 @@ impl Stack {
         match &mut s.backend {
             Backend::Postgres(p) => p,
             _ => panic!("service {name:?} is not PostgreSQL"),
+        }
+    }
+
+    /// The MariaDB server of service `name`.
+    pub fn mariadb(&self, name: &str) -> &MariaDb {
+        match &self.service(name).backend {
+            Backend::Mysql(m) => m,
+            _ => panic!("service {name:?} is not MySQL"),
+        }
+    }
+
+    /// The MariaDB server of service `name`, to stop it.
+    pub fn mariadb_mut(&mut self, name: &str) -> &mut MariaDb {
+        let s = self
+            .services
+            .iter_mut()
+            .find(|s| s.spec.name == name)
+            .expect("service in this stack");
+        match &mut s.backend {
+            Backend::Mysql(m) => m,
+            _ => panic!("service {name:?} is not MySQL"),
         }
     }
 

@@ -26,6 +26,8 @@ mod install_readiness;
 mod install_units;
 mod kubernetes;
 mod load;
+mod mysql;
+mod mysql_faults;
 mod notify;
 mod operate;
 mod own_uid;

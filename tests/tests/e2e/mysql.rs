@@ -1,0 +1,204 @@
+//! MySQL / MariaDB through the real eBPF redirect (issue 12, DESIGN.md §6
+//! "MySQL / MariaDB"): the `mariadb` CLI (with TLS verifying Sluice's CA,
+//! and without), PyMySQL and mysql-connector-python (a prepared cursor
+//! too) log in with the token against a real MariaDB, which sees the real
+//! user; `ssn` is masked in text and binary results; guardrails refuse with
+//! 1227/`42000`, the table stays and the session goes on; records carry
+//! `query`, `denied`, `masked` and `close`; the real password appears
+//! nowhere.
+use std::process::Output;
+
+use sluice_tests::{mariadb::DATABASE, ServiceSpec, Stack};
+
+use crate::{events, sessions_of};
+
+/// The MySQL service of the `mysql*` tests and the name agents dial.
+pub const MY: &str = "orders-db";
+pub const MY_HOST: &str = "mysql.internal";
+/// The guardrails of the MySQL service (DESIGN.md §6's example).
+pub const MY_DENY: &str = r#"deny = ["DROP", "TRUNCATE", "ALTER", "GRANT", "DELETE_WITHOUT_WHERE", "UPDATE_WITHOUT_WHERE", "LOAD_DATA", "INTO_OUTFILE"]"#;
+
+/// `orders-db` on `mysql.internal`: deny [`MY_DENY`], mask `ssn`, the
+/// upstream without TLS.
+pub fn orders_db() -> ServiceSpec {
+    ServiceSpec::mysql(MY, MY_HOST)
+        .extra(MY_DENY)
+        .extra(r#"mask = ["ssn"]"#)
+}
+
+/// Runs the `mariadb` CLI as the agent against `orders-db` with `token`,
+/// `tls` arguments and `sql`; (success, stdout + stderr).
+pub fn mariadb(stack: &Stack, token: &str, tls: &[&str], sql: &str) -> (bool, String) {
+    let port = format!("--port={}", stack.mariadb(MY).addr().port());
+    let password = format!("--password={token}");
+    let mut argv = vec![
+        "mariadb",
+        "--host",
+        MY_HOST,
+        &port,
+        "--user=agent",
+        &password,
+        "--batch",
+        "--skip-column-names",
+        "--connect-timeout=10",
+        "-D",
+        DATABASE,
+    ];
+    argv.extend_from_slice(tls);
+    argv.extend_from_slice(&["-e", sql]);
+    text(stack.agent_with_hosts(&[], &argv).unwrap())
+}
+
+/// Runs a Python `body` as the agent, with `HOST`, `PORT` and `TOKEN` set
+/// and `pymysql`, `mysql.connector` imported; (success, stdout + stderr).
+pub fn python(stack: &Stack, token: &str, body: &str) -> (bool, String) {
+    let script = format!(
+        "import sys, time, threading, pymysql, mysql.connector\n\
+         HOST, PORT, TOKEN = {MY_HOST:?}, {port}, sys.argv[1]\n{body}",
+        port = stack.mariadb(MY).addr().port(),
+    );
+    text(stack.python(&[], &script, &[token]).unwrap())
+}
+
+fn text(out: Output) -> (bool, String) {
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), all)
+}
+
+/// The rows of `customers`, counted by MariaDB's root.
+pub fn customers(stack: &Stack) -> String {
+    stack
+        .mariadb(MY)
+        .root_sql("SELECT COUNT(*) FROM billing.customers")
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn mariadb_cli_with_and_without_tls_is_masked_and_guarded() {
+    let stack = Stack::builder("mysql-cli")
+        .service(orders_db())
+        .start()
+        .unwrap();
+    let token = stack.token(MY).unwrap();
+    let ca = stack.sluice.ca_cert_path().unwrap();
+    let ca_arg = format!("--ssl-ca={}", ca.display());
+    let tls = ["--ssl", &ca_arg, "--ssl-verify-server-cert"];
+
+    let (ok, out) = mariadb(
+        &stack,
+        &token,
+        &tls,
+        "SELECT CURRENT_USER(); SELECT id, ssn FROM customers ORDER BY id",
+    );
+    assert!(ok, "TLS verifying Sluice's CA: {out}");
+    assert_eq!(
+        out.trim(),
+        format!(
+            "{}@%\n1\t****\n2\t****\n3\tNULL",
+            sluice_tests::mariadb::NATIVE_USER
+        ),
+        "the upstream sees the real user; ssn masked, NULL kept"
+    );
+
+    for sql in [
+        "DROP TABLE customers",
+        "/*!50000 DROP TABLE customers */",
+        "SELECT 1; DROP TABLE customers",
+        "DELETE FROM customers",
+        "TRUNCATE customers",
+        // Reading the masked column where masking cannot follow it.
+        "SELECT UPPER(ssn) FROM customers",
+    ] {
+        let (ok, out) = mariadb(&stack, &token, &["--skip-ssl"], sql);
+        assert!(
+            !ok && out.contains("1227") && out.contains("42000"),
+            "{sql}: {out}"
+        );
+        assert_eq!(customers(&stack), "3", "{sql}");
+    }
+    // The session goes on after a refusal (--force: the CLI goes on too).
+    let (_, out) = mariadb(
+        &stack,
+        &token,
+        &["--skip-ssl", "--force"],
+        "DROP TABLE customers; SELECT name FROM customers WHERE id = 1; SELECT ssn AS tax FROM customers WHERE id = 2",
+    );
+    assert!(out.contains("1227"), "{out}");
+    assert!(
+        out.contains("Ada Lovelace\n****"),
+        "the same session answers after the refusal, masked behind an alias: {out}"
+    );
+    assert_eq!(customers(&stack), "3");
+    assert!(!out.contains("123-45-6789") && !out.contains("987-65-4321"));
+
+    let sessions = sessions_of(&stack, MY);
+    assert_eq!(sessions.len(), 8, "one session per CLI run");
+    let all: Vec<_> = sessions.iter().flatten().cloned().collect();
+    for s in &sessions {
+        assert_eq!(events(s, "auth_ok").len(), 1, "{s:#?}");
+        assert_eq!(events(s, "close").len(), 1, "{s:#?}");
+    }
+    let denied = events(&all, "denied");
+    assert!(
+        denied.iter().any(|e| e["rule"] == "DROP"),
+        "a denied DROP is recorded: {denied:#?}"
+    );
+    assert!(denied.iter().any(|e| e["rule"] == "DELETE_WITHOUT_WHERE"));
+    assert!(denied.iter().any(|e| e["rule"] == "MASK"));
+    let masked = events(&all, "masked");
+    assert!(
+        masked.iter().any(|e| e["fields"][0] == "ssn"),
+        "{masked:#?}"
+    );
+    assert!(events(&all, "query")
+        .iter()
+        .any(|e| e["sql"] == "TRUNCATE customers"));
+    stack.assert_no_secret_leaked();
+}
+
+#[test]
+fn python_clients_log_in_with_the_token_and_prepared_results_are_masked() {
+    let stack = Stack::builder("mysql-python")
+        .service(orders_db())
+        .start()
+        .unwrap();
+    let token = stack.token(MY).unwrap();
+    let ca = stack.sluice.ca_cert_path().unwrap();
+    let (ok, out) = python(
+        &stack,
+        &token,
+        &format!(
+            "c = mysql.connector.connect(host=HOST, port=PORT, user='agent', password=TOKEN, database='billing', ssl_disabled=True)\n\
+             cur = c.cursor(prepared=True)\n\
+             cur.execute('SELECT id, ssn FROM customers WHERE id <= %s ORDER BY id', (3,))\n\
+             print('prepared', cur.fetchall())\n\
+             cur = c.cursor()\n\
+             cur.execute('SELECT CURRENT_USER()')\n\
+             print('user', cur.fetchall()[0][0])\n\
+             try:\n    c.cursor().execute('DROP TABLE customers')\nexcept mysql.connector.Error as e:\n    print('refused', e.errno, e.sqlstate)\n\
+             p = pymysql.connect(host=HOST, port=PORT, user='agent', password=TOKEN, database='billing', ssl={{'ca': {ca:?}}})\n\
+             with p.cursor() as pc:\n    pc.execute('SELECT ssn FROM customers WHERE id = 2')\n    print('pymysql', pc.fetchall())\n",
+            ca = ca.display().to_string(),
+        ),
+    );
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("prepared [(1, '****'), (2, '****'), (3, None)]"),
+        "binary result masked: {out}"
+    );
+    assert!(
+        out.contains(&format!("user {}@%", sluice_tests::mariadb::NATIVE_USER)),
+        "{out}"
+    );
+    assert!(out.contains("refused 1227 42000"), "{out}");
+    assert!(out.contains("pymysql (('****',),)"), "{out}");
+    assert!(!out.contains("123-45-6789") && !out.contains("987-65-4321"));
+    assert_eq!(customers(&stack), "3");
+    stack.assert_no_secret_leaked();
+}
