@@ -53,7 +53,7 @@ pub fn mariadb(stack: &Stack, token: &str, tls: &[&str], sql: &str) -> (bool, St
 /// and `pymysql`, `mysql.connector` imported; (success, stdout + stderr).
 pub fn python(stack: &Stack, token: &str, body: &str) -> (bool, String) {
     let script = format!(
-        "import sys, time, threading, pymysql, mysql.connector\n\
+        "import sys, time, threading, pymysql, pymysql.constants.CLIENT, mysql.connector\n\
          HOST, PORT, TOKEN = {MY_HOST:?}, {port}, sys.argv[1]\n{body}",
         port = stack.mariadb(MY).addr().port(),
     );
@@ -122,23 +122,27 @@ fn mariadb_cli_with_and_without_tls_is_masked_and_guarded() {
         );
         assert_eq!(customers(&stack), "3", "{sql}");
     }
-    // The session goes on after a refusal (--force: the CLI goes on too).
-    let (_, out) = mariadb(
+    // The same session goes on after a refusal.
+    let (ok, out) = python(
         &stack,
         &token,
-        &["--skip-ssl", "--force"],
-        "DROP TABLE customers; SELECT name FROM customers WHERE id = 1; SELECT ssn AS tax FROM customers WHERE id = 2",
+        "p = pymysql.connect(host=HOST, port=PORT, user='agent', password=TOKEN, database='billing', client_flag=pymysql.constants.CLIENT.MULTI_STATEMENTS)\n\
+         c = p.cursor()\n\
+         try:\n    c.execute('DROP TABLE customers')\nexcept pymysql.MySQLError as e:\n    print('refused', e.args[0])\n\
+         c.execute('SELECT name FROM customers WHERE id = 1; SELECT ssn AS tax FROM customers WHERE id = 2')\n\
+         print(c.fetchall()); c.nextset(); print(c.fetchall())\n",
     );
-    assert!(out.contains("1227"), "{out}");
-    assert!(
-        out.contains("Ada Lovelace\n****"),
-        "the same session answers after the refusal, masked behind an alias: {out}"
+    assert!(ok, "{out}");
+    assert_eq!(
+        out.trim(),
+        "refused 1227\n(('Ada Lovelace',),)\n(('****',),)",
+        "the session answers after the refusal, masked behind an alias"
     );
     assert_eq!(customers(&stack), "3");
     assert!(!out.contains("123-45-6789") && !out.contains("987-65-4321"));
 
     let sessions = sessions_of(&stack, MY);
-    assert_eq!(sessions.len(), 8, "one session per CLI run");
+    assert_eq!(sessions.len(), 8, "one session per client run");
     let all: Vec<_> = sessions.iter().flatten().cloned().collect();
     for s in &sessions {
         assert_eq!(events(s, "auth_ok").len(), 1, "{s:#?}");
