@@ -17,8 +17,8 @@ use sluice_mysql::{
         Plugin,
     },
     gate::{Allowed, Event, Gate, Statement},
-    ErrPacket,
     response::OkPacket,
+    ErrPacket,
 };
 use sluice_tests::{process, random_secret, stack::next_upstream_ip, TestCa};
 use tokio::net::TcpListener;

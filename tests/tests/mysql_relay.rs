@@ -300,9 +300,9 @@ async fn guardrails_and_masking_through_the_relay() {
         assert!(!out.contains(ssn));
     }
     let events = r.shared.events.lock().unwrap().clone();
-    assert!(events
-        .iter()
-        .any(|e| matches!(e, Event::Masked { columns, .. } if columns.contains(&"ssn".to_string()))));
+    assert!(events.iter().any(
+        |e| matches!(e, Event::Masked { columns, .. } if columns.contains(&"ssn".to_string()))
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -228,6 +228,28 @@ mod tests {
     }
 
     #[test]
+    fn files_written_by_the_server_are_denied_where_columns_are_masked() {
+        let mask = ["ssn".to_string()];
+        let kinds = [StatementKind::Select, StatementKind::IntoOutfile];
+        let facts = SqlFacts {
+            kinds: &kinds,
+            running: &kinds,
+            functions: &[],
+            exposure: Ok(()),
+        };
+        let policy = |mask| SqlPolicy {
+            deny: &[],
+            approve: &[],
+            mask,
+        };
+        assert!(matches!(
+            decide(policy(&mask), Ok(facts)),
+            Decision::Deny { rule, .. } if rule == "INTO_OUTFILE"
+        ));
+        assert_eq!(decide(policy(&[]), Ok(facts)), Decision::Allow);
+    }
+
+    #[test]
     fn rules_match_qualified_and_unqualified_calls() {
         assert!(function_matches("lo_unlink", "lo_unlink"));
         assert!(function_matches("LO_Unlink", "pg_catalog.lo_unlink"));

@@ -50,7 +50,8 @@ pub enum Event {
 /// approval id), 1105/`HY000` otherwise.
 pub trait Gate: Send {
     /// Checks a login proof against the verifiers of the agent's tokens.
-    fn authenticate(&mut self, proof: &Proof) -> impl Future<Output = Result<(), ErrPacket>> + Send;
+    fn authenticate(&mut self, proof: &Proof)
+        -> impl Future<Output = Result<(), ErrPacket>> + Send;
 
     /// Decides on a statement (deny, hold for approval, mask; a statement
     /// reading a masked column in a way masking cannot follow is refused,

@@ -158,7 +158,12 @@ fn ctrl_c_kills_the_query_and_a_held_delete_runs_once_approved() {
         .unwrap();
     assert!(status.success());
     let mut out = String::new();
-    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
     child.wait().unwrap();
     let took = interrupted.elapsed();
     stack.sluice.capture_text("interrupted CLI", &out);

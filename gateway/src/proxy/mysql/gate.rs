@@ -70,11 +70,7 @@ impl GuardGate {
 impl Gate for GuardGate {
     async fn authenticate(&mut self, proof: &Proof) -> Result<(), ErrPacket> {
         let checked = match self.presented(proof).await {
-            Ok(Some(digest)) => {
-                self.session
-                    .authenticate(Presented::Digest(&digest))
-                    .await
-            }
+            Ok(Some(digest)) => self.session.authenticate(Presented::Digest(&digest)).await,
             Ok(None) => self.session.authenticate(Presented::Unmatched).await,
             Err(refusal) => Err(refusal),
         };
@@ -98,8 +94,8 @@ impl Gate for GuardGate {
             return Err(self.refuse(Refusal::unrecorded()).await);
         }
         let mask = s.service().mask.clone();
-        let exposure = check_exposure(statement.sql, statement.escapes, &mask)
-            .map_err(|e| e.to_string());
+        let exposure =
+            check_exposure(statement.sql, statement.escapes, &mask).map_err(|e| e.to_string());
         let kinds: Vec<_> = statement
             .classification
             .as_ref()

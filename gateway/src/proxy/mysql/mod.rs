@@ -137,7 +137,10 @@ async fn login_and_relay(
     let secret = match session.credential() {
         Ok(secret) => secret,
         Err(refused) => {
-            let _ = agent.stream.write(&err_packet(&service.name, &refused).encode()).await;
+            let _ = agent
+                .stream
+                .write(&err_packet(&service.name, &refused).encode())
+                .await;
             return Ok(());
         }
     };
@@ -159,8 +162,7 @@ async fn login_and_relay(
             UpstreamTls::VerifyFull => Tls::VerifyFull,
         },
         tls_config: tls_config.as_ref().ok().cloned(),
-        server_name: ServerName::try_from(service.host.clone())
-            .map_err(|e| e.to_string())?,
+        server_name: ServerName::try_from(service.host.clone()).map_err(|e| e.to_string())?,
         capabilities: agent.capabilities & Capabilities::UPSTREAM,
     };
     let logged_in = tokio::time::timeout(LOGIN_TIMEOUT, greeted.login(&params)).await;
@@ -178,7 +180,10 @@ async fn login_and_relay(
                 "Sluice could not log in to the upstream {}:{} of service {}: {why}",
                 service.host, service.port, service.name
             );
-            let _ = agent.stream.write(&ErrPacket::unknown(message.clone()).encode()).await;
+            let _ = agent
+                .stream
+                .write(&ErrPacket::unknown(message.clone()).encode())
+                .await;
             return Err(message);
         }
     };
@@ -187,7 +192,11 @@ async fn login_and_relay(
         status: up.handshake.status,
         ..OkPacket::default()
     };
-    agent.stream.write(&ok.encode()).await.map_err(|e| e.to_string())?;
+    agent
+        .stream
+        .write(&ok.encode())
+        .await
+        .map_err(|e| e.to_string())?;
     let escapes = Escapes::from_status(up.handshake.status);
     match relay(&mut agent.stream, &mut up.stream, &mut gate, escapes).await {
         Ok(()) | Err(RelayError::Packet(PacketError::Closed)) => Ok(()),

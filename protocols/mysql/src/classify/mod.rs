@@ -104,7 +104,8 @@ fn classify_into(
                 out.kinds.insert(StatementKind::LoadData);
             }
             Some(TokenForm::IntoOutfile) => {
-                out.kinds.extend([StatementKind::Select, StatementKind::IntoOutfile]);
+                out.kinds
+                    .extend([StatementKind::Select, StatementKind::IntoOutfile]);
             }
             Some(TokenForm::PrepareText(text)) => {
                 out.kinds.insert(StatementKind::Prepare);

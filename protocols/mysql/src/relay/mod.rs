@@ -192,7 +192,8 @@ impl Session {
             Ok(mask) => mask,
             Err(err) => return Ok(Plan::Refuse(err)),
         };
-        let is_kill = classify(&sql, self.escapes).is_ok_and(|c| c.kinds.contains(&StatementKind::Kill));
+        let is_kill =
+            classify(&sql, self.escapes).is_ok_and(|c| c.kinds.contains(&StatementKind::Kill));
         let text = if is_kill {
             let kill = parse_kill(&sql);
             match kill.and_then(|k| translate_kill(k, |id| gate.upstream_thread(id))) {
