@@ -72,7 +72,9 @@ fn bad_and_revoked_tokens_get_1045_and_load_data_local_reads_nothing() {
         "SELECT 1",
     );
     assert!(
-        !ok && out.contains("1045") && out.contains("28000"),
+        !ok && out.contains("1045")
+            && out.contains("28000")
+            && out.contains("invalid sluice token"),
         "{out}"
     );
 

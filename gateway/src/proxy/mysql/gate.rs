@@ -74,11 +74,11 @@ impl Gate for GuardGate {
             Ok(None) => self.session.authenticate(Presented::Unmatched).await,
             Err(refusal) => Err(refusal),
         };
-        match checked {
-            Ok(()) => self.session.flush().await,
-            Err(refusal) => Err(refusal),
-        }
-        .map_err(|r| err_packet(&self.session.service().name, &r))
+        // The agent learns the outcome once its line is written.
+        let flushed = self.session.flush().await;
+        checked
+            .and(flushed)
+            .map_err(|r| err_packet(&self.session.service().name, &r))
     }
 
     async fn authorize(&mut self, statement: &Statement<'_>) -> Result<Allowed, ErrPacket> {
