@@ -206,3 +206,58 @@ fn python_clients_log_in_with_the_token_and_prepared_results_are_masked() {
     assert_eq!(customers(&stack), "3");
     stack.assert_no_secret_leaked();
 }
+
+/// Node's `mysql2` as the agent: `argv`: host, port, token, CA file.
+const NODE_MYSQL2: &str = r#"
+const mysql = require('mysql2/promise');
+const [host, port, token, ca] = process.argv.slice(1);
+(async () => {
+  const c = await mysql.createConnection({ host, port: Number(port), user: 'agent', password: token,
+    database: 'billing', ssl: { ca: require('fs').readFileSync(ca) } });
+  const [rows] = await c.execute('SELECT id, ssn FROM customers WHERE id <= ? ORDER BY id', [3]);
+  console.log('execute ' + JSON.stringify(rows));
+  const [q] = await c.query('SELECT ssn FROM customers WHERE id = 2');
+  console.log('query ' + JSON.stringify(q));
+  try { await c.query('DROP TABLE customers'); } catch (e) { console.log('refused ' + e.errno + ' ' + e.sqlState); }
+  await c.end();
+})().catch((e) => { console.error(e.message); process.exit(1); });
+"#;
+
+#[test]
+fn node_mysql2_logs_in_over_tls_and_its_prepared_results_are_masked() {
+    let stack = Stack::builder("mysql-node")
+        .service(orders_db())
+        .start()
+        .unwrap();
+    let token = stack.token(MY).unwrap();
+    let ca = stack.sluice.ca_cert_path().unwrap();
+    let node_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/node-clients/node_modules");
+    let port = stack.mariadb(MY).addr().port().to_string();
+    let out = stack
+        .agent_with_hosts(
+            &[("NODE_PATH", node_path.to_str().unwrap())],
+            &[
+                "node",
+                "-e",
+                NODE_MYSQL2,
+                MY_HOST,
+                &port,
+                &token,
+                ca.to_str().unwrap(),
+            ],
+        )
+        .unwrap();
+    let (ok, out) = text(out);
+    assert!(ok, "node mysql2 (run `cargo xtask setup` for it): {out}");
+    assert!(
+        out.contains(
+            r#"execute [{"id":1,"ssn":"****"},{"id":2,"ssn":"****"},{"id":3,"ssn":null}]"#
+        ),
+        "{out}"
+    );
+    assert!(out.contains(r#"query [{"ssn":"****"}]"#), "{out}");
+    assert!(out.contains("refused 1227 42000"), "{out}");
+    assert_eq!(customers(&stack), "3");
+    stack.assert_no_secret_leaked();
+}
