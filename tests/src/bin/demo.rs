@@ -1,7 +1,8 @@
 //! `cargo xtask demo`: one real request, agent → eBPF → Sluice → HTTPS
 //! upstream, with the placeholder token swapped for the real key; then a
-//! real psql session against PostgreSQL (and a mariadb CLI session against MariaDB), logged in with a token, with a
-//! masked column and a denied DROP.
+//! real psql session against PostgreSQL and a mariadb CLI session against
+//! MariaDB, each logged in with a token, with a masked column and a denied
+//! DROP.
 //!
 //! Everything runs on loopback in a temp dir with its own redis-server,
 //! cgroup and bpffs pins, and is removed at the end.
