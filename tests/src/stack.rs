@@ -636,14 +636,16 @@ impl Stack {
         }
     }
 
-    /// The PostgreSQL server of service `name`, to stop or restart it.
-    pub fn postgres_mut(&mut self, name: &str) -> &mut Postgres {
-        let s = self
-            .services
+    fn service_mut(&mut self, name: &str) -> &mut StackService {
+        self.services
             .iter_mut()
             .find(|s| s.spec.name == name)
-            .expect("service in this stack");
-        match &mut s.backend {
+            .unwrap_or_else(|| panic!("no service {name:?} in this stack"))
+    }
+
+    /// The PostgreSQL server of service `name`, to stop or restart it.
+    pub fn postgres_mut(&mut self, name: &str) -> &mut Postgres {
+        match &mut self.service_mut(name).backend {
             Backend::Postgres(p) => p,
             _ => panic!("service {name:?} is not PostgreSQL"),
         }
@@ -659,12 +661,7 @@ impl Stack {
 
     /// The MariaDB server of service `name`, to stop it.
     pub fn mariadb_mut(&mut self, name: &str) -> &mut MariaDb {
-        let s = self
-            .services
-            .iter_mut()
-            .find(|s| s.spec.name == name)
-            .expect("service in this stack");
-        match &mut s.backend {
+        match &mut self.service_mut(name).backend {
             Backend::Mysql(m) => m,
             _ => panic!("service {name:?} is not MySQL"),
         }

@@ -26,27 +26,38 @@ pub fn orders_db() -> ServiceSpec {
         .extra(r#"mask = ["ssn"]"#)
 }
 
-/// Runs the `mariadb` CLI as the agent against `orders-db` with `token`,
-/// `tls` arguments and `sql`; (success, stdout + stderr).
-pub fn mariadb(stack: &Stack, token: &str, tls: &[&str], sql: &str) -> (bool, String) {
-    let port = format!("--port={}", stack.mariadb(MY).addr().port());
-    let password = format!("--password={token}");
-    let mut argv = vec![
+/// The `mariadb` CLI's argv for the agent against `orders-db` with
+/// `token`, then `more` (TLS options, `-e SQL`).
+pub fn mariadb_argv(stack: &Stack, token: &str, more: &[&str]) -> Vec<String> {
+    let mut argv: Vec<String> = [
         "mariadb",
         "--host",
         MY_HOST,
-        &port,
         "--user=agent",
-        &password,
         "--batch",
         "--skip-column-names",
         "--connect-timeout=10",
         "-D",
         DATABASE,
-    ];
-    argv.extend_from_slice(tls);
-    argv.extend_from_slice(&["-e", sql]);
-    text(stack.agent_with_hosts(&[], &argv).unwrap())
+    ]
+    .map(String::from)
+    .to_vec();
+    argv.push(format!("--port={}", stack.mariadb(MY).addr().port()));
+    argv.push(format!("--password={token}"));
+    argv.extend(more.iter().map(|a| a.to_string()));
+    argv
+}
+
+/// Runs the `mariadb` CLI as the agent against `orders-db` with `token`,
+/// `tls` arguments and `sql`; (success, stdout + stderr).
+pub fn mariadb(stack: &Stack, token: &str, tls: &[&str], sql: &str) -> (bool, String) {
+    let mut more = tls.to_vec();
+    more.extend(["-e", sql]);
+    text(
+        stack
+            .agent_with_hosts(&[], &mariadb_argv(stack, token, &more))
+            .unwrap(),
+    )
 }
 
 /// Runs a Python `body` as the agent, with `HOST`, `PORT` and `TOKEN` set
