@@ -2,17 +2,14 @@
 //! tests, which stand in for the gateway's guard pipeline.
 use sluice_mysql::{
     auth::verifier::{Proof, Verifier},
-    gate::{Refusal, RefusalKind},
+    ErrPacket,
 };
 
 /// `Gate::authenticate` against one token's stored verifier.
-pub fn authenticate(verifier: &Verifier, proof: &Proof) -> Result<(), Refusal> {
+pub fn authenticate(verifier: &Verifier, proof: &Proof) -> Result<(), ErrPacket> {
     if proof.matches(verifier) {
         Ok(())
     } else {
-        Err(Refusal {
-            kind: RefusalKind::Unauthenticated,
-            message: "bad token".into(),
-        })
+        Err(ErrPacket::access_denied("bad token"))
     }
 }

@@ -23,6 +23,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::{
     kube_api::{Auth, KubeApi},
+    mariadb::MariaDb,
     postgres::Postgres,
     redis::Redis,
     sluice::{toml_str, Sluice, SluiceOptions},
@@ -48,8 +49,8 @@ pub enum Credential {
     },
     /// `query = NAME`: the token is removed and `?NAME=secret` is set.
     Query(String),
-    /// `user = NAME`: PostgreSQL; Sluice logs in upstream as NAME with the
-    /// secret as password.
+    /// `user = NAME`: PostgreSQL or MySQL; Sluice logs in upstream as NAME
+    /// with the secret as password.
     PgUser(String),
     /// `client_cert = "<service>-cert", client_key = "<service>-key"`:
     /// Kubernetes; the stand-in requires a client certificate of the test
@@ -121,6 +122,8 @@ pub enum Protocol {
     Http,
     /// A real PostgreSQL server ([`Postgres`]) with database `billing`.
     Postgres,
+    /// A real MariaDB server ([`MariaDb`]) with database `billing`.
+    Mysql,
     /// The Kubernetes API server stand-in ([`KubeApi`]), which accepts the
     /// service's secret as its bearer token.
     Kubernetes,
@@ -135,6 +138,7 @@ impl Protocol {
             Protocol::Https => "https",
             Protocol::Http => "http",
             Protocol::Postgres => "postgres",
+            Protocol::Mysql => "mysql",
             Protocol::Kubernetes => "kubernetes",
             Protocol::Ssh => "ssh",
         }
@@ -190,6 +194,18 @@ impl ServiceSpec {
             upstream_tls: Some("disable".into()),
             credential: Credential::PgUser(crate::postgres::ROLE.into()),
             ..ServiceSpec::https(name, host)
+        }
+    }
+
+    /// A `mysql` service for `host`: a fresh MariaDB server ([`MariaDb`])
+    /// whose user [`crate::mariadb::NATIVE_USER`] has the vault secret as
+    /// its password, `upstream_tls = "disable"` unless
+    /// [`ServiceSpec::upstream_tls`] says otherwise.
+    pub fn mysql(name: &str, host: &str) -> ServiceSpec {
+        ServiceSpec {
+            protocol: Protocol::Mysql,
+            credential: Credential::PgUser(crate::mariadb::NATIVE_USER.into()),
+            ..ServiceSpec::postgres(name, host)
         }
     }
 
@@ -393,7 +409,7 @@ impl StackBuilder {
             let ip = next_upstream_ip();
             let mut secret = crate::random_secret();
             let mut client_cert = None;
-            let pg_tls = spec.protocol == Protocol::Postgres
+            let pg_tls = matches!(spec.protocol, Protocol::Postgres | Protocol::Mysql)
                 && matches!(
                     spec.upstream_tls.as_deref(),
                     None | Some("require" | "verify-full")
@@ -421,6 +437,14 @@ impl StackBuilder {
                         None
                     };
                     Backend::Postgres(Postgres::start(ip, &secret, leaf.as_ref())?)
+                }
+                Protocol::Mysql => {
+                    let leaf = if pg_tls {
+                        Some(ca.leaf(&[&spec.host])?)
+                    } else {
+                        None
+                    };
+                    Backend::Mysql(MariaDb::start(ip, &secret, leaf.as_ref())?)
                 }
                 Protocol::Ssh => {
                     let sshd = Sshd::start(ip, UserKey::Ed25519);
@@ -457,7 +481,9 @@ impl StackBuilder {
                     toml_str(ca.pem_path().to_str().expect("utf-8"))
                 ));
             }
-            if let (Protocol::Postgres, Some(mode)) = (spec.protocol, &spec.upstream_tls) {
+            if let (Protocol::Postgres | Protocol::Mysql, Some(mode)) =
+                (spec.protocol, &spec.upstream_tls)
+            {
                 services_toml.push_str(&format!("upstream_tls = {}\n", toml_str(mode)));
             }
             services_toml.push_str(&spec.extra);
@@ -515,6 +541,7 @@ pub struct StackService {
 pub enum Backend {
     Http(Upstream),
     Postgres(Postgres),
+    Mysql(MariaDb),
     Kube(KubeApi),
     Ssh(Sshd),
 }
@@ -525,6 +552,7 @@ impl Backend {
         match self {
             Backend::Http(u) => u.addr(),
             Backend::Postgres(p) => p.addr(),
+            Backend::Mysql(m) => m.addr(),
             Backend::Kube(k) => k.addr(),
             Backend::Ssh(s) => s.addr,
         }
@@ -661,16 +689,34 @@ impl Stack {
         }
     }
 
-    /// The PostgreSQL server of service `name`, to stop or restart it.
-    pub fn postgres_mut(&mut self, name: &str) -> &mut Postgres {
-        let s = self
-            .services
+    fn service_mut(&mut self, name: &str) -> &mut StackService {
+        self.services
             .iter_mut()
             .find(|s| s.spec.name == name)
-            .expect("service in this stack");
-        match &mut s.backend {
+            .unwrap_or_else(|| panic!("no service {name:?} in this stack"))
+    }
+
+    /// The PostgreSQL server of service `name`, to stop or restart it.
+    pub fn postgres_mut(&mut self, name: &str) -> &mut Postgres {
+        match &mut self.service_mut(name).backend {
             Backend::Postgres(p) => p,
             _ => panic!("service {name:?} is not PostgreSQL"),
+        }
+    }
+
+    /// The MariaDB server of service `name`.
+    pub fn mariadb(&self, name: &str) -> &MariaDb {
+        match &self.service(name).backend {
+            Backend::Mysql(m) => m,
+            _ => panic!("service {name:?} is not MySQL"),
+        }
+    }
+
+    /// The MariaDB server of service `name`, to stop it.
+    pub fn mariadb_mut(&mut self, name: &str) -> &mut MariaDb {
+        match &mut self.service_mut(name).backend {
+            Backend::Mysql(m) => m,
+            _ => panic!("service {name:?} is not MySQL"),
         }
     }
 

@@ -16,8 +16,9 @@ use sluice_mysql::{
         verifier::{Proof, Verifier},
         Plugin,
     },
-    gate::{Allowed, Event, Gate, Refusal, Statement, UpstreamTarget},
+    gate::{Allowed, Event, Gate, Statement},
     response::OkPacket,
+    ErrPacket,
 };
 use sluice_tests::{process, random_secret, stack::next_upstream_ip, TestCa};
 use tokio::net::TcpListener;
@@ -38,19 +39,15 @@ struct LoginGate {
 }
 
 impl Gate for LoginGate {
-    async fn authenticate(&mut self, proof: &Proof) -> Result<(), Refusal> {
+    async fn authenticate(&mut self, proof: &Proof) -> Result<(), ErrPacket> {
         sluice_tests::mysql_gate::authenticate(&self.verifier, proof)
     }
 
-    async fn upstream(&mut self) -> Result<UpstreamTarget, Refusal> {
-        unreachable!("no upstream in this test")
-    }
-
-    async fn authorize(&mut self, _: &Statement<'_>) -> Result<Allowed, Refusal> {
+    async fn authorize(&mut self, _: &Statement<'_>) -> Result<Allowed, ErrPacket> {
         unreachable!("no relay in this test")
     }
 
-    async fn record(&mut self, _: Event) -> Result<(), Refusal> {
+    async fn record(&mut self, _: Event) -> Result<(), ErrPacket> {
         Ok(())
     }
 

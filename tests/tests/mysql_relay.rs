@@ -23,12 +23,12 @@ use rustls_pki_types::ServerName;
 use sluice_mysql::{
     agent::{accept, AgentSettings},
     auth::{verifier::Proof, verifier::Verifier, Plugin},
-    classify::Escapes,
-    gate::{Allowed, Event, Gate, Refusal, RefusalKind, Statement, UpstreamTarget},
+    classify::{check_exposure, Escapes},
+    gate::{Allowed, Event, Gate, Statement},
     relay::relay,
     response::OkPacket,
     upstream::{login, LoginParams, UpstreamTls},
-    Capabilities,
+    Capabilities, ErrPacket,
 };
 use sluice_tests::{
     mariadb::{MariaDb, DATABASE, NATIVE_USER},
@@ -62,25 +62,16 @@ struct TestGate {
 }
 
 impl Gate for TestGate {
-    async fn authenticate(&mut self, proof: &Proof) -> Result<(), Refusal> {
+    async fn authenticate(&mut self, proof: &Proof) -> Result<(), ErrPacket> {
         sluice_tests::mysql_gate::authenticate(&self.verifier, proof)
     }
 
-    async fn upstream(&mut self) -> Result<UpstreamTarget, Refusal> {
-        unreachable!("the test logs in upstream itself")
-    }
-
-    async fn authorize(&mut self, statement: &Statement<'_>) -> Result<Allowed, Refusal> {
+    async fn authorize(&mut self, statement: &Statement<'_>) -> Result<Allowed, ErrPacket> {
         if self.shared.revoked.load(Ordering::SeqCst) {
-            return Err(Refusal {
-                kind: RefusalKind::Unauthenticated,
-                message: "the token was revoked".into(),
-            });
+            return Err(ErrPacket::access_denied("the token was revoked"));
         }
-        let denied = |rule: &str| Refusal {
-            kind: RefusalKind::Denied { rule: rule.into() },
-            message: "statement denied by policy".into(),
-        };
+        let denied =
+            |rule: &str| ErrPacket::policy_denied(format!("statement denied by policy ({rule})"));
         let c = statement
             .classification
             .as_ref()
@@ -91,10 +82,13 @@ impl Gate for TestGate {
         if statement.sql == "SELECT 'revoke-now'" {
             self.shared.revoked.store(true, Ordering::SeqCst);
         }
-        Ok(Allowed::Masked(vec!["ssn".into()]))
+        let mask = vec!["ssn".to_string()];
+        check_exposure(statement.sql, statement.escapes, &mask)
+            .map_err(|e| ErrPacket::policy_denied(format!("{e} (sluice rule MASK)")))?;
+        Ok(Allowed::Masked(mask))
     }
 
-    async fn record(&mut self, event: Event) -> Result<(), Refusal> {
+    async fn record(&mut self, event: Event) -> Result<(), ErrPacket> {
         self.shared.events.lock().unwrap().push(event);
         Ok(())
     }
@@ -306,9 +300,9 @@ async fn guardrails_and_masking_through_the_relay() {
         assert!(!out.contains(ssn));
     }
     let events = r.shared.events.lock().unwrap().clone();
-    assert!(events
-        .iter()
-        .any(|e| matches!(e, Event::Masked { columns } if columns.contains(&"ssn".to_string()))));
+    assert!(events.iter().any(
+        |e| matches!(e, Event::Masked { columns, .. } if columns.contains(&"ssn".to_string()))
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -73,8 +73,9 @@ fn setup(verbose: bool) -> Result<()> {
 }
 
 /// npm packages the end-to-end tests drive as agents, installed into
-/// [`node_modules_dir`]: Node's `ws` WebSocket client.
-pub const NODE_PACKAGES: &[&str] = &["ws@8"];
+/// [`node_modules_dir`]: Node's `ws` WebSocket client and the `mysql2`
+/// MySQL client.
+pub const NODE_PACKAGES: &[&str] = &["ws@8", "mysql2@3"];
 
 /// Where [`NODE_PACKAGES`] are installed: `target/node-clients`, beside the
 /// build, never committed (the tests set `NODE_PATH` to its `node_modules`).

@@ -559,6 +559,46 @@ mask = ["secrets"]"#,
     }
 
     #[test]
+    fn mysql_service_from_design_parses() {
+        let service = |extra: &str| {
+            format!(
+                "[[service]]\nname='orders-db'\nprotocol='mysql'\nupstream='mysql.internal:3306'\n\
+                 credential={{secret='orders-db', user='orders'}}\n{extra}"
+            )
+        };
+        let cfg = parse(&service(
+            r#"deny = ["DROP", "TRUNCATE", "ALTER", "GRANT", "DELETE_WITHOUT_WHERE", "UPDATE_WITHOUT_WHERE", "LOAD_DATA", "INTO_OUTFILE"]
+approve = ["DELETE"]
+mask = ["ssn"]"#,
+        ))
+        .unwrap();
+        let s = &cfg.services[0];
+        assert_eq!(s.protocol(), Protocol::Mysql);
+        let sql = s.sql().unwrap();
+        assert_eq!((sql.deny.len(), sql.approve.len()), (8, 1));
+        assert_eq!(sql.upstream_tls, UpstreamTls::VerifyFull);
+        assert_eq!(sql.user, "orders");
+        let cfg = parse(&service("upstream_tls = 'disable'")).unwrap();
+        assert_eq!(
+            cfg.services[0].sql().unwrap().upstream_tls,
+            UpstreamTls::Disable
+        );
+        for (extra, key) in [
+            ("deny = ['LOAD_DATAA']", "deny"),
+            ("approve = [{ method = 'GET', path = '/x' }]", "approve"),
+        ] {
+            let e = parse(&service(extra)).unwrap_err();
+            assert_eq!(e.key, format!("service[0] (orders-db).{key}"), "{extra}");
+        }
+        let no_user =
+            "[[service]]\nname='m'\nprotocol='mysql'\nupstream='m:3306'\ncredential={secret='t'}\n";
+        assert_eq!(
+            parse(no_user).unwrap_err().key,
+            "service[0] (m).credential.user"
+        );
+    }
+
+    #[test]
     fn root_cgroup_is_refused() {
         let e = parse("[[agent]]\nname='a'\ncgroup='/'\n").unwrap_err();
         assert_eq!(e.key, "agent[0].cgroup");

@@ -13,6 +13,8 @@ use crate::policy::{http::HttpRule, kube::KubeRule, statement::SqlRule};
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Postgres,
+    /// MySQL or MariaDB (DESIGN.md §6 "MySQL / MariaDB").
+    Mysql,
     Https,
     Http,
     /// The Kubernetes API (DESIGN.md §6): HTTPS read as the API server
@@ -34,12 +36,12 @@ impl Protocol {
         match self {
             Protocol::Https | Protocol::Kubernetes => Some(true),
             Protocol::Http => Some(false),
-            Protocol::Postgres | Protocol::Ssh => None,
+            Protocol::Postgres | Protocol::Mysql | Protocol::Ssh => None,
         }
     }
 }
 
-/// `upstream_tls = …` for PostgreSQL services; `verify-full` by default
+/// `upstream_tls = …` for PostgreSQL and MySQL services; `verify-full` by default
 /// (DESIGN.md §4 "TLS").
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -85,6 +87,8 @@ pub enum ServiceKind {
     Http(HttpService),
     /// `protocol = "postgres"`.
     Postgres(SqlService),
+    /// `protocol = "mysql"` (MySQL and MariaDB).
+    Mysql(SqlService),
     /// `protocol = "kubernetes"`: an HTTPS service with Kubernetes rules.
     Kubernetes(KubeService),
     /// `protocol = "ssh"`.
@@ -98,6 +102,7 @@ impl Service {
             ServiceKind::Http(h) if h.tls => Protocol::Https,
             ServiceKind::Http(_) => Protocol::Http,
             ServiceKind::Postgres(_) => Protocol::Postgres,
+            ServiceKind::Mysql(_) => Protocol::Mysql,
             ServiceKind::Kubernetes(_) => Protocol::Kubernetes,
             ServiceKind::Ssh(_) => Protocol::Ssh,
         }
@@ -108,7 +113,7 @@ impl Service {
         match &self.kind {
             ServiceKind::Http(h) => Some(h),
             ServiceKind::Kubernetes(k) => Some(&k.http),
-            ServiceKind::Postgres(_) | ServiceKind::Ssh(_) => None,
+            ServiceKind::Postgres(_) | ServiceKind::Mysql(_) | ServiceKind::Ssh(_) => None,
         }
     }
 
@@ -116,14 +121,17 @@ impl Service {
     pub fn kube(&self) -> Option<&KubeService> {
         match &self.kind {
             ServiceKind::Kubernetes(k) => Some(k),
-            ServiceKind::Http(_) | ServiceKind::Postgres(_) | ServiceKind::Ssh(_) => None,
+            ServiceKind::Http(_)
+            | ServiceKind::Postgres(_)
+            | ServiceKind::Mysql(_)
+            | ServiceKind::Ssh(_) => None,
         }
     }
 
     /// The SQL part, for a database service.
     pub fn sql(&self) -> Option<&SqlService> {
         match &self.kind {
-            ServiceKind::Postgres(s) => Some(s),
+            ServiceKind::Postgres(s) | ServiceKind::Mysql(s) => Some(s),
             ServiceKind::Http(_) | ServiceKind::Kubernetes(_) | ServiceKind::Ssh(_) => None,
         }
     }
@@ -312,14 +320,16 @@ impl RawService {
                 "names the vault secret; must not be empty",
             ));
         }
-        if self.upstream_tls != UpstreamTls::VerifyFull && self.protocol != Protocol::Postgres {
+        let database = matches!(self.protocol, Protocol::Postgres | Protocol::Mysql);
+        if self.upstream_tls != UpstreamTls::VerifyFull && !database {
             return Err(key_error(
                 "upstream_tls",
-                "only applies to postgres services",
+                "only applies to postgres and mysql services",
             ));
         }
         let kind = match self.protocol {
             Protocol::Postgres => ServiceKind::Postgres(self.sql()?),
+            Protocol::Mysql => ServiceKind::Mysql(self.sql()?),
             Protocol::Https | Protocol::Http => ServiceKind::Http(self.http()?),
             Protocol::Kubernetes => ServiceKind::Kubernetes(self.kube()?),
             Protocol::Ssh => ServiceKind::Ssh(self.ssh()?),
@@ -354,7 +364,7 @@ impl RawService {
         let user = self.credential.user.clone().ok_or_else(|| {
             key_error(
                 "credential.user",
-                "postgres services need the upstream user name",
+                "database services (postgres, mysql) need the upstream user name",
             )
         })?;
         let rules = |field: &str, rules: &[RawRule]| {
@@ -363,7 +373,7 @@ impl RawService {
                 .map(|r| match r {
                     RawRule::Sql(kind) => SqlRule::parse(kind).map_err(|m| key_error(field, m)),
                     RawRule::Http { .. } | RawRule::Kube(_) | RawRule::Command { .. } => Err(
-                        key_error(field, "postgres rules are statement kinds like \"DROP\""),
+                        key_error(field, "database rules are statement kinds like \"DROP\""),
                     ),
                 })
                 .collect::<Result<Vec<_>, _>>()

@@ -45,7 +45,7 @@ pub const WRONG_PROTOCOL: &str = "WRONG_PROTOCOL";
 pub fn decide(service: &Service, op: Operation<'_>) -> Decision {
     let decision = match (&service.kind, op) {
         (ServiceKind::Http(h), Operation::Http(op)) => http::decide(&h.deny, &h.approve, op),
-        (ServiceKind::Postgres(s), Operation::Sql(facts)) => {
+        (ServiceKind::Postgres(s) | ServiceKind::Mysql(s), Operation::Sql(facts)) => {
             statement::decide(s.policy(&service.mask), facts)
         }
         (ServiceKind::Kubernetes(k), Operation::Kube(info)) => {

@@ -3,131 +3,14 @@
 //! the decision on a classified statement ([`decide`]).
 //!
 //! A protocol handler classifies statements with a real parser for its
-//! dialect (PostgreSQL: `pg_query`) into [`SqlFacts`]; this module knows no
-//! dialect and no wire format. Kind names follow the command names in the
-//! PostgreSQL documentation, Part VI "Reference", "SQL Commands".
+//! dialect (PostgreSQL: `pg_query`; MySQL: `sqlparser` in `sluice-mysql`)
+//! into [`SqlFacts`]; this module knows no dialect and no wire format. The
+//! kinds themselves live in `sluice-sql-kinds`, shared with the protocol
+//! crates.
 
 use super::Decision;
 
-macro_rules! statement_kinds {
-    ($($(#[doc = $doc:literal])* $variant:ident = $name:literal,)*) => {
-        /// A statement kind that `deny` and `approve` rules name, e.g.
-        /// `"DROP"`. One statement can have several kinds: `WITH d AS
-        /// (DELETE FROM t RETURNING *) SELECT 1` is `SELECT`, `DELETE`
-        /// and `DELETE_WITHOUT_WHERE`. Kinds order as declared here.
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-        pub enum StatementKind {
-            $($(#[doc = $doc])* $variant,)*
-        }
-
-        impl StatementKind {
-            /// Every kind, in declaration order.
-            pub const ALL: &'static [StatementKind] = &[$(Self::$variant,)*];
-
-            /// The upper-case name that config rules use, e.g.
-            /// `"DELETE_WITHOUT_WHERE"`.
-            pub fn as_str(self) -> &'static str {
-                match self {
-                    $(Self::$variant => $name,)*
-                }
-            }
-        }
-    };
-}
-
-statement_kinds! {
-    /// `SELECT`, `VALUES`, `TABLE`, sub-selects, `DECLARE … CURSOR FOR SELECT`.
-    Select = "SELECT",
-    /// `INSERT`, including a `MERGE … WHEN NOT MATCHED THEN INSERT`.
-    Insert = "INSERT",
-    /// `UPDATE`, including `INSERT … ON CONFLICT DO UPDATE` and `MERGE … THEN UPDATE`.
-    Update = "UPDATE",
-    /// `DELETE`, including `MERGE … THEN DELETE`.
-    Delete = "DELETE",
-    /// `MERGE`.
-    Merge = "MERGE",
-    /// An `UPDATE` with no `WHERE` clause (`WHERE CURRENT OF` counts as one).
-    UpdateWithoutWhere = "UPDATE_WITHOUT_WHERE",
-    /// A `DELETE` with no `WHERE` clause (`WHERE CURRENT OF` counts as one).
-    DeleteWithoutWhere = "DELETE_WITHOUT_WHERE",
-    /// Any `DROP …`, including `DROP DATABASE`, `DROP ROLE` and `DROP OWNED`.
-    Drop = "DROP",
-    /// `TRUNCATE`.
-    Truncate = "TRUNCATE",
-    /// Any `ALTER …`, `… RENAME`, `REASSIGN OWNED`.
-    Alter = "ALTER",
-    /// `GRANT` on objects or roles.
-    Grant = "GRANT",
-    /// `REVOKE` on objects or roles.
-    Revoke = "REVOKE",
-    /// Any `CREATE …`, including views, indexes, rules, `SELECT … INTO`,
-    /// `IMPORT FOREIGN SCHEMA`.
-    Create = "CREATE",
-    /// Any `COPY`.
-    Copy = "COPY",
-    /// `COPY … TO` a file, a program or `STDOUT`.
-    CopyTo = "COPY_TO",
-    /// `COPY … TO PROGRAM`.
-    CopyToProgram = "COPY_TO_PROGRAM",
-    /// `COPY … FROM PROGRAM`.
-    CopyFromProgram = "COPY_FROM_PROGRAM",
-    /// `DO` (anonymous code block).
-    Do = "DO",
-    /// `CALL`.
-    Call = "CALL",
-    /// `SET`, `RESET`, `SET CONSTRAINTS`, `SET ROLE`, `SET SESSION AUTHORIZATION`.
-    Set = "SET",
-    /// `SHOW`.
-    Show = "SHOW",
-    /// `BEGIN`, `START TRANSACTION`, `COMMIT`, `ROLLBACK`, savepoints, two-phase commit.
-    Transaction = "TRANSACTION",
-    /// `EXPLAIN`. The explained statement is classified too, with or without `ANALYZE`.
-    Explain = "EXPLAIN",
-    /// `PREPARE`. The prepared statement is classified too: its kinds count
-    /// for `deny` at once, and for `approve` each time it is executed.
-    Prepare = "PREPARE",
-    /// `EXECUTE` of a prepared statement; in a session it also has the
-    /// kinds of the statement it executes.
-    Execute = "EXECUTE",
-    /// `DEALLOCATE`.
-    Deallocate = "DEALLOCATE",
-    /// `LISTEN` and `UNLISTEN`.
-    Listen = "LISTEN",
-    /// `NOTIFY`.
-    Notify = "NOTIFY",
-    /// `VACUUM`, with or without `ANALYZE`.
-    Vacuum = "VACUUM",
-    /// `ANALYZE`.
-    Analyze = "ANALYZE",
-    /// `LOCK`.
-    Lock = "LOCK",
-    /// `COMMENT ON …` (a catalog change); such a statement is also
-    /// [`StatementKind::Other`], as it was before it had a kind of its own.
-    Comment = "COMMENT",
-    /// A call of a function the dialect deems dangerous (PostgreSQL: large objects, backend
-    /// signalling, configuration, server files, dblink, replication, WAL),
-    /// anywhere in the statement.
-    DangerousFunctions = "DANGEROUS_FUNCTIONS",
-    /// Anything else: `CLUSTER`, `REINDEX`, `CHECKPOINT`, `LOAD`, `DISCARD`, `FETCH`…
-    Other = "OTHER",
-}
-
-impl StatementKind {
-    /// The kind a config rule names, compared case-insensitively; `None`
-    /// for a name that is no kind (a typo that would never match).
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL
-            .iter()
-            .copied()
-            .find(|k| k.as_str().eq_ignore_ascii_case(name.trim()))
-    }
-}
-
-impl std::fmt::Display for StatementKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use sluice_sql_kinds::StatementKind;
 
 /// The prefix of a function rule.
 const FUNCTION: &str = "FUNCTION:";
@@ -255,7 +138,8 @@ pub const MASK: &str = "MASK";
 /// dialect's parser rejected the text: allowed only when the service has no
 /// deny rule and no mask (whatever `approve` holds), else denied under
 /// [`UNPARSEABLE`]: fail closed. On a service with masked columns,
-/// `COPY … TO` ([`StatementKind::CopyTo`]) and exposures are denied too.
+/// `COPY … TO` ([`StatementKind::CopyTo`]), `SELECT … INTO OUTFILE`
+/// ([`StatementKind::IntoOutfile`]) and exposures are denied too.
 pub fn decide(policy: SqlPolicy<'_>, facts: Result<SqlFacts<'_>, &str>) -> Decision {
     let masked = !policy.mask.is_empty();
     let facts = match facts {
@@ -298,6 +182,12 @@ pub fn decide(policy: SqlPolicy<'_>, facts: Result<SqlFacts<'_>, &str>) -> Decis
             reason: "COPY … TO is denied on a service with masked columns: its output would not be masked".into(),
         };
     }
+    if masked && facts.kinds.contains(&StatementKind::IntoOutfile) {
+        return Decision::Deny {
+            rule: StatementKind::IntoOutfile.as_str().into(),
+            reason: "SELECT … INTO OUTFILE/DUMPFILE is denied on a service with masked columns: the file would not be masked".into(),
+        };
+    }
     if let Err(reason) = facts.exposure {
         return Decision::Deny {
             rule: MASK.into(),
@@ -335,6 +225,28 @@ mod tests {
             let e = parse_rule(bad).unwrap_err();
             assert!(e.contains(&format!("{bad:?}")) && !e.contains('\n'), "{e}");
         }
+    }
+
+    #[test]
+    fn files_written_by_the_server_are_denied_where_columns_are_masked() {
+        let mask = ["ssn".to_string()];
+        let kinds = [StatementKind::Select, StatementKind::IntoOutfile];
+        let facts = SqlFacts {
+            kinds: &kinds,
+            running: &kinds,
+            functions: &[],
+            exposure: Ok(()),
+        };
+        let policy = |mask| SqlPolicy {
+            deny: &[],
+            approve: &[],
+            mask,
+        };
+        assert!(matches!(
+            decide(policy(&mask), Ok(facts)),
+            Decision::Deny { rule, .. } if rule == "INTO_OUTFILE"
+        ));
+        assert_eq!(decide(policy(&[]), Ok(facts)), Decision::Allow);
     }
 
     #[test]

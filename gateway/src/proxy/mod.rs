@@ -20,6 +20,7 @@ use crate::{
 };
 
 pub mod http;
+pub mod mysql;
 pub mod postgres;
 pub mod ssh;
 
@@ -107,6 +108,8 @@ pub struct Gateway {
     pub postgres: Arc<postgres::Postgres>,
     /// The SSH handler's state (the host key).
     pub ssh: Arc<ssh::Ssh>,
+    /// The MySQL handler's state (connection ids for `KILL QUERY`).
+    pub mysql: Arc<mysql::Mysql>,
 }
 
 impl Gateway {
@@ -124,6 +127,7 @@ impl Gateway {
             lookup,
             postgres,
             ssh,
+            mysql: Arc::default(),
         }
     }
 
@@ -221,12 +225,18 @@ impl Gateway {
                 drop(snap);
                 Box::pin(ssh::serve(self, conn, stream, service)).await
             }
+            ServiceKind::Mysql(_) => {
+                let service = Arc::new(service.clone());
+                drop(snap);
+                Box::pin(mysql::serve(self, conn, stream, service)).await
+            }
         }
     }
 }
 
 /// Prepares a token just issued for `service` for its protocol's login:
-/// PostgreSQL stores the token's SCRAM verifier, HTTP, Kubernetes and SSH
+/// PostgreSQL stores the token's SCRAM verifier, MySQL its
+/// `mysql_native_password` and `caching_sha2_password` verifiers, HTTP, Kubernetes and SSH
 /// (the token as password) need nothing; a placeholder key is enrolled by
 /// [`ssh::keys::enrol`]. With
 /// [`Gateway::handle`]'s match, the one place a protocol is registered.
@@ -242,6 +252,7 @@ pub async fn enrol_token(
     match service.kind {
         ServiceKind::Http(_) | ServiceKind::Kubernetes(_) | ServiceKind::Ssh(_) => Ok(()),
         ServiceKind::Postgres(_) => postgres::auth::enrol(state, record, token).await,
+        ServiceKind::Mysql(_) => mysql::login::enrol(state, record, token).await,
     }
 }
 

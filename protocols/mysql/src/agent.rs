@@ -128,6 +128,8 @@ where
     };
     let capabilities = offered & response.header.capabilities;
     let mut step = auth.start(&response);
+    // The gate's own answer to a proof it refused, if any.
+    let mut refusal = None;
     loop {
         step = match step {
             Step::Send(payload) => {
@@ -136,7 +138,9 @@ where
                 auth.reply(&reply.payload)
             }
             Step::Check(proof) => {
-                let matched = gate.authenticate(&proof).await.is_ok();
+                let checked = gate.authenticate(&proof).await;
+                let matched = checked.is_ok();
+                refusal = checked.err();
                 auth.verdict(matched)
             }
             Step::Accept { preface } => {
@@ -150,7 +154,9 @@ where
                 });
             }
             Step::Refuse(why) => {
-                let err = ErrPacket::access_denied(format!("Access denied: {why}"));
+                let err = refusal
+                    .take()
+                    .unwrap_or_else(|| ErrPacket::access_denied(format!("Access denied: {why}")));
                 stream.write(&err.encode()).await?;
                 stream.shutdown().await?;
                 return Err(AgentError::Refused(why));

@@ -126,10 +126,23 @@ pub struct Upstream<S> {
     pub capabilities: Capabilities,
 }
 
-/// Step 1 done: the server's handshake was read.
-struct Greeted<S> {
+/// Step 1 done: the server's handshake was read ([`greet`]);
+/// [`Greeted::login`] goes on.
+pub struct Greeted<S> {
     stream: PacketStream<S>,
-    handshake: InitialHandshake,
+    /// The server's handshake (its version is what agents are shown).
+    pub handshake: InitialHandshake,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Greeted<S> {
+    /// Steps 2 and 3: secures the connection and logs in.
+    ///
+    /// # Errors
+    /// As [`login`].
+    pub async fn login(self, params: &LoginParams<'_>) -> Result<Upstream<S>, UpstreamError> {
+        let secured = secure(self, params).await?;
+        authenticate(secured, params).await
+    }
 }
 
 /// Step 2 done: the connection is as secure as it will be.
@@ -140,16 +153,23 @@ struct Secured<S> {
 }
 
 /// Logs in over `io` (a fresh connection to the server).
+///
+/// # Errors
+/// [`UpstreamError`]: the server refused, TLS failed or is missing where
+/// `params.tls` needs it, or the credential would go unprotected.
 pub async fn login<S>(io: S, params: &LoginParams<'_>) -> Result<Upstream<S>, UpstreamError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let greeted = greet(io).await?;
-    let secured = secure(greeted, params).await?;
-    authenticate(secured, params).await
+    greet(io).await?.login(params).await
 }
 
-async fn greet<S: AsyncRead + AsyncWrite + Unpin>(io: S) -> Result<Greeted<S>, UpstreamError> {
+/// Step 1: reads the server's handshake over `io` (a fresh connection).
+///
+/// # Errors
+/// [`UpstreamError::Refused`] when the server greets with an ERR packet
+/// (e.g. too many connections), or a packet error.
+pub async fn greet<S: AsyncRead + AsyncWrite + Unpin>(io: S) -> Result<Greeted<S>, UpstreamError> {
     let mut stream = PacketStream::new(io);
     let first = stream.read().await?;
     if first.payload.first() == Some(&0xFF) {

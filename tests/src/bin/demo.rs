@@ -1,7 +1,8 @@
 //! `cargo xtask demo`: one real request, agent → eBPF → Sluice → HTTPS
 //! upstream, with the placeholder token swapped for the real key; then a
-//! real psql session against PostgreSQL, logged in with a token, with a
-//! masked column and a denied DROP.
+//! real psql session against PostgreSQL and a mariadb CLI session against
+//! MariaDB, each logged in with a token, with a masked column and a denied
+//! DROP.
 //!
 //! Everything runs on loopback in a temp dir with its own redis-server,
 //! cgroup and bpffs pins, and is removed at the end.
@@ -14,6 +15,8 @@ const SERVICE: &str = "payments-api";
 const HOST: &str = "api.payments.test";
 const DB: &str = "billing-db";
 const DB_HOST: &str = "db.internal";
+const MY: &str = "orders-db";
+const MY_HOST: &str = "mysql.internal";
 
 fn main() -> ExitCode {
     match demo() {
@@ -44,7 +47,7 @@ fn indent(text: &str) -> String {
 fn demo() -> Result<()> {
     println!("Sluice demo: an agent calls an HTTPS API with a placeholder token; the API gets the real key.");
 
-    step(1, "Test fixtures: redis-server, an HTTPS upstream for api.payments.test and a PostgreSQL server for db.internal, each on its own 127.0.0.x");
+    step(1, "Test fixtures: redis-server, an HTTPS upstream for api.payments.test, a PostgreSQL server for db.internal and a MariaDB server for mysql.internal, each on its own 127.0.0.x");
     let mut stack = Stack::builder("run")
         .agent("demo-agent")
         .cgroup_prefix("sluice-demo")
@@ -52,6 +55,11 @@ fn demo() -> Result<()> {
         .service(
             ServiceSpec::postgres(DB, DB_HOST)
                 .extra(r#"deny = ["DROP", "TRUNCATE", "ALTER", "DELETE_WITHOUT_WHERE", "DO"]"#)
+                .extra(r#"mask = ["ssn"]"#),
+        )
+        .service(
+            ServiceSpec::mysql(MY, MY_HOST)
+                .extra(r#"deny = ["DROP", "TRUNCATE", "DELETE_WITHOUT_WHERE", "LOAD_DATA"]"#)
                 .extra(r#"mask = ["ssn"]"#),
         )
         .prepare()
@@ -180,14 +188,16 @@ fn demo() -> Result<()> {
     }
 
     postgres_session(&stack)?;
+    mysql_session(&stack)?;
 
-    step(13, "Leak check");
+    step(14, "Leak check");
     let texts = stack.sluice.all_output_text();
     assert_no_secret(&secret, &texts);
     assert_no_secret(stack.secret(DB), &texts);
-    println!("   neither the API key nor the database password appears in any agent output, sluice log, session record or state file ✓");
+    assert_no_secret(stack.secret(MY), &texts);
+    println!("   neither the API key nor a database password appears in any agent output, sluice log, session record or state file ✓");
 
-    step(14, "Cleanup");
+    step(15, "Cleanup");
     let bpf_dir = stack.sluice.bpf_dir.clone();
     let report = stack.sluice.teardown();
     if !report.errors.is_empty() {
@@ -304,5 +314,58 @@ fn postgres_session(stack: &Stack) -> Result<()> {
     for e in stack.sluice.session_events(&session)? {
         println!("   {e}");
     }
+    Ok(())
+}
+
+/// Step 13: the MySQL half of the demo, in one step.
+fn mysql_session(stack: &Stack) -> Result<()> {
+    step(
+        13,
+        "MySQL: secret put orders-db-key, token issue, then a real mariadb CLI: SELECT, DROP, SELECT",
+    );
+    stack
+        .sluice
+        .secret_put(&format!("{MY}-key"), stack.secret(MY))?;
+    let token = stack.token(MY)?;
+    let port = format!("--port={}", stack.mariadb(MY).addr().port());
+    let password = format!("--password={token}");
+    let sql = "SELECT * FROM customers ORDER BY id;\nDROP TABLE customers;\nSELECT COUNT(*) FROM customers;";
+    println!(
+        "   $ sluice exec --agent demo-agent -- mariadb -h {MY_HOST} {port} -u agent -p<token> --force -t -D billing <<< '…'"
+    );
+    let out = stack.sluice.exec(
+        stack.agent(),
+        &[
+            "sh",
+            "-c",
+            r#"printf '%s\n' "$3" | mariadb --host "$0" "$1" --user=agent "$2" --skip-ssl --force -t -v -D billing 2>&1"#,
+            &stack.mariadb(MY).addr().ip().to_string(),
+            &port,
+            &password,
+            sql,
+        ],
+    )?;
+    let transcript = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!("{}", indent(transcript.trim_end()));
+    if !transcript.contains("****") || transcript.contains("123-45-6789") {
+        bail!("the ssn column was not masked");
+    }
+    if !transcript.contains("ERROR 1227 (42000)") {
+        bail!("DROP TABLE was not denied with 1227");
+    }
+    let count = stack
+        .mariadb(MY)
+        .root_sql("SELECT COUNT(*) FROM billing.customers")?;
+    println!(
+        "   customers (asked as root, outside the agent): {}",
+        count.trim()
+    );
+    if count.trim() != "3" {
+        bail!("the customers table was changed");
+    }
+    if !transcript.contains("|        3 |") {
+        bail!("the SELECT after the denial did not return the 3 customers");
+    }
+    println!("   ssn masked ✓   DROP denied with 1227 ✓   the session went on ✓   table intact ✓");
     Ok(())
 }

@@ -128,7 +128,11 @@ fn a_viewer_outside_approvers_sees_the_hold_without_buttons_and_forged_or_csrf_l
         .iter()
         .filter(|a| a["action"] == "approve" && a["subject"] == console.subject("bob"))
         .collect();
-    assert_eq!(bobs.len(), 1, "the CSRF-less POST never got as far: {actions:#?}");
+    assert_eq!(
+        bobs.len(),
+        1,
+        "the CSRF-less POST never got as far: {actions:#?}"
+    );
     assert_eq!(bobs[0]["outcome"], "forbidden");
     assert!(
         actions.iter().any(|a| a["action"] == "revoke"

@@ -30,6 +30,9 @@ mod kube_client_cert;
 mod kube_exec;
 mod kubernetes;
 mod load;
+mod mysql;
+mod mysql_faults;
+mod mysql_rows;
 mod notify;
 mod oidc;
 mod operate;
@@ -234,4 +237,80 @@ pub fn recording(stack: &Stack, session: &[Value]) -> (Value, String) {
 /// The events named `event` among `events`.
 pub fn events<'a>(events: &'a [Value], event: &str) -> Vec<&'a Value> {
     events.iter().filter(|e| e["event"] == event).collect()
+}
+
+/// A process's memory while something ran ([`with_rss_sampled`]), in KiB.
+#[derive(Debug, Clone, Copy)]
+pub struct RssSample {
+    /// `VmRSS` before.
+    pub idle: u64,
+    /// The highest `VmRSS` sampled (every 20 ms) while it ran.
+    pub peak: u64,
+    /// `VmHWM` after.
+    pub hwm: u64,
+}
+
+impl RssSample {
+    /// Asserts what streamed was not held: growth over idle under 16 MiB.
+    /// The idle RSS of the debug binary the suite runs grows with the code
+    /// linked in, which says nothing about buffering, so the absolute cap
+    /// (128 MiB) only guards against a runaway.
+    #[track_caller]
+    pub fn assert_streamed(&self) {
+        let RssSample { idle, peak, hwm } = *self;
+        let growth = peak.saturating_sub(idle);
+        assert!(
+            growth < 16 * 1024,
+            "sluice RSS grew by {growth} KiB while streaming (idle {idle} KiB): rows are being held"
+        );
+        assert!(
+            peak < 128 * 1024,
+            "sluice RSS reached {peak} KiB while streaming"
+        );
+        assert!(
+            hwm.saturating_sub(idle) < 16 * 1024 && hwm < 128 * 1024,
+            "sluice VmHWM {hwm} KiB (idle {idle} KiB)"
+        );
+    }
+}
+
+/// `VmRSS` and `VmHWM` of `pid`, in KiB.
+pub fn rss_kib(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| -> Option<u64> {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// Runs `f` while sampling the memory of process `pid`.
+pub fn with_rss_sampled<T>(pid: u32, f: impl FnOnce() -> T) -> (T, RssSample) {
+    use std::sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    };
+    let (idle, _) = rss_kib(pid).expect("the process's memory");
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while !done.load(Ordering::Relaxed) {
+                peak = peak.max(rss_kib(pid).map_or(0, |r| r.0));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            peak
+        })
+    };
+    let out = f();
+    done.store(true, Ordering::Relaxed);
+    let peak = sampler.join().unwrap();
+    let (_, hwm) = rss_kib(pid).expect("the process's memory");
+    (out, RssSample { idle, peak, hwm })
 }

@@ -10,7 +10,9 @@ use std::{
 use serde_json::json;
 use sluice_tests::{assert_no_secret, poll, postgres::CUSTOMERS, process, Stack};
 
-use crate::{billing_db, billing_stack, events, pg_client, sessions_of, DB, WAIT};
+use crate::{
+    billing_db, billing_stack, events, pg_client, sessions_of, with_rss_sampled, DB, WAIT,
+};
 
 /// The real ssn values, which must reach no agent output or record.
 fn real_ssns() -> Vec<&'static str> {
@@ -359,21 +361,6 @@ fn sigint_to_psql_cancels_pg_sleep_with_57014_within_2_s() {
     stack.assert_no_secret_leaked();
 }
 
-/// VmRSS and VmHWM of `pid` in KiB.
-fn rss_kib(pid: u32) -> Option<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| -> Option<u64> {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))?
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()
-    };
-    Some((field("VmRSS:")?, field("VmHWM:")?))
-}
-
 /// Rows stream: a million rows (over 100 MB of result) must not be held.
 /// What is asserted is Sluice's growth over its idle RSS while they flow;
 /// the idle RSS of the debug binary the suite runs grows with the code
@@ -388,38 +375,22 @@ fn a_million_row_select_arrives_complete_while_sluice_grows_under_16_mib() {
     let token = stack.token(DB).unwrap();
     let conninfo = stack.pg_conninfo(DB, &token, "sslmode=disable");
     let pid = stack.sluice.pid().unwrap();
-    let (idle_rss, _) = rss_kib(pid).unwrap();
-
-    // Sample Sluice's RSS while the rows flow.
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let sampler = {
-        let done = done.clone();
-        std::thread::spawn(move || {
-            let mut peak = 0;
-            while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                peak = peak.max(rss_kib(pid).map_or(0, |r| r.0));
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            peak
-        })
-    };
     // Count rows, sum g and check every payload in the agent, so only one
     // line comes back.
     let script = r#"psql -X -w -At -d "$0" -c "SELECT g, repeat('x', 100) FROM generate_series(1, 1000000) g" \
         | awk -F'|' '{ n++; s += $1; if (length($2) != 100) bad++ } END { printf "%d %.0f %d\n", n, s, bad }'"#;
     let started = Instant::now();
-    let out = stack
-        .sluice
-        .exec_with_timeout(
-            stack.agent(),
-            &["sh", "-c", script, &conninfo],
-            Duration::from_secs(300),
-        )
-        .unwrap();
+    let (out, rss) = with_rss_sampled(pid, || {
+        stack
+            .sluice
+            .exec_with_timeout(
+                stack.agent(),
+                &["sh", "-c", script, &conninfo],
+                Duration::from_secs(300),
+            )
+            .unwrap()
+    });
     let took = started.elapsed();
-    done.store(true, std::sync::atomic::Ordering::Relaxed);
-    let peak_rss = sampler.join().unwrap();
-    let (_, hwm) = rss_kib(pid).unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -430,23 +401,8 @@ fn a_million_row_select_arrives_complete_while_sluice_grows_under_16_mib() {
         "1000000 500000500000 0",
         "rows, sum of g, bad payloads"
     );
-    eprintln!(
-        "1,000,000 rows in {took:.1?}; sluice RSS idle {} KiB, sampled peak {peak_rss} KiB, VmHWM {hwm} KiB",
-        idle_rss
-    );
-    let growth = peak_rss.saturating_sub(idle_rss);
-    assert!(
-        growth < 16 * 1024,
-        "sluice RSS grew by {growth} KiB while streaming (idle {idle_rss} KiB): rows are being held"
-    );
-    assert!(
-        peak_rss < 128 * 1024,
-        "sluice RSS reached {peak_rss} KiB while streaming"
-    );
-    assert!(
-        hwm.saturating_sub(idle_rss) < 16 * 1024 && hwm < 128 * 1024,
-        "sluice VmHWM {hwm} KiB (idle {idle_rss} KiB)"
-    );
+    eprintln!("1,000,000 rows in {took:.1?}; sluice {rss:?}");
+    rss.assert_streamed();
     // And the rows came through Sluice, in a recorded session.
     let sessions = sessions_of(&stack, DB);
     assert!(

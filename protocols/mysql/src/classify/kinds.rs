@@ -3,26 +3,26 @@ use std::collections::BTreeSet;
 
 use sqlparser::ast::Statement;
 
-use super::Kind;
+use super::StatementKind;
 
 /// Adds the kinds of `s` (and of a statement it wraps, as `EXPLAIN`
 /// does) to `out`.
-pub fn of_statement(s: &Statement, out: &mut BTreeSet<Kind>) {
+pub fn of_statement(s: &Statement, out: &mut BTreeSet<StatementKind>) {
     use Statement as S;
     let kind = match s {
-        S::Query(_) => Kind::Select,
-        S::Insert(_) => Kind::Insert,
+        S::Query(_) => StatementKind::Select,
+        S::Insert(_) => StatementKind::Insert,
         S::Update { selection, .. } => {
             if selection.is_none() {
-                out.insert(Kind::UpdateWithoutWhere);
+                out.insert(StatementKind::UpdateWithoutWhere);
             }
-            Kind::Update
+            StatementKind::Update
         }
         S::Delete(d) => {
             if d.selection.is_none() {
-                out.insert(Kind::DeleteWithoutWhere);
+                out.insert(StatementKind::DeleteWithoutWhere);
             }
-            Kind::Delete
+            StatementKind::Delete
         }
         S::Drop { .. }
         | S::DropFunction { .. }
@@ -32,8 +32,8 @@ pub fn of_statement(s: &Statement, out: &mut BTreeSet<Kind>) {
         | S::DropPolicy { .. }
         | S::DropSecret { .. }
         | S::DropConnector { .. }
-        | S::DropExtension { .. } => Kind::Drop,
-        S::Truncate { .. } => Kind::Truncate,
+        | S::DropExtension { .. } => StatementKind::Drop,
+        S::Truncate { .. } => StatementKind::Truncate,
         S::AlterTable { .. }
         | S::AlterSchema(_)
         | S::AlterIndex { .. }
@@ -43,9 +43,9 @@ pub fn of_statement(s: &Statement, out: &mut BTreeSet<Kind>) {
         | S::AlterPolicy { .. }
         | S::AlterConnector { .. }
         | S::AlterSession { .. }
-        | S::RenameTable(_) => Kind::Alter,
-        S::Grant { .. } => Kind::Grant,
-        S::Revoke { .. } => Kind::Revoke,
+        | S::RenameTable(_) => StatementKind::Alter,
+        S::Grant { .. } => StatementKind::Grant,
+        S::Revoke { .. } => StatementKind::Revoke,
         S::CreateView { .. }
         | S::CreateTable(_)
         | S::CreateVirtualTable { .. }
@@ -58,10 +58,10 @@ pub fn of_statement(s: &Statement, out: &mut BTreeSet<Kind>) {
         | S::CreateProcedure { .. }
         | S::CreateSequence { .. }
         | S::CreateType { .. }
-        | S::CreateUser(_) => Kind::Create,
-        S::LoadData { .. } => Kind::LoadData,
-        S::Call(_) => Kind::Call,
-        S::Set(_) => Kind::Set,
+        | S::CreateUser(_) => StatementKind::Create,
+        S::LoadData { .. } => StatementKind::LoadData,
+        S::Call(_) => StatementKind::Call,
+        S::Set(_) => StatementKind::Set,
         S::ShowFunctions { .. }
         | S::ShowVariable { .. }
         | S::ShowStatus { .. }
@@ -75,27 +75,27 @@ pub fn of_statement(s: &Statement, out: &mut BTreeSet<Kind>) {
         | S::ShowTables { .. }
         | S::ShowViews { .. }
         | S::ShowCollation { .. }
-        | S::ExplainTable { .. } => Kind::Show,
-        S::Use(_) => Kind::Use,
+        | S::ExplainTable { .. } => StatementKind::Show,
+        S::Use(_) => StatementKind::Use,
         S::StartTransaction { .. }
         | S::Commit { .. }
         | S::Rollback { .. }
         | S::Savepoint { .. }
-        | S::ReleaseSavepoint { .. } => Kind::Transaction,
+        | S::ReleaseSavepoint { .. } => StatementKind::Transaction,
         S::Explain { statement, .. } => {
             // MySQL's EXPLAIN ANALYZE and MariaDB's ANALYZE run the statement.
             of_statement(statement, out);
-            Kind::Explain
+            StatementKind::Explain
         }
         S::Prepare { statement, .. } => {
             of_statement(statement, out);
-            Kind::Prepare
+            StatementKind::Prepare
         }
-        S::Execute { .. } => Kind::Execute,
-        S::Deallocate { .. } => Kind::Deallocate,
-        S::LockTables { .. } | S::UnlockTables => Kind::Lock,
-        S::Kill { .. } => Kind::Kill,
-        _ => Kind::Other,
+        S::Execute { .. } => StatementKind::Execute,
+        S::Deallocate { .. } => StatementKind::Deallocate,
+        S::LockTables { .. } | S::UnlockTables => StatementKind::Lock,
+        S::Kill { .. } => StatementKind::Kill,
+        _ => StatementKind::Other,
     };
     out.insert(kind);
 }

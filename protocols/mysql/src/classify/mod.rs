@@ -2,7 +2,7 @@
 //! `approve` rules (DESIGN.md §6 "MySQL / MariaDB").
 //!
 //! Input is the text of a `COM_QUERY` (possibly several statements) or a
-//! `COM_STMT_PREPARE`; output is the set of [`Kind`]s it contains, or
+//! `COM_STMT_PREPARE`; output is the set of [`StatementKind`]s it contains, or
 //! [`Unparseable`] (refused while `deny` is set). `sqlparser`'s MySQL
 //! dialect parses each statement and kinds come from the syntax tree.
 //! Before that, the token level ([`tokens`]) turns executable comments
@@ -14,10 +14,10 @@
 //! never sees, so it is unparseable.
 //!
 //! ```
-//! use sluice_mysql::classify::{classify, Escapes, Kind};
+//! use sluice_mysql::classify::{classify, Escapes, StatementKind};
 //!
 //! let c = classify("SELECT 1; /*!50000 DROP TABLE customers */", Escapes::Backslash).unwrap();
-//! assert!(c.kinds.contains(&Kind::Drop));
+//! assert!(c.kinds.contains(&StatementKind::Drop));
 //! ```
 mod dialect;
 mod kinds;
@@ -36,87 +36,7 @@ use tokens::TokenForm;
 pub use dialect::NoBackslashMySql;
 pub use masked::{check_exposure, Exposure};
 
-macro_rules! kinds {
-    ($($(#[doc = $doc:literal])* $variant:ident = $name:literal,)*) => {
-        /// A statement kind that `deny` and `approve` rules name, e.g.
-        /// `"DROP"`. A statement can have several: `DELETE FROM t` is
-        /// `DELETE` and `DELETE_WITHOUT_WHERE`.
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-        pub enum Kind {
-            $($(#[doc = $doc])* $variant,)*
-        }
-
-        impl Kind {
-            /// Every kind, in declaration order.
-            pub const ALL: &'static [Kind] = &[$(Self::$variant,)*];
-
-            /// The upper-case name rules use, e.g. `"DELETE_WITHOUT_WHERE"`.
-            pub fn as_str(self) -> &'static str {
-                match self {
-                    $(Self::$variant => $name,)*
-                }
-            }
-        }
-    };
-}
-
-kinds! {
-    /// `SELECT`, `TABLE`, `VALUES`, set operations.
-    Select = "SELECT",
-    /// `INSERT` and `REPLACE`.
-    Insert = "INSERT",
-    /// `UPDATE`.
-    Update = "UPDATE",
-    /// `DELETE`.
-    Delete = "DELETE",
-    /// `UPDATE` without `WHERE`: every row.
-    UpdateWithoutWhere = "UPDATE_WITHOUT_WHERE",
-    /// `DELETE` without `WHERE`: every row.
-    DeleteWithoutWhere = "DELETE_WITHOUT_WHERE",
-    /// `DROP` of any object.
-    Drop = "DROP",
-    /// `TRUNCATE`.
-    Truncate = "TRUNCATE",
-    /// `ALTER` of any object, and `RENAME TABLE`.
-    Alter = "ALTER",
-    /// `GRANT`.
-    Grant = "GRANT",
-    /// `REVOKE`.
-    Revoke = "REVOKE",
-    /// `CREATE` of any object.
-    Create = "CREATE",
-    /// `LOAD DATA` / `LOAD XML` (server-side or `LOCAL` files).
-    LoadData = "LOAD_DATA",
-    /// `SELECT … INTO OUTFILE` or `INTO DUMPFILE`: a file on the server.
-    IntoOutfile = "INTO_OUTFILE",
-    /// `CALL` of a stored procedure.
-    Call = "CALL",
-    /// `SET` of variables, names, transaction characteristics.
-    Set = "SET",
-    /// `SHOW …`, `DESCRIBE`.
-    Show = "SHOW",
-    /// `USE db`.
-    Use = "USE",
-    /// `START TRANSACTION`, `BEGIN`, `COMMIT`, `ROLLBACK`, savepoints.
-    Transaction = "TRANSACTION",
-    /// `EXPLAIN` (the explained statement's kinds are added).
-    Explain = "EXPLAIN",
-    /// `PREPARE` (the prepared text's kinds are added).
-    Prepare = "PREPARE",
-    /// `EXECUTE`.
-    Execute = "EXECUTE",
-    /// `DEALLOCATE PREPARE`.
-    Deallocate = "DEALLOCATE",
-    /// `LOCK TABLES`, `UNLOCK TABLES`.
-    Lock = "LOCK",
-    /// `KILL`.
-    Kill = "KILL",
-    /// Anything else the parser reads (`FLUSH`, `OPTIMIZE TABLE`, …).
-    Other = "OTHER",
-}
-
-/// The rule name for text the classifier cannot read.
-pub const UNPARSEABLE: &str = "UNPARSEABLE";
+pub use sluice_sql_kinds::StatementKind;
 
 /// The text cannot be read as MySQL; carries the tokenizer's or parser's
 /// message (which may quote the text, so it is not for a record of a
@@ -153,7 +73,7 @@ impl Escapes {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Classification {
     /// Every kind of every statement.
-    pub kinds: BTreeSet<Kind>,
+    pub kinds: BTreeSet<StatementKind>,
     /// How many statements the text holds.
     pub statements: usize,
 }
@@ -181,13 +101,14 @@ fn classify_into(
         out.statements += 1;
         match statement.form(dialect)? {
             Some(TokenForm::LoadData) => {
-                out.kinds.insert(Kind::LoadData);
+                out.kinds.insert(StatementKind::LoadData);
             }
             Some(TokenForm::IntoOutfile) => {
-                out.kinds.extend([Kind::Select, Kind::IntoOutfile]);
+                out.kinds
+                    .extend([StatementKind::Select, StatementKind::IntoOutfile]);
             }
             Some(TokenForm::PrepareText(text)) => {
-                out.kinds.insert(Kind::Prepare);
+                out.kinds.insert(StatementKind::Prepare);
                 classify_into(dialect, &text, depth + 1, out)?;
             }
             Some(TokenForm::PrepareVariable) => {

@@ -5,7 +5,7 @@ fn kinds(sql: &str) -> Vec<&'static str> {
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
         .kinds
         .into_iter()
-        .map(Kind::as_str)
+        .map(StatementKind::as_str)
         .collect()
 }
 
@@ -54,7 +54,7 @@ fn executable_comments_are_code_in_every_form() {
         "/*!50000 DROP */ TABLE customers",
     ] {
         let k = classify(sql, Escapes::Backslash).unwrap_or_else(|e| panic!("{sql}: {e}"));
-        assert!(k.kinds.contains(&Kind::Drop), "{sql}: {k:?}");
+        assert!(k.kinds.contains(&StatementKind::Drop), "{sql}: {k:?}");
     }
     // A comment splits a word in two for the server as for the tokenizer.
     assert!(unparseable("DR/**/OP TABLE customers"));
@@ -82,7 +82,7 @@ fn no_backslash_escapes_reads_strings_as_the_server_does() {
     let sql = "SELECT 'a\\'; DROP TABLE customers; -- '";
     assert_eq!(kinds(sql), ["SELECT"]);
     let c = classify(sql, Escapes::NoBackslash).unwrap();
-    assert!(c.kinds.contains(&Kind::Drop), "{c:?}");
+    assert!(c.kinds.contains(&StatementKind::Drop), "{c:?}");
     assert_eq!(Escapes::from_status(0x0202), Escapes::NoBackslash);
     assert_eq!(Escapes::from_status(0x0002), Escapes::Backslash);
 }

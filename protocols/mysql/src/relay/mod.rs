@@ -3,10 +3,11 @@
 //! relayed to the upstream with its answer (masked where the gate says).
 //!
 //! - `COM_QUERY` and `COM_STMT_PREPARE` are classified ([`classify`]) and
-//!   authorized; `COM_STMT_EXECUTE` is authorized again with the text it
-//!   was prepared from, so a revoked token stops the next statement. Where
-//!   columns are masked, a statement that reads one in a way masking
-//!   cannot follow is refused ([`check_exposure`]).
+//!   authorized (and recorded) by the gate; `COM_STMT_EXECUTE` is
+//!   authorized again with the text it was prepared from, so a revoked
+//!   token stops the next statement. Where columns are masked, the gate
+//!   refuses a statement that reads one in a way masking cannot follow
+//!   ([`crate::classify::check_exposure`]).
 //! - `KILL [QUERY] <id>` is translated to the upstream thread id of the
 //!   agent's own connection ([`Gate::upstream_thread`]); other ids get
 //!   ERR 1094 (unknown thread id).
@@ -21,9 +22,9 @@ use std::collections::HashMap;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::{
-    classify::{check_exposure, classify, Escapes, Kind},
+    classify::{classify, Escapes, StatementKind},
     command::{parse_kill, translate_kill, Command},
-    gate::{Allowed, Event, Gate, Refusal, Statement},
+    gate::{Allowed, Event, Gate, Statement},
     packet::{PacketError, PacketStream},
     response::ErrPacket,
     wire::Malformed,
@@ -191,7 +192,8 @@ impl Session {
             Ok(mask) => mask,
             Err(err) => return Ok(Plan::Refuse(err)),
         };
-        let is_kill = classify(&sql, self.escapes).is_ok_and(|c| c.kinds.contains(&Kind::Kill));
+        let is_kill =
+            classify(&sql, self.escapes).is_ok_and(|c| c.kinds.contains(&StatementKind::Kill));
         let text = if is_kill {
             let kill = parse_kill(&sql);
             match kill.and_then(|k| translate_kill(k, |id| gate.upstream_thread(id))) {
@@ -218,34 +220,19 @@ impl Session {
         ))
     }
 
-    /// Classifies and authorizes `sql`, records it; the mask to apply.
+    /// Classifies `sql` and has the gate authorize it (and record it);
+    /// the mask to apply.
     async fn authorize<G: Gate>(&self, sql: &str, gate: &mut G) -> Result<Vec<String>, ErrPacket> {
         let classification = classify(sql, self.escapes);
         let statement = Statement {
             sql,
             classification: &classification,
+            escapes: self.escapes,
         };
-        let allowed = gate
-            .authorize(&statement)
-            .await
-            .map_err(|r| r.err_packet())?;
-        let kinds = classification
-            .as_ref()
-            .map(|c| c.kinds.iter().map(|k| k.as_str()).collect())
-            .unwrap_or_default();
-        gate.record(Event::Query {
-            sql: sql.to_string(),
-            kinds,
-        })
-        .await
-        .map_err(|r: Refusal| r.err_packet())?;
-        let mask = match allowed {
+        Ok(match gate.authorize(&statement).await? {
             Allowed::AsIs => Vec::new(),
             Allowed::Masked(columns) => columns,
-        };
-        check_exposure(sql, self.escapes, &mask)
-            .map_err(|e| ErrPacket::policy_denied(format!("{e} (sluice rule MASK)")))?;
-        Ok(mask)
+        })
     }
 
     async fn answer<A, U>(
@@ -283,6 +270,7 @@ async fn record_outcome<G: Gate>(gate: &mut G, outcome: Outcome) {
         let _ = gate
             .record(Event::Masked {
                 columns: outcome.masked,
+                rows: outcome.rows,
             })
             .await;
     }

@@ -21,6 +21,8 @@ const MORE_RESULTS: u16 = 0x0008;
 pub struct Outcome {
     /// Names of the columns that were masked.
     pub masked: Vec<String>,
+    /// How many rows had values masked.
+    pub rows: u64,
     /// The upstream's error, if the answer was one.
     pub error: Option<ErrPacket>,
 }
@@ -137,6 +139,7 @@ where
                 self.agent.write(&row).await?;
                 return Ok(false);
             }
+            outcome.rows += u64::from(any);
             match (any, binary_types) {
                 (false, _) => self.agent.write(&row).await?,
                 (true, None) => self.agent.write(&mask_text_row(&row, masked)?).await?,
@@ -178,8 +181,8 @@ where
         };
         self.agent.write(&p).await?;
         Ok(Outcome {
-            masked: Vec::new(),
             error,
+            ..Outcome::default()
         })
     }
 
@@ -190,8 +193,8 @@ where
             self.agent.write(&p).await?;
             if p.first() == Some(&0xFF) {
                 return Ok(Outcome {
-                    masked: Vec::new(),
                     error: Some(ErrPacket::decode(&p)?),
+                    ..Outcome::default()
                 });
             }
             if EofPacket::is_eof(&p) {
