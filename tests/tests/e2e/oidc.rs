@@ -261,6 +261,64 @@ fn a_jwt_is_a_postgres_password_over_tls_only() {
 }
 
 #[test]
+fn a_jwt_is_a_mysql_password_over_tls_only() {
+    use crate::mysql::{orders_db, python, MY};
+    let (issuer, stack, _dir) = oidc_stack("oidc-mysql", 7, orders_db(), "");
+    let claims = issuer.claims(AUDIENCE, SUBJECT, &["payments"]);
+    let good = issuer.mint("rsa-1", &claims);
+    let ca = stack.sluice.ca_cert_path().unwrap();
+    // PyMySQL answers the greeting's caching_sha2_password; the fast path
+    // cannot carry a JWT, so Sluice asks for full authentication: the JWT
+    // in cleartext, over TLS.
+    let login = |token: &str, tls: bool| {
+        let ssl = if tls {
+            format!("ssl={{'ca': {:?}}}", ca.display().to_string())
+        } else {
+            "ssl_disabled=True".to_string()
+        };
+        python(
+            &stack,
+            token,
+            &format!(
+                "try:\n    p = pymysql.connect(host=HOST, port=PORT, user='agent', password=TOKEN, database='billing', {ssl})\n    \
+                 with p.cursor() as c:\n        c.execute('SELECT CURRENT_USER()')\n        print('user', c.fetchall()[0][0])\n\
+                 except pymysql.err.OperationalError as e:\n    print('refused', e.args[0], e.args[1])\n"
+            ),
+        )
+    };
+    let (ok, out) = login(&good, true);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!("user {}@%", sluice_tests::mariadb::NATIVE_USER)),
+        "a good JWT logs in over TLS and the upstream sees the real user: {out}"
+    );
+    let (_, out) = login(&good, false);
+    assert!(
+        out.contains("refused 1045") && out.contains("TLS only"),
+        "without TLS the JWT is never asked for: {out}"
+    );
+    let t = now();
+    let mut expired = claims.clone();
+    (expired["iat"], expired["exp"]) = (json!(t - 900), json!(t - 600));
+    for (what, token) in [
+        ("expired", issuer.mint("rsa-1", &expired)),
+        ("alg none", issuer.alg_none("rsa-1", &claims)),
+        ("HS256", issuer.hs256_with_public_key("rsa-1", &claims)),
+    ] {
+        let (_, out) = login(&token, true);
+        assert!(
+            out.contains("refused 1045") && !out.contains("user "),
+            "{what}: {out}"
+        );
+    }
+    // An slt_ token of this agent goes the same way: cleartext over TLS.
+    let token = stack.token(MY).unwrap();
+    let (ok, out) = login(&token, true);
+    assert!(ok && out.contains("user "), "an slt_ token over TLS: {out}");
+    stack.assert_no_secret_leaked();
+}
+
+#[test]
 fn groups_rotation_unknown_kid_and_revocation() {
     let service =
         ServiceSpec::https(SERVICE, "api.payments.test").extra("groups = [\"payments\"]\n");

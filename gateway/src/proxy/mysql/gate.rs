@@ -67,12 +67,37 @@ impl GuardGate {
     }
 }
 
+/// Why an agent bound to an OIDC issuer cannot log in with a
+/// challenge–response proof (DESIGN.md §6, "Common to every protocol").
+const CLEARTEXT_ONLY: &str = "this agent logs in with its token or JWT as a cleartext password, \
+     over TLS only: use caching_sha2_password (or mysql_clear_password) with --ssl";
+
 impl Gate for GuardGate {
     async fn authenticate(&mut self, proof: &Proof) -> Result<(), ErrPacket> {
-        let checked = match self.presented(proof).await {
-            Ok(Some(digest)) => self.session.authenticate(Presented::Digest(&digest)).await,
-            Ok(None) => self.session.authenticate(Presented::Unmatched).await,
-            Err(refusal) => Err(refusal),
+        let bound = self.session.wants_cleartext_password();
+        let checked = match proof {
+            // The password itself (caching_sha2_password's full
+            // authentication or mysql_clear_password, both over TLS only):
+            // an slt_ token, or a JWT for an agent bound to an issuer.
+            Proof::Cleartext(text) => match std::str::from_utf8(text) {
+                Ok(token) => self.session.authenticate(Presented::Token(token)).await,
+                Err(_) => Err(self.session.malformed("the password is not UTF-8")),
+            },
+            // A JWT cannot be checked by a challenge–response proof. A
+            // caching_sha2_password fast path is answered with a request
+            // for full authentication (over TLS), so that refusal is not
+            // recorded or counted; a mysql_native_password proof ends the
+            // login.
+            Proof::CachingSha2 { .. } if bound => Err(Refusal {
+                kind: RefusalKind::Unauthenticated,
+                message: CLEARTEXT_ONLY.into(),
+            }),
+            _ if bound => Err(self.session.absent(CLEARTEXT_ONLY)),
+            _ => match self.presented(proof).await {
+                Ok(Some(digest)) => self.session.authenticate(Presented::Digest(&digest)).await,
+                Ok(None) => self.session.authenticate(Presented::Unmatched).await,
+                Err(refusal) => Err(refusal),
+            },
         };
         // The agent learns the outcome once its line is written.
         let flushed = self.session.flush().await;
