@@ -306,14 +306,20 @@ fn postgres_session(stack: &Stack) -> Result<()> {
     }
 
     step(12, "The session record");
+    print_session_record(stack, DB)
+}
+
+/// Waits until the first session of `service` has closed, then prints its
+/// record file's path and lines.
+fn print_session_record(stack: &Stack, service: &str) -> Result<()> {
     let open = stack.sluice.wait_for_event(
-        "the billing-db session",
+        &format!("the {service} session"),
         std::time::Duration::from_secs(10),
-        |e| e["event"] == "open" && e["service"] == DB,
+        |e| e["event"] == "open" && e["service"] == service,
     )?;
     let session = open["session"].as_str().unwrap_or_default().to_string();
     stack.sluice.wait_for_event(
-        "the close of the billing-db session",
+        &format!("the close of the {service} session"),
         std::time::Duration::from_secs(10),
         |e| e["event"] == "close" && e["session"] == session.as_str(),
     )?;
@@ -393,7 +399,9 @@ fn git_clone(stack: &Stack) -> Result<()> {
     let secret_name = format!("{GIT}-key");
     step(
         14,
-        &format!("sluice secret put {secret_name}   (the OpenSSH private key sshd accepts, on stdin)"),
+        &format!(
+            "sluice secret put {secret_name}   (the OpenSSH private key sshd accepts, on stdin)"
+        ),
     );
     stack.sluice.secret_put(&secret_name, stack.secret(GIT))?;
     println!(
@@ -451,7 +459,9 @@ fn git_clone(stack: &Stack) -> Result<()> {
     let dest = dir.join("clone");
     let dest = dest.to_str().context("utf-8 path")?;
     println!("   $ sluice exec --agent demo-agent -- env GIT_SSH_COMMAND='{git_ssh}' \\");
-    println!("       sh -c 'git clone {url} {dest} && git -C {dest} log --oneline && cat {dest}/README'");
+    println!(
+        "       sh -c 'git clone {url} {dest} && git -C {dest} log --oneline && cat {dest}/README'"
+    );
     let out = stack.agent_with_hosts(
         &[("GIT_SSH_COMMAND", &git_ssh)],
         &[
@@ -471,28 +481,18 @@ fn git_clone(stack: &Stack) -> Result<()> {
             stack.sluice.daemon_log()
         );
     }
-    if std::fs::read_to_string(std::path::Path::new(dest).join("README"))? != "cloned through sluice\n" {
+    if std::fs::read_to_string(std::path::Path::new(dest).join("README"))?
+        != "cloned through sluice\n"
+    {
         bail!("the clone does not have the repository's README");
     }
     let accepted = format!("Accepted publickey for {}", sshd.user);
     if !sshd.log().contains(&accepted) {
         bail!("the sshd logged no login with the real key");
     }
-    println!("   cloned ✓   the sshd logged \"{accepted} …\": Sluice logged in with the real key ✓");
-    let open = stack.sluice.wait_for_event(
-        "the git session",
-        std::time::Duration::from_secs(10),
-        |e| e["event"] == "open" && e["service"] == GIT,
-    )?;
-    let session = open["session"].as_str().unwrap_or_default().to_string();
-    stack.sluice.wait_for_event(
-        "the close of the git session",
-        std::time::Duration::from_secs(10),
-        |e| e["event"] == "close" && e["session"] == session.as_str(),
-    )?;
+    println!(
+        "   cloned ✓   the sshd logged \"{accepted} …\": Sluice logged in with the real key ✓"
+    );
     println!("   the session record:");
-    for e in stack.sluice.session_events(&session)? {
-        println!("   {e}");
-    }
-    Ok(())
+    print_session_record(stack, GIT)
 }

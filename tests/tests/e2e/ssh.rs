@@ -141,7 +141,13 @@ impl AgentFiles {
     }
 
     /// Runs `ssh [extra] OPTIONS agent@git.test [command]` as the agent.
-    pub(crate) fn ssh(&self, stack: &Stack, env: &[(&str, &str)], extra: &[&str], command: &str) -> Out {
+    pub(crate) fn ssh(
+        &self,
+        stack: &Stack,
+        env: &[(&str, &str)],
+        extra: &[&str],
+        command: &str,
+    ) -> Out {
         let mut argv: Vec<String> = vec!["ssh".into()];
         argv.extend(extra.iter().map(|s| s.to_string()));
         argv.extend(self.options());

@@ -100,11 +100,7 @@ fn an_expired_placeholder_key_is_refused() {
     .unwrap();
     assert_refused(&stack, &agent, "expired");
     assert_eq!(
-        stack
-            .sshd(SVC)
-            .log()
-            .matches("Accepted publickey")
-            .count(),
+        stack.sshd(SVC).log().matches("Accepted publickey").count(),
         1,
         "one upstream login, the one before the expiry"
     );
