@@ -202,3 +202,59 @@ fn current_user() -> String {
     let out = Command::new("id").arg("-un").output().unwrap();
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
+
+/// A bare repository `dir/repo.git` with one commit (a `README` reading
+/// "cloned through sluice"), made from `dir/src`; returns its path.
+pub fn bare_repo(dir: &Path) -> PathBuf {
+    let git = |args: &[&str]| {
+        let st = Command::new("git")
+            .args([
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@test",
+                "-c",
+                "init.defaultBranch=main",
+            ])
+            .args(args)
+            .status()
+            .expect("git (apt-get install git)");
+        assert!(st.success(), "git {args:?}");
+    };
+    let src = dir.join("src");
+    git(&["init", "-q", src.to_str().unwrap()]);
+    fs::write(src.join("README"), "cloned through sluice\n").unwrap();
+    git(&["-C", src.to_str().unwrap(), "add", "README"]);
+    git(&["-C", src.to_str().unwrap(), "commit", "-q", "-m", "first"]);
+    let bare = dir.join("repo.git");
+    git(&[
+        "clone",
+        "-q",
+        "--bare",
+        src.to_str().unwrap(),
+        bare.to_str().unwrap(),
+    ]);
+    bare
+}
+
+/// Asserts that no line of the private key `key_pem` appears in any of
+/// `texts` (label, content), naming the label on a hit, never the line.
+/// Lines every unencrypted ed25519 key shares (the `openssh-key-v1`
+/// header) are skipped: placeholder keys have them too.
+pub fn assert_no_private_key(key_pem: &str, texts: &[(String, String)]) {
+    let any_key = sluice_ssh::placeholder::PlaceholderKey::generate("any").unwrap();
+    let shared: Vec<&str> = any_key.private_pem.lines().collect();
+    let mut lines = key_pem
+        .lines()
+        .filter(|l| l.len() >= 16 && !l.starts_with("-----") && !shared.contains(l))
+        .peekable();
+    assert!(lines.peek().is_some(), "the private key has body lines");
+    for line in lines {
+        for (label, text) in texts {
+            assert!(
+                !text.contains(line),
+                "a line of the private key appears in {label}"
+            );
+        }
+    }
+}

@@ -2,14 +2,19 @@
 //! upstream, with the placeholder token swapped for the real key; then a
 //! real psql session against PostgreSQL and a mariadb CLI session against
 //! MariaDB, each logged in with a token, with a masked column and a denied
-//! DROP.
+//! DROP; and a `git clone` over SSH from a real sshd with a placeholder
+//! key, Sluice logging in upstream with the real key.
 //!
 //! Everything runs on loopback in a temp dir with its own redis-server,
 //! cgroup and bpffs pins, and is removed at the end.
-use std::process::ExitCode;
+use std::{os::unix::fs::PermissionsExt, process::ExitCode};
 
 use anyhow::{bail, Context, Result};
-use sluice_tests::{assert_no_secret, sha256_hex, ServiceSpec, Stack};
+use sluice_tests::{
+    assert_no_secret, sha256_hex,
+    sshd::{assert_no_private_key, bare_repo},
+    ServiceSpec, Stack,
+};
 
 const SERVICE: &str = "payments-api";
 const HOST: &str = "api.payments.test";
@@ -17,6 +22,8 @@ const DB: &str = "billing-db";
 const DB_HOST: &str = "db.internal";
 const MY: &str = "orders-db";
 const MY_HOST: &str = "mysql.internal";
+const GIT: &str = "git";
+const GIT_HOST: &str = "git.internal";
 
 fn main() -> ExitCode {
     match demo() {
@@ -47,7 +54,7 @@ fn indent(text: &str) -> String {
 fn demo() -> Result<()> {
     println!("Sluice demo: an agent calls an HTTPS API with a placeholder token; the API gets the real key.");
 
-    step(1, "Test fixtures: redis-server, an HTTPS upstream for api.payments.test, a PostgreSQL server for db.internal and a MariaDB server for mysql.internal, each on its own 127.0.0.x");
+    step(1, "Test fixtures: redis-server, an HTTPS upstream for api.payments.test, a PostgreSQL server for db.internal, a MariaDB server for mysql.internal and an OpenSSH sshd for git.internal, each on its own 127.0.0.x");
     let mut stack = Stack::builder("run")
         .agent("demo-agent")
         .cgroup_prefix("sluice-demo")
@@ -62,6 +69,7 @@ fn demo() -> Result<()> {
                 .extra(r#"deny = ["DROP", "TRUNCATE", "DELETE_WITHOUT_WHERE", "LOAD_DATA"]"#)
                 .extra(r#"mask = ["ssn"]"#),
         )
+        .service(ServiceSpec::ssh(GIT, GIT_HOST))
         .prepare()
         .context("preparing the demo environment")?;
     let up_addr = stack.upstream(SERVICE).addr();
@@ -75,8 +83,13 @@ fn demo() -> Result<()> {
     println!(
         "   PostgreSQL 15 (initdb in a temp dir) on {db_addr}: database billing, role billing, table customers(id, name, ssn)"
     );
+    println!(
+        "   MariaDB on {}; sshd (Debian's, own config and host key) on {}",
+        stack.mariadb(MY).addr(),
+        stack.sshd(GIT).addr
+    );
 
-    step(2, "sluice run --config <this file>: agent demo-agent in its own cgroup, services payments-api and billing-db");
+    step(2, "sluice run --config <this file>: agent demo-agent in its own cgroup, services payments-api, billing-db, orders-db and git");
     println!(
         "{}",
         indent(&std::fs::read_to_string(&stack.sluice.config_path)?)
@@ -189,15 +202,17 @@ fn demo() -> Result<()> {
 
     postgres_session(&stack)?;
     mysql_session(&stack)?;
+    git_clone(&stack)?;
 
-    step(14, "Leak check");
+    step(17, "Leak check");
     let texts = stack.sluice.all_output_text();
     assert_no_secret(&secret, &texts);
     assert_no_secret(stack.secret(DB), &texts);
     assert_no_secret(stack.secret(MY), &texts);
-    println!("   neither the API key nor a database password appears in any agent output, sluice log, session record or state file ✓");
+    assert_no_private_key(stack.secret(GIT), &texts);
+    println!("   neither the API key, a database password nor a line of the SSH private key appears in any agent output, sluice log, session record or state file ✓");
 
-    step(15, "Cleanup");
+    step(18, "Cleanup");
     let bpf_dir = stack.sluice.bpf_dir.clone();
     let report = stack.sluice.teardown();
     if !report.errors.is_empty() {
@@ -291,14 +306,20 @@ fn postgres_session(stack: &Stack) -> Result<()> {
     }
 
     step(12, "The session record");
+    print_session_record(stack, DB)
+}
+
+/// Waits until the first session of `service` has closed, then prints its
+/// record file's path and lines.
+fn print_session_record(stack: &Stack, service: &str) -> Result<()> {
     let open = stack.sluice.wait_for_event(
-        "the billing-db session",
+        &format!("the {service} session"),
         std::time::Duration::from_secs(10),
-        |e| e["event"] == "open" && e["service"] == DB,
+        |e| e["event"] == "open" && e["service"] == service,
     )?;
     let session = open["session"].as_str().unwrap_or_default().to_string();
     stack.sluice.wait_for_event(
-        "the close of the billing-db session",
+        &format!("the close of the {service} session"),
         std::time::Duration::from_secs(10),
         |e| e["event"] == "close" && e["session"] == session.as_str(),
     )?;
@@ -368,4 +389,110 @@ fn mysql_session(stack: &Stack) -> Result<()> {
     }
     println!("   ssn masked ✓   DROP denied with 1227 ✓   the session went on ✓   table intact ✓");
     Ok(())
+}
+
+/// Steps 14–16: the SSH part of the demo, a `git clone` as the agent with
+/// a placeholder key; Sluice logs in to the sshd with the real key.
+fn git_clone(stack: &Stack) -> Result<()> {
+    let sshd = stack.sshd(GIT);
+    let bare = bare_repo(sshd.dir());
+    let secret_name = format!("{GIT}-key");
+    step(
+        14,
+        &format!(
+            "sluice secret put {secret_name}   (the OpenSSH private key sshd accepts, on stdin)"
+        ),
+    );
+    stack.sluice.secret_put(&secret_name, stack.secret(GIT))?;
+    println!(
+        "   stored {} bytes; the sshd serves the bare repository {}",
+        stack.secret(GIT).len(),
+        bare.display()
+    );
+
+    step(
+        15,
+        "sluice token issue --agent demo-agent --service git --ssh-key --ttl 1h; sluice ssh known-hosts",
+    );
+    let dir = stack.dir().join("agent-ssh");
+    std::fs::create_dir_all(&dir)?;
+    let pem = stack.sluice.cli(&[
+        "token",
+        "issue",
+        "--agent",
+        stack.agent(),
+        "--service",
+        GIT,
+        "--ssh-key",
+        "--ttl",
+        "1h",
+    ])?;
+    let key = dir.join("id_placeholder");
+    std::fs::write(&key, &pem)?;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+    println!(
+        "   {}   <- a fresh placeholder key ({} lines), written to {}",
+        pem.lines().next().unwrap_or_default(),
+        pem.lines().count(),
+        key.display()
+    );
+    let known = stack.sluice.cli(&["ssh", "known-hosts"])?;
+    let known_hosts = dir.join("known_hosts");
+    std::fs::write(&known_hosts, &known)?;
+    println!("   $ sluice ssh known-hosts > {}", known_hosts.display());
+    println!("{}", indent(known.trim_end()));
+
+    step(
+        16,
+        "The agent runs a real git clone over ssh inside its cgroup: only Sluice's known_hosts, StrictHostKeyChecking=yes, only the placeholder key",
+    );
+    let git_ssh = format!(
+        "ssh -F /dev/null -o UserKnownHostsFile={} -o GlobalKnownHostsFile=/dev/null -o StrictHostKeyChecking=yes -o BatchMode=yes -o IdentitiesOnly=yes -o IdentityAgent=none -i {}",
+        known_hosts.display(),
+        key.display()
+    );
+    let url = format!(
+        "ssh://agent@{GIT_HOST}:{}{}",
+        sshd.addr.port(),
+        bare.display()
+    );
+    let dest = dir.join("clone");
+    let dest = dest.to_str().context("utf-8 path")?;
+    println!("   $ sluice exec --agent demo-agent -- env GIT_SSH_COMMAND='{git_ssh}' \\");
+    println!(
+        "       sh -c 'git clone {url} {dest} && git -C {dest} log --oneline && cat {dest}/README'"
+    );
+    let out = stack.agent_with_hosts(
+        &[("GIT_SSH_COMMAND", &git_ssh)],
+        &[
+            "sh",
+            "-c",
+            r#"git clone "$0" "$1" 2>&1 && git -C "$1" log --oneline && cat "$1/README""#,
+            &url,
+            dest,
+        ],
+    )?;
+    let transcript = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!("{}", indent(transcript.trim_end()));
+    if !out.status.success() {
+        bail!(
+            "git clone failed: {}\n--- sluice run ---\n{}",
+            String::from_utf8_lossy(&out.stderr).trim(),
+            stack.sluice.daemon_log()
+        );
+    }
+    if std::fs::read_to_string(std::path::Path::new(dest).join("README"))?
+        != "cloned through sluice\n"
+    {
+        bail!("the clone does not have the repository's README");
+    }
+    let accepted = format!("Accepted publickey for {}", sshd.user);
+    if !sshd.log().contains(&accepted) {
+        bail!("the sshd logged no login with the real key");
+    }
+    println!(
+        "   cloned ✓   the sshd logged \"{accepted} …\": Sluice logged in with the real key ✓"
+    );
+    println!("   the session record:");
+    print_session_record(stack, GIT)
 }

@@ -49,6 +49,7 @@ mod restart;
 mod run_in_agent;
 mod ssh;
 mod ssh_push;
+mod ssh_refused;
 mod token_placement;
 mod tuple_map;
 mod two_gateways;

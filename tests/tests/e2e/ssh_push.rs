@@ -3,13 +3,10 @@
 //! deny` fails it with the reason and leaves the repository unchanged.
 use std::{fs, path::Path, process::Command};
 
-use sluice_tests::Stack;
+use sluice_tests::{sshd::bare_repo, Stack};
 
 use crate::{
-    ssh::{
-        assert_real_key_leaks_nowhere, bare_repo, git_service, ssh_stack, AgentFiles, Out, HOST,
-        SVC,
-    },
+    ssh::{assert_real_key_leaks_nowhere, git_service, ssh_stack, AgentFiles, Out, HOST, SVC},
     WAIT,
 };
 
