@@ -40,13 +40,9 @@ pub fn run(rig: &mut Rig, mode: &Mode) -> Result<Vec<Table>> {
     let password = rig.mariadb.password().to_string();
     // sysbench's options for one side: where it dials and who it is.
     let login = |host: &str, user: &str, password: &str| -> Vec<String> {
-        let mut args: Vec<String> = [
-            "oltp_point_select",
-            "--db-driver=mysql",
-            "--mysql-ssl=off",
-        ]
-        .map(String::from)
-        .to_vec();
+        let mut args: Vec<String> = ["oltp_point_select", "--db-driver=mysql", "--mysql-ssl=off"]
+            .map(String::from)
+            .to_vec();
         args.extend(TABLES.iter().map(|s| s.to_string()));
         args.extend([
             format!("--mysql-host={host}"),

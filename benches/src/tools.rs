@@ -94,8 +94,9 @@ pub fn sysbench(report: &str) -> Result<(f64, f64)> {
             bail!("sysbench ignored {ignored} errors:\n{report}");
         }
     }
-    counted("transactions:")
-        .with_context(|| format!("no `transactions: N (R per sec.)` in sysbench's report:\n{report}"))
+    counted("transactions:").with_context(|| {
+        format!("no `transactions: N (R per sec.)` in sysbench's report:\n{report}")
+    })
 }
 
 /// What wrk reported.
