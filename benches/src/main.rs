@@ -8,8 +8,9 @@
 //! JSON. A scenario that breaks (an error answer, a crash, a missing
 //! masked value) fails the run; a slow one never does.
 //!
-//! Scenarios: `pg-prepared`, `pg-simple`, `https`, `h2`, `handshakes`,
-//! `redirect`, `scale`.
+//! Scenarios: `pg-prepared`, `pg-simple`, `mysql-point-select` (sysbench
+//! `oltp_point_select`, direct and through Sluice), `https`, `h2`,
+//! `handshakes`, `redirect`, `scale`.
 use std::{path::PathBuf, time::Instant};
 
 use anyhow::{bail, Context, Result};
@@ -18,6 +19,7 @@ use serde_json::json;
 mod compare;
 mod cpu;
 mod http;
+mod mysql;
 mod peers;
 mod pg;
 mod redirect;
@@ -37,6 +39,8 @@ pub struct Mode {
     pub rounds: usize,
     pub pg_scale: u32,
     pub pg_seconds: u64,
+    /// One sysbench run (`--time`).
+    pub mysql_seconds: u64,
     pub http_seconds: u64,
     pub handshake_seconds: u64,
     pub connects: u64,
@@ -54,6 +58,7 @@ impl Mode {
             rounds: 5,
             pg_scale: 10,
             pg_seconds: 10,
+            mysql_seconds: 10,
             http_seconds: 10,
             handshake_seconds: 10,
             connects: 100_000,
@@ -71,6 +76,7 @@ impl Mode {
             rounds: 2,
             pg_scale: 1,
             pg_seconds: 3,
+            mysql_seconds: 3,
             http_seconds: 2,
             handshake_seconds: 2,
             connects: 5_000,
@@ -82,9 +88,10 @@ impl Mode {
     }
 }
 
-const SCENARIOS: [&str; 7] = [
+const SCENARIOS: [&str; 8] = [
     "pg-prepared",
     "pg-simple",
+    "mysql-point-select",
     "https",
     "h2",
     "handshakes",
@@ -193,6 +200,8 @@ fn run() -> Result<()> {
     peers::require(&[
         "pgbench",
         "psql",
+        "sysbench",
+        "mariadb",
         "nginx",
         "pgbouncer",
         "wrk",
@@ -228,6 +237,7 @@ fn run() -> Result<()> {
             Ok(match scenario {
                 "pg-prepared" => pg::run(&mut rig, &mode, "prepared")?,
                 "pg-simple" => pg::run(&mut rig, &mode, "simple")?,
+                "mysql-point-select" => mysql::run(&mut rig, &mode)?,
                 "https" => http::keepalive(&mut rig, &mode)?,
                 "h2" => http::h2(&mut rig, &mode)?,
                 "handshakes" => http::handshakes(&mut rig, &mode)?,

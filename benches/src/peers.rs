@@ -350,7 +350,7 @@ pub fn require(programs: &[&str]) -> Result<()> {
         .filter(|p| !std::env::split_paths(&path).any(|d| d.join(p).is_file()))
         .collect();
     if !missing.is_empty() {
-        bail!("missing {}; `cargo xtask bench` installs them (apt: pgbouncer nginx wrk nghttp2-client)", missing.join(", "));
+        bail!("missing {}; `cargo xtask bench` installs them (apt: pgbouncer nginx wrk nghttp2-client sysbench)", missing.join(", "));
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! Everything the scenarios run against, started once per bench run from
 //! the e2e harness's parts (`sluice-tests`): redis-server, a PostgreSQL
-//! server with a pgbench database, nginx as upstream and as the peer proxy,
-//! pgbouncer, and two `sluice run` daemons on loopback.
+//! server with a pgbench database, a MariaDB server, nginx as upstream and
+//! as the peer proxy, pgbouncer, and two `sluice run` daemons on loopback.
 //!
 //! | address       | what                                                    |
 //! |---------------|---------------------------------------------------------|
@@ -10,9 +10,10 @@
 //! | 127.0.0.203   | nginx, the peer proxy (`proxy.bench.test`), same two ports |
 //! | 127.0.0.204   | pgbouncer                                               |
 //! | 127.0.0.205   | a plain listener for the redirect microbenchmark        |
+//! | 127.0.0.206   | MariaDB (`mysql.bench.test`), without TLS                |
 //!
-//! Both gateways proxy the same database, with policy, masking and
-//! recording on. The second one also masks `abalance`, the column
+//! Both gateways proxy the same PostgreSQL database, with policy, masking
+//! and recording on; the main one also proxies MariaDB the same way. The second one also masks `abalance`, the column
 //! `pgbench -S` reads, and serves only the masked scenario. Each gateway's
 //! agent cgroup and pin directory are its own and go away on drop.
 use std::{
@@ -24,6 +25,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use sluice_tests::{
+    mariadb::{MariaDb, NATIVE_USER},
     process,
     sluice::{toml_str, SluiceOptions},
     Postgres, Redis, Sluice, TestCa,
@@ -34,11 +36,13 @@ use crate::peers::{free_addr, Nginx, NginxRole, PgBouncer};
 pub const DB_HOST: &str = "db.bench.test";
 pub const API_HOST: &str = "api.bench.test";
 pub const PROXY_HOST: &str = "proxy.bench.test";
+pub const MYSQL_HOST: &str = "mysql.bench.test";
 /// The agent of the main gateway and of the masking one.
 pub const AGENT: &str = "bench";
 pub const AGENT_MASKED: &str = "bench-masked";
 pub const DB_SERVICE: &str = "bench-db";
 pub const API_SERVICE: &str = "bench-api";
+pub const MYSQL_SERVICE: &str = "bench-mysql";
 /// PostgreSQL role and database (the harness's).
 pub const ROLE: &str = sluice_tests::postgres::ROLE;
 
@@ -55,11 +59,14 @@ pub struct Rig {
     pub upstream: Nginx,
     pub pgbouncer: PgBouncer,
     pub pg: Postgres,
+    pub mariadb: MariaDb,
     pub redis: Redis,
     /// Agent tokens: (main gateway db, masking gateway db, main gateway api).
     pub db_token: String,
     pub db_token_masked: String,
     pub api_token: String,
+    /// The main gateway's agent token for [`MYSQL_SERVICE`].
+    pub mysql_token: String,
     /// The real API key (what the upstream checks, and what the peer sets).
     pub api_key: String,
     /// The CA of the upstream's and the peer's certificates.
@@ -78,11 +85,14 @@ impl Rig {
         let dir = tempfile::Builder::new().prefix("sluice-bench-").tempdir()?;
         let d = dir.path();
         let ca = TestCa::new(&d.join("upstream-ca"))?;
-        println!("  redis-server, PostgreSQL (pgbench scale {scale}), nginx ×2, pgbouncer, sluice ×2 under {}", d.display());
+        println!("  redis-server, PostgreSQL (pgbench scale {scale}), MariaDB, nginx ×2, pgbouncer, sluice ×2 under {}", d.display());
         let redis = Redis::start(&d.join("redis"))?;
         let db_password = sluice_tests::random_secret();
         let pg = Postgres::start(ip(201), &db_password, None)?;
         pgbench_init(&pg, scale)?;
+        // User `NATIVE_USER` logs in with this password (the vault secret).
+        let mysql_password = sluice_tests::random_secret();
+        let mariadb = MariaDb::start(ip(206), &mysql_password, None)?;
         let api_key = sluice_tests::random_secret();
         // Every proxy, Sluice included, talks HTTP/1.1 to the upstream
         // (nginx cannot proxy HTTP/2); `h2_addr` serves direct HTTP/2 runs.
@@ -136,6 +146,13 @@ approve = ["DELETE", "UPDATE"]
             toml_str(upstream.addr.ip().to_string()),
             toml_str(ca.pem_path().to_str().context("utf-8 path")?),
         );
+        let mysql_service = format!(
+            "\n[[service]]\nname = {}\nprotocol = \"mysql\"\nupstream = {}\nresolve = [{}]\nupstream_tls = \"disable\"\ncredential = {{ secret = \"mysql-key\", user = {} }}\n{policy}mask = [\"ssn\"]\n",
+            toml_str(MYSQL_SERVICE),
+            toml_str(format!("{MYSQL_HOST}:{}", mariadb.addr().port())),
+            toml_str(mariadb.addr().ip().to_string()),
+            toml_str(NATIVE_USER),
+        );
         let gateway =
             |name: &str, agent: &str, services: String, gateway_toml: String| -> Result<Sluice> {
                 let gw_dir = d.join(name);
@@ -154,13 +171,14 @@ approve = ["DELETE", "UPDATE"]
                 })?;
                 sluice.secret_put("db-key", &db_password)?;
                 sluice.secret_put("api-key", &api_key)?;
+                sluice.secret_put("mysql-key", &mysql_password)?;
                 sluice.start()?;
                 Ok(sluice)
             };
         let sluice = gateway(
             "gw",
             AGENT,
-            format!("{}{api_service}", db_service("\"ssn\"")),
+            format!("{}{api_service}{mysql_service}", db_service("\"ssn\"")),
             format!(
                 "egress_allow = [{}]\n",
                 toml_str(plain_listener.to_string())
@@ -175,15 +193,17 @@ approve = ["DELETE", "UPDATE"]
         let db_token = sluice.token_issue(AGENT, DB_SERVICE, "6h")?;
         let db_token_masked = sluice_masked.token_issue(AGENT_MASKED, DB_SERVICE, "6h")?;
         let api_token = sluice.token_issue(AGENT, API_SERVICE, "6h")?;
+        let mysql_token = sluice.token_issue(AGENT, MYSQL_SERVICE, "6h")?;
 
         let hosts = d.join("hosts");
         std::fs::write(
             &hosts,
             format!(
-                "127.0.0.1 localhost\n{} {DB_HOST}\n{} {API_HOST}\n{} {PROXY_HOST}\n",
+                "127.0.0.1 localhost\n{} {DB_HOST}\n{} {API_HOST}\n{} {PROXY_HOST}\n{} {MYSQL_HOST}\n",
                 pg.addr().ip(),
                 upstream.addr.ip(),
-                proxy.addr.ip()
+                proxy.addr.ip(),
+                mariadb.addr().ip()
             ),
         )?;
         Ok(Rig {
@@ -193,10 +213,12 @@ approve = ["DELETE", "UPDATE"]
             upstream,
             pgbouncer,
             pg,
+            mariadb,
             redis,
             db_token,
             db_token_masked,
             api_token,
+            mysql_token,
             api_key,
             upstream_ca: ca.pem_path().to_path_buf(),
             hosts,
@@ -239,6 +261,7 @@ approve = ["DELETE", "UPDATE"]
         v["hosts"] = self.hosts.display().to_string().into();
         v["db_token"] = self.db_token.clone().into();
         v["api_token"] = self.api_token.clone().into();
+        v["mysql_token"] = self.mysql_token.clone().into();
         v
     }
 
@@ -247,6 +270,7 @@ approve = ["DELETE", "UPDATE"]
         serde_json::json!({
             "redis": self.redis.addr().to_string(),
             "postgres": self.pg.addr().to_string(),
+            "mariadb": self.mariadb.addr().to_string(),
             "pgbouncer": self.pgbouncer.addr.to_string(),
             "nginx_upstream": self.upstream.addr.to_string(),
             "nginx_proxy": self.proxy.addr.to_string(),

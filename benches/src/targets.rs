@@ -1,6 +1,6 @@
-//! The performance issue's targets (#18), each checked against one table of
-//! the run. A target whose table was not measured (a scenario left out with
-//! `--only`) is not judged.
+//! The performance issue's targets (#18) and the MySQL issue's (#12), each
+//! checked against one table of the run. A target whose table was not
+//! measured (a scenario left out with `--only`) is not judged.
 //!
 //! Not judged here, because no scenario measures them yet: per-request CPU
 //! growth from 10 to 10,000 tokens, 1 to 1,000 rules and 1 to 10,000 idle
@@ -82,6 +82,15 @@ pub const TARGETS: &[Target] = &[
             system: "sluice",
             other: "pgbouncer",
             min: 1.0,
+        },
+    },
+    Target {
+        text: "sysbench point select: sluice ≥ 0.8× direct",
+        table: "mysql-point-select.tps",
+        check: Check::RatioAtLeast {
+            system: "sluice",
+            other: "direct",
+            min: 0.8,
         },
     },
     Target {

@@ -1,4 +1,4 @@
-//! The load generators (pgbench, wrk, h2load): command lines and the
+//! The load generators (pgbench, sysbench, wrk, h2load): command lines and the
 //! figures parsed from their reports. A report with errors fails the run:
 //! the bench fails on broken behaviour, never on speed.
 use std::{ffi::OsString, path::Path, process::Output};
@@ -75,6 +75,28 @@ pub fn pgbench_tps(report: &str) -> Result<f64> {
         .and_then(|l| l["tps = ".len()..].split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .with_context(|| format!("no `tps = …` line in pgbench's report:\n{report}"))
+}
+
+/// sysbench's `transactions: N (R per sec.)`: (R, N). A run with ignored
+/// errors (sysbench goes on past deadlocks and the like) fails.
+pub fn sysbench(report: &str) -> Result<(f64, f64)> {
+    let counted = |name: &str| -> Option<(f64, f64)> {
+        let rest = report
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(name))?
+            .trim();
+        let (count, rate) = rest.split_once('(')?;
+        let rate = rate.split_whitespace().next()?;
+        Some((rate.parse().ok()?, count.trim().parse().ok()?))
+    };
+    if let Some((_, ignored)) = counted("ignored errors:") {
+        if ignored > 0.0 {
+            bail!("sysbench ignored {ignored} errors:\n{report}");
+        }
+    }
+    counted("transactions:").with_context(|| {
+        format!("no `transactions: N (R per sec.)` in sysbench's report:\n{report}")
+    })
 }
 
 /// What wrk reported.
@@ -212,6 +234,16 @@ mod tests {
             pgbench_tps(&report.replace("failed transactions: 0", "failed transactions: 4"))
                 .is_err()
         );
+    }
+
+    #[test]
+    fn reads_sysbench_transactions() {
+        let report = |ignored: u32| {
+            format!("SQL statistics:\n    queries performed:\n        read:                            61234\n    transactions:                        61234  (6122.81 per sec.)\n    queries:                             61234  (6122.81 per sec.)\n    ignored errors:                      {ignored}      (0.00 per sec.)\n    reconnects:                          0      (0.00 per sec.)\n")
+        };
+        assert_eq!(sysbench(&report(0)).unwrap(), (6122.81, 61234.0));
+        assert!(sysbench(&report(3)).is_err());
+        assert!(sysbench("FATAL: error 1045").is_err());
     }
 
     #[test]

@@ -17,7 +17,7 @@ use anyhow::{bail, Result};
 use crate::{build, setup, sh};
 
 /// What the bench runs besides what `setup` installs.
-const PEER_PACKAGES: &[&str] = &["pgbouncer", "nginx", "wrk", "nghttp2-client"];
+const PEER_PACKAGES: &[&str] = &["pgbouncer", "nginx", "wrk", "nghttp2-client", "sysbench"];
 
 /// The JSON report, relative to the workspace.
 const RESULTS: &str = "bench/results/latest.json";
