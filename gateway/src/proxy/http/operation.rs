@@ -309,9 +309,17 @@ pub async fn form_methods(
             let mut form = multer::Multipart::new(stream, boundary.clone());
             let unreadable = |e: multer::Error| format!("multipart form body cannot be read: {e}");
             while let Some(field) = form.next_field().await.map_err(unreadable)? {
+                // multer reads only a lower-case, quoted `name`; a server
+                // may read `NAME=` or an unquoted value too, so every
+                // reading of the part's Content-Disposition counts.
                 let is_override = field
-                    .name()
-                    .is_some_and(|n| n.eq_ignore_ascii_case(OVERRIDE_PARAM));
+                    .headers()
+                    .get_all(hyper::header::CONTENT_DISPOSITION)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .flat_map(disposition_names)
+                    .chain(field.name().map(String::from))
+                    .any(|n| n.eq_ignore_ascii_case(OVERRIDE_PARAM));
                 if is_override {
                     add_method(out, &field.text().await.map_err(unreadable)?);
                 }
@@ -319,6 +327,56 @@ pub async fn form_methods(
             Ok(())
         }
     }
+}
+
+/// The `name` parameters of a Content-Disposition value (RFC 7578 §4.2,
+/// RFC 2183 §2): parameter names case-insensitive, values quoted (with
+/// `\` escapes) or bare tokens; `name*` (RFC 8187) percent-decoded after
+/// its `charset''` prefix.
+fn disposition_names(value: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = value;
+    while let Some((_, after)) = rest.split_once(';') {
+        let Some((key, tail)) = after.split_once('=') else {
+            break;
+        };
+        let key = key.trim();
+        let tail = tail.trim_start();
+        let (param, next) = match tail.strip_prefix('"') {
+            Some(quoted) => {
+                let mut out = String::new();
+                let mut chars = quoted.char_indices();
+                let mut end = quoted.len();
+                while let Some((i, c)) = chars.next() {
+                    match c {
+                        '\\' => out.extend(chars.next().map(|(_, c)| c)),
+                        '"' => {
+                            end = i + 1;
+                            break;
+                        }
+                        c => out.push(c),
+                    }
+                }
+                (out, &quoted[end..])
+            }
+            None => {
+                let end = tail.find(';').unwrap_or(tail.len());
+                (tail[..end].trim().to_string(), &tail[end..])
+            }
+        };
+        if key.eq_ignore_ascii_case("name") {
+            names.push(param);
+        } else if key.eq_ignore_ascii_case("name*") {
+            let encoded = param.splitn(3, '\'').nth(2).unwrap_or(&param);
+            names.push(
+                percent_encoding::percent_decode_str(encoded)
+                    .decode_utf8_lossy()
+                    .into_owned(),
+            );
+        }
+        rest = next;
+    }
+    names
 }
 
 #[cfg(test)]
@@ -410,5 +468,27 @@ mod tests {
         .into_iter()
         .collect();
         assert_eq!(form_body(&headers), Some(FormBody::Multipart("XyZ".into())));
+    }
+
+    #[test]
+    fn disposition_names_are_read_as_a_server_would() {
+        assert_eq!(
+            disposition_names(r#"form-data; name="_method""#),
+            ["_method"]
+        );
+        assert_eq!(
+            disposition_names(r#"form-data; NAME="_method""#),
+            ["_method"]
+        );
+        assert_eq!(disposition_names("form-data; name=_method"), ["_method"]);
+        assert_eq!(
+            disposition_names(r#"form-data; filename="a;b=c"; Name = "x\"y""#),
+            ["x\"y"]
+        );
+        assert_eq!(
+            disposition_names("form-data; name*=UTF-8''_m%65thod"),
+            ["_method"]
+        );
+        assert!(disposition_names("form-data").is_empty());
     }
 }
