@@ -61,7 +61,14 @@ impl RoguePostgres {
         } else {
             None
         };
-        let listener = TcpListener::bind(addr)?;
+        // The address was a stopped server's; a socket of another test may
+        // hold its port for a moment (seen twice under a full suite), so the
+        // bind is retried, bounded.
+        let listener = crate::poll(
+            "the stopped server's address to be free",
+            Duration::from_secs(10),
+            || TcpListener::bind(addr).ok(),
+        )?;
         let received = Arc::new(Mutex::new(Vec::new()));
         let after_request = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
