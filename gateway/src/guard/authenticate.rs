@@ -158,13 +158,8 @@ impl Session {
     /// [`RefusalKind::Unavailable`] when the token store is unreachable
     /// (recorded).
     pub async fn login_salt(&self, scheme: &str) -> Result<Vec<u8>, Refusal> {
-        let state = self
-            .guard()
-            .state
-            .get()
-            .await
-            .map_err(|e| self.unavailable(e))?;
-        state
+        self.token_store()
+            .await?
             .login_salt(scheme, &self.identity.agent, &self.service().name)
             .await
             .map_err(|e| self.unavailable(e))
@@ -178,14 +173,18 @@ impl Session {
     /// # Errors
     /// As [`Session::login_salt`].
     pub async fn verifiers(&self, scheme: &str) -> Result<Vec<(String, String)>, Refusal> {
-        let state = self
-            .guard()
+        self.token_store()
+            .await?
+            .verifiers(scheme, &self.identity.agent, &self.service().name)
+            .await
+            .map_err(|e| self.unavailable(e))
+    }
+
+    /// The token store, or the recorded refusal when it is unreachable.
+    async fn token_store(&self) -> Result<crate::state::State, Refusal> {
+        self.guard()
             .state
             .get()
-            .await
-            .map_err(|e| self.unavailable(e))?;
-        state
-            .verifiers(scheme, &self.identity.agent, &self.service().name)
             .await
             .map_err(|e| self.unavailable(e))
     }
