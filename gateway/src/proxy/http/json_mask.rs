@@ -11,7 +11,9 @@
 //! What counts as JSON is decided by parsing, not by `Content-Type`:
 //! [`mask_document`] masks any body that parses as one JSON text or as
 //! newline-delimited JSON (NDJSON, one JSON text per line), with or without
-//! a UTF-8 byte order mark.
+//! a UTF-8 byte order mark, in UTF-8 or, as RFC 4627 §3 allowed, UTF-16 or
+//! UTF-32 ([`super::wide_text`]).
+use super::wide_text::Wide;
 use serde_json::Value;
 
 /// The replacement for a masked value.
@@ -53,10 +55,39 @@ pub fn mask_json(
 /// A message for a 502 when a masked key appears where masking cannot
 /// reach it: in a line that is not JSON (`cb({"ssn": …})`, `data: {…}`),
 /// or in JSON encoded inside a string value.
+///
+/// A body in UTF-16 or UTF-32 ([`Wide::detect`]) is masked as the text it
+/// decodes to and sent on in its own encoding. Any other body holding NUL
+/// bytes is also read in each wide encoding, leniently, and refused when a
+/// masked key shows up in one of them.
 pub fn mask_document(
     body: &[u8],
     masks: &[String],
 ) -> Result<Option<(Vec<u8>, MaskReport)>, String> {
+    if let Some((wide, bom)) = Wide::detect(body) {
+        if let Some(text) = wide.decode(&body[bom..]) {
+            return Ok(mask_utf8(text.as_bytes(), masks)?.map(|(out, report)| {
+                let utf8 = String::from_utf8_lossy(&out);
+                ([&body[..bom], &wide.encode(&utf8)[..]].concat(), report)
+            }));
+        }
+    }
+    if body.contains(&0) {
+        for wide in Wide::ALL {
+            let text = wide.decode_lossy(body);
+            match mask_utf8(text.as_bytes(), masks)? {
+                Some((_, report)) if report.count > 0 => {
+                    return Err(hidden(&report.fields.join(", ")));
+                }
+                _ => {}
+            }
+        }
+    }
+    mask_utf8(body, masks)
+}
+
+/// [`mask_document`] for a body read as UTF-8.
+fn mask_utf8(body: &[u8], masks: &[String]) -> Result<Option<(Vec<u8>, MaskReport)>, String> {
     let text = strip_bom(body);
     if text.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
@@ -367,6 +398,30 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(out, br#"{"card.number":"****"}"#);
+    }
+
+    #[test]
+    fn utf16_and_utf32_are_masked_in_their_own_encoding_whatever_they_are_labelled() {
+        let m = masks(&["ssn"]);
+        let doc = "{\"ssn\":\"123-45-6789\"}\n";
+        for wide in Wide::ALL {
+            for bom in [&b""[..], wide.bom()] {
+                let body = [bom, &wide.encode(doc)[..]].concat();
+                let (out, report) = mask_document(&body, &m).unwrap().unwrap();
+                assert_eq!(report.count, 1, "{wide:?}");
+                assert_eq!(out, [bom, &wide.encode("{\"ssn\":\"****\"}")[..]].concat());
+            }
+        }
+        // Wide text after a byte that breaks the RFC 4627 pattern, or not
+        // JSON at all, is refused when a masked key shows up in it.
+        let odd = [&b"\x01"[..], &Wide::Utf16Be.encode(doc)[..]].concat();
+        assert!(mask_document(&odd, &m).is_err());
+        let callback = Wide::Utf16Le.encode("cb({\"ssn\": 1})");
+        assert!(mask_document(&callback, &m).is_err());
+        // Binary with NULs and no masked key passes.
+        assert!(mask_document(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR", &m)
+            .unwrap()
+            .is_none());
     }
 
     #[test]

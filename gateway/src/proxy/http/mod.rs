@@ -36,6 +36,7 @@ pub mod request;
 pub mod session;
 pub mod upgrade;
 pub mod upstream;
+pub mod wide_text;
 
 /// How long an agent may take to send its first bytes or a request head.
 const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
