@@ -20,12 +20,17 @@ use sluice_tests::process;
 use crate::{
     cpu,
     peers::UPSTREAM_BODY,
-    rig::{Rig, AGENT, API_HOST, PROXY_HOST},
+    rig::{Rig, AGENT, AGENT_RULES, API_HOST, PROXY_HOST, RULES},
     stats::{interleave, Better, Run, Table},
     tools, Mode,
 };
 
 pub const SYSTEMS: [&str; 3] = ["direct", "nginx", "sluice"];
+/// Sluice with [`RULES`] rules on the service instead of two: the
+/// keep-alive scenario's cost-growth run (its own gateway and agent).
+pub const SLUICE_RULES: &str = "sluice, 1000 rules";
+/// The keep-alive scenario's systems.
+const KEEPALIVE_SYSTEMS: [&str; 4] = ["direct", "nginx", "sluice", SLUICE_RULES];
 const PATH: &str = "/v1/charges/ch_1";
 
 /// Which client runs and where it points.
@@ -35,6 +40,8 @@ struct Targets {
     sluice: String,
     key: String,
     token: String,
+    /// The token of the gateway with [`RULES`] rules.
+    token_rules: String,
 }
 
 impl Targets {
@@ -56,6 +63,7 @@ impl Targets {
             sluice: format!("https://{API_HOST}:{}{PATH}", rig.upstream.addr.port()),
             key: rig.api_key.clone(),
             token: rig.api_token.clone(),
+            token_rules: rig.api_token_rules.clone(),
         })
     }
 }
@@ -73,14 +81,17 @@ fn client(
         // nginx replaces the header with the real key, as Sluice does.
         "nginx" => (&t.nginx, format!("Bearer {}", t.token)),
         "sluice" => (&t.sluice, format!("Bearer {}", t.token)),
+        SLUICE_RULES => (&t.sluice, format!("Bearer {}", t.token_rules)),
         other => bail!("unknown system {other}"),
     };
     let argv = tools::with_hosts(&rig.hosts, &argv_for(url, &auth));
     let what = argv_for("", "").first().cloned().unwrap_or_default();
-    let out = if system == "sluice" {
-        rig.sluice.exec_with_timeout(AGENT, &argv, timeout)?
-    } else {
-        process::output_with_timeout(Command::new(&argv[0]).args(&argv[1..]), None, timeout)?
+    let out = match system {
+        "sluice" => rig.sluice.exec_with_timeout(AGENT, &argv, timeout)?,
+        SLUICE_RULES => rig
+            .sluice_rules
+            .exec_with_timeout(AGENT_RULES, &argv, timeout)?,
+        _ => process::output_with_timeout(Command::new(&argv[0]).args(&argv[1..]), None, timeout)?,
     };
     tools::stdout_of(&format!("{what} ({system})"), &out)
 }
@@ -113,12 +124,14 @@ fn h2load_report(text: &str) -> Result<Report> {
 /// A load generator's argv for (URL, `Authorization` value).
 type Argv<'a> = dyn Fn(&str, &str) -> Vec<String> + 'a;
 
-/// Runs `argv` on every system, interleaved. Tables: the rate, the proxy's
-/// CPU per request (nginx: master and workers; not for direct), and with
-/// `p99` the p99 latency.
+/// Runs `argv` on every one of `systems`, interleaved. Tables: the rate,
+/// the proxy's CPU per request (nginx: master and workers; not for direct),
+/// and with `p99` the p99 latency.
+#[allow(clippy::too_many_arguments)]
 fn measure(
     rig: &Rig,
     mode: &Mode,
+    systems: &[&'static str],
     t: &Targets,
     secs: u64,
     argv: &Argv<'_>,
@@ -128,11 +141,16 @@ fn measure(
     let timeout = Duration::from_secs(secs + 60);
     let with_p99 = tables.len() > 2;
     let sluice_pid = rig.sluice.pid().context("sluice run is not running")?;
+    let rules_pid = rig
+        .sluice_rules
+        .pid()
+        .context("sluice run (rules) is not running")?;
     let run = |system: &'static str| -> Run<'_> {
         Box::new(move || {
             let pids = match system {
                 "nginx" => rig.proxy.pids(),
                 "sluice" => vec![sluice_pid],
+                SLUICE_RULES => vec![rules_pid],
                 _ => Vec::new(),
             };
             let mut p99 = None;
@@ -149,22 +167,23 @@ fn measure(
         })
     };
     {
-        let mut systems: Vec<(&str, Run<'_>)> = SYSTEMS.iter().map(|&s| (s, run(s))).collect();
+        let mut systems: Vec<(&str, Run<'_>)> = systems.iter().map(|&s| (s, run(s))).collect();
         let mut refs: Vec<&mut Table> = tables.iter_mut().collect();
         interleave(mode.rounds, &mut refs, &mut systems)?;
     }
     Ok(tables)
 }
 
-/// The CPU table that goes with a rate table.
-fn cpu_table(id: &str, title: &str, command: &str) -> Table {
+/// The CPU table that goes with a rate table of `systems` (all but
+/// direct).
+fn cpu_table(id: &str, title: &str, command: &str, systems: &[&str]) -> Table {
     Table::new(
         id,
         &format!("{title}: the proxy's CPU per request"),
         "µs/req",
         Better::Lower,
         command,
-        &SYSTEMS[1..],
+        &systems[1..],
     )
 }
 
@@ -201,6 +220,7 @@ pub fn keepalive(rig: &mut Rig, mode: &Mode) -> Result<Vec<Table>> {
     let command =
         format!("wrk -c 64 -t 2 -d {secs}s --latency -H 'Authorization: Bearer …' https://…{PATH}");
     let title = "HTTPS keep-alive, HTTP/1.1";
+    let systems = KEEPALIVE_SYSTEMS;
     let tables = vec![
         Table::new(
             "https-h1.rps",
@@ -208,19 +228,20 @@ pub fn keepalive(rig: &mut Rig, mode: &Mode) -> Result<Vec<Table>> {
             "req/s",
             Better::Higher,
             &command,
-            &SYSTEMS,
+            &systems,
         ),
-        cpu_table("https-h1.cpu", title, &command),
+        cpu_table("https-h1.cpu", title, &command, &systems),
         Table::new(
             "https-h1.p99",
             &format!("{title}, p99 latency"),
             "ms",
             Better::Lower,
             &command,
-            &SYSTEMS,
+            &systems,
         ),
     ];
-    let tables = measure(rig, mode, &t, secs, &argv, wrk_report, tables)?;
+    println!("    ({SLUICE_RULES}: a gateway of its own whose service has {RULES} deny rules, none matching)");
+    let tables = measure(rig, mode, &systems, &t, secs, &argv, wrk_report, tables)?;
     rig.check_alive()?;
     Ok(tables)
 }
@@ -251,9 +272,9 @@ pub fn h2(rig: &mut Rig, mode: &Mode) -> Result<Vec<Table>> {
             &command,
             &SYSTEMS,
         ),
-        cpu_table("https-h2.cpu", title, &command),
+        cpu_table("https-h2.cpu", title, &command, &SYSTEMS),
     ];
-    let tables = measure(rig, mode, &t, secs, &argv, h2load_report, tables)?;
+    let tables = measure(rig, mode, &SYSTEMS, &t, secs, &argv, h2load_report, tables)?;
     rig.check_alive()?;
     Ok(tables)
 }
@@ -292,9 +313,9 @@ pub fn handshakes(rig: &mut Rig, mode: &Mode) -> Result<Vec<Table>> {
             &command,
             &SYSTEMS,
         ),
-        cpu_table("tls-handshakes.cpu", title, &command),
+        cpu_table("tls-handshakes.cpu", title, &command, &SYSTEMS),
     ];
-    let tables = measure(rig, mode, &t, secs, &argv, wrk_report, tables)?;
+    let tables = measure(rig, mode, &SYSTEMS, &t, secs, &argv, wrk_report, tables)?;
     rig.check_alive()?;
     Ok(tables)
 }
@@ -306,11 +327,12 @@ fn check_swap_and_mask(rig: &Rig, t: &Targets) -> Result<()> {
     assert!(UPSTREAM_BODY.contains(card));
     let ca = rig.sluice.ca_cert_path()?;
     let upstream_ca = rig.upstream_ca.clone();
-    for system in SYSTEMS {
-        let cacert = if system == "sluice" {
-            ca.clone()
-        } else {
-            upstream_ca.clone()
+    let rules_ca = rig.sluice_rules.ca_cert_path()?;
+    for system in KEEPALIVE_SYSTEMS {
+        let cacert = match system {
+            "sluice" => ca.clone(),
+            SLUICE_RULES => rules_ca.clone(),
+            _ => upstream_ca.clone(),
         };
         let body = client(
             rig,
@@ -338,7 +360,7 @@ fn check_swap_and_mask(rig: &Rig, t: &Targets) -> Result<()> {
             },
         )?;
         let masked = !body.contains(card);
-        if !body.contains("\"ch_1\"") || masked != (system == "sluice") {
+        if !body.contains("\"ch_1\"") || masked != system.starts_with("sluice") {
             bail!(
                 "{system}: unexpected answer (card number {}masked): {body}",
                 if masked { "" } else { "not " }

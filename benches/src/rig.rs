@@ -1,7 +1,7 @@
 //! Everything the scenarios run against, started once per bench run from
 //! the e2e harness's parts (`sluice-tests`): redis-server, a PostgreSQL
 //! server with a pgbench database, a MariaDB server, nginx as upstream and
-//! as the peer proxy, pgbouncer, and two `sluice run` daemons on loopback.
+//! as the peer proxy, pgbouncer, and three `sluice run` daemons on loopback.
 //!
 //! | address       | what                                                    |
 //! |---------------|---------------------------------------------------------|
@@ -14,7 +14,9 @@
 //!
 //! Both gateways proxy the same PostgreSQL database, with policy, masking
 //! and recording on; the main one also proxies MariaDB the same way. The second one also masks `abalance`, the column
-//! `pgbench -S` reads, and serves only the masked scenario. Each gateway's
+//! `pgbench -S` reads, and serves only the masked scenario. The third serves
+//! only the HTTPS service, with [`RULES`] method/path rules instead of two:
+//! the cost-growth run of the keep-alive scenario. Each gateway's
 //! agent cgroup and pin directory are its own and go away on drop.
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
@@ -40,6 +42,11 @@ pub const MYSQL_HOST: &str = "mysql.bench.test";
 /// The agent of the main gateway and of the masking one.
 pub const AGENT: &str = "bench";
 pub const AGENT_MASKED: &str = "bench-masked";
+/// The agent of the gateway with [`RULES`] rules on its HTTPS service.
+pub const AGENT_RULES: &str = "bench-rules";
+/// How many `deny` rules that gateway's HTTPS service has (none matches the
+/// bench's requests).
+pub const RULES: usize = 1000;
 pub const DB_SERVICE: &str = "bench-db";
 pub const API_SERVICE: &str = "bench-api";
 pub const MYSQL_SERVICE: &str = "bench-mysql";
@@ -55,6 +62,8 @@ fn ip(last: u8) -> IpAddr {
 pub struct Rig {
     pub sluice: Sluice,
     pub sluice_masked: Sluice,
+    /// The gateway with [`RULES`] rules on its HTTPS service.
+    pub sluice_rules: Sluice,
     pub proxy: Nginx,
     pub upstream: Nginx,
     pub pgbouncer: PgBouncer,
@@ -65,6 +74,8 @@ pub struct Rig {
     pub db_token: String,
     pub db_token_masked: String,
     pub api_token: String,
+    /// The token of [`AGENT_RULES`] for the HTTPS service of `sluice_rules`.
+    pub api_token_rules: String,
     /// The main gateway's agent token for [`MYSQL_SERVICE`].
     pub mysql_token: String,
     /// The real API key (what the upstream checks, and what the peer sets).
@@ -139,13 +150,22 @@ approve = ["DELETE", "UPDATE"]
                 toml_str(ROLE),
             )
         };
-        let api_service = format!(
-            "\n[[service]]\nname = {}\nprotocol = \"https\"\nupstream = {}\nresolve = [{}]\nupstream_ca = {}\ncredential = {{ secret = \"api-key\", header = \"Authorization\", format = \"Bearer {{}}\" }}\ndeny = [{{ method = \"DELETE\", path = \"/v1/customers/*\" }}]\napprove = [{{ method = \"POST\", path = \"/v1/refunds*\" }}]\nmask = [\"card.number\", \"ssn\"]\n",
-            toml_str(API_SERVICE),
-            toml_str(format!("{API_HOST}:{}", upstream.addr.port())),
-            toml_str(upstream.addr.ip().to_string()),
-            toml_str(ca.pem_path().to_str().context("utf-8 path")?),
-        );
+        // The HTTPS service with `extra` more deny rules, none of which
+        // matches the bench's requests.
+        let api_service = |extra: usize| -> Result<String> {
+            let mut deny = vec![r#"{ method = "DELETE", path = "/v1/customers/*" }"#.to_string()];
+            deny.extend(
+                (0..extra).map(|i| format!(r#"{{ method = "GET", path = "/v2/r{i}/*" }}"#)),
+            );
+            Ok(format!(
+                "\n[[service]]\nname = {}\nprotocol = \"https\"\nupstream = {}\nresolve = [{}]\nupstream_ca = {}\ncredential = {{ secret = \"api-key\", header = \"Authorization\", format = \"Bearer {{}}\" }}\ndeny = [{}]\napprove = [{{ method = \"POST\", path = \"/v1/refunds*\" }}]\nmask = [\"card.number\", \"ssn\"]\n",
+                toml_str(API_SERVICE),
+                toml_str(format!("{API_HOST}:{}", upstream.addr.port())),
+                toml_str(upstream.addr.ip().to_string()),
+                toml_str(ca.pem_path().to_str().context("utf-8 path")?),
+                deny.join(", "),
+            ))
+        };
         let mysql_service = format!(
             "\n[[service]]\nname = {}\nprotocol = \"mysql\"\nupstream = {}\nresolve = [{}]\nupstream_tls = \"disable\"\ncredential = {{ secret = \"mysql-key\", user = {} }}\n{policy}mask = [\"ssn\"]\n",
             toml_str(MYSQL_SERVICE),
@@ -178,7 +198,11 @@ approve = ["DELETE", "UPDATE"]
         let sluice = gateway(
             "gw",
             AGENT,
-            format!("{}{api_service}{mysql_service}", db_service("\"ssn\"")),
+            format!(
+                "{}{}{mysql_service}",
+                db_service("\"ssn\""),
+                api_service(0)?
+            ),
             format!(
                 "egress_allow = [{}]\n",
                 toml_str(plain_listener.to_string())
@@ -190,9 +214,18 @@ approve = ["DELETE", "UPDATE"]
             db_service("\"ssn\", \"abalance\""),
             String::new(),
         )?;
+        // Two rules (one deny, one approve) on the main gateway's HTTPS
+        // service; RULES here.
+        let sluice_rules = gateway(
+            "gw-rules",
+            AGENT_RULES,
+            api_service(RULES - 2)?,
+            String::new(),
+        )?;
         let db_token = sluice.token_issue(AGENT, DB_SERVICE, "6h")?;
         let db_token_masked = sluice_masked.token_issue(AGENT_MASKED, DB_SERVICE, "6h")?;
         let api_token = sluice.token_issue(AGENT, API_SERVICE, "6h")?;
+        let api_token_rules = sluice_rules.token_issue(AGENT_RULES, API_SERVICE, "6h")?;
         let mysql_token = sluice.token_issue(AGENT, MYSQL_SERVICE, "6h")?;
 
         let hosts = d.join("hosts");
@@ -209,6 +242,7 @@ approve = ["DELETE", "UPDATE"]
         Ok(Rig {
             sluice,
             sluice_masked,
+            sluice_rules,
             proxy,
             upstream,
             pgbouncer,
@@ -218,6 +252,7 @@ approve = ["DELETE", "UPDATE"]
             db_token,
             db_token_masked,
             api_token,
+            api_token_rules,
             mysql_token,
             api_key,
             upstream_ca: ca.pem_path().to_path_buf(),
@@ -237,6 +272,7 @@ approve = ["DELETE", "UPDATE"]
         for (name, gw) in [
             ("sluice", &mut self.sluice),
             ("sluice (masking)", &mut self.sluice_masked),
+            ("sluice (rules)", &mut self.sluice_rules),
         ] {
             if !gw.is_running() {
                 bail!(

@@ -9,6 +9,9 @@
 //! 3. the same light stream while the N are held;
 //! 4. how many of the N are still open, then they are closed.
 //!
+//! Sluice's CPU time per request of each light stream is the cost-growth
+//! figure for idle connections: it should stay flat from none to N held.
+//!
 //! The same N connections are then opened to nginx, the peer proxy, and
 //! its master's and workers' RSS read the same way.
 //!
@@ -24,11 +27,15 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 use crate::{
+    cpu,
     redirect::sibling,
     rig::{Rig, AGENT, API_HOST, PROXY_HOST},
     stats::{Better, Table},
     Mode,
 };
+
+/// The system name of the runs with the idle connections held.
+pub const HELD: &str = "idle held";
 
 /// How long the held connections settle before RSS is read (half in the
 /// quick run).
@@ -204,7 +211,7 @@ fn exec_logs(rig: &Rig) -> String {
 fn measure(rig: &mut Rig, mode: &Mode) -> Result<Vec<Table>> {
     let n = affordable(mode.idle_conns);
     let settle = if mode.quick { SETTLE / 2 } else { SETTLE };
-    let held = format!("{n} idle held");
+    let held = HELD;
     let probe = format!("probe {} {}", mode.probe_requests, mode.probe_rate);
     let command = format!("idle_conns: open {n} TLS keep-alive connections (one request each); {probe} (requests, per second)");
     let mut rss = Table::new(
@@ -221,7 +228,7 @@ fn measure(rig: &mut Rig, mode: &Mode) -> Result<Vec<Table>> {
         "ms",
         Better::Lower,
         &command,
-        &["none held", &held],
+        &["none held", held],
     );
     let mut p50 = Table::new(
         "scale.p50",
@@ -229,7 +236,17 @@ fn measure(rig: &mut Rig, mode: &Mode) -> Result<Vec<Table>> {
         "ms",
         Better::Lower,
         &command,
-        &["none held", &held],
+        &["none held", held],
+    );
+    let mut cpu_per_req = Table::new(
+        "scale.cpu",
+        &format!(
+            "Light request stream through Sluice, Sluice's CPU per request ({n} idle held or none)"
+        ),
+        "µs/req",
+        Better::Lower,
+        &command,
+        &["none held", held],
     );
 
     let mut agent = spawn_idle(rig, true)?;
@@ -246,12 +263,12 @@ fn measure(rig: &mut Rig, mode: &Mode) -> Result<Vec<Table>> {
     let sluice_start = rss_kib(pid)?;
     let nginx_start = total_rss_kib(&rig.proxy.pids())?;
     for round in 0..mode.rounds {
-        let idle = agent.ask(&probe, probe_timeout)?;
+        let (idle, idle_cpu) = probe_cpu(&mut agent, &probe, probe_timeout, pid, mode)?;
         let before = rss_kib(pid)?;
         let opened = agent.ask(&format!("open {n}"), Duration::from_secs(300))?;
         std::thread::sleep(settle);
         let after = rss_kib(pid)?;
-        let busy = agent.ask(&probe, probe_timeout)?;
+        let (busy, busy_cpu) = probe_cpu(&mut agent, &probe, probe_timeout, pid, mode)?;
         let alive: usize = agent
             .ask("alive", Duration::from_secs(60))?
             .first()
@@ -260,7 +277,7 @@ fn measure(rig: &mut Rig, mode: &Mode) -> Result<Vec<Table>> {
         agent.ask("close", Duration::from_secs(60))?;
         let per_conn = (after - sluice_start) / n as f64;
         println!(
-            "    round {}/{} sluice: opened {n} in {}s; RSS {before:.0} → {after:.0} KiB ({per_conn:.1} KiB/conn); p99 {:.2} → {:.2} ms; {alive}/{n} still open",
+            "    round {}/{} sluice: opened {n} in {}s; RSS {before:.0} → {after:.0} KiB ({per_conn:.1} KiB/conn); p99 {:.2} → {:.2} ms; CPU {idle_cpu:.0} → {busy_cpu:.0} µs/req; {alive}/{n} still open",
             round + 1,
             mode.rounds,
             opened.get(1).map(String::as_str).unwrap_or("?"),
@@ -275,9 +292,11 @@ fn measure(rig: &mut Rig, mode: &Mode) -> Result<Vec<Table>> {
         }
         rss.push("sluice", per_conn);
         p99.push("none held", ms(&idle, 1)?);
-        p99.push(&held, ms(&busy, 1)?);
+        p99.push(held, ms(&busy, 1)?);
         p50.push("none held", ms(&idle, 0)?);
-        p50.push(&held, ms(&busy, 0)?);
+        p50.push(held, ms(&busy, 0)?);
+        cpu_per_req.push("none held", idle_cpu);
+        cpu_per_req.push(held, busy_cpu);
         std::thread::sleep(settle);
 
         let pids = rig.proxy.pids();
@@ -298,5 +317,22 @@ fn measure(rig: &mut Rig, mode: &Mode) -> Result<Vec<Table>> {
     drop(agent);
     drop(peer);
     rig.check_alive()?;
-    Ok(vec![rss, p99, p50])
+    Ok(vec![rss, p99, p50, cpu_per_req])
+}
+
+/// Runs one light request stream (`probe`) and returns its answer and
+/// Sluice's CPU time per request of it, µs.
+fn probe_cpu(
+    agent: &mut IdleAgent,
+    probe: &str,
+    timeout: Duration,
+    pid: u32,
+    mode: &Mode,
+) -> Result<(Vec<String>, f64)> {
+    let mut answer = Vec::new();
+    let (_, per_request) = cpu::per_request(&[pid], || {
+        answer = agent.ask(probe, timeout)?;
+        Ok((0.0, mode.probe_requests as f64))
+    })?;
+    Ok((answer, per_request))
 }

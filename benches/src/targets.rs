@@ -2,11 +2,18 @@
 //! checked against one table of the run. A target whose table was not
 //! measured (a scenario left out with `--only`) is not judged.
 //!
-//! Not judged here, because no scenario measures them yet: per-request CPU
-//! growth from 10 to 10,000 tokens, 1 to 1,000 rules and 1 to 10,000 idle
-//! connections.
+//! Cost growth is judged for rules (the keep-alive scenario's gateway with
+//! 1,000 rules against the main one's two) and idle connections (`scale`:
+//! a light stream's CPU per request with the idle connections held or not).
+//! Not judged, because no scenario measures it: growth with the number of
+//! tokens in Redis. A token is read from Redis once per connection, by its
+//! digest (`HGETALL` of its own key, then `HGET` in the revocation hash),
+//! and re-checked without Redis while no revocation happens, so its cost
+//! does not depend on how many tokens there are.
 use crate::{
+    http::SLUICE_RULES,
     redirect,
+    scale::HELD,
     stats::{Check, Target},
 };
 
@@ -99,6 +106,24 @@ pub const TARGETS: &[Target] = &[
         check: Check::MedianAtMost {
             system: "sluice",
             max: 24.0,
+        },
+    },
+    Target {
+        text: "cost growth: CPU per HTTPS request with 1,000 rules ≤ 1.1× with 2",
+        table: "https-h1.cpu",
+        check: Check::RatioAtMost {
+            system: SLUICE_RULES,
+            other: "sluice",
+            max: 1.1,
+        },
+    },
+    Target {
+        text: "cost growth: CPU per request with the idle connections held ≤ 1.1× with none",
+        table: "scale.cpu",
+        check: Check::RatioAtMost {
+            system: HELD,
+            other: "none held",
+            max: 1.1,
         },
     },
     Target {
