@@ -1,6 +1,7 @@
-//! The performance issue's targets (#18) and the MySQL issue's (#12), each
-//! checked against one table of the run. A target whose table was not
-//! measured (a scenario left out with `--only`) is not judged.
+//! The performance issue's targets (#18), the MySQL issue's (#12) and the
+//! SSH issue's (#13), each checked against one table of the run. A target
+//! whose table was not measured (a scenario left out with `--only`) is not
+//! judged.
 //!
 //! Not judged here, because no scenario measures them yet: per-request CPU
 //! growth from 10 to 10,000 tokens, 1 to 1,000 rules and 1 to 10,000 idle
@@ -91,6 +92,15 @@ pub const TARGETS: &[Target] = &[
             system: "sluice",
             other: "direct",
             min: 0.8,
+        },
+    },
+    Target {
+        text: "scp: sluice ≥ 0.7× direct MiB/s",
+        table: "scp.rate",
+        check: Check::RatioAtLeast {
+            system: "sluice",
+            other: "direct",
+            min: 0.7,
         },
     },
     Target {
