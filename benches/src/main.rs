@@ -9,8 +9,9 @@
 //! masked value) fails the run; a slow one never does.
 //!
 //! Scenarios: `pg-prepared`, `pg-simple`, `mysql-point-select` (sysbench
-//! `oltp_point_select`, direct and through Sluice), `https`, `h2`,
-//! `handshakes`, `redirect`, `scale`.
+//! `oltp_point_select`, direct and through Sluice), `scp` (OpenSSH `scp` of
+//! one file, 256 MiB or 32 MiB with `--quick`, direct and through Sluice),
+//! `https`, `h2`, `handshakes`, `redirect`, `scale`.
 use std::{path::PathBuf, time::Instant};
 
 use anyhow::{bail, Context, Result};
@@ -25,6 +26,7 @@ mod pg;
 mod redirect;
 mod rig;
 mod scale;
+mod scp;
 mod stats;
 mod targets;
 mod tools;
@@ -41,6 +43,8 @@ pub struct Mode {
     pub pg_seconds: u64,
     /// One sysbench run (`--time`).
     pub mysql_seconds: u64,
+    /// The size of the file `scp` copies, in MiB.
+    pub scp_mib: u64,
     pub http_seconds: u64,
     pub handshake_seconds: u64,
     pub connects: u64,
@@ -59,6 +63,7 @@ impl Mode {
             pg_scale: 10,
             pg_seconds: 10,
             mysql_seconds: 10,
+            scp_mib: 256,
             http_seconds: 10,
             handshake_seconds: 10,
             connects: 100_000,
@@ -77,6 +82,7 @@ impl Mode {
             pg_scale: 1,
             pg_seconds: 3,
             mysql_seconds: 3,
+            scp_mib: 32,
             http_seconds: 2,
             handshake_seconds: 2,
             connects: 5_000,
@@ -88,10 +94,11 @@ impl Mode {
     }
 }
 
-const SCENARIOS: [&str; 8] = [
+const SCENARIOS: [&str; 9] = [
     "pg-prepared",
     "pg-simple",
     "mysql-point-select",
+    "scp",
     "https",
     "h2",
     "handshakes",
@@ -202,6 +209,7 @@ fn run() -> Result<()> {
         "psql",
         "sysbench",
         "mariadb",
+        "scp",
         "nginx",
         "pgbouncer",
         "wrk",
@@ -238,6 +246,7 @@ fn run() -> Result<()> {
                 "pg-prepared" => pg::run(&mut rig, &mode, "prepared")?,
                 "pg-simple" => pg::run(&mut rig, &mode, "simple")?,
                 "mysql-point-select" => mysql::run(&mut rig, &mode)?,
+                "scp" => scp::run(&mut rig, &mode)?,
                 "https" => http::keepalive(&mut rig, &mode)?,
                 "h2" => http::h2(&mut rig, &mode)?,
                 "handshakes" => http::handshakes(&mut rig, &mode)?,

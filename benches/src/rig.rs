@@ -1,7 +1,8 @@
 //! Everything the scenarios run against, started once per bench run from
 //! the e2e harness's parts (`sluice-tests`): redis-server, a PostgreSQL
-//! server with a pgbench database, a MariaDB server, nginx as upstream and
-//! as the peer proxy, pgbouncer, and three `sluice run` daemons on loopback.
+//! server with a pgbench database, a MariaDB server, an OpenSSH sshd, nginx
+//! as upstream and as the peer proxy, pgbouncer, and three `sluice run`
+//! daemons on loopback.
 //!
 //! | address       | what                                                    |
 //! |---------------|---------------------------------------------------------|
@@ -11,12 +12,16 @@
 //! | 127.0.0.204   | pgbouncer                                               |
 //! | 127.0.0.205   | a plain listener for the redirect microbenchmark        |
 //! | 127.0.0.206   | MariaDB (`mysql.bench.test`), without TLS                |
+//! | 127.0.0.207   | OpenSSH sshd (`ssh.bench.test`), the harness's [`Sshd`]  |
 //!
 //! Both gateways proxy the same PostgreSQL database, with policy, masking
-//! and recording on; the main one also proxies MariaDB the same way. The second one also masks `abalance`, the column
-//! `pgbench -S` reads, and serves only the masked scenario. The third serves
-//! only the HTTPS service, with [`RULES`] method/path rules instead of two:
-//! the cost-growth run of the keep-alive scenario. Each gateway's
+//! and recording on; the main one also proxies MariaDB the same way, and
+//! the sshd as SSH service [`SSH_SERVICE`] (logging in upstream with the
+//! sshd's authorized key from the vault). The second one also masks
+//! `abalance`, the column `pgbench -S` reads, and serves only the masked
+//! scenario. The third serves only the HTTPS service, with [`RULES`]
+//! method/path rules instead of two: the cost-growth run of the keep-alive
+//! scenario. Each gateway's
 //! agent cgroup and pin directory are its own and go away on drop.
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
@@ -30,6 +35,7 @@ use sluice_tests::{
     mariadb::{MariaDb, NATIVE_USER},
     process,
     sluice::{toml_str, SluiceOptions},
+    sshd::{Sshd, UserKey},
     Postgres, Redis, Sluice, TestCa,
 };
 
@@ -39,6 +45,7 @@ pub const DB_HOST: &str = "db.bench.test";
 pub const API_HOST: &str = "api.bench.test";
 pub const PROXY_HOST: &str = "proxy.bench.test";
 pub const MYSQL_HOST: &str = "mysql.bench.test";
+pub const SSH_HOST: &str = "ssh.bench.test";
 /// The agent of the main gateway and of the masking one.
 pub const AGENT: &str = "bench";
 pub const AGENT_MASKED: &str = "bench-masked";
@@ -50,6 +57,7 @@ pub const RULES: usize = 1000;
 pub const DB_SERVICE: &str = "bench-db";
 pub const API_SERVICE: &str = "bench-api";
 pub const MYSQL_SERVICE: &str = "bench-mysql";
+pub const SSH_SERVICE: &str = "bench-ssh";
 /// PostgreSQL role and database (the harness's).
 pub const ROLE: &str = sluice_tests::postgres::ROLE;
 
@@ -69,6 +77,8 @@ pub struct Rig {
     pub pgbouncer: PgBouncer,
     pub pg: Postgres,
     pub mariadb: MariaDb,
+    /// The SSH service's upstream; its authorized key is the vault secret.
+    pub sshd: Sshd,
     pub redis: Redis,
     /// Agent tokens: (main gateway db, masking gateway db, main gateway api).
     pub db_token: String,
@@ -96,7 +106,7 @@ impl Rig {
         let dir = tempfile::Builder::new().prefix("sluice-bench-").tempdir()?;
         let d = dir.path();
         let ca = TestCa::new(&d.join("upstream-ca"))?;
-        println!("  redis-server, PostgreSQL (pgbench scale {scale}), MariaDB, nginx ×2, pgbouncer, sluice ×2 under {}", d.display());
+        println!("  redis-server, PostgreSQL (pgbench scale {scale}), MariaDB, sshd, nginx ×2, pgbouncer, sluice ×2 under {}", d.display());
         let redis = Redis::start(&d.join("redis"))?;
         let db_password = sluice_tests::random_secret();
         let pg = Postgres::start(ip(201), &db_password, None)?;
@@ -104,6 +114,7 @@ impl Rig {
         // User `NATIVE_USER` logs in with this password (the vault secret).
         let mysql_password = sluice_tests::random_secret();
         let mariadb = MariaDb::start(ip(206), &mysql_password, None)?;
+        let sshd = Sshd::start(ip(207), UserKey::Ed25519);
         let api_key = sluice_tests::random_secret();
         // Every proxy, Sluice included, talks HTTP/1.1 to the upstream
         // (nginx cannot proxy HTTP/2); `h2_addr` serves direct HTTP/2 runs.
@@ -173,6 +184,14 @@ approve = ["DELETE", "UPDATE"]
             toml_str(mariadb.addr().ip().to_string()),
             toml_str(NATIVE_USER),
         );
+        let ssh_service = format!(
+            "\n[[service]]\nname = {}\nprotocol = \"ssh\"\nupstream = {}\nresolve = [{}]\ncredential = {{ secret = \"ssh-key\", user = {} }}\nupstream_host_key = {}\n",
+            toml_str(SSH_SERVICE),
+            toml_str(format!("{SSH_HOST}:{}", sshd.addr.port())),
+            toml_str(sshd.addr.ip().to_string()),
+            toml_str(&sshd.user),
+            toml_str(sshd.host_key.to_openssh()?),
+        );
         let gateway =
             |name: &str, agent: &str, services: String, gateway_toml: String| -> Result<Sluice> {
                 let gw_dir = d.join(name);
@@ -192,6 +211,7 @@ approve = ["DELETE", "UPDATE"]
                 sluice.secret_put("db-key", &db_password)?;
                 sluice.secret_put("api-key", &api_key)?;
                 sluice.secret_put("mysql-key", &mysql_password)?;
+                sluice.secret_put("ssh-key", &sshd.user_key_pem())?;
                 sluice.start()?;
                 Ok(sluice)
             };
@@ -199,7 +219,7 @@ approve = ["DELETE", "UPDATE"]
             "gw",
             AGENT,
             format!(
-                "{}{}{mysql_service}",
+                "{}{}{mysql_service}{ssh_service}",
                 db_service("\"ssn\""),
                 api_service(0)?
             ),
@@ -232,11 +252,12 @@ approve = ["DELETE", "UPDATE"]
         std::fs::write(
             &hosts,
             format!(
-                "127.0.0.1 localhost\n{} {DB_HOST}\n{} {API_HOST}\n{} {PROXY_HOST}\n{} {MYSQL_HOST}\n",
+                "127.0.0.1 localhost\n{} {DB_HOST}\n{} {API_HOST}\n{} {PROXY_HOST}\n{} {MYSQL_HOST}\n{} {SSH_HOST}\n",
                 pg.addr().ip(),
                 upstream.addr.ip(),
                 proxy.addr.ip(),
-                mariadb.addr().ip()
+                mariadb.addr().ip(),
+                sshd.addr.ip()
             ),
         )?;
         Ok(Rig {
@@ -248,6 +269,7 @@ approve = ["DELETE", "UPDATE"]
             pgbouncer,
             pg,
             mariadb,
+            sshd,
             redis,
             db_token,
             db_token_masked,
@@ -307,6 +329,7 @@ approve = ["DELETE", "UPDATE"]
             "redis": self.redis.addr().to_string(),
             "postgres": self.pg.addr().to_string(),
             "mariadb": self.mariadb.addr().to_string(),
+            "sshd": self.sshd.addr.to_string(),
             "pgbouncer": self.pgbouncer.addr.to_string(),
             "nginx_upstream": self.upstream.addr.to_string(),
             "nginx_proxy": self.proxy.addr.to_string(),

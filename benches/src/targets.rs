@@ -1,6 +1,7 @@
-//! The performance issue's targets (#18) and the MySQL issue's (#12), each
-//! checked against one table of the run. A target whose table was not
-//! measured (a scenario left out with `--only`) is not judged.
+//! The performance issue's targets (#18), the MySQL issue's (#12) and the
+//! SSH issue's (#13), each checked against one table of the run. A target
+//! whose table was not measured (a scenario left out with `--only`) is not
+//! judged.
 //!
 //! Cost growth is judged for rules (the keep-alive scenario's gateway with
 //! 1,000 rules against the main one's two) and idle connections (`scale`:
@@ -98,6 +99,15 @@ pub const TARGETS: &[Target] = &[
             system: "sluice",
             other: "direct",
             min: 0.8,
+        },
+    },
+    Target {
+        text: "scp: sluice ≥ 0.7× direct MiB/s",
+        table: "scp.rate",
+        check: Check::RatioAtLeast {
+            system: "sluice",
+            other: "direct",
+            min: 0.7,
         },
     },
     Target {
