@@ -6,7 +6,11 @@ use std::{net::IpAddr, path::PathBuf};
 
 use serde::Deserialize;
 
-use crate::policy::{http::HttpRule, kube::KubeRule, statement::SqlRule};
+use crate::policy::{
+    http::{HttpRule, HttpRules},
+    kube::KubeRule,
+    statement::SqlRule,
+};
 
 /// `protocol = …`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -152,8 +156,9 @@ pub struct HttpService {
     pub tls: bool,
     /// Where the real credential goes.
     pub inject: Injection,
-    pub deny: Vec<HttpRule>,
-    pub approve: Vec<HttpRule>,
+    /// Compiled at load ([`HttpRules`]).
+    pub deny: HttpRules,
+    pub approve: HttpRules,
     /// Overwrite the secret's exact bytes wherever the upstream reflects
     /// them in a response (headers or body).
     pub echo_guard: bool,
@@ -407,6 +412,14 @@ impl RawService {
                     )),
                 })
                 .collect::<Result<Vec<_>, _>>()
+                .and_then(|rules| {
+                    HttpRules::new(rules).map_err(|e| {
+                        key_error(
+                            field,
+                            format!("the rules cannot be compiled ({e}); use fewer"),
+                        )
+                    })
+                })
         };
         Ok(HttpService {
             tls: self.protocol.http_tls() == Some(true),
@@ -541,8 +554,8 @@ impl RawService {
         let http = HttpService {
             tls: true,
             inject,
-            deny: Vec::new(),
-            approve: Vec::new(),
+            deny: HttpRules::none(),
+            approve: HttpRules::none(),
             echo_guard: false,
         };
         Ok(KubeService {
