@@ -56,6 +56,9 @@ pub struct AuditLog {
 struct State {
     file: File,
     lock: File,
+    /// `(st_dev, st_ino)` of `file`, to see with one `stat(2)` of the path
+    /// whether it still names the open file.
+    id: (u64, u64),
 }
 
 impl AuditLog {
@@ -73,7 +76,11 @@ impl AuditLog {
             path,
             rotate_bytes: rotate_bytes.max(1),
             group,
-            state: Mutex::new(State { file, lock }),
+            state: Mutex::new(State {
+                id: file_id(&file)?,
+                file,
+                lock,
+            }),
         })
     }
 
@@ -86,13 +93,25 @@ impl AuditLog {
     /// logged.
     pub fn append(&self, lines: &[u8]) -> io::Result<()> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let State { file, lock } = &mut *state;
-        let _flock = ExclusiveLock::take(lock, &self.dir.join(LOCK_FILE))?;
-        if !names_open_file(&self.path, file)? {
-            // Rotated by another writer, or by hand: follow the name.
-            *file = open_append(&self.path, self.group, false)?;
-        }
-        let mut size = file.metadata()?.len();
+        let State { file, lock, id } = &mut *state;
+        let _flock = ExclusiveLock::take(lock, &self.dir)?;
+        // One stat of the path: whether it still names the open file and,
+        // if so, that file's size.
+        let mut size = match fs::metadata(&self.path) {
+            Ok(on_disk) if (on_disk.dev(), on_disk.ino()) == *id => on_disk.len(),
+            Ok(_) => {
+                // Rotated by another writer, or by hand: follow the name.
+                *file = open_append(&self.path, self.group, false)?;
+                *id = file_id(file)?;
+                file.metadata()?.len()
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                *file = open_append(&self.path, self.group, false)?;
+                *id = file_id(file)?;
+                0
+            }
+            Err(e) => return Err(annotate(e, "stat", &self.path)),
+        };
         if size.saturating_add(lines.len() as u64) <= self.rotate_bytes {
             return write_line(file, &self.path, lines);
         }
@@ -109,8 +128,8 @@ impl AuditLog {
             }
             if take == 0 {
                 // Not even one line fits after what the file holds.
-                match self.rotate() {
-                    Ok(new) => *file = new,
+                match self.rotate().and_then(|new| Ok((file_id(&new)?, new))) {
+                    Ok((new_id, new)) => (*file, *id) = (new, new_id),
                     Err(e) => {
                         tracing::warn!(path = %self.path.display(), error = %e, "cannot rotate the audit log; appending to it instead");
                         take = rest.len();
@@ -138,16 +157,10 @@ impl AuditLog {
     }
 }
 
-/// Whether `path` still names the inode `file` has open.
-fn names_open_file(path: &Path, file: &File) -> io::Result<bool> {
-    match fs::metadata(path) {
-        Ok(on_disk) => {
-            let open = file.metadata()?;
-            Ok((on_disk.dev(), on_disk.ino()) == (open.dev(), open.ino()))
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e),
-    }
+/// `(st_dev, st_ino)` of an open file.
+fn file_id(file: &File) -> io::Result<(u64, u64)> {
+    let m = file.metadata()?;
+    Ok((m.dev(), m.ino()))
 }
 
 /// The rotated audit logs in `dir` (`audit.jsonl.<UTC time>`), oldest
@@ -188,7 +201,8 @@ fn next_rotated_name(dir: &Path) -> io::Result<String> {
 struct ExclusiveLock<'a>(&'a File);
 
 impl<'a> ExclusiveLock<'a> {
-    fn take(file: &'a File, path: &Path) -> io::Result<ExclusiveLock<'a>> {
+    /// Locks `file`, the lock file in `dir` (named in the error).
+    fn take(file: &'a File, dir: &Path) -> io::Result<ExclusiveLock<'a>> {
         loop {
             // SAFETY: flock on a file descriptor we own; no memory involved.
             if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
@@ -196,7 +210,7 @@ impl<'a> ExclusiveLock<'a> {
             }
             let e = io::Error::last_os_error();
             if e.kind() != io::ErrorKind::Interrupted {
-                return Err(annotate(e, "lock", path));
+                return Err(annotate(e, "lock", &dir.join(LOCK_FILE)));
             }
         }
     }
