@@ -4,22 +4,31 @@
 
 /// True when `path` matches `pattern`.
 pub fn matches(pattern: &str, path: &str) -> bool {
-    matches_bytes(pattern.as_bytes(), path.as_bytes())
+    matches_bytes(pattern.as_bytes(), path.as_bytes(), |a, b| a == b)
 }
 
-/// [`matches`], ignoring case (Unicode lower case of both sides).
+/// [`matches`], ignoring case (Unicode lower case of both sides). ASCII
+/// on both sides, the common case, is compared in place, without
+/// allocating lower-cased copies.
 pub fn matches_ignore_case(pattern: &str, path: &str) -> bool {
+    if pattern.is_ascii() && path.is_ascii() {
+        return matches_bytes(pattern.as_bytes(), path.as_bytes(), |a, b| {
+            a.eq_ignore_ascii_case(&b)
+        });
+    }
     matches(&pattern.to_lowercase(), &path.to_lowercase())
 }
 
-fn matches_bytes(p: &[u8], s: &[u8]) -> bool {
+/// The greedy-star match of `s` against `p`, literal bytes compared by
+/// `same`.
+fn matches_bytes(p: &[u8], s: &[u8], same: impl Fn(u8, u8) -> bool) -> bool {
     let (mut pi, mut si) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while si < s.len() {
         if pi < p.len() && p[pi] == b'*' {
             star = Some((pi, si));
             pi += 1;
-        } else if pi < p.len() && p[pi] == s[si] {
+        } else if pi < p.len() && same(p[pi], s[si]) {
             pi += 1;
             si += 1;
         } else if let Some((sp, ss)) = star {
@@ -48,5 +57,7 @@ mod tests {
         assert!(!matches("/a/*/c", "/a/b/x/d"));
         assert!(matches_ignore_case("/v1/Customers/*", "/V1/customers/42"));
         assert!(!matches("/v1/Customers/*", "/V1/customers/42"));
+        assert!(matches_ignore_case("/ÜNÏ/*", "/ünï/q"));
+        assert!(!matches_ignore_case("/A/*/C", "/a/b/x/d"));
     }
 }
